@@ -1,0 +1,33 @@
+# One-command workflows. Everything installs itself into .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml tools/install_learn2learn.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools "cython>=3"
+	$(PY) -m pip install -q "torch==2.11.*" "torchaudio==2.11.*" "torchvision==0.26.*"
+	bash tools/install_learn2learn.sh $(PY)
+	$(PY) -m pip install -q -e ".[dev,slurm]"
+	$(PY) -c "import torch, torchaudio, learn2learn, lightning, hydra, h5py, dsaml; print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/dsaml-demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests experiments
+
+bench: $(STAMP)
+	for script in experiments/benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
