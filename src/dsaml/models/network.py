@@ -1,0 +1,151 @@
+"""`DSAMLNet`: spectrogram encoder -> fusion with the global vector -> dual-scale encoder -> BiLSTM head.
+
+Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per step), global vectors
+[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See spec section 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dsaml.models.attention import DualScaleEncoder
+from dsaml.models.config import DSAMLConfig
+from dsaml.models.global_context import LearnedGlobalContext
+
+
+def _pooled(size: int) -> int:
+    """Length after MaxPool2d(kernel 2, stride 2, padding 1)."""
+    return size // 2 + 1
+
+
+class ConvBlock(nn.Module):
+    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.pool = nn.MaxPool2d(2, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(torch.relu(self.bn(self.conv(x))))
+
+
+class SpectrogramEncoder(nn.Module):
+    """Per-segment CNN: [N, F, M] log-mel images -> [N, out_features] (14 x 34 = 476 for 51 x 128)."""
+
+    def __init__(self, n_frames: int, n_mels: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(ConvBlock(1, 8, (3, 1), (2, 1)), ConvBlock(8, 16, (3, 3), (1, 1)))
+        self.conv1x1 = nn.Conv2d(16, 1, 1)
+        self.out_features = _pooled(_pooled(n_frames + 2)) * _pooled(_pooled(n_mels + 2))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.conv1x1(self.blocks(images[:, None])).flatten(1)
+
+
+class Fusion(nn.Module):
+    """h = Linear(D -> D)(sigmoid(Linear(476 -> D)(s) + g)); with fusion off, h = Linear(476 -> D)(s) + g."""
+
+    def __init__(self, cfg: DSAMLConfig, in_features: int) -> None:
+        super().__init__()
+        self.enabled = cfg.fusion
+        self.spectrogram_project = nn.Linear(in_features, cfg.hidden_size)
+        if cfg.fusion:
+            self.fusion_project = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        if cfg.global_dim is not None and cfg.global_dim != cfg.hidden_size:
+            self.global_project = nn.Linear(cfg.global_dim, cfg.hidden_size)
+
+    def forward(self, features: Tensor, global_vectors: Tensor | None) -> Tensor:
+        s = self.spectrogram_project(features)
+        if global_vectors is not None:
+            if hasattr(self, "global_project"):
+                global_vectors = self.global_project(global_vectors)
+            s = s + global_vectors
+        return self.fusion_project(torch.sigmoid(s)) if self.enabled else s
+
+
+class EmotionHead(nn.Module):
+    """BiLSTM(D -> D/4 per direction) -> Linear(D/2 -> D/4) -> Dropout -> Linear(D/4 -> 2)."""
+
+    def __init__(self, cfg: DSAMLConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.bilstm = nn.LSTM(d, d // 4, batch_first=True, bidirectional=True)
+        self.hidden = nn.Linear(d // 2, d // 4)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(d // 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.dropout(self.hidden(self.bilstm(x)[0])))
+
+
+class DSAMLNet(nn.Module):
+    """The DSAML network.
+
+    forward(logmel [B, T, 51, 128], global_vectors [B, 1 or T, D_g] or None, return_attention=False,
+    return_diagonal=True) -> dict:
+      "arousal", "valence": [B, T];
+      "attention_diagonal": [B, 2, T] head-averaged diagonal of the attention probabilities of layer L - 1
+          and of the last layer (what the regulariser consumes; skip with return_diagonal=False);
+      "attention_maps": [B, passes * L, H, T, T] only with return_attention=True.
+    With global_context="learned" pass global_vectors=None: one vector per input clip is built from logmel.
+    """
+
+    def __init__(self, cfg: DSAMLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spectrogram = SpectrogramEncoder(cfg.n_frames, cfg.n_mels)
+        if cfg.global_context == "learned":
+            self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
+        self.fusion = Fusion(cfg, self.spectrogram.out_features)
+        self.encoder = DualScaleEncoder(cfg)
+        self.head = EmotionHead(cfg)
+
+    def forward(self, logmel: Tensor, global_vectors: Tensor | None = None, return_attention: bool = False,
+                return_diagonal: bool = True) -> dict[str, Tensor]:
+        return self.predict_encoded(self.encode_segments(logmel, global_vectors), return_attention,
+                                    return_diagonal)
+
+    def encode_segments(self, logmel: Tensor, global_vectors: Tensor | None = None, song: bool = False,
+                        chunk: int | None = None) -> Tensor:
+        """Per-segment part of the network (CNN + fusion): logmel [B, T, F, M] -> h [B, T, D].
+
+        Each output step depends only on its own segment and its global vector, so a song is encoded once and
+        its sliding windows are slices of the result. `song=True` selects the per-segment centred global
+        windows of the learned context (full songs); False, one learned vector per input clip. `chunk` bounds
+        how many segments go through the CNN at once (memory on long songs).
+        """
+        self._check_inputs(logmel, global_vectors)
+        b, t = logmel.shape[:2]
+        images = logmel.reshape(b * t, *logmel.shape[2:])
+        features = torch.cat([self.spectrogram(part) for part in images.split(chunk or b * t)]).view(b, t, -1)
+        if self.cfg.global_context == "learned":
+            global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
+        return self.fusion(features, global_vectors)
+
+    def predict_encoded(self, h: Tensor, return_attention: bool = False,
+                        return_diagonal: bool = True) -> dict[str, Tensor]:
+        """Sequence part: h [B, T, D] -> outputs (see the class docstring)."""
+        out = self.encoder(h, return_attention=return_attention, return_diagonal=return_diagonal)
+        emotions = self.head(out.pop("encoded"))
+        return {"arousal": emotions[..., 0], "valence": emotions[..., 1], **out}
+
+    def _check_inputs(self, logmel: Tensor, global_vectors: Tensor | None) -> None:
+        cfg = self.cfg
+        if logmel.ndim != 4 or tuple(logmel.shape[2:]) != (cfg.n_frames, cfg.n_mels):
+            raise ValueError(f"logmel has shape {tuple(logmel.shape)}, expected [B, T, {cfg.n_frames}, {cfg.n_mels}]")
+        needs = cfg.global_store_name
+        if needs is None:
+            if global_vectors is not None:
+                raise ValueError(f"model.global_context={cfg.global_context!r} takes no global vectors; pass None")
+            return
+        if global_vectors is None:
+            raise ValueError(f"model.global_context={cfg.global_context!r} needs the global vectors "
+                             f"{needs!r} ([B, 1 or T, {cfg.global_input_dim}]); got None")
+        b, t = logmel.shape[:2]
+        if (global_vectors.ndim != 3 or global_vectors.shape[0] != b or global_vectors.shape[1] not in (1, t)
+                or global_vectors.shape[2] != cfg.global_input_dim):
+            raise ValueError(f"global vectors have shape {tuple(global_vectors.shape)}, "
+                             f"expected [{b}, 1 or {t}, {cfg.global_input_dim}]")
