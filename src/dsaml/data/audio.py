@@ -1,0 +1,92 @@
+"""Audio decoding: any soundfile-readable file (mp3, wav, flac, ogg) -> mono float32 at a target rate.
+
+Decoding uses soundfile (libsndfile, MP3 via mpg123); channels are averaged to mono; resampling uses
+torchaudio's band-limited sinc resampler (`torchaudio.transforms.Resample` with its defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+
+class AudioDecodeError(RuntimeError):
+    """An audio file could not be decoded (missing, empty, corrupt or unsupported)."""
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Mono waveform `samples` [n] float32 at `sample_rate` Hz, plus facts about the source file."""
+
+    samples: torch.Tensor
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+    fingerprint: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    """Content fingerprint of a file's bytes (BLAKE2b, 128 bit)."""
+    return "blake2b:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """Content fingerprint of a file on disk (see `fingerprint_bytes`)."""
+    return fingerprint_bytes(Path(path).read_bytes())
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+    # The sinc kernel depends only on the two rates: build it once per pair and reuse it.
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
+
+
+def resample(samples: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Resample [..., n] float32 from `orig_rate` to `new_rate` Hz (torchaudio defaults); no-op if equal."""
+    if orig_rate == new_rate:
+        return samples
+    return _resampler(int(orig_rate), int(new_rate))(samples)
+
+
+def decode_mono(path: str | Path) -> tuple[np.ndarray, int, int, str]:
+    """Decode a file with soundfile and average its channels.
+
+    Returns (samples [n] float32 at the file's own rate, sample rate, channel count, fingerprint).
+    Raises AudioDecodeError naming the file and the reason.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AudioDecodeError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    if not data:
+        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
+    try:
+        frames, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError for bad input
+        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+    if frames.shape[0] == 0:
+        raise AudioDecodeError(f"{path}: decoded to 0 samples")
+    mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
+    if not np.isfinite(mono).all():
+        raise AudioDecodeError(f"{path}: decoded samples contain NaN or infinity")
+    return np.ascontiguousarray(mono), int(rate), int(frames.shape[1]), fingerprint_bytes(data)
+
+
+def load_audio(path: str | Path, sample_rate: int = 44100) -> DecodedAudio:
+    """Decode `path`, average to mono and resample to `sample_rate` Hz (the spec's section 1 front end)."""
+    mono, rate, channels, fingerprint = decode_mono(path)
+    samples = resample(torch.from_numpy(mono), rate, sample_rate)
+    return DecodedAudio(samples, sample_rate, rate, channels, fingerprint)
