@@ -1,0 +1,145 @@
+"""Build and run a training job from a composed Hydra config (used by `dsaml-train` and the tests).
+
+`build(cfg)` validates the whole config first (nothing is read or trained before that), then instantiates
+datamodule, LightningModule, callbacks, loggers and Trainer. `run(cfg)` fits, tests the best checkpoint
+and returns the logged metrics (the value of `task.monitor` is what sweepers optimise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dsaml.data.datamodule import DSAMLDataModule
+from dsaml.models import DSAMLConfig
+from dsaml.training.config import TaskConfig, validate_train_config
+from dsaml.training.module import DSAMLModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    task: TaskConfig
+    datamodule: DSAMLDataModule
+    module: DSAMLModule
+    trainer: L.Trainer
+
+
+def configure_wandb_env() -> None:
+    """Offline wandb unless the user configured it (WANDB_MODE or WANDB_API_KEY set); never prompt."""
+    if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _sweep_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    return Path(str(hc.sweep.dir)).name
+
+
+def _has_validation(task: TaskConfig) -> bool:
+    return task.val_fraction > 0 and (task.name == "dmer" or task.val_tasks > 0)
+
+
+def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -> DSAMLDataModule:
+    return DSAMLDataModule(
+        store=str(cfg.paths.store),
+        task=task.name,
+        batch_size=task.batch_size,
+        shots=task.shots,
+        queries=task.queries,
+        tasks=task.tasks,
+        val_fraction=task.val_fraction,
+        steps_per_epoch=task.steps_per_epoch,
+        val_tasks=task.val_tasks,
+        global_name=model_cfg.global_store_name,
+        seed=int(cfg.seed),
+        num_workers=int(cfg.get("num_workers", 0)),
+        cross_song="pdmer_cross_song" in task.test_protocols,
+    )
+
+
+def build_trainer(cfg: DictConfig, with_validation: bool) -> L.Trainer:
+    callbacks_cfg = cfg.get("callbacks") or {}
+    if not with_validation and "model_checkpoint" in callbacks_cfg:
+        with open_dict(cfg):
+            cfg.callbacks.model_checkpoint.monitor = None
+    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c is not None and "_target_" in c]
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        if name == "wandb":
+            configure_wandb_env()
+            if logger_cfg.get("group") is None and _sweep_name():
+                with open_dict(logger_cfg):
+                    logger_cfg.group = _sweep_name()
+        loggers.append(instantiate(logger_cfg))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def build(cfg: DictConfig) -> Job:
+    task = validate_train_config(cfg)
+    model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = datamodule_from(cfg, task, model_cfg)
+    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
+    trainer = build_trainer(cfg, _has_validation(task))
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.config.update(
+                {"resolved_config": OmegaConf.to_container(cfg, resolve=True)}, allow_val_change=True
+            )
+    return Job(cfg, task, datamodule, module, trainer)
+
+
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: null, "last" (this run directory's checkpoints/last.ckpt) or a file."""
+    value = cfg.get("ckpt_path")
+    if value is None:
+        return None
+    path = (
+        Path(str(cfg.paths.output_dir)) / "checkpoints" / "last.ckpt" if value == "last" else Path(str(value))
+    )
+    if not path.is_file():
+        hint = (
+            " (ckpt_path=last resumes the run in hydra.run.dir: pass hydra.run.dir=<that run's folder>)"
+            if value == "last"
+            else ""
+        )
+        raise FileNotFoundError(f"ckpt_path={value!r}: checkpoint {path} does not exist{hint}")
+    return str(path)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as configured; returns the final logged metrics as floats."""
+    ckpt = resolve_ckpt(cfg)
+    job = build(cfg)
+    trainer = job.trainer
+    if cfg.get("train", True):
+        trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt)
+    elif ckpt is not None:
+        from dsaml.models.checkpoint import load_network
+
+        net, _, _ = load_network(ckpt)
+        job.module.net.load_state_dict(net.state_dict())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
+        trainer.test(job.module, datamodule=job.datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    return metrics

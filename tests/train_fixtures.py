@@ -1,0 +1,74 @@
+"""Fixtures for the training tests: one tiny synthetic feature store per session, config composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from dsaml.config import CONFIG_DIR
+
+# tiny network and episodes: a few seconds per run on 2 cores
+TINY = [
+    "model=dsaml_small",
+    "model.hidden_size=16",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "model.ffn_size=16",
+    "model.dropout=0.0",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+]
+PDMER_TINY = [
+    "experiment=pdmer_synthetic",
+    "task.tasks=2",
+    "task.queries=2",
+    "task.inner_steps=2",
+    "task.steps_per_epoch=2",
+    "task.val_tasks=2",
+    "task.eval_inner_steps=1",
+]
+DMER_TINY = ["experiment=dmer_synthetic", "task.batch_size=4"]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A feature store of the synth helper's `tiny` DEAM-format corpus (built once per session)."""
+    from dsaml.cli.preprocess import configs
+    from dsaml.data.preprocess import preprocess
+    from dsaml.data.synth import generate_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(root / "corpus", "tiny", seed=0, workers=1, progress=False)
+    store = root / "tiny.h5"
+    cfg = compose_config(
+        "preprocess",
+        ["data=synthetic", f"data.root={root / 'corpus'}", f"paths.store={store}"],
+        output_dir=root,
+    )
+    preprocess(*configs(cfg)[:2], store)
+    return store
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/<name>.yaml with overrides, outside a Hydra app (paths.output_dir = output_dir)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def train_config(store: Path, tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """A composed training config on the tiny store, writing into tmp_path."""
+    return compose_config(
+        "train",
+        [*TINY, f"paths.store={store}", f"paths.root_dir={tmp_path}", *overrides],
+        output_dir=tmp_path,
+    )
