@@ -1,7 +1,7 @@
 """Audio decoding: any soundfile-readable file (mp3, wav, flac, ogg) -> mono float32 at a target rate.
 
 Decoding uses soundfile (libsndfile, MP3 via mpg123); channels are averaged to mono; resampling uses
-torchaudio's band-limited sinc resampler (`torchaudio.transforms.Resample` with its defaults).
+torchaudio's band-limited sinc resampler (`torchaudio.functional.resample` with its defaults).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +46,12 @@ def fingerprint_file(path: str | Path) -> str:
     return fingerprint_bytes(Path(path).read_bytes())
 
 
-@lru_cache(maxsize=16)
-def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
-    # The sinc kernel depends only on the two rates: build it once per pair and reuse it.
-    return torchaudio.transforms.Resample(orig_rate, new_rate)
-
-
 def resample(samples: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Resample [..., n] float32 from `orig_rate` to `new_rate` Hz (torchaudio defaults); no-op if equal."""
+    """Resample [..., n] float32 from `orig_rate` to `new_rate` Hz with `torchaudio.functional.resample`
+    (as the original does; its kernel differs from `transforms.Resample`'s by ~2e-5); no-op if equal."""
     if orig_rate == new_rate:
         return samples
-    return _resampler(int(orig_rate), int(new_rate))(samples)
+    return torchaudio.functional.resample(samples, int(orig_rate), int(new_rate))
 
 
 def decode_mono(path: str | Path) -> tuple[np.ndarray, int, int, str]:
