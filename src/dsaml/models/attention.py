@@ -1,6 +1,6 @@
 """The shared BERT-style encoder with relative-position self-attention under band masks (spec 2.3).
 
-Two implementations of the same computation, chosen by `DSAMLConfig.attention_impl`:
+Two implementations of the same computation, chosen by `DSAMLConfig.impl`:
 
 - "eager": the original's computation step by step (scores, relative term through a [T, T, D/H] table of
   distance embeddings, /sqrt(D/H), + mask, softmax, dropout, probs @ v), one encoder run per pass. It is the
@@ -98,11 +98,12 @@ class RelativeSelfAttention(nn.Module):
         if self.position != "none":
             t = q.shape[2]
             rows = self.distance_embedding.weight[self.max_positions - t: self.max_positions + t - 1]  # d=-(T-1)..T-1
-            index = _relative_index(t, q.device).expand(*q.shape[:2], t, t)
+            index = _relative_index(t, q.device)
             # rel[l, r] = q_l . E[l - r]: one matmul against the 2T - 1 distances, then re-indexed to [T, T]
-            rel = torch.gather(torch.matmul(q, rows.t().to(q.dtype)), -1, index)
-            if self.position == "relative_key_query":  # + k_r . E[l - r]
-                rel = rel + torch.gather(torch.matmul(k, rows.t().to(q.dtype)), -1, index).transpose(-1, -2)
+            rel = torch.gather(torch.matmul(q, rows.t().to(q.dtype)), -1, index.expand(*q.shape[:2], t, t))
+            if self.position == "relative_key_query":  # + k_r . E[l - r], gathered as [r, l] then transposed
+                by_key = torch.matmul(k, rows.t().to(q.dtype))
+                rel = rel + torch.gather(by_key, -1, index.t().expand(*q.shape[:2], t, t)).transpose(-1, -2)
             bias = rel * scale + mask
         if not want_probs:
             p = self.p if self.training else 0.0
@@ -151,7 +152,7 @@ class DualScaleEncoder(nn.Module):
     def forward(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True) -> dict[str, Tensor]:
         b, t, _ = h.shape
         masks = [band_bias(t, r, h.device, h.dtype) for r in self.radii]
-        if self.cfg.attention_impl == "eager":
+        if self.cfg.impl == "eager":
             runs = [self._run(h, m[None, None], "eager", return_attention, return_diagonal) for m in masks]
             outs = [o for o, _ in runs]
             maps = [m for _, ms in runs for m in ms]  # pass-major: pass 0 layers, then pass 1 layers

@@ -11,7 +11,7 @@ from typing import Any
 ATTENTION_MODES = ("dual", "local", "global", "full")
 POSITION_TYPES = ("relative_key", "relative_key_query", "none")
 POSITION_ALIASES = {"absolute": "none"}  # the original's "absolute" adds no position information at all
-ATTENTION_IMPLS = ("fast", "eager")
+IMPLS = ("fast", "eager")
 ACTIVATIONS = ("gelu", "relu")
 GLOBAL_CONTEXT_KINDS = ("learned", "clap", "none")  # plus "precomputed:<name>"
 
@@ -30,7 +30,9 @@ class DSAMLConfig:
     global_context: learned | precomputed:<name> | clap | none. global_dim: width of supplied global vectors
     (None = hidden_size; otherwise a Linear(global_dim -> D) is learned). global_window: segments in the
     learned context's window (60 = the original's 30 s). n_frames / n_mels: the log-mel segment image.
-    attention_impl: fast (scaled_dot_product_attention) | eager (the original's computation).
+    impl: how the same function is computed: fast (pool-before-normalise CNN blocks, stacked passes,
+    scaled_dot_product_attention) | eager (the original's computation step by step: parity oracle and
+    benchmark baseline).
     """
 
     hidden_size: int = 1024
@@ -50,13 +52,13 @@ class DSAMLConfig:
     global_window: int = 60
     n_frames: int = 51
     n_mels: int = 128
-    attention_impl: str = "fast"
+    impl: str = "fast"
 
     def __post_init__(self) -> None:
         self.position = POSITION_ALIASES.get(self.position, self.position)
         _choice("position", self.position, POSITION_TYPES + tuple(POSITION_ALIASES))
         _choice("attention", self.attention, ATTENTION_MODES)
-        _choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _choice("impl", self.impl, IMPLS)
         _choice("activation", self.activation, ACTIVATIONS)
         if not (self.global_context in GLOBAL_CONTEXT_KINDS or self._precomputed_name()):
             raise ValueError(
