@@ -59,7 +59,8 @@ def rater_curves(corpus: Path, truth: dict, dim: str, song_id: int) -> dict[str,
     header, rows = per_rater(corpus, dim, song_id)
     if header[0] == "WorkerId":
         return {r[0]: np.array(r[1:], dtype=float) for r in rows}
-    return {rid: np.array(r, dtype=float) for rid, r in zip(truth["songs"][str(song_id)]["raters"], rows)}
+    raters = truth["songs"][str(song_id)]["raters"]
+    return {rid: np.array(r, dtype=float) for rid, r in zip(raters, rows, strict=True)}
 
 
 def test_tree_layout_and_averaged_quirks(corpus, truth):
@@ -110,7 +111,7 @@ def test_per_rater_and_static_files(corpus, truth):
 
 
 def test_pdmer_filter_leaves_enough_raters(corpus, truth):
-    """DSAML's filter: ids 1001..2000, drop flat (MAD < 0.01 over 60 values) curves, keep raters > 15 songs."""
+    """DSAML's filter: ids 1001..2000, drop flat curves (MAD < 0.01 over 60 values), keep > 15 songs."""
     kept, flat = Counter(), 0
     for song_id in (int(i) for i in truth["songs"]):
         if 1001 <= song_id <= 2000:
@@ -156,7 +157,9 @@ def _triad_evidence(frames: np.ndarray, rate: int) -> np.ndarray:
     pitch_class = np.round(12 * np.log2(freqs[band] / 440)).astype(int) % 12
     chroma = np.stack([spec[:, band][:, pitch_class == p].sum(1) for p in range(12)], axis=1)
     chroma /= chroma.sum(1, keepdims=True) + 1e-12
-    triad = lambda third: np.stack([chroma[:, [r, (r + third) % 12, (r + 7) % 12]].sum(1) for r in range(12)], 1)
+    triad = lambda third: np.stack(
+        [chroma[:, [r, (r + third) % 12, (r + 7) % 12]].sum(1) for r in range(12)], 1
+    )
     return triad(4).max(1) - triad(3).max(1)
 
 
@@ -164,7 +167,9 @@ def _onset_rate(x: np.ndarray, rate: int, n_windows: int) -> np.ndarray:
     """Onsets per second in consecutive 2 s windows: peaks of the log-spectral flux (10 ms hop)."""
     hop, size = int(0.01 * rate), 1024
     starts = hop * np.arange((len(x) - size) // hop)
-    spec = np.log1p(100 * np.abs(np.fft.rfft(x[starts[:, None] + np.arange(size)] * np.hanning(size), axis=1)))
+    spec = np.log1p(
+        100 * np.abs(np.fft.rfft(x[starts[:, None] + np.arange(size)] * np.hanning(size), axis=1))
+    )
     flux = np.maximum(np.diff(spec, axis=0), 0).sum(1)
     local = np.convolve(flux, np.ones(50) / 50, "same")
     peak = (flux[1:-1] > flux[:-2]) & (flux[1:-1] >= flux[2:]) & (flux[1:-1] > 1.5 * local[1:-1])
@@ -175,7 +180,7 @@ def _onset_rate(x: np.ndarray, rate: int, n_windows: int) -> np.ndarray:
 def test_emotion_signal_is_in_the_audio(corpus, truth):
     """Measured on the decoded MP3s, pooled over songs and 0.5 s frames (2 s windows for onsets)."""
     loud, evidence, onsets, arousal, valence, arousal_2s = [], [], [], [], [], []
-    for song_id, song in truth["songs"].items():
+    for song in truth["songs"].values():
         x, rate = sf.read(corpus / song["audio"], dtype="float32", always_2d=True)
         x = x.mean(1)
         frames = _frames(x, rate // 2)

@@ -21,7 +21,8 @@ from dsaml.data.synth.curves import CURVE_RATE_HZ
 
 TABLE_SIZE = 4096
 HOP = 64  # samples per control block
-PHASE_ONE = 1 << 16  # fixed-point fraction of one wavetable step
+PHASE_SHIFT = 16
+PHASE_ONE = 1 << PHASE_SHIFT  # fixed-point fraction of one wavetable step
 MAJOR_TRIAD = (0, 4, 7)
 MINOR_TRIAD = (0, 3, 7)
 MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
@@ -46,10 +47,13 @@ def midi_to_hz(midi: np.ndarray | float) -> np.ndarray:
     return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
 
 
-def _table_index(freq: np.ndarray, sample_rate: int, phase0: float) -> np.ndarray:
-    """Wavetable read positions [n] int64 for per-sample frequency `freq` [n] Hz (fixed-point phase)."""
-    step = np.round(freq * (TABLE_SIZE * PHASE_ONE / sample_rate)).astype(np.int64)
-    return ((np.cumsum(step) + int(phase0 * TABLE_SIZE * PHASE_ONE)) // PHASE_ONE) & (TABLE_SIZE - 1)
+def _table_index(
+    freqs: np.ndarray, onsets: np.ndarray, n: int, sample_rate: int, phase0: float
+) -> np.ndarray:
+    """Wavetable read positions [n] int64 of a tone playing freqs[j] Hz from onsets[j] (fixed-point phase)."""
+    steps = np.round(np.asarray(freqs) * (TABLE_SIZE * PHASE_ONE / sample_rate)).astype(np.int64)
+    phase = np.cumsum(_hold(steps, onsets, n)) + int(phase0 * TABLE_SIZE * PHASE_ONE)
+    return (phase >> PHASE_SHIFT) & (TABLE_SIZE - 1)
 
 
 def _time_since(onsets: np.ndarray, n: int, sample_rate: int) -> np.ndarray:
@@ -158,7 +162,7 @@ def render_music(
     for midi, level in voices:
         if not level.any():
             continue
-        idx = _table_index(_hold(midi_to_hz(midi), bar_pos, n), sr, rng.uniform())
+        idx = _table_index(midi_to_hz(midi), bar_pos, n, sr, rng.uniform())
         gain = 1.0 if level.all() and (level == 1).all() else _hold(level.astype(np.float32), bar_pos, n, 0.0)
         dark += gain * DARK_TABLE.take(idx)
         bright_sum += gain * BRIGHT_TABLE.take(idx)
@@ -173,7 +177,7 @@ def render_music(
     scale = np.where(v_ev[note_on][:, None] > 0, MAJOR_SCALE[None, :], MINOR_SCALE[None, :])
     melody_midi = 60 + key + np.take_along_axis(scale, (degree % 7)[:, None], 1)[:, 0] + 12 * (degree // 7)
     note_pos = pos[note_on]
-    idx = _table_index(_hold(midi_to_hz(melody_midi), note_pos, n), sr, rng.uniform())
+    idx = _table_index(midi_to_hz(melody_midi), note_pos, n, sr, rng.uniform())
     mel_env = np.exp(-_time_since(note_pos, n, sr) / (0.18 + 0.25 * (1 - bright)))
     tone = DARK_TABLE.take(idx)
     melody = mel_env * (tone + bright * (BRIGHT_TABLE.take(idx) - tone))
