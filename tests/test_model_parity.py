@@ -103,7 +103,7 @@ def test_any_shape_parity_fast_vs_eager_through_original_key_names(shape):
     assert n_encoder == 3 * sum(k.startswith("encoder.") for k in ours.state_dict())  # under all three prefixes
     assert all(k.startswith(("multi_scale_attention.", "spectrogram_feature_extractor.", "fusion_model.",
                              "sequence_predict_model.")) for k in original)
-    options = config_to_original(cfg)
+    options = {**config_to_original(cfg), "ffn_size": cfg.ffn_size}  # the original always had 2048
     eager = model_from_original(original, {**options, "impl": "eager"})
     fast = model_from_original(original, {**options, "impl": "fast"})
     for key, value in ours.state_dict().items():
