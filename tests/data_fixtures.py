@@ -83,9 +83,15 @@ def tiny_store(tiny_corpus, tmp_path_factory) -> Path:
 
 
 def subset_tree(corpus: Path, target: Path, song_ids: list[str]) -> Path:
-    """A DEAM tree that shares the corpus's annotations (symlink) but has audio for `song_ids` only."""
-    (target / "DEAM_Annotations").mkdir(parents=True)
-    (target / "DEAM_Annotations" / "annotations").symlink_to(corpus / "DEAM_Annotations" / "annotations")
+    """A smaller DEAM tree: the corpus's annotations with averaged rows for `song_ids` only, and their audio."""
+    shutil.copytree(corpus / "DEAM_Annotations", target / "DEAM_Annotations")
+    averaged = (
+        target / "DEAM_Annotations/annotations/annotations averaged per song/dynamic (per second annotations)"
+    )
+    for name in ("arousal.csv", "valence.csv"):
+        lines = (averaged / name).read_text().splitlines()
+        kept = [line for line in lines[1:] if line.split(",", 1)[0] in song_ids]
+        (averaged / name).write_text("\n".join([lines[0], *kept]) + "\n")
     audio = target / "DEAM_audio" / "MEMD_audio"
     audio.mkdir(parents=True)
     for song in song_ids:

@@ -53,7 +53,7 @@ class RateColumn(ProgressColumn):
 def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
     """Validate the composed config (before any work): data group, run options, output path."""
     data = DataConfig.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
-    options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in TOP_LEVEL}
+    options = {key: cfg[key] for key in cfg if key not in TOP_LEVEL}  # scalars, resolved one by one
     return data, from_mapping(PreprocessConfig, options, "dsaml-preprocess"), Path(cfg.paths.store)
 
 

@@ -18,7 +18,11 @@ import torchaudio
 
 
 class AudioDecodeError(RuntimeError):
-    """An audio file could not be decoded (missing, empty, corrupt or unsupported)."""
+    """An audio file could not be decoded (missing, empty, corrupt or unsupported): `path` and `reason`."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 @dataclass(frozen=True)
@@ -64,18 +68,19 @@ def decode_mono(path: str | Path) -> tuple[np.ndarray, int, int, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise AudioDecodeError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+        raise AudioDecodeError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if not data:
-        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
+        raise AudioDecodeError(path, "empty file (0 bytes)")
     try:
         frames, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError for bad input
-        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+        detail = getattr(exc, "error_string", None) or str(exc)
+        raise AudioDecodeError(path, f"cannot decode audio ({detail})") from exc
     if frames.shape[0] == 0:
-        raise AudioDecodeError(f"{path}: decoded to 0 samples")
+        raise AudioDecodeError(path, "decoded to 0 samples")
     mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
     if not np.isfinite(mono).all():
-        raise AudioDecodeError(f"{path}: decoded samples contain NaN or infinity")
+        raise AudioDecodeError(path, "decoded samples contain NaN or infinity")
     return np.ascontiguousarray(mono), int(rate), int(frames.shape[1]), fingerprint_bytes(data)
 
 

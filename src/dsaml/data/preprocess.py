@@ -107,7 +107,7 @@ def compute_song(
     try:
         audio = load_audio(song.audio_path, features.sample_rate)
     except AudioDecodeError as exc:
-        return {"ok": False, "id": song.id, "path": str(song.audio_path), "reason": str(exc)}
+        return {"ok": False, "id": song.id, "path": str(song.audio_path), "reason": exc.reason}
     if audio.samples.shape[-1] < features.start_sample + features.segment_samples:
         return {
             "ok": False,
