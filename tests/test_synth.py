@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from dsaml.data.synth import SynthConfig, SynthConfigError, generate_corpus, load_preset, load_truth
+from dsaml.data.synth.corpus import plan_corpus
 from dsaml.data.synth.music import render_music
 
 AVG = "annotations averaged per song"
@@ -251,19 +252,33 @@ def test_personal_curves_beat_the_average_for_idiosyncratic_raters(corpus, truth
     assert personal_err and np.mean(personal_err) < 0.5 * np.mean(average_err)
 
 
-def test_same_seed_same_corpus_and_flat_layout(corpus, truth, tmp_path):
-    again = generate_corpus(tmp_path / "flat", "tiny", seed=0, layout="flat", workers=2, progress=False)
-    assert again.layout == "flat" and (tmp_path / "flat" / "MEMD_audio").is_dir()
-    nested, flat = corpus / "DEAM_Annotations" / "annotations", tmp_path / "flat" / "annotations"
+def test_same_seed_same_corpus_in_either_layout(tmp_path):
+    small = {
+        **load_preset("tiny").to_dict(),
+        "name": "small",
+        "n_songs_2013": 1,
+        "n_songs_2014": 2,
+        "n_songs_2015": 0,
+        "share_48k": 0.0,
+        "share_22k": 0.6,
+        "share_mono": 0.6,
+    }
+    nested_sum = generate_corpus(tmp_path / "a", small, seed=5, workers=1, progress=False)
+    flat_sum = generate_corpus(tmp_path / "b", small, seed=5, layout="flat", workers=2, progress=False)
+    assert (nested_sum.layout, flat_sum.layout) == ("nested", "flat") and nested_sum.n_songs == 3
+    nested, flat = tmp_path / "a" / "DEAM_Annotations" / "annotations", tmp_path / "b" / "annotations"
     files = sorted(p.relative_to(nested) for p in nested.rglob("*.csv"))
-    assert files == sorted(p.relative_to(flat) for p in flat.rglob("*.csv"))
+    assert len(files) == 6 + 2 * 3 and files == sorted(p.relative_to(flat) for p in flat.rglob("*.csv"))
     assert all((nested / f).read_bytes() == (flat / f).read_bytes() for f in files)
-    for song_id in list(truth["songs"])[:3]:
-        a, _ = sf.read(corpus / "DEAM_audio" / "MEMD_audio" / f"{song_id}.mp3")
-        b, _ = sf.read(tmp_path / "flat" / "MEMD_audio" / f"{song_id}.mp3")
+    for song_id in load_truth(tmp_path / "a")["songs"]:
+        a, rate_a = sf.read(tmp_path / "a" / "DEAM_audio" / "MEMD_audio" / f"{song_id}.mp3")
+        b, rate_b = sf.read(tmp_path / "b" / "MEMD_audio" / f"{song_id}.mp3")
+        assert rate_a == rate_b
         np.testing.assert_array_equal(a, b)
-    other = load_truth(tmp_path / "flat")
-    assert other["songs"].keys() == truth["songs"].keys() and other["raters"].keys() == truth["raters"].keys()
+    config = SynthConfig.from_mapping(small)
+    same, other = plan_corpus(config, 5, "flat")[1], plan_corpus(config, 6, "flat")[1]
+    assert [s["id"] for s in same] == [int(i) for i in load_truth(tmp_path / "b")["songs"]]
+    assert [s["id"] for s in same] != [s["id"] for s in other]
 
 
 def test_render_is_deterministic_and_seed_dependent():
