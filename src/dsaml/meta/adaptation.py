@@ -152,7 +152,7 @@ def meta_backward(
             raise FloatingPointError(f"meta_backward: non-finite query loss {loss.item()} in task {index}")
         backward(loss / n_total_tasks)
         q_losses.append(float(loss.detach()))
-        q_scores.append({k: float(v) for k, v in scores.items()})
+        q_scores.append({k: float(v.detach()) for k, v in scores.items()})
         inner.append(adaptation.losses)
     n = max(len(q_losses), 1)
     mean_scores = {k: sum(s[k] for s in q_scores) / n for k in (q_scores[0] if q_scores else {})}

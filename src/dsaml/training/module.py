@@ -191,7 +191,7 @@ class DSAMLModule(L.LightningModule):
         if not rows:
             return
         means = {k: sum(r[k] for r in rows) / len(rows) for k in ("loss",) + LOG_KEYS}
-        self.log_dict({f"val/{k}": v for k, v in means.items()}, sync_dist=False, rank_zero_only=False)
+        self.log_dict({f"val/{k}": v for k, v in means.items()}, sync_dist=True)
 
     def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All processes' rows, de-duplicated by id (distributed samplers pad with repeats)."""
@@ -251,7 +251,7 @@ class DSAMLModule(L.LightningModule):
             if row["protocol"] == primary:
                 values.update({f"test/{k}": row[k] for k in LOG_KEYS})
                 values["test/loss"] = 1.0 - row["average"]
-            self.log_dict(values, sync_dist=False, rank_zero_only=False)
+            self.log_dict(values, sync_dist=True)
 
 
 def summarize_rows(rows: list[dict[str, Any]], protocols: list[str]) -> dict[str, list[dict[str, Any]]]:

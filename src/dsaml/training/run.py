@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dsaml.data.datamodule import DSAMLDataModule
@@ -79,6 +80,8 @@ def build_trainer(cfg: DictConfig, with_validation: bool) -> L.Trainer:
         with open_dict(cfg):
             cfg.callbacks.model_checkpoint.monitor = None
     callbacks = [instantiate(c) for c in callbacks_cfg.values() if c is not None and "_target_" in c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # a progress-bar callback would contradict it
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None or "_target_" not in logger_cfg:
