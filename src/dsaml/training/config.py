@@ -161,7 +161,8 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
         if not store.is_file():
             raise FileNotFoundError(
                 f"feature store {store} (paths.store) does not exist; build it first with "
-                f"`dsaml-preprocess data={dataset} paths.store={store}` or point paths.store at an existing store"
+                f"`dsaml-preprocess data={dataset} paths.store={store}` "
+                "or point paths.store at an existing store"
             )
     if int(cfg.get("num_workers", 0)) < 0:
         raise ValueError(f"num_workers={cfg.num_workers!r}: expected an integer >= 0")

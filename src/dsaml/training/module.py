@@ -19,7 +19,9 @@ from torch import Tensor
 
 from dsaml.losses import dsaml_loss
 from dsaml.meta import adapt, batch_loss, maml_wrap, meta_backward
+from dsaml import __version__ as dsaml_version
 from dsaml.models import DSAMLConfig, DSAMLNet
+from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
 from dsaml.training.evaluation import METRIC_KEYS, run_protocols, scores_of
 
@@ -65,6 +67,10 @@ class DSAMLModule(L.LightningModule):
         """PDMER reduces gradients itself; `MetaDDPStrategy` then leaves the module unwrapped."""
         return self.meta
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Mark the file as a dsaml checkpoint (read by `dsaml.models.checkpoint.load_network`)."""
+        checkpoint["dsaml"] = {"format": CHECKPOINT_FORMAT, "version": dsaml_version}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
             self.net.parameters(), lr=self.task_cfg.lr, weight_decay=self.task_cfg.weight_decay
@@ -73,9 +79,9 @@ class DSAMLModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def _nonfinite(self, loss: Tensor, songs: list[str], where: str) -> None:
         raise NonFiniteLossError(
-            f"non-finite training loss {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-            f"{where}); songs in the batch: {', '.join(map(str, songs))}. Lower task.lr/task.inner_lr or check "
-            f"these songs' features and labels in the store"
+            f"non-finite training loss {loss.item()} at global step {self.global_step} "
+            f"(epoch {self.current_epoch}, {where}); songs in the batch: {', '.join(map(str, songs))}. "
+            "Lower task.lr/task.inner_lr or check these songs' features and labels in the store"
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:

@@ -74,7 +74,7 @@ def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -
     )
 
 
-def build_trainer(cfg: DictConfig, with_validation: bool) -> L.Trainer:
+def build_trainer(cfg: DictConfig, with_validation: bool, extra_callbacks: tuple = ()) -> L.Trainer:
     callbacks_cfg = cfg.get("callbacks") or {}
     if not with_validation and "model_checkpoint" in callbacks_cfg:
         with open_dict(cfg):
@@ -92,7 +92,7 @@ def build_trainer(cfg: DictConfig, with_validation: bool) -> L.Trainer:
                 with open_dict(logger_cfg):
                     logger_cfg.group = _sweep_name()
         loggers.append(instantiate(logger_cfg))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
 
 
 def build(cfg: DictConfig) -> Job:
@@ -146,3 +146,67 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer.test(job.module, datamodule=job.datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     return metrics
+
+
+EVAL_KEYS = (
+    "data",
+    "trainer",
+    "logger",
+    "paths",
+    "hydra",
+    "task_name",
+    "ckpt_path",
+    "seed",
+    "num_workers",
+    "task",
+    "protocols",
+    "overrides",
+    "callbacks",
+)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
+    """`dsaml-eval`: test the checkpoint `cfg.ckpt_path` with the protocols of its task (or `cfg.protocols`),
+    writing results.json / results.md into paths.output_dir. Returns the results dict."""
+    from dsaml.models.checkpoint import load_network
+    from dsaml.training.callbacks import ResultsWriter
+    from dsaml.training.config import PROTOCOLS
+
+    unknown = sorted(set(cfg.keys()) - set(EVAL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
+    net, model_cfg, hparams = load_network(str(cfg.ckpt_path))
+    task_values = dict(hparams.get("task") or {})
+    if cfg.get("task") is not None:
+        if cfg.task not in PROTOCOLS:
+            raise ValueError(f"task={cfg.task!r} is not one of {', '.join(PROTOCOLS)}")
+        if task_values.get("name") != cfg.task:
+            task_values = {"name": str(cfg.task)}
+    if "name" not in task_values:
+        raise ValueError(
+            f"{cfg.ckpt_path} records no task (e.g. a dsaml-convert file): pass task=dmer or task=pdmer"
+        )
+    task_values.setdefault("test_protocols", list(PROTOCOLS[task_values["name"]]))
+    if cfg.get("protocols") is not None:
+        task_values["test_protocols"] = list(cfg.protocols)
+    task_values.update(OmegaConf.to_container(cfg.get("overrides") or {}, resolve=True))
+    task = TaskConfig.from_dict(task_values)
+    with open_dict(cfg):
+        cfg.task = OmegaConf.create(task.to_dict())
+        cfg.model = OmegaConf.create(model_cfg.to_dict())
+    validate_train_config(_as_train_keys(cfg))
+    datamodule = datamodule_from(cfg, task, model_cfg)
+    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=hparams.get("features"))
+    module.net.load_state_dict(net.state_dict())
+    trainer = build_trainer(
+        cfg, with_validation=False, extra_callbacks=(ResultsWriter(str(cfg.paths.output_dir)),)
+    )
+    trainer.test(module, datamodule=datamodule)
+    return module.test_results
+
+
+def _as_train_keys(cfg: DictConfig) -> DictConfig:
+    """The eval config viewed with only the keys `validate_train_config` knows."""
+    from dsaml.training.config import TOP_LEVEL_KEYS
+
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TOP_LEVEL_KEYS])
