@@ -128,7 +128,7 @@ def meta_backward(
     n_total_tasks: int,
     backward: Callable[[Tensor], None] = Tensor.backward,
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict]] = batch_loss,
-    on_nonfinite: Callable[[int, Tensor], None] | None = None,
+    on_nonfinite: Callable[[int, str], None] | None = None,
 ) -> MetaStepStats:
     """Accumulate the meta-gradient of `tasks` into the `.grad` of `maml`'s parameters.
 
@@ -136,20 +136,23 @@ def meta_backward(
     query_loss / n_total_tasks to the un-adapted parameters (first or second order as `maml` is set up).
     With several processes each passes its share of the meta-batch and the same `n_total_tasks`; the
     caller then sums the gradients over processes. `backward` lets Lightning's `manual_backward` be used.
-    on_nonfinite(task_index, loss) is called (and should raise) when a query loss is NaN/inf.
+    on_nonfinite(task_index, message) is called (and should raise) when a support or query loss is NaN/inf.
     """
     q_losses: list[float] = []
     q_scores: list[dict[str, Tensor]] = []
     inner: list[list[float]] = []
     for index, task in enumerate(tasks):
-        adaptation = adapt(
-            maml, task["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
-        )
-        loss, scores = loss_fn(adaptation.learner, task["query"])
-        if not torch.isfinite(loss):
+        try:
+            adaptation = adapt(
+                maml, task["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
+            )
+            loss, scores = loss_fn(adaptation.learner, task["query"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite query loss {loss.item()}")
+        except FloatingPointError as error:
             if on_nonfinite is not None:
-                on_nonfinite(index, loss)
-            raise FloatingPointError(f"meta_backward: non-finite query loss {loss.item()} in task {index}")
+                on_nonfinite(index, str(error))
+            raise FloatingPointError(f"meta_backward: task {index}: {error}") from error
         backward(loss / n_total_tasks)
         q_losses.append(float(loss.detach()))
         q_scores.append({k: float(v.detach()) for k, v in scores.items()})

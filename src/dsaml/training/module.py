@@ -77,11 +77,11 @@ class DSAMLModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
-    def _nonfinite(self, loss: Tensor, songs: list[str], where: str) -> None:
+    def _nonfinite(self, what: str, songs: list[str], where: str) -> None:
         raise NonFiniteLossError(
-            f"non-finite training loss {loss.item()} at global step {self.global_step} "
-            f"(epoch {self.current_epoch}, {where}); songs in the batch: {', '.join(map(str, songs))}. "
-            "Lower task.lr/task.inner_lr or check these songs' features and labels in the store"
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}, {where}); songs in the batch: "
+            f"{', '.join(map(str, songs))}. Lower task.lr/task.inner_lr or check these songs' features and labels "
+            "in the store"
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -89,7 +89,7 @@ class DSAMLModule(L.LightningModule):
             return self._meta_step(batch)
         loss, scores = batch_loss(self.net, batch)
         if not torch.isfinite(loss):
-            self._nonfinite(loss, batch["songs"], "DMER batch")
+            self._nonfinite(f"non-finite training loss {loss.item()}", batch["songs"], "DMER batch")
         self._log_split("train", float(loss.detach()), _metric_dict(scores), len(batch["songs"]))
         return loss
 
@@ -98,9 +98,11 @@ class DSAMLModule(L.LightningModule):
         optimizer.zero_grad()
         tasks = batch["tasks"]
 
-        def nonfinite(index: int, loss: Tensor) -> None:
+        def nonfinite(index: int, message: str) -> None:
             task = tasks[index]
-            self._nonfinite(loss, task["songs"], f"meta-step {batch['step']}, query of rater {task['rater']}")
+            self._nonfinite(
+                message, task["songs"], f"meta-step {batch['step']}, task of rater {task['rater']}"
+            )
 
         stats = meta_backward(
             self.maml,
