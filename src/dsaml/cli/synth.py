@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -52,7 +52,6 @@ def main(cfg: DictConfig) -> None:
         run(cfg, console)
     except (SynthConfigError, FileExistsError) as err:
         console.print(f"[bold red]dsaml-synth:[/] {err}")
-        console.print(f"config was:\n{OmegaConf.to_yaml(cfg.get('synth', {}))}", style="dim")
         sys.exit(2)
 
 

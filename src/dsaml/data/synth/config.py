@@ -42,7 +42,8 @@ class SynthConfig:
     activity_spread: float = 0.6  # lognormal sigma of how often each rater is picked
     flat_probability: float = 0.03  # chance that a rating is an unmoved (flat) slider
     share_48k: float = 0.08  # share of songs written at 48 kHz
-    share_22k: float = 0.08  # share written at 22.05 kHz (the rest: 44.1 kHz)
+    share_22k: float = 0.08  # share written at 22.05 kHz
+    share_16k: float = 0.0  # share written at 16 kHz (the rest: 44.1 kHz)
     share_mono: float = 0.1  # share written mono (the rest: stereo)
     mp3_compression_level: float = 0.9  # soundfile compression_level in [0, 1) (1 fails for 44.1 kHz)
     mp3_bitrate_mode: str = "VARIABLE"
@@ -75,11 +76,18 @@ class SynthConfig:
                 f"synth.full_song_seconds=[{lo}, {hi}]: expected 46 <= min <= max <= 900 "
                 "(PDMER needs > 60 labels)"
             )
-        for key in ("idiosyncratic_fraction", "flat_probability", "share_48k", "share_22k", "share_mono"):
+        for key in (
+            "idiosyncratic_fraction",
+            "flat_probability",
+            "share_48k",
+            "share_22k",
+            "share_16k",
+            "share_mono",
+        ):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise SynthConfigError(f"synth.{key}={getattr(self, key)!r}: expected a value in [0, 1]")
-        if self.share_48k + self.share_22k > 1.0:
-            raise SynthConfigError("synth.share_48k + synth.share_22k must be <= 1")
+        if self.share_48k + self.share_22k + self.share_16k > 1.0:
+            raise SynthConfigError("synth.share_48k + synth.share_22k + synth.share_16k must be <= 1")
         if not 0.0 <= float(self.activity_spread) <= 3.0:
             raise SynthConfigError(
                 f"synth.activity_spread={self.activity_spread!r}: expected a value in [0, 3]"

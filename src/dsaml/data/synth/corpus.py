@@ -122,9 +122,11 @@ def _quota(n: int, share: float) -> int:
 
 def _formats(n: int, cfg: SynthConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """Per-song sample rates and channel counts by quota, shuffled; 44.1 kHz (the rest) keeps >= 1 song."""
-    n48 = min(_quota(n, cfg.share_48k), max(n - 1, 0))
-    n22 = min(_quota(n, cfg.share_22k), max(n - n48 - 1, 0))
-    rates = [48000] * n48 + [22050] * n22 + [44100] * (n - n48 - n22)
+    counts: dict[int, int] = {}
+    for rate, share in ((48000, cfg.share_48k), (16000, cfg.share_16k), (22050, cfg.share_22k)):
+        counts[rate] = min(_quota(n, share), max(n - sum(counts.values()) - 1, 0))
+    counts[44100] = n - sum(counts.values())
+    rates = [rate for rate, count in counts.items() for _ in range(count)]
     channels = [1] * _quota(n, cfg.share_mono) + [2] * (n - _quota(n, cfg.share_mono))
     return [rates[i] for i in rng.permutation(n)], [channels[i] for i in rng.permutation(n)]
 
