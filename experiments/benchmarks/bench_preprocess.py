@@ -4,10 +4,10 @@
 
 Corpus: dsaml-synth's demo-like mix (mostly 44.1 kHz stereo 45 s MP3 clips), generated once under
 --corpus. Each pipeline runs in a fresh subprocess so its peak memory is its own.
-- baseline (as the original): one song at a time, with torch's default intra-op threads (as the original
-  runs) and with one thread (its best case on a busy 2-core machine); the file is decoded and resampled again for each kind
-  of feature (log-mel, then the 30 s global-context window); one MelSpectrogram call per segment; one
-  torch.save'd float32 file per song.
+- baseline (as the original): one song at a time, with torch's default intra-op threads (as the
+  original runs) and with one thread (its best case on a busy 2-core machine); the file is decoded and
+  resampled again for each kind of feature (log-mel, then the 30 s global-context window); one
+  MelSpectrogram call per segment; one torch.save'd float32 file per song.
 - ours: `dsaml.data.preprocess.preprocess` (decode workers, batched log-mel, float16 HDF5 store).
 Real-time factor = decoded audio seconds / wall seconds. Peak memory = main process + decode workers
 (RSS sampled as songs finish), reported at half and at all of the songs to show it does not grow.
@@ -214,14 +214,15 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, CPU only, load average {os.getloadavg()[0]:.1f}\n"
         )
         print(
-            "| pipeline | songs | wall s | songs/s | real-time factor | speed-up vs baseline (default threads "
-            "/ 1 thread) | peak RSS MiB (half / all songs) |"
+            "| pipeline | songs | wall s | songs/s | real-time factor | speed-up vs baseline "
+            "(default threads / 1 thread) | peak RSS MiB (half / all songs) |"
         )
         print("|---|---|---|---|---|---|---|")
         for name, r in results.items():
             print(
                 f"| {name} | {r['songs']} | {r['seconds']:.1f} | {r['songs'] / r['seconds']:.2f} "
-                f"| {r['audio_s'] / r['seconds']:.0f}x | {base / r['seconds']:.2f}x / {base1 / r['seconds']:.2f}x "
+                f"| {r['audio_s'] / r['seconds']:.0f}x "
+                f"| {base / r['seconds']:.2f}x / {base1 / r['seconds']:.2f}x "
                 f"| {r['peak_half_mb']:.0f} / {r['peak_mb']:.0f} |"
             )
         if args.layout:
