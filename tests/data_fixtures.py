@@ -83,7 +83,7 @@ def tiny_store(tiny_corpus, tmp_path_factory) -> Path:
 
 
 def subset_tree(corpus: Path, target: Path, song_ids: list[str]) -> Path:
-    """A smaller DEAM tree: the corpus's annotations with averaged rows for `song_ids` only, and their audio."""
+    """A smaller DEAM tree: the annotations with averaged rows for `song_ids` only, and their audio."""
     shutil.copytree(corpus / "DEAM_Annotations", target / "DEAM_Annotations")
     averaged = (
         target / "DEAM_Annotations/annotations/annotations averaged per song/dynamic (per second annotations)"

@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
@@ -197,8 +198,6 @@ def _store_is_current(store: Path, job: dict[str, Any], overwrite: bool) -> bool
     """True if `store` is complete and made by the same job; a different job needs overwrite=true."""
     if not store.is_file() or overwrite:
         return False
-    import h5py
-
     try:
         with h5py.File(store, "r") as handle:
             previous = json.loads(handle.attrs.get("job", "{}")) if handle.attrs.get("complete") else None

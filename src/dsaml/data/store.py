@@ -73,13 +73,23 @@ class SongRecord:
 
 
 class FeatureStoreWriter:
-    """Creates a store (`create`, `add_song`, `finish`) or opens one to add global vectors (`__init__`)."""
+    """Creates a store (`create`, `add_song`, `finish`) or opens one to add global vectors (`__init__`).
+
+    HDF5 allows no writer while the same process holds the file open for reading: close any
+    `FeatureStore` of this file (`.close()`) before opening a writer on it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"feature store not found: {self.path}")
-        self._file = h5py.File(self.path, "r+")
+        try:
+            self._file = h5py.File(self.path, "r+")
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open for writing ({exc}); close every FeatureStore reading "
+                "it in this process first, and check no other process is writing it"
+            ) from exc
         self._rows: list[dict[str, Any]] = []
         self._offset = 0
 
