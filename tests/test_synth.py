@@ -260,7 +260,8 @@ def test_same_seed_same_corpus_in_either_layout(tmp_path):
         "n_songs_2014": 2,
         "n_songs_2015": 0,
         "share_48k": 0.0,
-        "share_22k": 0.6,
+        "share_22k": 0.0,
+        "share_16k": 0.6,
         "share_mono": 0.6,
     }
     nested_sum = generate_corpus(tmp_path / "a", small, seed=5, workers=1, progress=False)

@@ -163,7 +163,7 @@ def render_music(
         if not level.any():
             continue
         idx = _table_index(midi_to_hz(midi), bar_pos, n, sr, rng.uniform())
-        gain = 1.0 if level.all() and (level == 1).all() else _hold(level.astype(np.float32), bar_pos, n, 0.0)
+        gain = 1.0 if (level == 1).all() else _hold(level.astype(np.float32), bar_pos, n, 0.0)
         dark += gain * DARK_TABLE.take(idx)
         bright_sum += gain * BRIGHT_TABLE.take(idx)
     pad = (dark + 0.7 * bright * (bright_sum - dark)) * pad_env
@@ -172,6 +172,7 @@ def render_music(
     eighths = grid % 2 == 0
     p_note = 0.25 + 0.6 * (a_ev + 1) / 2
     note_on = eighths & (rng.uniform(size=len(grid)) < p_note)
+    note_on[0] = True  # the melody starts on the downbeat
     steps = rng.choice([-2, -1, -1, 1, 1, 2], size=note_on.sum())
     degree = np.clip(np.cumsum(steps) + 7, 0, 13)
     scale = np.where(v_ev[note_on][:, None] > 0, MAJOR_SCALE[None, :], MINOR_SCALE[None, :])
