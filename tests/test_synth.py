@@ -292,14 +292,31 @@ def test_render_is_deterministic_and_seed_dependent():
 def test_existing_directories_are_protected(corpus, tmp_path):
     reused = generate_corpus(corpus, "tiny", seed=0, progress=False)
     assert reused.reused and reused.n_pdmer_raters >= 4
-    with pytest.raises(FileExistsError, match="different dsaml-synth corpus"):
-        generate_corpus(corpus, "tiny", seed=1, progress=False)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a dsaml-synth corpus"):
         generate_corpus(foreign, "tiny", seed=0, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_a_different_synth_corpus_is_replaced(tmp_path):
+    small = {
+        **load_preset("tiny").to_dict(),
+        "n_songs_2013": 0,
+        "n_songs_2014": 1,
+        "n_songs_2015": 0,
+        "raters_per_clip": [2, 3],
+        "share_16k": 1.0,
+        "share_48k": 0.0,
+        "share_22k": 0.0,
+    }
+    generate_corpus(tmp_path, small, seed=0, layout="flat", workers=1, progress=False)
+    (tmp_path / "notes.txt").write_text("keep me")
+    again = generate_corpus(tmp_path, small, seed=1, workers=1, progress=False)
+    assert "different dsaml-synth corpus (preset 'tiny', seed 0, layout 'flat')" in again.replaced
+    assert not (tmp_path / "annotations").exists() and (tmp_path / "DEAM_Annotations").is_dir()
+    assert load_truth(tmp_path)["seed"] == 1 and (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 dsaml-synth                                   # demo preset -> ${paths.data_dir}/synthetic/demo
 dsaml-synth synth=tiny out=/tmp/deam seed=0   # tiny preset (tests), seconds
-dsaml-synth synth=demo layout=flat workers=2 overwrite=true
+dsaml-synth synth=demo layout=flat workers=2
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dsaml.config
 from dsaml.data.synth import SynthConfig, SynthConfigError, generate_corpus
 from dsaml.data.synth.config import check_run_options
 
-RUN_KEYS = {"out", "seed", "layout", "workers", "overwrite", "synth", "paths"}
+RUN_KEYS = {"out", "seed", "layout", "workers", "synth", "paths"}
 
 
 def run(cfg: DictConfig, console: Console) -> None:
@@ -28,15 +28,12 @@ def run(cfg: DictConfig, console: Console) -> None:
         raise SynthConfigError(f"unknown top-level key(s) {unknown}; allowed: {sorted(RUN_KEYS)}")
     synth = SynthConfig.from_mapping(cfg.synth)
     check_run_options(cfg.layout, cfg.workers, cfg.seed)
-    if not isinstance(cfg.overwrite, bool):
-        raise SynthConfigError(f"overwrite={cfg.overwrite!r}: expected true or false")
     summary = generate_corpus(
         cfg.out,
         synth,
         cfg.seed,
         layout=cfg.layout,
         workers=cfg.workers,
-        overwrite=cfg.overwrite,
         console=console,
     )
     table = Table(title="dsaml-synth corpus", show_header=False)

@@ -74,6 +74,7 @@ class CorpusSummary:
     truth_path: str = ""
     seconds: float = 0.0
     reused: bool = False
+    replaced: str = ""  # what an earlier dsaml-synth corpus in `root` was, when this one replaced it
 
     def lines(self) -> list[tuple[str, str]]:
         """(label, value) rows for display."""
@@ -99,7 +100,7 @@ class CorpusSummary:
             ),
             ("ground truth", self.truth_path),
             ("time", "reused an identical existing corpus" if self.reused else f"{self.seconds:.1f} s"),
-        ]
+        ] + ([("replaced", self.replaced)] if self.replaced else [])
 
 
 class RateColumn(ProgressColumn):
@@ -267,39 +268,34 @@ def _render_all(root: Path, truth: dict, workers: int, progress: bool, console: 
                 bar.advance(task)
 
 
-def _prepare_root(root: Path, truth: dict, overwrite: bool) -> bool:
-    """Make `root` ready; True when it already holds this exact corpus (nothing to do).
-
-    Refuses a non-empty directory that is not a dsaml-synth corpus, and a different synth corpus unless
-    `overwrite`; an interrupted generation (marker file left behind) is always regenerated.
-    """
+def _prepare_root(root: Path, truth: dict) -> tuple[bool, str]:
+    """Make `root` ready: (True, "") when it already holds this exact corpus (nothing to do), else
+    (False, what was replaced). Refuses a non-empty directory that is not a dsaml-synth corpus; a different
+    or interrupted dsaml-synth corpus is regenerable output and is replaced (only the files it wrote)."""
     if not root.exists() or not any(root.iterdir()):
-        return False
+        return False, ""
     truth_path = root / TRUTH_FILE
-    ours = truth_path.is_file() or (root / INCOMPLETE_MARK).is_file()
-    if not ours:
+    if not (truth_path.is_file() or (root / INCOMPLETE_MARK).is_file()):
         raise FileExistsError(
             f"{root} is not empty and is not a dsaml-synth corpus (no {TRUTH_FILE}); "
             "choose an empty or new `out`"
         )
-    if truth_path.is_file() and not (root / INCOMPLETE_MARK).exists():
+    replaced = "an interrupted dsaml-synth run"
+    if not (root / INCOMPLETE_MARK).exists():
         old = json.loads(truth_path.read_text())
-        if {k: old.get(k) for k in ("seed", "layout", "config")} == {
-            k: truth[k] for k in ("seed", "layout", "config")
-        }:
-            return True
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} holds a different dsaml-synth corpus (seed {old.get('seed')}, preset "
-                f"{old.get('config', {}).get('name')!r}, layout {old.get('layout')!r});"
-                " pass overwrite=true to replace it"
-            )
+        keys = ("seed", "layout", "config")
+        if {k: old.get(k) for k in keys} == {k: truth[k] for k in keys}:
+            return True, ""
+        replaced = (
+            f"a different dsaml-synth corpus (preset {old.get('config', {}).get('name')!r}, "
+            f"seed {old.get('seed')}, layout {old.get('layout')!r})"
+        )
     for layout in ("nested", "flat"):
         for path in deam_tree.layout_roots(root, layout):
             if path.exists():
                 shutil.rmtree(path)
     truth_path.unlink(missing_ok=True)
-    return False
+    return False, replaced
 
 
 def _to_json(truth: dict) -> str:
@@ -369,11 +365,13 @@ def generate_corpus(
     *,
     layout: str = "nested",
     workers: int | None = None,
-    overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> CorpusSummary:
     """Generate (or reuse, when identical) a synthetic DEAM-format corpus under `root`.
+
+    A different or interrupted dsaml-synth corpus in `root` is replaced (summary.replaced says what it was);
+    a non-empty `root` that is not a dsaml-synth corpus raises FileExistsError and is left untouched.
 
     config: a preset name ("tiny", "demo", ... from conf/synth/), a SynthConfig or a dict of its fields.
     layout: "nested" (DEAM_Annotations/annotations, DEAM_audio/MEMD_audio) or "flat".
@@ -395,7 +393,8 @@ def generate_corpus(
     check_run_options(layout, workers, seed)
     root = Path(root).expanduser().resolve()
     truth, annotations = plan_corpus(cfg, seed, layout)
-    if _prepare_root(root, truth, overwrite):
+    reuse, replaced = _prepare_root(root, truth)
+    if reuse:
         return summarize(root, load_truth(root), reused=True)
     root.mkdir(parents=True, exist_ok=True)
     (root / INCOMPLETE_MARK).write_text("dsaml-synth is writing this corpus\n")
@@ -404,4 +403,6 @@ def generate_corpus(
     deam_tree.write_annotations(root, layout, annotations)
     (root / TRUTH_FILE).write_text(_to_json(truth))
     (root / INCOMPLETE_MARK).unlink()
-    return summarize(root, truth, seconds=time.perf_counter() - start)
+    summary = summarize(root, truth, seconds=time.perf_counter() - start)
+    summary.replaced = replaced
+    return summary
