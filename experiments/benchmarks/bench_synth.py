@@ -6,6 +6,13 @@ generated end to end with 1 worker (baseline) vs `--workers` processes, in wall 
 
     .venv/bin/python experiments/benchmarks/bench_synth.py              # 8 excerpts, 2 workers
     .venv/bin/python experiments/benchmarks/bench_synth.py --clips 16 --workers 4
+
+Recorded (2026-11-24, this 2-core machine shared with other jobs, load average ~9, `--repeats 2 --clips 6`):
+one excerpt, CPU s: 44.1 kHz stereo render 0.326, encode default 0.878 / ours 0.718 (1.15x);
+44.1 kHz mono 0.187, 0.416 / 0.336 (1.15x); 22.05 kHz mono 0.090, 0.261 / 0.222 (1.12x);
+16 kHz mono 0.059, 0.207 / 0.195 (1.05x). The pool's wall-clock gain could not be measured under that load
+(both cores busy with other jobs: 13.6 s vs 17.0 s); whole presets, CPU s (user + sys): tiny 10.5,
+demo 150 (so ~5 s and ~75 s wall on 2 idle cores).
 """
 
 from __future__ import annotations
