@@ -343,6 +343,11 @@ def test_unknown_preset_and_run_options(tmp_path):
         generate_corpus(tmp_path, "huge")
     with pytest.raises(SynthConfigError, match=r"layout='deep': expected one of \('nested', 'flat'\)"):
         generate_corpus(tmp_path, "tiny", layout="deep")
+    with pytest.raises(SynthConfigError, match=r"workers=0: expected an integer >= 1 or null"):
+        generate_corpus(tmp_path, "tiny", workers=0)
+    with pytest.raises(SynthConfigError, match=r"seed=-1: expected an integer >= 0"):
+        generate_corpus(tmp_path, "tiny", seed=-1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_composes_presets_and_reports(corpus, capsys):

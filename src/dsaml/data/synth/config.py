@@ -144,11 +144,11 @@ def load_preset(name: str) -> SynthConfig:
     return SynthConfig.from_mapping(OmegaConf.load(path))
 
 
-def check_run_options(layout: str, workers: int, seed: int) -> None:
+def check_run_options(layout: str, workers: int | None, seed: int) -> None:
     """Validate the run-level options shared by the CLI and the Python API."""
     if layout not in LAYOUTS:
         raise SynthConfigError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    if not isinstance(workers, int) or workers < 1:
-        raise SynthConfigError(f"workers={workers!r}: expected an integer >= 1")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise SynthConfigError(f"workers={workers!r}: expected an integer >= 1 or null (one per CPU core)")
     if not isinstance(seed, int) or seed < 0:
         raise SynthConfigError(f"seed={seed!r}: expected an integer >= 0")

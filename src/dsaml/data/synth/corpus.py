@@ -375,7 +375,8 @@ def generate_corpus(
 
     config: a preset name ("tiny", "demo", ... from conf/synth/), a SynthConfig or a dict of its fields.
     layout: "nested" (DEAM_Annotations/annotations, DEAM_audio/MEMD_audio) or "flat".
-    workers: rendering processes (default: min(2, CPU count)); 1 renders in this process.
+    workers: rendering processes (default None: one per CPU core, at most one per song); 1 renders in
+    this process.
     Returns a CorpusSummary; the ground truth is `root/synth_truth.json` (see `load_truth`).
     """
     start = time.perf_counter()
@@ -389,10 +390,10 @@ def generate_corpus(
         raise SynthConfigError(
             f"config must be a preset name, SynthConfig or dict, got {type(config).__name__}"
         )
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
     check_run_options(layout, workers, seed)
     root = Path(root).expanduser().resolve()
     truth, annotations = plan_corpus(cfg, seed, layout)
+    workers = min(os.cpu_count() or 1, len(truth["songs"])) if workers is None else workers
     reuse, replaced = _prepare_root(root, truth)
     if reuse:
         return summarize(root, load_truth(root), reused=True)
