@@ -1,7 +1,7 @@
 """Whole-song prediction with sliding windows (spec section 5).
 
-The per-segment part of the network (spectrogram CNN + fusion with the global vector) is computed once per
-song; the windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a
+The per-segment part of the network (spectrogram CNN + fusion with the global vector, and the first encoder
+layer's query/key/value projections, shared by both attention passes) is computed once per song; the windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a
 time. Stitching rules (windows start at 0, stride, 2 stride, ... and the last one ends at the song's end):
 
 - "mean" (default, correctly aligned): each position is the mean of the outputs of every window covering it.
@@ -90,11 +90,12 @@ def predict_song(net: DSAMLNet, logmel: Tensor | np.ndarray, global_vectors: Ten
             out = net.predict_encoded(h[None], return_diagonal=False)
             return out["arousal"][0].float().cpu(), out["valence"][0].float().cpu()
         starts = window_starts(length, window, stride)
+        cache = net.song_cache(h)
         arousal, valence = [], []
         for first in range(0, len(starts), batch_size):
-            index = torch.tensor(starts[first: first + batch_size], device=h.device)
-            windows = h[index[:, None] + torch.arange(window, device=h.device)]  # [n, window, D]
-            out = net.predict_encoded(windows, return_diagonal=False)
+            index = torch.tensor(starts[first: first + batch_size], device=h.device)[:, None] + torch.arange(
+                window, device=h.device)  # [n, window]
+            out = net.predict_windows(h, index, cache)
             arousal.append(out["arousal"])
             valence.append(out["valence"])
         a = stitch_windows(torch.cat(arousal), starts, length, stitch, "arousal")

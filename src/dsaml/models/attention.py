@@ -65,10 +65,16 @@ class RelativeSelfAttention(nn.Module):
                 "predict long songs with dsaml.inference.predict_song (sliding windows)"
             )
 
-    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool) -> tuple[Tensor, Tensor | None]:
-        """x [N, T, D], mask [N or 1, 1, T, T] additive -> (LayerNorm(x + attn), probs [N, H, T, T] or None)."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, T, D] -> q, k, v [N, H, T, D/H] (per token: a song's can be computed once and sliced)."""
+        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+
+    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool,
+                qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """x [N, T, D], mask [N or 1, 1, T, T] additive, qkv = project(x) if already computed
+        -> (LayerNorm(x + attn), probs [N, H, T, T] or None)."""
         self._check_length(x.shape[1])
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        q, k, v = qkv if qkv is not None else self.project(x)
         if impl == "eager":
             context, probs = self._eager(q, k, v, mask)
         else:
@@ -125,8 +131,9 @@ class EncoderLayer(nn.Module):
         self.output_dropout = nn.Dropout(cfg.dropout)
         self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
 
-    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool) -> tuple[Tensor, Tensor | None]:
-        x, probs = self.attention(x, mask, impl, want_probs)
+    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool,
+                qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        x, probs = self.attention(x, mask, impl, want_probs, qkv)
         ffn = self.output_dropout(self.output(self.activation(self.intermediate(x))))
         return self.output_norm(x + ffn), probs
 
@@ -149,17 +156,23 @@ class DualScaleEncoder(nn.Module):
                  "global": (cfg.global_radius,), "full": (None,)}
         self.radii: tuple[int | None, ...] = radii[cfg.attention]
 
-    def forward(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True) -> dict[str, Tensor]:
+    def forward(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True,
+                first_qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """h [B, T, D]; first_qkv = self.layers[0].attention.project(h) when already computed (e.g. sliced from a
+        whole song's): every pass starts from h, so the first layer's projections are shared by all passes."""
         b, t, _ = h.shape
         masks = [band_bias(t, r, h.device, h.dtype) for r in self.radii]
         if self.cfg.impl == "eager":
-            runs = [self._run(h, m[None, None], "eager", return_attention, return_diagonal) for m in masks]
+            runs = [self._run(h, m[None, None], "eager", return_attention, return_diagonal, first_qkv)
+                    for m in masks]
             outs = [o for o, _ in runs]
             maps = [m for _, ms in runs for m in ms]  # pass-major: pass 0 layers, then pass 1 layers
         else:
             stacked = h.repeat(len(masks), 1, 1)  # [passes * B, T, D]
             mask = torch.stack(masks).repeat_interleave(b, dim=0)[:, None]  # [passes * B, 1, T, T]
-            out, layer_maps = self._run(stacked, mask, "fast", return_attention, return_diagonal)
+            qkv = first_qkv if first_qkv is not None else self.layers[0].attention.project(h)
+            qkv = tuple(p.repeat(len(masks), 1, 1, 1) for p in qkv)  # computed once, shared by the passes
+            out, layer_maps = self._run(stacked, mask, "fast", return_attention, return_diagonal, qkv)
             outs = list(out.split(b))
             maps = [m for p in range(len(masks)) for m in (lm.split(b)[p] if lm is not None else None
                                                            for lm in layer_maps)]
@@ -173,10 +186,11 @@ class DualScaleEncoder(nn.Module):
                 [m.mean(dim=1).diagonal(dim1=-2, dim2=-1) for m in chosen], dim=1)
         return result
 
-    def _run(self, x: Tensor, mask: Tensor, impl: str, all_maps: bool, last_map: bool) -> tuple[Tensor, list]:
+    def _run(self, x: Tensor, mask: Tensor, impl: str, all_maps: bool, last_map: bool,
+             first_qkv: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, list]:
         maps = []
         for i, layer in enumerate(self.layers):
             want = all_maps or (last_map and i == len(self.layers) - 1) or impl == "eager"
-            x, probs = layer(x, mask, impl, want)
+            x, probs = layer(x, mask, impl, want, first_qkv if i == 0 else None)
             maps.append(probs if (all_maps or (last_map and i == len(self.layers) - 1)) else None)
         return x, maps

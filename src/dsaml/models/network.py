@@ -148,12 +148,25 @@ class DSAMLNet(nn.Module):
             global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
         return self.fusion(features, global_vectors)
 
-    def predict_encoded(self, h: Tensor, return_attention: bool = False,
-                        return_diagonal: bool = True) -> dict[str, Tensor]:
-        """Sequence part: h [B, T, D] -> outputs (see the class docstring)."""
-        out = self.encoder(h, return_attention=return_attention, return_diagonal=return_diagonal)
+    def predict_encoded(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True,
+                        first_qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Sequence part: h [B, T, D] -> outputs (see the class docstring). `first_qkv`: the first encoder
+        layer's q, k, v [B, H, T, D/H] of h when already computed (sliding windows slice a song's)."""
+        out = self.encoder(h, return_attention=return_attention, return_diagonal=return_diagonal,
+                           first_qkv=first_qkv)
         emotions = self.head(out.pop("encoded"))
         return {"arousal": emotions[..., 0], "valence": emotions[..., 1], **out}
+
+    def song_cache(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What sliding windows can share, computed once per song: the first encoder layer's q, k, v of the
+        song's encoding h [T, D] -> [H, T, D/H] each (per-token projections; both passes start from h)."""
+        return tuple(p[0] for p in self.encoder.layers[0].attention.project(h[None]))
+
+    def predict_windows(self, h: Tensor, index: Tensor, cache: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+        """Windows of a song: h [T, D] (encode_segments), index [n, W] segment positions, cache = song_cache(h)
+        -> outputs for h[index] ([n, W] each), without the regulariser's diagonal."""
+        qkv = tuple(p[:, index].transpose(0, 1) for p in cache)  # [n, H, W, D/H]
+        return self.predict_encoded(h[index], return_diagonal=False, first_qkv=qkv)
 
     def _check_inputs(self, logmel: Tensor, global_vectors: Tensor | None) -> None:
         cfg = self.cfg
