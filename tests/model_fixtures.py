@@ -17,8 +17,9 @@ def load_reference() -> dict:
     return torch.load(REFERENCE, weights_only=True)
 
 
-def assert_grads_close(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rel: float = 1e-4,
-                       floor: float = 1e-6) -> None:
+def assert_grads_close(
+    ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rel: float = 1e-4, floor: float = 1e-6
+) -> None:
     """Every gradient within `rel` of its reference, relative to the reference tensor's largest entry.
 
     Gradients that are exactly zero in exact arithmetic (key biases: softmax is shift-invariant; conv biases
@@ -27,4 +28,6 @@ def assert_grads_close(ours: dict[str, torch.Tensor], reference: dict[str, torch
     assert ours.keys() == reference.keys()
     for name, ref in reference.items():
         err = (ours[name] - ref).abs().max().item()
-        assert err <= rel * ref.abs().max().item() + floor, f"{name}: max error {err:.3g}, max |ref| {ref.abs().max():.3g}"
+        assert err <= rel * ref.abs().max().item() + floor, (
+            f"{name}: max error {err:.3g}, max |ref| {ref.abs().max():.3g}"
+        )

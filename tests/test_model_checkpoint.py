@@ -26,8 +26,15 @@ def test_round_trip_keeps_weights_config_and_hyper_parameters(tmp_path):
 def test_lightning_style_checkpoint_with_other_modules_loads(tmp_path):
     net = DSAMLNet(TINY)
     state = {f"net.{k}": v for k, v in net.state_dict().items()} | {"loss_weight": torch.ones(1)}
-    torch.save({"state_dict": state, "hyper_parameters": {"model": TINY.to_dict(), "task": {"name": "pdmer"}},
-                "epoch": 3, "optimizer_states": []}, tmp_path / "last.ckpt")
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"model": TINY.to_dict(), "task": {"name": "pdmer"}},
+            "epoch": 3,
+            "optimizer_states": [],
+        },
+        tmp_path / "last.ckpt",
+    )
     loaded, _, hparams = load_network(tmp_path / "last.ckpt")
     assert hparams["task"] == {"name": "pdmer"}
     assert torch.equal(loaded.head.out.weight, net.head.out.weight)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers", reason="optional extra 'clap' (transformers) not installed")
+transformers = pytest.importorskip(
+    "transformers", reason="optional extra 'clap' (transformers) not installed"
+)
 
 from dsaml.models.clap import ClapAudioEncoder  # noqa: E402
 
@@ -14,12 +16,27 @@ from dsaml.models.clap import ClapAudioEncoder  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_clap():
     torch.manual_seed(0)
-    audio = transformers.ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1],
-                                         num_attention_heads=[2, 2], window_size=8, spec_size=256,
-                                         num_mel_bins=64, projection_hidden_size=32)
-    text = transformers.ClapTextConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=32, projection_hidden_size=16)
-    config = transformers.ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=12)
+    audio = transformers.ClapAudioConfig(
+        hidden_size=32,
+        patch_embeds_hidden_size=16,
+        depths=[1, 1],
+        num_attention_heads=[2, 2],
+        window_size=8,
+        spec_size=256,
+        num_mel_bins=64,
+        projection_hidden_size=32,
+    )
+    text = transformers.ClapTextConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        projection_hidden_size=16,
+    )
+    config = transformers.ClapConfig(
+        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=12
+    )
     return transformers.ClapModel(config).eval(), transformers.ClapFeatureExtractor()
 
 
@@ -29,7 +46,7 @@ def test_window_semantics_and_chunk_averaging(tiny_clap):
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(int(46.5 * sr)) * 0.1).astype(np.float32)
     clip = encoder.clip_vector(audio, sr)  # 15 s .. 45 s as three 10 s chunks, averaged
-    chunks = np.stack([audio[int((15 + 10 * k) * sr): int((25 + 10 * k) * sr)] for k in range(3)])
+    chunks = np.stack([audio[int((15 + 10 * k) * sr) : int((25 + 10 * k) * sr)] for k in range(3)])
     direct = encoder.embed_windows(chunks.reshape(3, -1)).mean(axis=0)  # each chunk alone, then the mean
     assert clip.shape == (1, 12)
     np.testing.assert_allclose(clip[0], direct, rtol=1e-5, atol=1e-6)
@@ -37,8 +54,10 @@ def test_window_semantics_and_chunk_averaging(tiny_clap):
     short = audio[: int(31.2 * sr)]
     song = encoder.song_vectors(short, sr, n_segments=4)
     assert song.shape == (4, 12)
-    np.testing.assert_allclose(song[0], encoder.embed_windows(short[None, : 30 * sr])[0], rtol=1e-5, atol=1e-6)
-    padded = np.concatenate([short[int(1.5 * sr):], np.full(int(0.3 * sr), short[-1])])
+    np.testing.assert_allclose(
+        song[0], encoder.embed_windows(short[None, : 30 * sr])[0], rtol=1e-5, atol=1e-6
+    )
+    padded = np.concatenate([short[int(1.5 * sr) :], np.full(int(0.3 * sr), short[-1])])
     np.testing.assert_allclose(song[3], encoder.embed_windows(padded[None])[0], rtol=1e-5, atol=1e-6)
 
 

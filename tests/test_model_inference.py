@@ -75,23 +75,26 @@ def test_window_starts_cover_the_song_and_end_at_its_end():
 
 def test_prediction_equals_plain_forwards_of_each_window():
     torch.manual_seed(0)
-    net = DSAMLNet(DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64,
-                               global_context="precomputed:x")).eval()
+    net = DSAMLNet(
+        DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64, global_context="precomputed:x")
+    ).eval()
     logmel, g = torch.randn(75, 51, 128), torch.randn(75, 32)
     arousal, valence = predict_song(net, logmel, g, stride=1, stitch="mean", batch_size=4)
     with torch.no_grad():
-        windows = [net(logmel[None, s: s + 60], g[None, s: s + 60]) for s in range(16)]
+        windows = [net(logmel[None, s : s + 60], g[None, s : s + 60]) for s in range(16)]
     position_sum = torch.zeros(75)
     for s, out in enumerate(windows):
-        position_sum[s: s + 60] += out["valence"][0]
+        position_sum[s : s + 60] += out["valence"][0]
     count = torch.zeros(75)
     for s in range(16):
-        count[s: s + 60] += 1
+        count[s : s + 60] += 1
     torch.testing.assert_close(valence, position_sum / count, rtol=0, atol=1e-5)
     assert arousal.shape == (75,) and net.training is False
     short_a, _ = predict_song(net, logmel[:40], g[:40])  # < 60 segments: one forward
     with torch.no_grad():
-        torch.testing.assert_close(short_a, net(logmel[None, :40], g[None, :40])["arousal"][0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            short_a, net(logmel[None, :40], g[None, :40])["arousal"][0], rtol=0, atol=1e-6
+        )
 
 
 def test_learned_context_song_prediction_uses_centred_windows():

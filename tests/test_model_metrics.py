@@ -22,28 +22,49 @@ def test_hand_computed_values():
 def test_against_torchmetrics_where_definitions_match_and_differ():
     torch.manual_seed(0)
     p, y = torch.randn(3, 40), torch.randn(3, 40)
-    torch.testing.assert_close(rmse(p, y), torch.stack([mean_squared_error(a, b, squared=False) for a, b in zip(p, y)]))
-    tm_pcc = torch.stack([pearson_corrcoef(a, b) for a, b in zip(p, y)])
+    torch.testing.assert_close(
+        rmse(p, y), torch.stack([mean_squared_error(a, b, squared=False) for a, b in zip(p, y, strict=True)])
+    )
+    tm_pcc = torch.stack([pearson_corrcoef(a, b) for a, b in zip(p, y, strict=True)])
     torch.testing.assert_close(pcc(p, y), tm_pcc, rtol=1e-5, atol=1e-6)  # same up to the 1e-8 epsilon
-    tm_ccc = torch.stack([concordance_corrcoef(a, b).reshape(()) for a, b in zip(p, y)])
+    tm_ccc = torch.stack([concordance_corrcoef(a, b).reshape(()) for a, b in zip(p, y, strict=True)])
     n = 40  # torchmetrics: unbiased (n-1) cov/var with a plain (mean difference)^2 term -> differs from ours
     assert not torch.allclose(ccc(p, y), tm_ccc, rtol=1e-6, atol=0)
     mp, my = p.mean(-1), y.mean(-1)
-    unbiased = 2 * torch.stack([torch.cov(torch.stack([a, b]))[0, 1] for a, b in zip(p, y)]) / (
-        p.var(-1) + y.var(-1) + (mp - my) ** 2)
+    unbiased = (
+        2
+        * torch.stack([torch.cov(torch.stack([a, b]))[0, 1] for a, b in zip(p, y, strict=True)])
+        / (p.var(-1) + y.var(-1) + (mp - my) ** 2)
+    )
     torch.testing.assert_close(tm_ccc, unbiased, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ccc(p, y), 2 * ((p - mp[:, None]) * (y - my[:, None])).sum(-1) / n / (
-        p.var(-1, unbiased=False) + y.var(-1, unbiased=False) + (mp - my) ** 2))
+    torch.testing.assert_close(
+        ccc(p, y),
+        2
+        * ((p - mp[:, None]) * (y - my[:, None])).sum(-1)
+        / n
+        / (p.var(-1, unbiased=False) + y.var(-1, unbiased=False) + (mp - my) ** 2),
+    )
 
 
 def test_loss_is_one_minus_average_score_plus_regulariser():
     torch.manual_seed(0)
-    out = {"arousal": torch.rand(4, 30, requires_grad=True), "valence": torch.rand(4, 30),
-           "attention_diagonal": torch.rand(4, 2, 30)}
+    out = {
+        "arousal": torch.rand(4, 30, requires_grad=True),
+        "valence": torch.rand(4, 30),
+        "attention_diagonal": torch.rand(4, 2, 30),
+    }
     a, v = torch.rand(4, 30), torch.rand(4, 30)
     loss, scores = dsaml_loss(out, a, v)
-    average = (ccc(out["arousal"], a).mean() + pcc(out["arousal"], a).mean() + 1 - rmse(out["arousal"], a).mean()
-               + ccc(out["valence"], v).mean() + pcc(out["valence"], v).mean() + 1 - rmse(out["valence"], v).mean()) / 6
+    average = (
+        ccc(out["arousal"], a).mean()
+        + pcc(out["arousal"], a).mean()
+        + 1
+        - rmse(out["arousal"], a).mean()
+        + ccc(out["valence"], v).mean()
+        + pcc(out["valence"], v).mean()
+        + 1
+        - rmse(out["valence"], v).mean()
+    ) / 6
     diag = out["attention_diagonal"].mean(0)
     reg = ((diag[0] - 0.9) ** 2).mean() + ((diag[1] - 0.1) ** 2).mean()
     assert reg.item() == pytest.approx(attention_regularizer(out["attention_diagonal"]).item())
@@ -52,7 +73,9 @@ def test_loss_is_one_minus_average_score_plus_regulariser():
     assert out["arousal"].grad.abs().sum() > 0
     with pytest.raises(KeyError, match="attention_diagonal"):
         dsaml_loss({"arousal": a, "valence": v}, a, v)
-    assert dsaml_loss({"arousal": a, "valence": v}, a, v, regularize=False)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert dsaml_loss({"arousal": a, "valence": v}, a, v, regularize=False)[0].item() == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_summary_averages_per_sequence_scores_over_sequences_of_any_length():
@@ -60,6 +83,10 @@ def test_summary_averages_per_sequence_scores_over_sequences_of_any_length():
     preds = [torch.rand(50), torch.rand(80)]
     labels = [torch.rand(50), torch.rand(80)]
     summary = summarize(preds, preds, labels, labels)
-    assert summary["arousal_CCC"] == pytest.approx((ccc(preds[0], labels[0]) + ccc(preds[1], labels[1])).item() / 2)
+    assert summary["arousal_CCC"] == pytest.approx(
+        (ccc(preds[0], labels[0]) + ccc(preds[1], labels[1])).item() / 2
+    )
     assert summary["average"] == pytest.approx(
-        (2 * summary["arousal_CCC"] + 2 * summary["arousal_PCC"] + 2 - 2 * summary["arousal_RMSE"]) / 6, rel=1e-6)
+        (2 * summary["arousal_CCC"] + 2 * summary["arousal_PCC"] + 2 - 2 * summary["arousal_RMSE"]) / 6,
+        rel=1e-6,
+    )

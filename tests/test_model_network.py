@@ -33,10 +33,20 @@ def test_paper_parameter_count():
     assert sum(p.numel() for p in DSAMLNet(cfg).parameters()) / 1e6 == pytest.approx(29.69, abs=0.005)
 
 
-@pytest.mark.parametrize("options", [dict(attention="local"), dict(attention="global"), dict(attention="full"),
-                                     dict(position="none"), dict(position="relative_key_query", attention="global"),
-                                     dict(fusion=False), dict(global_context="none"), dict(global_context="learned"),
-                                     dict(global_context="precomputed:clap", global_dim=24)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(attention="local"),
+        dict(attention="global"),
+        dict(attention="full"),
+        dict(position="none"),
+        dict(position="relative_key_query", attention="global"),
+        dict(fusion=False),
+        dict(global_context="none"),
+        dict(global_context="learned"),
+        dict(global_context="precomputed:clap", global_dim=24),
+    ],
+)
 def test_ablations_fast_path_equals_eager_path(options):
     cfg = {**TINY, "global_context": "precomputed:x", **options}
     torch.manual_seed(1)
@@ -91,7 +101,7 @@ def test_learned_context_song_windows_equal_direct_recomputation():
     song = context.song(logmel)  # running sums
     assert song.shape == (1, 150, 16)
     for i in (0, 10, 29, 30, 75, 119, 120, 149):  # window of segment i: i - 30 .. i + 29 clipped to the song
-        direct = context.clip(logmel[:, max(0, i - 30): min(150, i + 30)])[:, 0]
+        direct = context.clip(logmel[:, max(0, i - 30) : min(150, i + 30)])[:, 0]
         torch.testing.assert_close(song[:, i], direct, rtol=1e-4, atol=1e-5)
     clip = logmel[:, :60]  # a 60-segment clip: the per-clip vector equals the middle segment's window
     torch.testing.assert_close(context.clip(clip)[:, 0], context.song(clip)[:, 30], rtol=1e-4, atol=1e-5)
@@ -108,7 +118,9 @@ def test_inputs_are_checked_with_clear_errors():
     with pytest.raises(ValueError, match="takes no global vectors"):
         DSAMLNet(DSAMLConfig(**TINY))(torch.randn(1, 4, 51, 128), torch.randn(1, 1, 32))
     with pytest.raises(ValueError, match="max_positions=16"):
-        DSAMLNet(DSAMLConfig(**{**TINY, "max_positions": 16}, global_context="none"))(torch.randn(1, 20, 51, 128))
+        DSAMLNet(DSAMLConfig(**{**TINY, "max_positions": 16}, global_context="none"))(
+            torch.randn(1, 20, 51, 128)
+        )
 
 
 def test_import_global_vectors_from_npz_and_h5(tmp_path):

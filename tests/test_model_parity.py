@@ -89,8 +89,13 @@ def test_long_song_sliding_windows_with_original_stitching(ref, impl):
     torch.testing.assert_close(valence, ref["long_valence"][0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [dict(hidden_size=48, num_heads=3, num_layers=3, position="relative_key_query"),
-                                   dict(hidden_size=32, num_heads=8, num_layers=1, max_positions=70)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(hidden_size=48, num_heads=3, num_layers=3, position="relative_key_query"),
+        dict(hidden_size=32, num_heads=8, num_layers=1, max_positions=70),
+    ],
+)
 def test_any_shape_parity_fast_vs_eager_through_original_key_names(shape):
     """Our weights -> original key names -> back: identical tensors; the fast path equals the eager path
     (the original's computation) on outputs, maps, loss and every gradient at other (D, H, L)."""
@@ -100,9 +105,20 @@ def test_any_shape_parity_fast_vs_eager_through_original_key_names(shape):
         p.data.normal_(0, 0.2) if p.ndim == 1 else None
     original = state_dict_to_original(ours)
     n_encoder = sum(k.startswith("multi_scale_attention.") for k in original)
-    assert n_encoder == 3 * sum(k.startswith("encoder.") for k in ours.state_dict())  # under all three prefixes
-    assert all(k.startswith(("multi_scale_attention.", "spectrogram_feature_extractor.", "fusion_model.",
-                             "sequence_predict_model.")) for k in original)
+    assert n_encoder == 3 * sum(
+        k.startswith("encoder.") for k in ours.state_dict()
+    )  # under all three prefixes
+    assert all(
+        k.startswith(
+            (
+                "multi_scale_attention.",
+                "spectrogram_feature_extractor.",
+                "fusion_model.",
+                "sequence_predict_model.",
+            )
+        )
+        for k in original
+    )
     options = {**config_to_original(cfg), "ffn_size": cfg.ffn_size}  # the original always had 2048
     eager = model_from_original(original, {**options, "impl": "eager"})
     fast = model_from_original(original, {**options, "impl": "fast"})

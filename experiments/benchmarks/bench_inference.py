@@ -34,8 +34,13 @@ def _net(args: argparse.Namespace, impl: str):
     from dsaml.models import DSAMLConfig, DSAMLNet
 
     torch.manual_seed(0)
-    cfg = DSAMLConfig(hidden_size=args.hidden, num_heads=args.heads, num_layers=args.layers,
-                      global_context="precomputed:bench", impl=impl)
+    cfg = DSAMLConfig(
+        hidden_size=args.hidden,
+        num_heads=args.heads,
+        num_layers=args.layers,
+        global_context="precomputed:bench",
+        impl=impl,
+    )
     net = DSAMLNet(cfg).eval()
     with torch.no_grad():  # non-trivial BatchNorm running statistics, as after training
         for block in net.spectrogram.blocks:
@@ -53,14 +58,16 @@ def original_procedure(net, logmel: torch.Tensor, global_vectors: torch.Tensor, 
     starts = list(range(length - WINDOW + 1))
     arousal, valence = [], []
     for first in range(0, len(starts), batch_size):
-        batch = starts[first: first + batch_size]
-        x = torch.stack([logmel[s: s + WINDOW] for s in batch])
-        g = torch.stack([global_vectors[s: s + WINDOW] for s in batch])
+        batch = starts[first : first + batch_size]
+        x = torch.stack([logmel[s : s + WINDOW] for s in batch])
+        g = torch.stack([global_vectors[s : s + WINDOW] for s in batch])
         out = net(x, g, return_diagonal=False)
         arousal.append(out["arousal"])
         valence.append(out["valence"])
-    return (stitch_windows(torch.cat(arousal), starts, length, "original", "arousal"),
-            stitch_windows(torch.cat(valence), starts, length, "original", "valence"))
+    return (
+        stitch_windows(torch.cat(arousal), starts, length, "original", "arousal"),
+        stitch_windows(torch.cat(valence), starts, length, "original", "valence"),
+    )
 
 
 def _run(args: argparse.Namespace, variant: str) -> dict:
@@ -74,16 +81,24 @@ def _run(args: argparse.Namespace, variant: str) -> dict:
     if variant == "baseline":
         arousal, valence = original_procedure(net, logmel, global_vectors, args.batch_size)
     else:
-        arousal, valence = predict_song(net, logmel, global_vectors, stride=1, stitch="original",
-                                        batch_size=args.batch_size)
+        arousal, valence = predict_song(
+            net, logmel, global_vectors, stride=1, stitch="original", batch_size=args.batch_size
+        )
     elapsed = time.perf_counter() - start
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return {"time": elapsed, "peak_mib": peak_mib, "arousal": arousal, "valence": valence,
-            "segments": logmel.shape[0]}
+    return {
+        "time": elapsed,
+        "peak_mib": peak_mib,
+        "arousal": arousal,
+        "valence": valence,
+        "segments": logmel.shape[0],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=600.0, help="song duration")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--heads", type=int, default=16)
@@ -99,13 +114,21 @@ def main() -> None:
     base, ours = results["baseline"], results["ours"]
     diff = max((ours[k] - base[k]).abs().max().item() for k in ("arousal", "valence"))
     n = base["segments"]
-    table = Table(title=f"predict a {args.seconds:.0f} s song ({n} segments, {n - WINDOW + 1} windows, stride 1), "
-                        f"D={args.hidden} H={args.heads} L={args.layers}, float32 CPU, {args.threads} threads")
+    table = Table(
+        title=f"predict a {args.seconds:.0f} s song ({n} segments, {n - WINDOW + 1} windows, stride 1), "
+        f"D={args.hidden} H={args.heads} L={args.layers}, float32 CPU, {args.threads} threads"
+    )
     for column in ("procedure", "time (s)", "speed-up", "peak memory (MiB)"):
         table.add_column(column, justify="right")
-    table.add_row("original: every window from scratch", f"{base['time']:.2f}", "1.00x", f"{base['peak_mib']:.0f}")
-    table.add_row("ours: predict_song (stitch=original)", f"{ours['time']:.2f}", f"{base['time'] / ours['time']:.2f}x",
-                  f"{ours['peak_mib']:.0f}")
+    table.add_row(
+        "original: every window from scratch", f"{base['time']:.2f}", "1.00x", f"{base['peak_mib']:.0f}"
+    )
+    table.add_row(
+        "ours: predict_song (stitch=original)",
+        f"{ours['time']:.2f}",
+        f"{base['time'] / ours['time']:.2f}x",
+        f"{ours['peak_mib']:.0f}",
+    )
     console = Console(width=120)
     console.print(table)
     console.print(f"max |ours - original| over arousal and valence = {diff:.2e}")

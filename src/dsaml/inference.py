@@ -1,8 +1,9 @@
 """Whole-song prediction with sliding windows (spec section 5).
 
 The per-segment part of the network (spectrogram CNN + fusion with the global vector, and the first encoder
-layer's query/key/value projections, shared by both attention passes) is computed once per song; the windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a
-time. Stitching rules (windows start at 0, stride, 2 stride, ... and the last one ends at the song's end):
+layer's query/key/value projections, shared by both attention passes) is computed once per song; the
+windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a time.
+Stitching rules (windows start at 0, stride, 2 stride, ... and the last one ends at the song's end):
 
 - "mean" (default, correctly aligned): each position is the mean of the outputs of every window covering it.
 - "last": the first window's outputs, then for each later window the outputs at the positions it adds
@@ -41,7 +42,9 @@ def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, c
     if rule == "mean":
         total = outputs.new_zeros(length)
         count = outputs.new_zeros(length)
-        index = torch.tensor(starts, device=outputs.device)[:, None] + torch.arange(window, device=outputs.device)
+        index = torch.tensor(starts, device=outputs.device)[:, None] + torch.arange(
+            window, device=outputs.device
+        )
         total.index_add_(0, index.flatten(), outputs.flatten())
         count.index_add_(0, index.flatten(), torch.ones_like(outputs).flatten())
         return total / count
@@ -49,7 +52,7 @@ def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, c
         pieces = [outputs[0]]
         for i in range(1, n):
             added = starts[i] + window - (starts[i - 1] + window)
-            pieces.append(outputs[i, window - added:])
+            pieces.append(outputs[i, window - added :])
         return torch.cat(pieces)
     pieces = [outputs[0]]  # the original's arousal rule (stride 1), off-by-one included
     pieces += [outputs[w, -5:] for w in range(6, n, 5)]
@@ -60,9 +63,15 @@ def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, c
 
 
 @torch.no_grad()
-def predict_song(net: DSAMLNet, logmel: Tensor | np.ndarray, global_vectors: Tensor | np.ndarray | None = None,
-                 stride: int = 1, stitch: str = "mean", batch_size: int = 32,
-                 window: int = WINDOW) -> tuple[Tensor, Tensor]:
+def predict_song(
+    net: DSAMLNet,
+    logmel: Tensor | np.ndarray,
+    global_vectors: Tensor | np.ndarray | None = None,
+    stride: int = 1,
+    stitch: str = "mean",
+    batch_size: int = 32,
+    window: int = WINDOW,
+) -> tuple[Tensor, Tensor]:
     """Predict a whole song: logmel [T, 51, 128], global_vectors [1 or T, D_g] or None (None for the "learned"
     and "none" global contexts) -> (arousal [T], valence [T]) float32 tensors on the CPU.
 
@@ -93,8 +102,9 @@ def predict_song(net: DSAMLNet, logmel: Tensor | np.ndarray, global_vectors: Ten
         cache = net.song_cache(h)
         arousal, valence = [], []
         for first in range(0, len(starts), batch_size):
-            index = torch.tensor(starts[first: first + batch_size], device=h.device)[:, None] + torch.arange(
-                window, device=h.device)  # [n, window]
+            index = torch.tensor(starts[first : first + batch_size], device=h.device)[:, None] + torch.arange(
+                window, device=h.device
+            )  # [n, window]
             out = net.predict_windows(h, index, cache)
             arousal.append(out["arousal"])
             valence.append(out["valence"])

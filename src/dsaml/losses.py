@@ -11,17 +11,22 @@ LOCAL_DIAGONAL_TARGET = 0.9
 GLOBAL_DIAGONAL_TARGET = 0.1
 
 
-def attention_regularizer(diagonal: Tensor, local_target: float = LOCAL_DIAGONAL_TARGET,
-                          global_target: float = GLOBAL_DIAGONAL_TARGET) -> Tensor:
+def attention_regularizer(
+    diagonal: Tensor,
+    local_target: float = LOCAL_DIAGONAL_TARGET,
+    global_target: float = GLOBAL_DIAGONAL_TARGET,
+) -> Tensor:
     """diagonal [B, 2, T] (head-averaged attention diagonal of layer L-1 and of the last layer, as returned by
     `DSAMLNet`) -> MSE(batch-mean diagonal of layer L-1, 0.9) + MSE(batch-mean diagonal of the last, 0.1)."""
     mean = diagonal.mean(dim=0)
     return F.mse_loss(mean[0], mean[0].new_full(mean[0].shape, local_target)) + F.mse_loss(
-        mean[1], mean[1].new_full(mean[1].shape, global_target))
+        mean[1], mean[1].new_full(mean[1].shape, global_target)
+    )
 
 
-def dsaml_loss(out: dict[str, Tensor], arousal: Tensor, valence: Tensor,
-               regularize: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+def dsaml_loss(
+    out: dict[str, Tensor], arousal: Tensor, valence: Tensor, regularize: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
     """out: the network's output mapping; arousal, valence: labels [B, T].
 
     Returns (loss, scores): scores holds the six batch-averaged per-sequence scores (`SCORE_NAMES`), the
@@ -34,8 +39,10 @@ def dsaml_loss(out: dict[str, Tensor], arousal: Tensor, valence: Tensor,
     loss = 1 - scores["average"]
     if regularize:
         if "attention_diagonal" not in out:
-            raise KeyError("dsaml_loss: out has no 'attention_diagonal' (call the network with return_diagonal=True "
-                           "or pass regularize=False)")
+            raise KeyError(
+                "dsaml_loss: out has no 'attention_diagonal' (call the network with return_diagonal=True "
+                "or pass regularize=False)"
+            )
         scores["attention_reg"] = attention_regularizer(out["attention_diagonal"])
         loss = loss + scores["attention_reg"]
     return loss, scores

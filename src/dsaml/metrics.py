@@ -23,7 +23,7 @@ SCORE_NAMES = ("arousal_CCC", "arousal_PCC", "arousal_RMSE", "valence_CCC", "val
 
 
 def ccc(pred: Tensor, target: Tensor) -> Tensor:
-    """Concordance correlation 2 cov / (var_p + var_y + (mean_p - mean_y)^2), population statistics, no eps."""
+    """CCC = 2 cov / (var_p + var_y + (mean_p - mean_y)^2), population statistics, no epsilon."""
     mp, my = pred.mean(-1, keepdim=True), target.mean(-1, keepdim=True)
     dp, dy = pred - mp, target - my
     cov = (dp * dy).mean(-1)
@@ -44,14 +44,21 @@ def rmse(pred: Tensor, target: Tensor) -> Tensor:
     return per_seq.view(pred.shape[:-1])
 
 
-def sequence_scores(arousal_pred: Tensor, valence_pred: Tensor, arousal: Tensor, valence: Tensor) -> dict[str, Tensor]:
+def sequence_scores(
+    arousal_pred: Tensor, valence_pred: Tensor, arousal: Tensor, valence: Tensor
+) -> dict[str, Tensor]:
     """The six per-sequence scores, each [...] (one value per sequence), keyed by `SCORE_NAMES`."""
     scores = {}
     for name, pred, target in (("arousal", arousal_pred, arousal), ("valence", valence_pred, valence)):
         if pred.shape != target.shape:
-            raise ValueError(f"{name}: prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
+            raise ValueError(
+                f"{name}: prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}"
+            )
         scores[f"{name}_CCC"], scores[f"{name}_PCC"], scores[f"{name}_RMSE"] = (
-            ccc(pred, target), pcc(pred, target), rmse(pred, target))
+            ccc(pred, target),
+            pcc(pred, target),
+            rmse(pred, target),
+        )
     return scores
 
 
@@ -60,13 +67,16 @@ def average_score(scores: dict[str, Tensor]) -> Tensor:
     return sum((1 - scores[k]) if k.endswith("RMSE") else scores[k] for k in SCORE_NAMES) / len(SCORE_NAMES)
 
 
-def summarize(arousal_pred: list[Tensor], valence_pred: list[Tensor], arousal: list[Tensor],
-              valence: list[Tensor]) -> dict[str, float]:
+def summarize(
+    arousal_pred: list[Tensor], valence_pred: list[Tensor], arousal: list[Tensor], valence: list[Tensor]
+) -> dict[str, float]:
     """Reported metrics over sequences of any lengths (songs or song-rater pairs): each score per sequence,
     then averaged over sequences; plus "average" (spec section 3). Inputs: lists of [T_i] tensors."""
     if not arousal_pred:
         raise ValueError("summarize: no sequences to score")
-    per_seq = [sequence_scores(*items) for items in zip(arousal_pred, valence_pred, arousal, valence, strict=True)]
+    per_seq = [
+        sequence_scores(*items) for items in zip(arousal_pred, valence_pred, arousal, valence, strict=True)
+    ]
     result = {k: float(torch.stack([s[k] for s in per_seq]).double().mean()) for k in SCORE_NAMES}
     result["average"] = float(average_score({k: torch.tensor(v) for k, v in result.items()}))
     return result

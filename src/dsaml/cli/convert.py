@@ -45,13 +45,16 @@ def read_original(path: Path) -> tuple[dict, dict]:
         return obj["state_dict"], dict(obj.get("config") or {})
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}
-    raise ValueError(f"{path} holds neither an original DSAML state_dict nor a dict with 'state_dict' "
-                     f"(got {type(obj).__name__}{' with keys ' + str(sorted(obj)[:6]) if isinstance(obj, dict) else ''})")
+    raise ValueError(
+        f"{path} holds neither an original DSAML state_dict nor a dict with 'state_dict' "
+        f"(got {type(obj).__name__}{' with keys ' + str(sorted(obj)[:6]) if isinstance(obj, dict) else ''})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dsaml-convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dsaml-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", type=Path, help="original weights (.pt)")
     parser.add_argument("output", type=Path, help="dsaml checkpoint to write (.ckpt)")
     parser.add_argument("options", nargs="*", help="key=value model options")
@@ -65,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_network(args.output, net, source=str(args.input), converted_from="original DSAML implementation")
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"wrote {args.output}: DSAML D={net.cfg.hidden_size} H={net.cfg.num_heads} L={net.cfg.num_layers}, "
-          f"{n_params / 1e6:.2f} M parameters, global_context={net.cfg.global_context}")
+    print(
+        f"wrote {args.output}: DSAML D={net.cfg.hidden_size} H={net.cfg.num_heads} L={net.cfg.num_layers}, "
+        f"{n_params / 1e6:.2f} M parameters, global_context={net.cfg.global_context}"
+    )
     return 0
 
 

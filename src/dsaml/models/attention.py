@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dsaml.models.config import DSAMLConfig
 
+QKV = tuple[Tensor, Tensor, Tensor]  # query, key, value [N, H, T, D/H]
 MASK_BIAS = -10000.0  # the original's additive bias for masked-out positions
 
 
@@ -65,12 +66,13 @@ class RelativeSelfAttention(nn.Module):
                 "predict long songs with dsaml.inference.predict_song (sliding windows)"
             )
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor) -> QKV:
         """x [N, T, D] -> q, k, v [N, H, T, D/H] (per token: a song's can be computed once and sliced)."""
         return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
 
-    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool,
-                qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, mask: Tensor, impl: str, want_probs: bool, qkv: QKV | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """x [N, T, D], mask [N or 1, 1, T, T] additive, qkv = project(x) if already computed
         -> (LayerNorm(x + attn), probs [N, H, T, T] or None)."""
         self._check_length(x.shape[1])
@@ -98,12 +100,16 @@ class RelativeSelfAttention(nn.Module):
         probs = F.dropout(scores.softmax(dim=-1), self.p, self.training)
         return torch.matmul(probs, v), probs
 
-    def _fast(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, want_probs: bool) -> tuple[Tensor, Tensor | None]:
+    def _fast(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, want_probs: bool
+    ) -> tuple[Tensor, Tensor | None]:
         scale = 1.0 / math.sqrt(self.head_dim)
         bias = mask
         if self.position != "none":
             t = q.shape[2]
-            rows = self.distance_embedding.weight[self.max_positions - t: self.max_positions + t - 1]  # d=-(T-1)..T-1
+            rows = self.distance_embedding.weight[
+                self.max_positions - t : self.max_positions + t - 1
+            ]  # d=-(T-1)..T-1
             index = _relative_index(t, q.device)
             # rel[l, r] = q_l . E[l - r]: one matmul against the 2T - 1 distances, then re-indexed to [T, T]
             rel = torch.gather(torch.matmul(q, rows.t().to(q.dtype)), -1, index.expand(*q.shape[:2], t, t))
@@ -131,8 +137,9 @@ class EncoderLayer(nn.Module):
         self.output_dropout = nn.Dropout(cfg.dropout)
         self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
 
-    def forward(self, x: Tensor, mask: Tensor, impl: str, want_probs: bool,
-                qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, mask: Tensor, impl: str, want_probs: bool, qkv: QKV | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         x, probs = self.attention(x, mask, impl, want_probs, qkv)
         ffn = self.output_dropout(self.output(self.activation(self.intermediate(x))))
         return self.output_norm(x + ffn), probs
@@ -152,19 +159,30 @@ class DualScaleEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
-        radii = {"dual": (cfg.local_radius, cfg.global_radius), "local": (cfg.local_radius,),
-                 "global": (cfg.global_radius,), "full": (None,)}
+        radii = {
+            "dual": (cfg.local_radius, cfg.global_radius),
+            "local": (cfg.local_radius,),
+            "global": (cfg.global_radius,),
+            "full": (None,),
+        }
         self.radii: tuple[int | None, ...] = radii[cfg.attention]
 
-    def forward(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True,
-                first_qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
-        """h [B, T, D]; first_qkv = self.layers[0].attention.project(h) when already computed (e.g. sliced from a
-        whole song's): every pass starts from h, so the first layer's projections are shared by all passes."""
+    def forward(
+        self,
+        h: Tensor,
+        return_attention: bool = False,
+        return_diagonal: bool = True,
+        first_qkv: QKV | None = None,
+    ) -> dict[str, Tensor]:
+        """h [B, T, D]; first_qkv = self.layers[0].attention.project(h) when already computed (e.g. sliced
+        from a whole song's): every pass starts from h, so the first layer's projections serve all passes."""
         b, t, _ = h.shape
         masks = [band_bias(t, r, h.device, h.dtype) for r in self.radii]
         if self.cfg.impl == "eager":
-            runs = [self._run(h, m[None, None], "eager", return_attention, return_diagonal, first_qkv)
-                    for m in masks]
+            runs = [
+                self._run(h, m[None, None], "eager", return_attention, return_diagonal, first_qkv)
+                for m in masks
+            ]
             outs = [o for o, _ in runs]
             maps = [m for _, ms in runs for m in ms]  # pass-major: pass 0 layers, then pass 1 layers
         else:
@@ -174,8 +192,11 @@ class DualScaleEncoder(nn.Module):
             qkv = tuple(p.repeat(len(masks), 1, 1, 1) for p in qkv)  # computed once, shared by the passes
             out, layer_maps = self._run(stacked, mask, "fast", return_attention, return_diagonal, qkv)
             outs = list(out.split(b))
-            maps = [m for p in range(len(masks)) for m in (lm.split(b)[p] if lm is not None else None
-                                                           for lm in layer_maps)]
+            maps = [
+                m
+                for p in range(len(masks))
+                for m in (lm.split(b)[p] if lm is not None else None for lm in layer_maps)
+            ]
         result = {"encoded": torch.sigmoid(outs[0] + outs[1]) if len(outs) == 2 else outs[0]}
         n_layers = self.cfg.num_layers
         if return_attention:
@@ -183,11 +204,13 @@ class DualScaleEncoder(nn.Module):
         if return_diagonal:
             chosen = (maps[n_layers - 1], maps[-1])
             result["attention_diagonal"] = torch.stack(
-                [m.mean(dim=1).diagonal(dim1=-2, dim2=-1) for m in chosen], dim=1)
+                [m.mean(dim=1).diagonal(dim1=-2, dim2=-1) for m in chosen], dim=1
+            )
         return result
 
-    def _run(self, x: Tensor, mask: Tensor, impl: str, all_maps: bool, last_map: bool,
-             first_qkv: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, list]:
+    def _run(
+        self, x: Tensor, mask: Tensor, impl: str, all_maps: bool, last_map: bool, first_qkv: QKV | None
+    ) -> tuple[Tensor, list]:
         maps = []
         for i, layer in enumerate(self.layers):
             want = all_maps or (last_map and i == len(self.layers) - 1) or impl == "eager"

@@ -28,15 +28,20 @@ def _version() -> str:
         return "unknown"
 
 
-def save_network(path: str | Path, net: DSAMLNet, features: dict[str, Any] | None = None,
-                 **hyper_parameters: Any) -> Path:
+def save_network(
+    path: str | Path, net: DSAMLNet, features: dict[str, Any] | None = None, **hyper_parameters: Any
+) -> Path:
     """Write `net` as a dsaml checkpoint; `features` (the feature config) and any further hyper-parameters
     (e.g. task=..., source=...) go under "hyper_parameters"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "state_dict": {NET_PREFIX + k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "hyper_parameters": {"model": net.cfg.to_dict(), "features": dict(features or {}), **hyper_parameters},
+        "hyper_parameters": {
+            "model": net.cfg.to_dict(),
+            "features": dict(features or {}),
+            **hyper_parameters,
+        },
         "dsaml": {"format": FORMAT, "version": _version()},
     }
     torch.save(checkpoint, path)
@@ -47,12 +52,17 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, dict):
         keys = sorted(map(str, obj))[:8]
         if keys and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return f"a bare state_dict ({len(obj)} tensors, e.g. {keys[:3]}); convert original weights with dsaml-convert"
+            return (
+                f"a bare state_dict ({len(obj)} tensors, e.g. {keys[:3]}); "
+                "convert original weights with dsaml-convert"
+            )
         return f"a dict with keys {keys}"
     return f"a {type(obj).__name__}"
 
 
-def load_network(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[DSAMLNet, DSAMLConfig, dict]:
+def load_network(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[DSAMLNet, DSAMLConfig, dict]:
     """Load a dsaml checkpoint -> (network in eval mode, its DSAMLConfig, the hyper_parameters dict).
 
     Raises ValueError naming what the file is when it is not a dsaml checkpoint.
@@ -67,19 +77,27 @@ def load_network(path: str | Path, map_location: str | torch.device = "cpu") -> 
             obj = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as error:  # not a torch file at all
             raise ValueError(f"{path} is not a dsaml checkpoint: torch.load failed ({error})") from error
-    if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
-            and isinstance(obj.get("hyper_parameters"), dict) and "model" in obj["hyper_parameters"]):
-        raise ValueError(f"{path} is not a dsaml checkpoint (expected 'state_dict' and "
-                         f"'hyper_parameters.model'); it is {_describe(obj)}")
+    if not (
+        isinstance(obj, dict)
+        and isinstance(obj.get("state_dict"), dict)
+        and isinstance(obj.get("hyper_parameters"), dict)
+        and "model" in obj["hyper_parameters"]
+    ):
+        raise ValueError(
+            f"{path} is not a dsaml checkpoint (expected 'state_dict' and "
+            f"'hyper_parameters.model'); it is {_describe(obj)}"
+        )
     fmt = obj.get("dsaml", {}).get("format", FORMAT)
     if fmt > FORMAT:
         raise ValueError(f"{path}: dsaml checkpoint format {fmt} is newer than this dsaml (reads {FORMAT})")
     hparams = obj["hyper_parameters"]
     model = hparams["model"]
     cfg = model if isinstance(model, DSAMLConfig) else DSAMLConfig.from_dict(dict(model))
-    state = {k[len(NET_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(NET_PREFIX)}
+    state = {k[len(NET_PREFIX) :]: v for k, v in obj["state_dict"].items() if k.startswith(NET_PREFIX)}
     if not state:
-        raise ValueError(f"{path}: no 'net.*' weights in its state_dict (keys: {sorted(obj['state_dict'])[:5]})")
+        raise ValueError(
+            f"{path}: no 'net.*' weights in its state_dict (keys: {sorted(obj['state_dict'])[:5]})"
+        )
     net = DSAMLNet(cfg)
     net.load_state_dict(state)
     net.to(map_location).eval()

@@ -34,7 +34,9 @@ class ClapAudioEncoder:
     """Embed audio windows with CLAP's audio tower. `model`/`feature_extractor`: a ClapModel and a
     ClapFeatureExtractor (e.g. a tiny random one in tests); or use `from_pretrained(path)`."""
 
-    def __init__(self, model, feature_extractor, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
+    def __init__(
+        self, model, feature_extractor, device: str | torch.device = "cpu", batch_size: int = 16
+    ) -> None:
         self.model = model.to(device).eval()
         self.feature_extractor = feature_extractor
         self.device = torch.device(device)
@@ -50,8 +52,10 @@ class ClapAudioEncoder:
             model = transformers.ClapModel.from_pretrained(str(path), local_files_only=True)
             extractor = transformers.ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
         except OSError as error:
-            raise FileNotFoundError(f"no local CLAP checkpoint at {path!s} (a directory with config.json, "
-                                    f"weights and preprocessor_config.json): {error}") from error
+            raise FileNotFoundError(
+                f"no local CLAP checkpoint at {path!s} (a directory with config.json, "
+                f"weights and preprocessor_config.json): {error}"
+            ) from error
         return cls(model, extractor, device, batch_size)
 
     @property
@@ -66,12 +70,17 @@ class ClapAudioEncoder:
         chunks = windows.reshape(n * per_window, self.chunk)
         out = []
         for first in range(0, len(chunks), self.batch_size):
-            batch = list(chunks[first: first + self.batch_size])
-            inputs = self.feature_extractor(batch, sampling_rate=self.sample_rate, return_tensors="pt",
-                                            truncation="fusion" if self.model.config.audio_config.enable_fusion
-                                            else "rand_trunc")  # chunks are exactly max_length: never cut
+            batch = list(chunks[first : first + self.batch_size])
+            inputs = self.feature_extractor(
+                batch,
+                sampling_rate=self.sample_rate,
+                return_tensors="pt",
+                truncation="fusion" if self.model.config.audio_config.enable_fusion else "rand_trunc",
+            )  # chunks are exactly max_length: never cut
             features = self.model.get_audio_features(**{k: v.to(self.device) for k, v in inputs.items()})
-            features = getattr(features, "pooler_output", features)  # transformers >= 5 returns an output object
+            features = getattr(
+                features, "pooler_output", features
+            )  # transformers >= 5 returns an output object
             out.append(features.float().cpu())
         return torch.cat(out).view(n, per_window, -1).mean(dim=1).numpy()
 
@@ -92,7 +101,7 @@ class ClapAudioEncoder:
         """The window starting at start_s, padded past the end by repeating the last samples."""
         start = int(round(start_s * self.sample_rate))
         length = self._window_length()
-        piece = audio[start: start + length]
+        piece = audio[start : start + length]
         if len(piece) < length:
             tail = piece[-1:] if len(piece) else audio[-1:]
             piece = np.concatenate([piece, np.resize(tail, length - len(piece))])

@@ -77,13 +77,13 @@ def original_key_to_ours(key: str) -> str | None:
     """Map one original state_dict key to ours (None for keys with no counterpart)."""
     for prefix in _ENCODER_PREFIXES:
         if key.startswith(prefix):
-            match = _LAYER_RE.match(key[len(prefix):])
+            match = _LAYER_RE.match(key[len(prefix) :])
             if match and match.group(2) in _LAYER_PARTS:
                 return f"encoder.layers.{match.group(1)}.{_LAYER_PARTS[match.group(2)]}.{match.group(3)}"
             return None
     for old, new in _OTHER_PARTS.items():
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 
@@ -96,13 +96,17 @@ def state_dict_from_original(state_dict: dict[str, Tensor]) -> dict[str, Tensor]
         if new is None:
             unknown.append(key)
         elif new in ours and not torch.equal(ours[new], value):
-            raise ValueError(f"original state_dict: {key} differs from another copy of the shared encoder "
-                             f"({new}); the original's encoder copies must be identical")
+            raise ValueError(
+                f"original state_dict: {key} differs from another copy of the shared encoder "
+                f"({new}); the original's encoder copies must be identical"
+            )
         else:
             ours[new] = value
     if unknown:
-        raise ValueError(f"original state_dict has keys with no DSAML counterpart: {unknown[:5]}"
-                         f"{' ...' if len(unknown) > 5 else ''}")
+        raise ValueError(
+            f"original state_dict has keys with no DSAML counterpart: {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''}"
+        )
     return ours
 
 
@@ -111,21 +115,28 @@ def model_from_original(state_dict: dict[str, Tensor], config: dict[str, Any] | 
     reference vector's "config"; DSAMLConfig field names are accepted as overrides) or a DSAMLConfig."""
     cfg = config if isinstance(config, DSAMLConfig) else config_from_original(config)
     if cfg.global_context == "learned":
-        raise ValueError("model.global_context='learned' has no counterpart in the original's weights (it used "
-                         f"ImageBind vectors); use e.g. {DEFAULT_GLOBAL_CONTEXT!r}")
+        raise ValueError(
+            "model.global_context='learned' has no counterpart in the original's weights (it used "
+            f"ImageBind vectors); use e.g. {DEFAULT_GLOBAL_CONTEXT!r}"
+        )
     net = DSAMLNet(cfg)
     ours = state_dict_from_original(state_dict)
     missing, unexpected = net.load_state_dict(ours, strict=False)
     if missing or unexpected:
-        raise ValueError(f"original weights do not fit the configuration {cfg}: missing {missing}, "
-                         f"unexpected {unexpected}")
+        raise ValueError(
+            f"original weights do not fit the configuration {cfg}: missing {missing}, unexpected {unexpected}"
+        )
     return net
 
 
 def original_prefixes(cfg: DSAMLConfig) -> tuple[str, ...]:
     """The encoder prefixes an original network with this attention mode holds."""
-    extra = {"dual": _ENCODER_PREFIXES[1:], "local": _ENCODER_PREFIXES[1:2], "global": _ENCODER_PREFIXES[2:],
-             "full": ()}[cfg.attention]
+    extra = {
+        "dual": _ENCODER_PREFIXES[1:],
+        "local": _ENCODER_PREFIXES[1:2],
+        "global": _ENCODER_PREFIXES[2:],
+        "full": (),
+    }[cfg.attention]
     return (_ENCODER_PREFIXES[0], *extra)
 
 
@@ -136,17 +147,19 @@ def state_dict_to_original(net: DSAMLNet) -> dict[str, Tensor]:
     result: dict[str, Tensor] = {}
     for key, value in net.state_dict().items():
         if key.startswith("encoder.layers."):
-            match = _LAYER_RE.match(key[len("encoder.layers."):])
+            match = _LAYER_RE.match(key[len("encoder.layers.") :])
             for prefix in original_prefixes(net.cfg):
                 result[f"{prefix}{match.group(1)}.{reverse_layer[match.group(2)]}.{match.group(3)}"] = value
             continue
         for new, old in reverse_other.items():
             if key.startswith(new):
-                result[old + key[len(new):]] = value
+                result[old + key[len(new) :]] = value
                 break
         else:
-            raise ValueError(f"parameter {key} has no counterpart in the original network "
-                             f"(global_context={net.cfg.global_context!r}, fusion={net.cfg.fusion})")
+            raise ValueError(
+                f"parameter {key} has no counterpart in the original network "
+                f"(global_context={net.cfg.global_context!r}, fusion={net.cfg.fusion})"
+            )
     return result
 
 

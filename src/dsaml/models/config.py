@@ -65,8 +65,16 @@ class DSAMLConfig:
                 f"model.global_context={self.global_context!r} is not one of "
                 f"{', '.join(GLOBAL_CONTEXT_KINDS)} or 'precomputed:<name>'"
             )
-        for name in ("hidden_size", "num_heads", "num_layers", "ffn_size", "max_positions", "global_window",
-                     "n_frames", "n_mels"):
+        for name in (
+            "hidden_size",
+            "num_heads",
+            "num_layers",
+            "ffn_size",
+            "max_positions",
+            "global_window",
+            "n_frames",
+            "n_mels",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name}={value!r}: expected a positive integer")
@@ -90,7 +98,7 @@ class DSAMLConfig:
     def _precomputed_name(self) -> str | None:
         prefix = "precomputed:"
         if self.global_context.startswith(prefix) and len(self.global_context) > len(prefix):
-            return self.global_context[len(prefix):]
+            return self.global_context[len(prefix) :]
         return None
 
     @property

@@ -31,8 +31,9 @@ class LearnedGlobalContext(nn.Module):
         super().__init__()
         self.window = window
         self.norm = nn.LayerNorm(2 * n_mels)
-        self.project = nn.Sequential(nn.Linear(2 * n_mels, hidden_size), nn.GELU(),
-                                     nn.Linear(hidden_size, hidden_size))
+        self.project = nn.Sequential(
+            nn.Linear(2 * n_mels, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def clip(self, logmel: Tensor) -> Tensor:
         frames = logmel.flatten(1, 2)  # [B, T * F, M]
@@ -86,7 +87,9 @@ def load_vector_file(path: str | Path) -> dict[str, np.ndarray]:
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2:
-            raise ValueError(f"global-vector file {path}, key {key!r}: shape {value.shape}, expected [D] or [T, D]")
+            raise ValueError(
+                f"global-vector file {path}, key {key!r}: shape {value.shape}, expected [D] or [T, D]"
+            )
         vectors[str(key)] = array
     widths = {v.shape[1] for v in vectors.values()}
     if len(widths) != 1:

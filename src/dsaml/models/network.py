@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsaml.models.attention import DualScaleEncoder
+from dsaml.models.attention import QKV, DualScaleEncoder
 from dsaml.models.config import DSAMLConfig
 from dsaml.models.global_context import LearnedGlobalContext
 
@@ -44,8 +44,9 @@ class ConvBlock(nn.Module):
         if bn.training or bn.running_mean is None:
             return torch.relu(self.pool(bn(self.conv(x))))  # pool and ReLU commute: ReLU on 1/4 of the values
         sign = torch.where(bn.weight >= 0, 1.0, -1.0).to(x.dtype)
-        y = F.conv2d(x, self.conv.weight * sign[:, None, None, None], self.conv.bias * sign,
-                     padding=self.conv.padding)  # = sign * conv(x), per channel
+        y = F.conv2d(
+            x, self.conv.weight * sign[:, None, None, None], self.conv.bias * sign, padding=self.conv.padding
+        )  # = sign * conv(x), per channel
         scale = bn.weight * sign / torch.sqrt(bn.running_var + bn.eps)  # |a| >= 0
         shift = bn.bias - bn.running_mean * sign * scale
         return torch.relu(self.pool(y) * scale[:, None, None] + shift[:, None, None])
@@ -126,13 +127,24 @@ class DSAMLNet(nn.Module):
         self.encoder = DualScaleEncoder(cfg)
         self.head = EmotionHead(cfg)
 
-    def forward(self, logmel: Tensor, global_vectors: Tensor | None = None, return_attention: bool = False,
-                return_diagonal: bool = True) -> dict[str, Tensor]:
-        return self.predict_encoded(self.encode_segments(logmel, global_vectors), return_attention,
-                                    return_diagonal)
+    def forward(
+        self,
+        logmel: Tensor,
+        global_vectors: Tensor | None = None,
+        return_attention: bool = False,
+        return_diagonal: bool = True,
+    ) -> dict[str, Tensor]:
+        return self.predict_encoded(
+            self.encode_segments(logmel, global_vectors), return_attention, return_diagonal
+        )
 
-    def encode_segments(self, logmel: Tensor, global_vectors: Tensor | None = None, song: bool = False,
-                        chunk: int | None = None) -> Tensor:
+    def encode_segments(
+        self,
+        logmel: Tensor,
+        global_vectors: Tensor | None = None,
+        song: bool = False,
+        chunk: int | None = None,
+    ) -> Tensor:
         """Per-segment part of the network (CNN + fusion): logmel [B, T, F, M] -> h [B, T, D].
 
         Each output step depends only on its own segment and its global vector, so a song is encoded once and
@@ -148,40 +160,58 @@ class DSAMLNet(nn.Module):
             global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
         return self.fusion(features, global_vectors)
 
-    def predict_encoded(self, h: Tensor, return_attention: bool = False, return_diagonal: bool = True,
-                        first_qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    def predict_encoded(
+        self,
+        h: Tensor,
+        return_attention: bool = False,
+        return_diagonal: bool = True,
+        first_qkv: QKV | None = None,
+    ) -> dict[str, Tensor]:
         """Sequence part: h [B, T, D] -> outputs (see the class docstring). `first_qkv`: the first encoder
         layer's q, k, v [B, H, T, D/H] of h when already computed (sliding windows slice a song's)."""
-        out = self.encoder(h, return_attention=return_attention, return_diagonal=return_diagonal,
-                           first_qkv=first_qkv)
+        out = self.encoder(
+            h, return_attention=return_attention, return_diagonal=return_diagonal, first_qkv=first_qkv
+        )
         emotions = self.head(out.pop("encoded"))
         return {"arousal": emotions[..., 0], "valence": emotions[..., 1], **out}
 
-    def song_cache(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def song_cache(self, h: Tensor) -> QKV:
         """What sliding windows can share, computed once per song: the first encoder layer's q, k, v of the
         song's encoding h [T, D] -> [H, T, D/H] each (per-token projections; both passes start from h)."""
         return tuple(p[0] for p in self.encoder.layers[0].attention.project(h[None]))
 
-    def predict_windows(self, h: Tensor, index: Tensor, cache: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
-        """Windows of a song: h [T, D] (encode_segments), index [n, W] segment positions, cache = song_cache(h)
-        -> outputs for h[index] ([n, W] each), without the regulariser's diagonal."""
+    def predict_windows(self, h: Tensor, index: Tensor, cache: QKV) -> dict[str, Tensor]:
+        """Windows of a song: h [T, D] (encode_segments), index [n, W] segment positions,
+        cache = song_cache(h) -> outputs for h[index] ([n, W] each), without the regulariser's diagonal."""
         qkv = tuple(p[:, index].transpose(0, 1) for p in cache)  # [n, H, W, D/H]
         return self.predict_encoded(h[index], return_diagonal=False, first_qkv=qkv)
 
     def _check_inputs(self, logmel: Tensor, global_vectors: Tensor | None) -> None:
         cfg = self.cfg
         if logmel.ndim != 4 or tuple(logmel.shape[2:]) != (cfg.n_frames, cfg.n_mels):
-            raise ValueError(f"logmel has shape {tuple(logmel.shape)}, expected [B, T, {cfg.n_frames}, {cfg.n_mels}]")
+            raise ValueError(
+                f"logmel has shape {tuple(logmel.shape)}, expected [B, T, {cfg.n_frames}, {cfg.n_mels}]"
+            )
         needs = cfg.global_store_name
         if needs is None:
             if global_vectors is not None:
-                raise ValueError(f"model.global_context={cfg.global_context!r} takes no global vectors; pass None")
+                raise ValueError(
+                    f"model.global_context={cfg.global_context!r} takes no global vectors; pass None"
+                )
             return
         if global_vectors is None:
-            raise ValueError(f"model.global_context={cfg.global_context!r} needs the global vectors "
-                             f"{needs!r} ([B, 1 or T, {cfg.global_input_dim}]); got None")
+            raise ValueError(
+                f"model.global_context={cfg.global_context!r} needs the global vectors "
+                f"{needs!r} ([B, 1 or T, {cfg.global_input_dim}]); got None"
+            )
         b, t = logmel.shape[:2]
-        if (global_vectors.ndim != 3 or global_vectors.shape[0] != b or global_vectors.shape[1] not in (1, t)
-                or global_vectors.shape[2] != cfg.global_input_dim):
-            raise ValueError(f"global vectors have shape {tuple(global_vectors.shape)}, "
-                             f"expected [{b}, 1 or {t}, {cfg.global_input_dim}]")
+        if (
+            global_vectors.ndim != 3
+            or global_vectors.shape[0] != b
+            or global_vectors.shape[1] not in (1, t)
+            or global_vectors.shape[2] != cfg.global_input_dim
+        ):
+            raise ValueError(
+                f"global vectors have shape {tuple(global_vectors.shape)}, "
+                f"expected [{b}, 1 or {t}, {cfg.global_input_dim}]"
+            )
