@@ -22,7 +22,6 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -42,10 +41,10 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         elapsed = task.elapsed or 0.0
         if not elapsed or not task.completed:
-            return Text("-- songs/s  --x real time", style="progress.data.speed")
+            return Text("-- songs/s --x real-time", style="progress.data.speed")
         rate = task.completed / elapsed
         return Text(
-            f"{rate:.1f} songs/s  {task.fields.get('audio', 0.0) / elapsed:.0f}x real time",
+            f"{rate:.1f} songs/s {task.fields.get('audio', 0.0) / elapsed:.0f}x real-time",
             style="progress.data.speed",
         )
 
@@ -71,23 +70,24 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         BarColumn(bar_width=20),
         MofNCompleteColumn(),
         RateColumn(),
-        TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=not options.progress) as progress:
-        task = progress.add_task("songs", total=None, audio=0.0)
 
         def on_progress(event: str, info: dict[str, Any]) -> None:
-            if event == "start":
-                progress.update(task, total=info["todo"], description=f"songs ({info['resumed']} resumed)")
+            if event == "start":  # the catalogue is read: show the bar from here on
+                resumed = f" (+{info['resumed']} resumed)" if info["resumed"] else ""
+                progress.add_task(f"songs{resumed}", total=info["todo"], audio=0.0)
             else:
-                audio = progress.tasks[0].fields["audio"] + info.get("duration_s", 0.0)
-                progress.update(task, advance=1, audio=audio)
+                task = progress.tasks[0]
+                progress.update(task.id, advance=1, audio=task.fields["audio"] + info.get("duration_s", 0.0))
 
         try:
             summary = preprocess(data, options, store, on_progress=on_progress)
         except (ConfigError, DataError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            if data.name == "synthetic" and not Path(data.root).exists():
+                console.print(f"make the synthetic corpus first: dsaml-synth out={data.root}")
             return 2
     for line in format_summary(summary):
         console.print(line, markup=False, highlight=False)
