@@ -62,11 +62,16 @@ def detect_layout(root: Path, layout: str = "auto") -> str:
 
 
 def _read_time_rows(
-    path: Path, issues: IssueLog, key_column: str, start_ms: int
+    path: Path,
+    issues: IssueLog,
+    key_column: str,
+    start_ms: int,
+    table: tuple[list[str], list[list[str]]] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Wide CSV (key column + sample_XXXms columns) -> ({key: leading-run curve float32 [T]}, the number
-    of label columns on the grid, i.e. the longest curve the file can hold)."""
-    header, rows = read_csv_rows(path, issues)
+    of label columns on the grid, i.e. the longest curve the file can hold). `table`: the file's
+    (header, rows) when already read."""
+    header, rows = table or read_csv_rows(path, issues)
     if key_column not in header:
         raise DataError(f"{path}: no {key_column!r} column (header starts {header[:3]})")
     key_index = header.index(key_column)
@@ -183,12 +188,15 @@ def _read_raters(
                     missing, f"per-rater file missing for song {song_id} (the other dimension exists)"
                 )
             continue
-        headers = [read_csv_rows(path, issues)[0] for path in pair]
-        if not all(RATER_COLUMN in header for header in headers):
+        tables = [read_csv_rows(path, issues) for path in pair]
+        if not all(RATER_COLUMN in header for header, _ in tables):
             anonymous += 1
             continue
         files.extend(pair)
-        arousal, valence = (_read_time_rows(path, issues, RATER_COLUMN, start_ms) for path in pair)
+        arousal, valence = (
+            _read_time_rows(path, issues, RATER_COLUMN, start_ms, table)
+            for path, table in zip(pair, tables, strict=True)
+        )
         for rater, curves in _pair(arousal, valence, pair, issues, "rater").items():
             ratings[(rater, song_id)] = curves
     return ratings, files, anonymous
