@@ -14,7 +14,7 @@ The store is opened lazily in each process, so DataLoader workers never share an
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,22 +125,38 @@ class MetaBatchDataset(Dataset):
 
 
 class StepSampler(Sampler[int]):
-    """Yields the global meta-steps of one epoch: epoch * steps_per_epoch + 0 .. steps_per_epoch - 1.
+    """Yields global meta-steps: at each new iterator, `steps_per_epoch` steps from the trainer's current
+    global step on. A run resumed from any checkpoint therefore replays exactly the episodes an
+    uninterrupted run would have seen (Lightning's own `set_epoch` is not reliable after a resume)."""
 
-    Lightning calls `set_epoch` before each epoch, so a run resumed from an epoch-end checkpoint replays
-    exactly the episodes an uninterrupted run would have seen."""
-
-    def __init__(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch, self.epoch = steps_per_epoch, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, steps_per_epoch: int, first_step: Callable[[], int]) -> None:
+        self.steps_per_epoch, self.first_step = steps_per_epoch, first_step
 
     def __iter__(self):
-        return iter(range(self.epoch * self.steps_per_epoch, (self.epoch + 1) * self.steps_per_epoch))
+        start = int(self.first_step())
+        return iter(range(start, start + self.steps_per_epoch))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+
+class ShuffleSampler(Sampler[int]):
+    """A permutation of range(n) drawn from (seed, epoch), this rank's round-robin share (padded by
+    wrapping so every rank gets the same count). The epoch is read from the trainer at each new iterator."""
+
+    def __init__(
+        self, n: int, seed: int, epoch: Callable[[], int], rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.seed, self.epoch, self.rank, self.world_size = n, seed, epoch, rank, world_size
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, 11, int(self.epoch())]).permutation(self.n).tolist()
+        total = -(-self.n // self.world_size) * self.world_size
+        order = (order * (total // max(self.n, 1) + 1))[:total]
+        return iter(order[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)
 
 
 class TaskDataset(Dataset):
@@ -272,19 +288,20 @@ class DSAMLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.task == "dmer":
             dataset = ClipDataset(self.reader, self.train_songs)
-            sampler = self._distributed(dataset, shuffle=True)
-            generator = torch.Generator().manual_seed(self.seed)
-            return self._loader(
-                dataset,
-                batch_size=self.batch_size,
-                shuffle=sampler is None,
-                sampler=sampler,
-                generator=generator,
-                collate_fn=collate,
-                drop_last=False,
+            sampler = ShuffleSampler(
+                len(dataset), self.seed, self._trainer_value("current_epoch"), self.rank, self.world_size
             )
+            return self._loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate)
         dataset = MetaBatchDataset(self.reader, self.sampler, self.rank, self.world_size)
-        return self._loader(dataset, batch_size=None, sampler=StepSampler(self.steps_per_epoch))
+        return self._loader(
+            dataset,
+            batch_size=None,
+            sampler=StepSampler(self.steps_per_epoch, self._trainer_value("global_step")),
+        )
+
+    def _trainer_value(self, name: str) -> Callable[[], int]:
+        """Reads trainer.<name> when called (0 without a trainer)."""
+        return lambda: getattr(self.trainer, name, 0) if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list:
         if self.task == "dmer":
