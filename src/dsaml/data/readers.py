@@ -81,6 +81,7 @@ class DataConfig:
 def read_catalogue(config: DataConfig) -> Catalogue:
     """Read the dataset named by `config` and apply its PDMER filters."""
     start_ms = round(config.features.start_s * 1000)
+    root = Path(config.root).expanduser().resolve()  # stored paths are absolute
     common = dict(
         name=config.name,
         start_ms=start_ms,
@@ -89,9 +90,9 @@ def read_catalogue(config: DataConfig) -> Catalogue:
         strict=config.strict,
     )
     if config.reader == "deam":
-        catalogue = read_deam(Path(config.root), layout=config.layout, **common)
+        catalogue = read_deam(root, layout=config.layout, **common)
     else:
-        catalogue = read_pmemo(Path(config.root), frame_time=config.frame_time, **common)
+        catalogue = read_pmemo(root, frame_time=config.frame_time, **common)
     if catalogue.per_rater:
         catalogue.pdmer_pairs = config.pdmer.select(catalogue)
     return catalogue
