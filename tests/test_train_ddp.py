@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-from train_fixtures import PDMER_TINY, TINY, tiny_store, train_config  # noqa: F401
 
 from dsaml.training.run import build, run
+from train_fixtures import PDMER_TINY, TINY, _one_thread, tiny_store, train_config  # noqa: F401
 
 STEPS = [
     "task.steps_per_epoch=3",

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from train_fixtures import DMER_TINY, PDMER_TINY, tiny_store, train_config  # noqa: F401
+from train_fixtures import DMER_TINY, PDMER_TINY, _one_thread, tiny_store, train_config  # noqa: F401
 
 from dsaml.models.checkpoint import load_network
 from dsaml.training import module as module_lib

@@ -36,6 +36,18 @@ PDMER_TINY = [
 DMER_TINY = ["experiment=dmer_synthetic", "task.batch_size=4"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads make these tiny steps ~10x slower
+    (the threads spin waiting for each other while the cores are busy)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """A feature store of the synth helper's `tiny` DEAM-format corpus (built once per session)."""
