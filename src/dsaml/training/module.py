@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dsaml import __version__ as dsaml_version
 from dsaml.losses import dsaml_loss
 from dsaml.meta import adapt, batch_loss, maml_wrap, meta_backward
-from dsaml import __version__ as dsaml_version
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
@@ -34,7 +34,11 @@ class NonFiniteLossError(FloatingPointError):
 
 def _metric_dict(scores: dict[str, Tensor | float]) -> dict[str, float]:
     """Scores keyed like dsaml_loss's ('arousal_CCC', ..., 'average') -> lower-case LOG_KEYS."""
-    return {key.lower(): float(value) for key, value in scores.items() if key.lower() in LOG_KEYS}
+    return {
+        key.lower(): float(value.detach()) if isinstance(value, Tensor) else float(value)
+        for key, value in scores.items()
+        if key.lower() in LOG_KEYS
+    }
 
 
 class DSAMLModule(L.LightningModule):
