@@ -1,7 +1,8 @@
 """`dsaml-eval`: test a dsaml checkpoint on a feature store -> results.json / results.md in the run folder.
 
 dsaml-eval ckpt_path=outputs/pdmer_deam/runs/X/checkpoints/last.ckpt data=deam
-dsaml-eval ckpt_path=converted.ckpt data=deam task=pdmer protocols=[pdmer_within_song] +overrides.stitch=original
+dsaml-eval ckpt_path=converted.ckpt data=deam task=pdmer protocols=[pdmer_within_song] \
+    +overrides.stitch=original
 """
 
 from __future__ import annotations

@@ -83,9 +83,9 @@ class DSAMLModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def _nonfinite(self, what: str, songs: list[str], where: str) -> None:
         raise NonFiniteLossError(
-            f"{what} at global step {self.global_step} (epoch {self.current_epoch}, {where}); songs in the batch: "
-            f"{', '.join(map(str, songs))}. Lower task.lr/task.inner_lr or check these songs' features and labels "
-            "in the store"
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}, {where}); "
+            f"songs in the batch: {', '.join(map(str, songs))}. Lower task.lr/task.inner_lr or check these "
+            "songs' features and labels in the store"
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
