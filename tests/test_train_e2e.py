@@ -8,12 +8,12 @@ import json
 
 import pytest
 import torch
-from train_fixtures import DMER_TINY, PDMER_TINY, _one_thread, tiny_store, train_config  # noqa: F401
 
 from dsaml.models.checkpoint import load_network
 from dsaml.training import module as module_lib
 from dsaml.training.module import NonFiniteLossError
 from dsaml.training.run import run
+from train_fixtures import DMER_TINY, PDMER_TINY, _one_thread, tiny_store, train_config  # noqa: F401
 
 ROW_KEYS = {
     "protocol",

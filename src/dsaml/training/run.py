@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
