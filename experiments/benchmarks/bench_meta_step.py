@@ -1,0 +1,165 @@
+"""Benchmark: one PDMER meta-step (first-order MAML over a meta-batch), ours vs the original's loop.
+
+Both run in this process on the same initial weights and the same random tasks (support: `shots` clips,
+query: `queries` clips of 60 segments per task):
+
+- original (baseline, re-created): the network computed the way the original does (`impl="eager"`:
+  two separate encoder passes, attention maps materialised and returned every forward, the regulariser
+  taken from the full [B, passes * L, H, T, T] maps), and the original's loop: per task `maml.clone()`,
+  `learner.adapt(support_loss)` x inner steps, `query_loss.backward()`, then every gradient divided by the
+  number of tasks and one Adam step.
+- ours: `DSAMLModule`'s path: `dsaml.meta.meta_backward` (query loss / tasks, backward per task) on the
+  fast network (`impl="fast"`: stacked local+global passes, shared first-layer projections, only the
+  attention diagonal the regulariser needs), then one Adam step.
+
+Prints a table (seconds per meta-step, ratio) and the largest difference between the two meta-gradients.
+
+    .venv/bin/python experiments/benchmarks/bench_meta_step.py             # paper: 16 tasks x 16 steps, D=1024
+    .venv/bin/python experiments/benchmarks/bench_meta_step.py --reduced   # minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from dsaml.meta import learn2learn, maml_wrap, meta_backward
+from dsaml.metrics import average_score, sequence_scores
+from dsaml.models import DSAMLConfig, DSAMLNet
+
+
+def make_tasks(n_tasks: int, shots: int, queries: int, length: int, dim: int, seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch(n: int) -> dict:
+        return {
+            "logmel": torch.randn(n, length, 51, 128, generator=gen) - 5.0,
+            "global": torch.randn(n, 1, dim, generator=gen),
+            "arousal": torch.rand(n, length, generator=gen) * 2 - 1,
+            "valence": torch.rand(n, length, generator=gen) * 2 - 1,
+        }
+
+    return [{"support": batch(shots), "query": batch(queries)} for _ in range(n_tasks)]
+
+
+def original_loss(out: dict, arousal, valence):
+    """The original's loss: scores + regulariser computed from the full returned attention maps."""
+    per_seq = sequence_scores(out["arousal"], out["valence"], arousal, valence)
+    scores = {k: v.mean() for k, v in per_seq.items()}
+    maps = out["attention_maps"].mean(dim=2)  # [B, passes * L, T, T], averaged over heads
+    n_layers = maps.shape[1] // 2
+    local, global_ = maps[:, n_layers - 1].mean(0), maps[:, -1].mean(0)
+    reg = F.mse_loss(torch.diagonal(local), torch.full((local.shape[0],), 0.9)) + F.mse_loss(
+        torch.diagonal(global_), torch.full((global_.shape[0],), 0.1)
+    )
+    return 1 - average_score(scores) + reg
+
+
+def original_meta_step(net, tasks, steps, lr) -> None:
+    maml = learn2learn().algorithms.MAML(net, lr=lr, first_order=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-5)
+    optimizer.zero_grad()
+    for task in tasks:
+        learner = maml.clone()
+        s = task["support"]
+        for _ in range(steps):
+            out = learner(s["logmel"], s["global"], return_attention=True)
+            learner.adapt(original_loss(out, s["arousal"], s["valence"]))
+        q = task["query"]
+        out = learner(q["logmel"], q["global"], return_attention=True)
+        original_loss(out, q["arousal"], q["valence"]).backward()
+    for p in net.parameters():
+        if p.grad is not None:
+            p.grad.div_(len(tasks))
+    optimizer.step()
+
+
+def our_meta_step(net, tasks, steps, lr) -> None:
+    maml = maml_wrap(net, lr, first_order=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-5)
+    optimizer.zero_grad()
+    meta_backward(maml, tasks, steps, n_total_tasks=len(tasks))
+    optimizer.step()
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    console = Console()
+    tasks = make_tasks(args.tasks, args.shots, args.queries, args.length, args.hidden, seed=1)
+    variants = {
+        "original loop (eager network)": ("eager", original_meta_step),
+        "ours (meta_backward, fast network)": ("fast", our_meta_step),
+    }
+    nets = {}
+    for name, (impl, _) in variants.items():
+        torch.manual_seed(0)  # same initial weights for both
+        cfg = DSAMLConfig(
+            hidden_size=args.hidden,
+            num_heads=args.heads,
+            num_layers=args.layers,
+            dropout=0.0,
+            global_context="precomputed:bench",
+            impl=impl,
+        )
+        nets[name] = DSAMLNet(cfg).train()
+    grads, times = {}, {name: float("inf") for name in variants}
+    for _ in range(args.repeats):  # interleaved, best of N: both see the same machine load
+        for name, (_, step) in variants.items():
+            net = nets[name]
+            state = {k: v.clone() for k, v in net.state_dict().items()}
+            start = time.perf_counter()
+            step(net, tasks, args.inner_steps, args.inner_lr)
+            times[name] = min(times[name], time.perf_counter() - start)
+            grads[name] = {k: p.grad.clone() for k, p in net.named_parameters()}
+            net.load_state_dict(state)
+            console.print(f"{name}: {times[name]:.2f} s (best so far)")
+    (base, ours) = times.values()
+    g_base, g_ours = grads.values()
+    diff = max(float((g_base[k] - g_ours[k]).abs().max()) for k in g_base)
+    scale = max(float(g.abs().max()) for g in g_base.values())
+    table = Table(
+        title=f"one PDMER meta-step: {args.tasks} tasks x {args.inner_steps} inner steps, "
+        f"{args.shots} shot, {args.queries} queries, D={args.hidden}, L={args.layers}, "
+        f"H={args.heads}, {args.threads} threads (best of {args.repeats})"
+    )
+    for col in ("variant", "s / meta-step", "speed-up"):
+        table.add_column(col, justify="right")
+    for name, value in times.items():
+        table.add_row(name, f"{value:.2f}", f"{base / value:.2f}x")
+    console.print(table)
+    console.print(f"meta-gradient max |ours - original| = {diff:.2e} (max |grad| {scale:.2e})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=16)
+    parser.add_argument("--inner-steps", type=int, default=16)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--length", type=int, default=60)
+    parser.add_argument("--inner-lr", type=float, default=5e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="2 tasks x 4 inner steps, 15 queries, D=1024 (paper network, fewer tasks/steps)",
+    )
+    args = parser.parse_args()
+    if args.reduced:
+        args.tasks, args.inner_steps = 2, 4
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
