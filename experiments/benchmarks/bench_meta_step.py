@@ -14,7 +14,7 @@ query: `queries` clips of 60 segments per task):
 
 Prints a table (seconds per meta-step, ratio) and the largest difference between the two meta-gradients.
 
-    .venv/bin/python experiments/benchmarks/bench_meta_step.py             # paper: 16 tasks x 16 steps, D=1024
+    .venv/bin/python experiments/benchmarks/bench_meta_step.py            # paper: 16 tasks x 16 steps, D=1024
     .venv/bin/python experiments/benchmarks/bench_meta_step.py --reduced   # minutes on 2 cores
 """
 
