@@ -49,8 +49,9 @@ class TaskConfig:
     training songs (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps
     at evaluation (None = inner_steps). support_segments: segments of the within-song support and of the
     sliding windows (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric
-    selecting the best checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of predict_song (mean = correct default; original = the
-    original's rule, arousal off-by-one included). eval_batch_size: windows per forward at evaluation.
+    selecting the best checkpoint. test_protocols: evaluation protocols run by `test`. stitch:
+    sliding-window stitching of predict_song (mean = correct default; original = the original's rule,
+    arousal off-by-one included). eval_batch_size: windows per forward at evaluation.
     """
 
     name: str = "dmer"
