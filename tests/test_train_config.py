@@ -114,3 +114,10 @@ def test_missing_store_names_the_command(tmp_path):
 def test_unknown_override_is_rejected_by_hydra(tmp_path):
     with pytest.raises(ConfigCompositionException, match="task.nonsense"):
         compose_config("train", ["task.nonsense=1"], output_dir=Path(tmp_path))
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])
+def test_debug_presets_run(debug, tiny_store, tmp_path):  # noqa: F811
+    metrics = run(train_config(tiny_store, tmp_path, [*PDMER_TINY, f"debug={debug}", "trainer.max_epochs=1"]))
+    assert "train/loss_step" in metrics
+    assert (tmp_path / "results.json").is_file() == (debug == "fast_dev_run")  # overfit: no test

@@ -108,12 +108,23 @@ def _task_item(reader: StoreReader, task: TaskSpec) -> dict[str, Any]:
 
 
 class MetaBatchDataset(Dataset):
-    """Index = global meta-step; item = this rank's share of that step's meta-batch."""
+    """Index = global meta-step; item = this rank's share of that step's meta-batch. Any step index is
+    valid; the length (`steps_per_epoch`) only matters to samplers that enumerate the dataset (e.g.
+    Lightning's `overfit_batches`, which then replays steps 0, 1, ...)."""
 
     def __init__(
-        self, reader: StoreReader, sampler: EpisodeSampler, rank: int = 0, world_size: int = 1
+        self,
+        reader: StoreReader,
+        sampler: EpisodeSampler,
+        steps_per_epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.reader, self.sampler, self.rank, self.world_size = reader, sampler, rank, world_size
+        self.steps_per_epoch = steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         tasks = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
@@ -292,7 +303,9 @@ class DSAMLDataModule(L.LightningDataModule):
                 len(dataset), self.seed, self._trainer_value("current_epoch"), self.rank, self.world_size
             )
             return self._loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate)
-        dataset = MetaBatchDataset(self.reader, self.sampler, self.rank, self.world_size)
+        dataset = MetaBatchDataset(
+            self.reader, self.sampler, self.steps_per_epoch, self.rank, self.world_size
+        )
         return self._loader(
             dataset,
             batch_size=None,
