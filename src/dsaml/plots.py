@@ -80,7 +80,7 @@ def plot_curves(
     `start_s` is the time of the first value; `support_until` shades the first segments that the
     adaptation saw (within-song protocol), so the scored part is the rest.
     """
-    fig, axes = plt.subplots(2, 1, figsize=(9, 4.8), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.4), sharex=True)
     n = len(true[0])
     time = _time_axis(n, start_s, step_s)
     for row, (ax, name) in enumerate(zip(axes, DIMENSIONS, strict=True)):
@@ -94,10 +94,11 @@ def plot_curves(
             )
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=8, ncol=4, frameon=False)
     axes[1].set_xlabel("time (s)")
-    fig.suptitle(title)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path)
 
 
@@ -123,18 +124,24 @@ def plot_attention(path: str | Path, maps: np.ndarray, pass_names: Sequence[str]
             ax.set_ylabel("query segment", fontsize=8)
             ax.tick_params(labelsize=7)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_rater_gains(
-    path: str | Path, gains: Mapping[str, Mapping[str, float]], metric: str, title: str
+    path: str | Path,
+    gains: Mapping[str, Mapping[str, float]],
+    metric: str,
+    title: str,
+    labels: Mapping[str, str] | None = None,
 ) -> Path:
-    """Per-rater gain of `metric` after adaptation: gains = {protocol: {rater: gain}}, one bar group each,
-    raters sorted by the first protocol's gain; dashed lines = mean gain per protocol."""
+    """Per-rater gain of `metric` after adaptation: gains = {protocol: {rater: gain}}, one bar per protocol
+    and rater, raters sorted by the first protocol's gain; dashed lines = mean gain per protocol. `labels`:
+    tick label per rater (default: the id)."""
     protocols = list(gains)
-    raters = sorted(gains[protocols[0]], key=lambda r: gains[protocols[0]][r])
+    first = gains[protocols[0]]
+    raters = sorted({r for g in gains.values() for r in g}, key=lambda r: (r not in first, first.get(r, 0.0)))
     width = 0.8 / len(protocols)
     x = np.arange(len(raters))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(raters) + 2), 4.2))
@@ -150,7 +157,7 @@ def plot_rater_gains(
         )
         ax.axhline(np.nanmean(values), color=COLORS[index % 4], ls="--", lw=1)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, [r[:6] for r in raters], rotation=90, fontsize=7)
+    ax.set_xticks(x, [(labels or {}).get(r, r) for r in raters], rotation=90, fontsize=7)
     ax.set_xlabel("rater")
     ax.set_ylabel(f"{metric}: adapted - unadapted")
     ax.legend(fontsize=8, frameon=False)
