@@ -42,7 +42,10 @@ def test_experiment_composes_and_instantiates(experiment, tiny_store, tmp_path):
         job = build(cfg)
         assert job.trainer.max_epochs >= 1 and job.module.meta == (task.name == "pdmer")
     else:  # paper presets: the paper-size network (D = 1024) instantiates with the preset's task
-        module = DSAMLModule(model=OmegaConf.to_container(cfg.model), task=OmegaConf.to_container(cfg.task))
+        module = DSAMLModule(
+            model=OmegaConf.to_container(cfg.model, resolve=True),
+            task=OmegaConf.to_container(cfg.task, resolve=True),
+        )
         n_params = sum(p.numel() for p in module.net.parameters())
         assert n_params > 25_000_000
     if experiment == "local_only":

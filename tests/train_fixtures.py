@@ -48,23 +48,25 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+_STORE: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
-    """A feature store of the synth helper's `tiny` DEAM-format corpus (built once per session)."""
-    from dsaml.cli.preprocess import configs
-    from dsaml.data.preprocess import preprocess
-    from dsaml.data.synth import generate_corpus
+    """A feature store of the synth helper's `tiny` DEAM-format corpus, built once per session (the
+    fixture is imported by several test modules, so the result is also cached here)."""
+    if "tiny" not in _STORE:
+        from dsaml.cli.preprocess import configs
+        from dsaml.data.preprocess import preprocess
+        from dsaml.data.synth import generate_corpus
 
-    root = tmp_path_factory.mktemp("tiny_corpus")
-    generate_corpus(root / "corpus", "tiny", seed=0, workers=1, progress=False)
-    store = root / "tiny.h5"
-    cfg = compose_config(
-        "preprocess",
-        ["data=synthetic", f"data.root={root / 'corpus'}", f"paths.store={store}"],
-        output_dir=root,
-    )
-    preprocess(*configs(cfg)[:2], store)
-    return store
+        root = tmp_path_factory.mktemp("tiny_corpus")
+        generate_corpus(root / "corpus", "tiny", seed=0, workers=1, progress=False)
+        store = root / "tiny.h5"
+        overrides = ["data=synthetic", f"data.root={root / 'corpus'}", f"paths.store={store}"]
+        preprocess(*configs(compose_config("preprocess", overrides, output_dir=root))[:2], store)
+        _STORE["tiny"] = store
+    return _STORE["tiny"]
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
