@@ -1,0 +1,211 @@
+"""dsaml-personalize: annotation layouts, adaptation on a listener's songs, the adapted checkpoint, errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app_fixtures import capture, compose_cli, save_tiny_ckpt, write_audio
+from dsaml.cli.personalize import run
+from dsaml.cli.predict import run as run_predict
+from dsaml.data.features import FeatureConfig
+from dsaml.models.checkpoint import load_network
+from dsaml.personalize import (
+    AnnotationError,
+    load_listener,
+    personalize,
+    read_deam_rater,
+    read_simple_csv,
+    resolve_adaptation,
+    support_loss,
+)
+from dsaml.predictor import Predictor
+
+FEATURES = FeatureConfig()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return save_tiny_ckpt(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def listener_curves(seconds: float, rate_hz: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The listener's (time, arousal, valence) from 15 s: slow sinusoids (a made-up, known rating)."""
+    time = 15.0 + np.arange(int((seconds - 15.0) * rate_hz)) / rate_hz
+    return time, 0.5 * np.sin(2 * np.pi * time / 8), 0.3 + 0.2 * np.cos(2 * np.pi * time / 6)
+
+
+def write_simple_csv(path: Path, time: np.ndarray, arousal: np.ndarray, valence: np.ndarray) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["time", "arousal", "valence"])
+        writer.writerows(zip(time, arousal, valence, strict=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory) -> Path:
+    """audio/ with three 22.05 kHz mono songs (50, 62 and 50 segments) and curves/ with simple CSVs."""
+    root = tmp_path_factory.mktemp("listener")
+    (root / "audio").mkdir()
+    (root / "curves").mkdir()
+    for index, (song, seconds) in enumerate((("s1", 40.0), ("s2", 46.0), ("s3", 40.0))):
+        write_audio(root / "audio" / f"{song}.wav", seconds, 22050, 1, seed=index)
+        write_simple_csv(root / "curves" / f"{song}.csv", *listener_curves(seconds))
+    return root
+
+
+def test_simple_csv_is_interpolated_onto_the_segment_grid(tmp_path):
+    time = np.arange(14.0, 21.0)  # 1 Hz, starting before the first segment
+    first, arousal, valence = read_simple_csv(
+        write_simple_csv(tmp_path / "a.csv", time, time, -time), FEATURES
+    )
+    grid = 15.0 + 0.5 * np.arange(11)  # 15.0 .. 20.0 s: inside the annotated range only
+    assert first == 0
+    np.testing.assert_allclose(arousal, grid, rtol=1e-6)
+    np.testing.assert_allclose(valence, -grid, rtol=1e-6)
+    late = write_simple_csv(tmp_path / "b.csv", np.array([16.2, 17.0, 18.4]), np.ones(3), np.zeros(3))
+    first, arousal, _ = read_simple_csv(late, FEATURES)
+    assert first == 3 and len(arousal) == 4  # 16.5, 17.0, 17.5, 18.0 s
+
+
+def test_simple_csv_errors_name_file_row_and_column(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,arousal,valence\n15,0.1,0.2\n15.5,oops,0.2\n")
+    with pytest.raises(AnnotationError, match=r"bad.csv, row 3, column 'arousal': 'oops' is not a number"):
+        read_simple_csv(bad, FEATURES)
+    bad.write_text("t,a,v\n15,0,0\n")
+    with pytest.raises(AnnotationError, match="expected columns time"):
+        read_simple_csv(bad, FEATURES)
+
+
+def write_deam_rater_files(folder: Path, song: str, ratings: dict[str, np.ndarray]) -> None:
+    """DEAM per-rater files: arousal/<song>.csv and valence/<song>.csv, WorkerId + sample_<ms>ms columns;
+    valence = -arousal."""
+    for dimension, sign in (("arousal", 1), ("valence", -1)):
+        (folder / dimension).mkdir(parents=True, exist_ok=True)
+        n = max(len(v) for v in ratings.values())
+        with (folder / dimension / f"{song}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["WorkerId", *(f"sample_{15000 + 500 * i}ms" for i in range(n))])
+            for worker, values in ratings.items():
+                writer.writerow([worker, *(sign * values), *[""] * (n - len(values))])
+
+
+def test_deam_per_rater_layout(tmp_path):
+    folder = tmp_path / "annotations per each rater" / "dynamic (per second annotations)"
+    write_deam_rater_files(folder, "1001", {"AMINE": np.linspace(0, 1, 20), "AOTHER": np.zeros(30)})
+    write_deam_rater_files(folder, "1002", {"AOTHER": np.ones(30)})
+    curves = read_deam_rater(folder, "AMINE", FEATURES)
+    assert list(curves) == ["1001"]
+    first, arousal, valence = curves["1001"]
+    assert first == 0
+    np.testing.assert_allclose(arousal, np.linspace(0, 1, 20), rtol=1e-6)
+    np.testing.assert_allclose(valence, -np.linspace(0, 1, 20), rtol=1e-6)
+    with pytest.raises(
+        AnnotationError, match=r"rater='ANOBODY' has no curves.*AOTHER \(2 songs\), AMINE \(1"
+    ):
+        read_deam_rater(folder, "ANOBODY", FEATURES)
+    with pytest.raises(AnnotationError, match="rater=<WorkerId> is required"):
+        read_deam_rater(folder, None, FEATURES)
+
+
+def test_adaptation_reduces_the_support_loss_and_keeps_the_source(tiny_ckpt, listener):
+    predictor = Predictor.load(tiny_ckpt, device="cpu")
+    songs = load_listener(predictor, [str(listener / "audio")], [str(listener / "curves")])
+    assert [(s.song, len(s.arousal)) for s in songs] == [("s1", 50), ("s2", 62), ("s3", 50)]
+    batches = [s.batch() for s in songs]
+    assert [tuple(b["logmel"].shape) for b in batches] == [
+        (1, 50, 51, 128),
+        (2, 60, 51, 128),
+        (1, 50, 51, 128),
+    ]
+    # the two windows of s2 start at 0 and 2: the last window ends at the song's end
+    np.testing.assert_array_equal(batches[1]["arousal"][1].numpy(), songs[1].arousal[2:])
+    options = resolve_adaptation(predictor.hparams, None, None, None)
+    assert options == {"steps": 4, "lr": 0.05, "first_order": True}  # from the checkpoint's task
+    source = {k: v.clone() for k, v in predictor.net.state_dict().items()}
+    adaptation = personalize(predictor, songs[:2], **options)
+    before = support_loss(predictor.net, songs[:2], predictor.device)
+    after = support_loss(adaptation.net, songs[:2], predictor.device)
+    assert after < before - 0.01, (before, after)
+    assert adaptation.losses[-1] < adaptation.losses[0]
+    for key, value in predictor.net.state_dict().items():
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0)
+
+
+def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listener, tmp_path):
+    console, buffer = capture()
+    out = tmp_path / "me.ckpt"
+    cfg = compose_cli(
+        "personalize",
+        [
+            f"ckpt={tiny_ckpt}",
+            f"audio=[{listener / 'audio'}]",
+            f"annotations=[{listener / 'curves'}]",
+            "holdout=[s3]",
+            f"out={out}",
+            "steps=3",
+            "lr=0.05",
+        ],
+    )
+    assert run(cfg, console) == 0, buffer.getvalue()
+    text = buffer.getvalue()
+    assert "adapting" in text and "on 2 song(s)" in text and "3 steps, lr 0.05" in text
+    assert "s3: before" in text and "s3: after" in text and "support loss (eval mode)" in text
+    assert (tmp_path / "me_s3.png").stat().st_size > 10_000
+    adapted, _, hparams = load_network(out)
+    source, _, _ = load_network(tiny_ckpt)
+    assert hparams["personalized"]["songs"] == ["s1", "s2"] and hparams["personalized"]["steps"] == 3
+    assert hparams["features"] == FEATURES.to_dict()
+    changed = [k for k, v in adapted.state_dict().items() if not torch.equal(v, source.state_dict()[k])]
+    assert any(k.startswith("head.") for k in changed)
+    # dsaml-predict reads the adapted checkpoint
+    predict_console, predict_buffer = capture()
+    cfg = compose_cli(
+        "predict",
+        [f"ckpt={out}", f"inputs=[{listener / 'audio' / 's3.wav'}]", f"out={tmp_path}", "plot=false"],
+    )
+    assert run_predict(cfg, predict_console) == 0, predict_buffer.getvalue()
+    assert (tmp_path / "s3.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["holdout=[s9]"], "holdout=['s9']: not among the annotated songs"),
+        (["holdout=[s1,s2,s3]"], "every annotated song is held out"),
+        (["lr=-1"], "lr=-1: expected a positive number"),
+    ],
+)
+def test_errors_before_any_adaptation(tiny_ckpt, listener, tmp_path, overrides, message):
+    console, buffer = capture()
+    cfg = compose_cli(
+        "personalize",
+        [
+            f"ckpt={tiny_ckpt}",
+            f"audio=[{listener / 'audio'}]",
+            f"annotations=[{listener / 'curves'}]",
+            f"out={tmp_path / 'x.ckpt'}",
+            *overrides,
+        ],
+    )
+    assert run(cfg, console) == 2
+    assert message in buffer.getvalue()
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_audio_and_annotations_must_match(tiny_ckpt, listener, tmp_path):
+    predictor = Predictor.load(tiny_ckpt, device="cpu")
+    with pytest.raises(AnnotationError, match=r"audio but no annotations: \['s3'\]"):
+        load_listener(
+            predictor,
+            [str(listener / "audio")],
+            [str(listener / "curves" / "s1.csv"), str(listener / "curves" / "s2.csv")],
+        )
+    with pytest.raises(AnnotationError, match=r"annotated but no audio: \['s2', 's3'\]"):
+        load_listener(predictor, [str(listener / "audio" / "s1.wav")], [str(listener / "curves")])
