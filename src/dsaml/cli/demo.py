@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra import compose
@@ -33,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-import dsaml.config
+from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
 from dsaml.data.validation import ConfigError, from_mapping
 from dsaml.models import DSAMLConfig
@@ -466,21 +464,24 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=dsaml.config.CONFIG_PATH, config_name="demo")
-def _main(cfg: DictConfig) -> None:
+def command(cfg: DictConfig) -> int:
+    """dsaml-demo's exit code: 0, or 2 for a configuration error (reported before any work)."""
+    import lightning.pytorch  # noqa: F401  (it sets its logger's level when imported; ours comes after)
+
     from dsaml.data.synth import SynthConfigError
 
-    logging.getLogger("dsaml.data.catalogue").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the demo's output: its stages
+    for message in (".*does not have many workers.*", ".*LeafSpec.*", ".*is not a leaf Tensor.*"):
+        warnings.filterwarnings("ignore", message)
     try:
         run(cfg)
     except (ConfigError, SynthConfigError) as error:
         Console(stderr=True).print(f"[red]dsaml-demo:[/red] {error}", highlight=False)
-        sys.exit(2)
+        return 2
+    return 0
 
 
-def main() -> None:
-    _main()
+main = hydra_command("demo", command, quiet=["dsaml.data.catalogue"])
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ before/after; for held-out songs also CCC/PCC/RMSE before and after adaptation (
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
 from rich.table import Table
 
-import dsaml.config
+from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
@@ -169,15 +167,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=dsaml.config.CONFIG_PATH, config_name="personalize")
-def _main(cfg: DictConfig) -> None:
-    code = run(cfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    _main()
+main = hydra_command("personalize", run)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import dsaml.config
+from dsaml.cli.entry import hydra_command
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
 from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
@@ -195,15 +193,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=dsaml.config.CONFIG_PATH, config_name="predict")
-def _main(cfg: DictConfig) -> None:
-    code = run(cfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    _main()
+main = hydra_command("predict", run)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,9 @@ dsaml-preprocess                      # data=synthetic: the dsaml-synth demo cor
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import (
@@ -26,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-import dsaml.config
+from dsaml.cli.entry import hydra_command
 from dsaml.data.catalogue import DataError
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
@@ -97,17 +94,8 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=dsaml.config.CONFIG_PATH, config_name="preprocess")
-def _main(cfg: DictConfig) -> None:
-    # Input issues are listed, grouped, in the end-of-run summary rather than one log line each.
-    logging.getLogger("dsaml.data.catalogue").setLevel(logging.ERROR)
-    code = run(cfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    _main()
+# Input issues are listed, grouped, in the end-of-run summary rather than one log line each.
+main = hydra_command("preprocess", run, quiet=["dsaml.data.catalogue"])
 
 
 if __name__ == "__main__":

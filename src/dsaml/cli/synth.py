@@ -7,14 +7,11 @@ dsaml-synth synth=demo layout=flat workers=2
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-import dsaml.config
+from dsaml.cli.entry import hydra_command
 from dsaml.data.synth import SynthConfig, SynthConfigError, generate_corpus
 from dsaml.data.synth.config import check_run_options
 
@@ -42,14 +39,18 @@ def run(cfg: DictConfig, console: Console) -> None:
     Console().print(table)
 
 
-@hydra.main(version_base="1.3", config_path=dsaml.config.CONFIG_PATH, config_name="synth")
-def main(cfg: DictConfig) -> None:
+def command(cfg: DictConfig) -> int:
+    """dsaml-synth's exit code: 0, or 2 for a bad configuration or an output folder it must not touch."""
     console = Console(stderr=True)
     try:
         run(cfg, console)
     except (SynthConfigError, FileExistsError) as err:
         console.print(f"[bold red]dsaml-synth:[/] {err}")
-        sys.exit(2)
+        return 2
+    return 0
+
+
+main = hydra_command("synth", command)
 
 
 if __name__ == "__main__":
