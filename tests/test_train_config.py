@@ -124,3 +124,31 @@ def test_debug_presets_run(debug, tiny_store, tmp_path):  # noqa: F811
     metrics = run(train_config(tiny_store, tmp_path, [*PDMER_TINY, f"debug={debug}", "trainer.max_epochs=1"]))
     assert "train/loss_step" in metrics
     assert (tmp_path / "results.json").is_file() == (debug == "fast_dev_run")  # overfit: no test
+
+
+def test_init_from_starts_from_a_checkpoints_weights(tiny_store, tmp_path):  # noqa: F811
+    """init_from copies the network weights (fresh optimiser); a differently shaped network is refused."""
+    import torch
+
+    from dsaml.models.checkpoint import save_network
+
+    plain = build(train_config(tiny_store, tmp_path / "plain", PDMER_TINY))
+    source = plain.module.net
+    torch.manual_seed(123)
+    for parameter in source.parameters():
+        parameter.data.normal_()
+    ckpt = save_network(tmp_path / "source.ckpt", source)
+    job = build(train_config(tiny_store, tmp_path / "init", [*PDMER_TINY, f"init_from={ckpt}"]))
+    for name, value in source.state_dict().items():
+        assert torch.equal(job.module.net.state_dict()[name], value), name
+
+    other = train_config(tiny_store, tmp_path / "wide", [*PDMER_TINY, "model.hidden_size=32"])
+    wide = save_network(tmp_path / "wide.ckpt", build(other).module.net)
+    with pytest.raises(ValueError, match=r"model.hidden_size: run 16 vs checkpoint 32"):
+        build(train_config(tiny_store, tmp_path / "bad", [*PDMER_TINY, f"init_from={wide}"]))
+    with pytest.raises(FileNotFoundError, match=r"init_from=.*missing.ckpt.*no such checkpoint"):
+        build(
+            train_config(
+                tiny_store, tmp_path / "bad", [*PDMER_TINY, f"init_from={tmp_path / 'missing.ckpt'}"]
+            )
+        )

@@ -30,6 +30,7 @@ TOP_LEVEL_KEYS = (
     "debug",
     "seed",
     "ckpt_path",
+    "init_from",
     "train",
     "test",
     "task_name",
@@ -165,6 +166,9 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
                 f"`dsaml-preprocess data={dataset} paths.store={store}` "
                 "or point paths.store at an existing store"
             )
+    init_from = cfg.get("init_from")
+    if init_from is not None and not Path(str(init_from)).is_file():
+        raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
     if int(cfg.get("num_workers", 0)) < 0:
         raise ValueError(f"num_workers={cfg.num_workers!r}: expected an integer >= 0")
     return task

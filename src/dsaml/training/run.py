@@ -102,6 +102,8 @@ def build(cfg: DictConfig) -> Job:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
+    if cfg.get("init_from") is not None:
+        load_initial_weights(module, model_cfg, str(cfg.init_from))
     trainer = build_trainer(cfg, _has_validation(task))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
@@ -109,6 +111,25 @@ def build(cfg: DictConfig) -> Job:
                 {"resolved_config": OmegaConf.to_container(cfg, resolve=True)}, allow_val_change=True
             )
     return Job(cfg, task, datamodule, module, trainer)
+
+
+# network options that do not change the weights' shapes or meaning
+RUNTIME_MODEL_KEYS = ("impl", "dropout")
+
+
+def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str) -> None:
+    """`init_from`: copy a dsaml checkpoint's network weights into `module.net` (fails, naming the keys,
+    when the checkpoint's network is configured differently)."""
+    from dsaml.models.checkpoint import load_network
+
+    net, source_cfg, _ = load_network(path)
+    ours, theirs = model_cfg.to_dict(), source_cfg.to_dict()
+    differ = sorted(k for k in ours if k not in RUNTIME_MODEL_KEYS and ours[k] != theirs.get(k))
+    if differ:
+        details = ", ".join(f"model.{k}: run {ours[k]!r} vs checkpoint {theirs.get(k)!r}" for k in differ)
+        raise ValueError(f"init_from={path}: the checkpoint's network differs from this run's ({details})")
+    module.net.load_state_dict(net.state_dict())
+    log.info("initial weights from %s", path)
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
