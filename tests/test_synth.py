@@ -164,6 +164,14 @@ def _triad_evidence(frames: np.ndarray, rate: int) -> np.ndarray:
     return triad(4).max(1) - triad(3).max(1)
 
 
+def _pitch_height(frames: np.ndarray, rate: int) -> np.ndarray:
+    """Per frame: the strongest pitch between 180 Hz and 1.5 kHz (above the bass), in semitones."""
+    spec = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(frames.shape[1], 1 / rate)
+    band = (freqs > 180) & (freqs < 1500)
+    return 12 * np.log2(freqs[band][np.argmax(spec[:, band], axis=1)] / 440)
+
+
 def _onset_rate(x: np.ndarray, rate: int, n_windows: int) -> np.ndarray:
     """Onsets per second in consecutive 2 s windows: peaks of the log-spectral flux (10 ms hop)."""
     hop, size = int(0.01 * rate), 1024
@@ -181,6 +189,7 @@ def _onset_rate(x: np.ndarray, rate: int, n_windows: int) -> np.ndarray:
 def test_emotion_signal_is_in_the_audio(corpus, truth):
     """Measured on the decoded MP3s, pooled over songs and 0.5 s frames (2 s windows for onsets)."""
     loud, evidence, onsets, arousal, valence, arousal_2s = [], [], [], [], [], []
+    height, valence_in_song = [], []  # register: compared within songs (each song has its own key)
     for song in truth["songs"].values():
         x, rate = sf.read(corpus / song["audio"], dtype="float32", always_2d=True)
         x = x.mean(1)
@@ -190,6 +199,9 @@ def test_emotion_signal_is_in_the_audio(corpus, truth):
         evidence.append(_triad_evidence(frames, rate))
         arousal.append(song["arousal"][:k])
         valence.append(song["valence"][:k])
+        pitch = _pitch_height(frames, rate)
+        height.append(pitch - pitch.mean())
+        valence_in_song.append(valence[-1] - np.mean(valence[-1]))
         n_windows = k // 4
         onsets.append(_onset_rate(x, rate, n_windows))
         arousal_2s.append(song["arousal"][: 4 * n_windows].reshape(n_windows, 4).mean(1))
@@ -197,6 +209,7 @@ def test_emotion_signal_is_in_the_audio(corpus, truth):
     assert corr(loud, arousal) > 0.8
     assert corr(onsets, arousal_2s) > 0.7
     assert corr(evidence, valence) > 0.3
+    assert corr(height, valence_in_song) > 0.15, "the register should rise with valence"
     assert abs(corr(loud, valence)) < 0.3, "loudness should follow arousal, not valence"
 
 

@@ -48,6 +48,9 @@ from dsaml.data.synth.raters import make_pool, pick_raters, rate_song
 TRUTH_FILE = "synth_truth.json"
 INCOMPLETE_MARK = ".synth_incomplete"
 TRUTH_FORMAT = 1
+# Bumped whenever the same config and seed render different audio or curves (a corpus written by another
+# generator version is regenerated, not reused). 2: valence also sets the register.
+GENERATOR_VERSION = 2
 CLIP_LABELS = 60  # DEAM's excerpts carry labels 15.0 .. 44.5 s even when they decode slightly short
 PDMER_MIN_SONGS = 16  # PDMER keeps raters with > 15 non-flat songs among ids 1001..2000
 FLAT_MAD = 0.01  # a curve whose mean absolute deviation over its first 60 values is below this is flat
@@ -201,6 +204,7 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
     truth = {
         "format": TRUTH_FORMAT,
         "generator": "dsaml-synth",
+        "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "layout": layout,
         "config": cfg.to_dict(),
@@ -283,7 +287,7 @@ def _prepare_root(root: Path, truth: dict) -> tuple[bool, str]:
     replaced = "an interrupted dsaml-synth run"
     if not (root / INCOMPLETE_MARK).exists():
         old = json.loads(truth_path.read_text())
-        keys = ("seed", "layout", "config")
+        keys = ("generator_version", "seed", "layout", "config")
         if {k: old.get(k) for k in keys} == {k: truth[k] for k in keys}:
             return True, ""
         replaced = (

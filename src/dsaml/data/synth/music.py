@@ -4,9 +4,10 @@ The piece is a loop of chords (bass + triad pad), a melody and a drum kit on a 1
 - arousal -> tempo (72..168 BPM) and onset density (half-note kicks and no hats when calm, snares and
   8th then 16th hats when excited, more melody notes), loudness (-14..0 dB) and brightness (wavetables
   with few vs many harmonics, louder hats);
-- valence -> mode (every chord and the melody's scale are major when valence > 0, minor below) and
+- valence -> mode (every chord and the melody's scale are major when valence > 0, minor below),
   consonance (a minor second and a tritone sound over the chords as valence falls below -0.3 / -0.6,
-  a consonant sixth is added above +0.3).
+  a consonant sixth is added above +0.3) and register (chords and melody move up to REGISTER_SEMITONES
+  up as valence rises and down as it falls: high pitch reads as happy, low as sad).
 
 Everything is vectorised numpy: per-sample phases are accumulated with `cumsum` and read through
 single-cycle wavetables, note envelopes come from "time since the last onset" arrays.
@@ -29,6 +30,7 @@ MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
 MINOR_SCALE = np.array([0, 2, 3, 5, 7, 8, 11])  # harmonic minor
 # Chord roots (semitones above the key) of the four bars of a progression.
 PROGRESSIONS = ((0, 5, 7, 0), (0, 7, 5, 7), (0, 5, 0, 7), (0, 3, 5, 7), (0, 8, 5, 7), (0, 10, 5, 7))
+REGISTER_SEMITONES = 5  # transposition at valence +-1
 
 
 def _wavetable(weights: np.ndarray) -> np.ndarray:
@@ -143,7 +145,7 @@ def render_music(
     progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
     bar_on = grid % 16 == 0
     bar_pos, bar_v, bars = pos[bar_on], v_ev[bar_on], grid[bar_on] // 16
-    roots = 48 + key + np.array([progression[b % 4] for b in bars])
+    roots = 48 + key + np.array([progression[b % 4] for b in bars]) + np.round(REGISTER_SEMITONES * bar_v)
     major = bar_v > 0
     voices = [
         (roots - 12, np.ones_like(bar_v)),  # bass
@@ -176,7 +178,10 @@ def render_music(
     steps = rng.choice([-2, -1, -1, 1, 1, 2], size=note_on.sum())
     degree = np.clip(np.cumsum(steps) + 7, 0, 13)
     scale = np.where(v_ev[note_on][:, None] > 0, MAJOR_SCALE[None, :], MINOR_SCALE[None, :])
-    melody_midi = 60 + key + np.take_along_axis(scale, (degree % 7)[:, None], 1)[:, 0] + 12 * (degree // 7)
+    register = np.round(REGISTER_SEMITONES * v_ev[note_on])
+    melody_midi = (
+        60 + key + register + np.take_along_axis(scale, (degree % 7)[:, None], 1)[:, 0] + 12 * (degree // 7)
+    )
     note_pos = pos[note_on]
     idx = _table_index(midi_to_hz(melody_midi), note_pos, n, sr, rng.uniform())
     mel_env = np.exp(-_time_since(note_pos, n, sr) / (0.18 + 0.25 * (1 - bright)))
