@@ -312,14 +312,15 @@ def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store,
         "global_vectors.device=cpu",
     )
     assert code == 0 and f"global vectors 'clap' (clap, D={D_CLAP}) in {store}: up to date (26 songs)" in log
-    np.savez(tmp_path / "v.npz", **_random_table(store, 6))
-    code, log = _cli(
-        tmp_path,
-        *args,
-        "global_vectors=file",
-        "global_vectors.name=clap",
-        f"global_vectors.path={tmp_path / 'v.npz'}",
-    )
+    assert f"train with: model.global_context=precomputed:clap model.global_dim={D_CLAP}" in log
+    table = _random_table(store, 6)
+    np.savez(tmp_path / "v.npz", **table)
+    file_args = ["global_vectors=file", f"global_vectors.path={tmp_path / 'v.npz'}"]
+    code, log = _cli(tmp_path, *args, *file_args, "global_vectors.name=imagebind")
+    assert code == 0 and "songs: 26 in the store, 26 computed" in log
+    song = next(iter(table))
+    np.testing.assert_array_equal(_stored(store, "imagebind")[song], table[song].reshape(-1, 6))
+    code, log = _cli(tmp_path, *args, *file_args, "global_vectors.name=clap")
     assert code == 2 and "already holds global vectors 'clap' from a different source" in log
     assert "set global_vectors.overwrite=true" in log
 

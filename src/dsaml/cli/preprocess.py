@@ -32,6 +32,7 @@ from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
+from dsaml.data.store import StoreError
 from dsaml.data.validation import ConfigError, from_mapping
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
@@ -143,7 +144,7 @@ def run_global_vectors(
             summary = add_global_vectors(
                 store, vectors, on_progress=progress_callback(progress, f"global vectors {vectors.name}")
             )
-        except (ConfigError, DataError, FileNotFoundError) as exc:
+        except (ConfigError, DataError, StoreError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             return 2
     return report(console, format_global_summary(summary), summary.failures, options.strict)

@@ -165,6 +165,8 @@ def _read_store(store: Path, name: str) -> tuple[list[_Song], dict[str, Any], di
 class _ClapSource:
     """Vectors from a CLAP audio tower; one song at a time."""
 
+    decodes_audio = True
+
     def __init__(self, config: GlobalVectorsConfig, features: Mapping[str, Any], encoder=None) -> None:
         from dsaml.models.clap import SEGMENT_S, ClapAudioEncoder
 
@@ -174,9 +176,19 @@ class _ClapSource:
                 f"windows follow the original's {SEGMENT_S} s segments"
             )
         self.start_s = float(features["start_s"])
-        self.encoder = encoder or ClapAudioEncoder.from_pretrained(
-            config.path, resolve_device(config.device), config.batch_size
-        )
+        if encoder is None:
+            from transformers.utils import logging as hf_logging
+
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # our own bar is the progress display
+            try:
+                encoder = ClapAudioEncoder.from_pretrained(
+                    config.path, resolve_device(config.device), config.batch_size
+                )
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
+        self.encoder = encoder
         path = Path(config.path)
         self.attrs = {
             "source": "clap",
@@ -202,6 +214,8 @@ class _ClapSource:
 
 class _FileSource:
     """Vectors imported from a .npz / .h5 file keyed by song id, checked against the store up front."""
+
+    decodes_audio = False
 
     def __init__(self, config: GlobalVectorsConfig, songs: list[_Song], failed: set[str]) -> None:
         from dsaml.models.global_context import load_vector_file
@@ -324,15 +338,18 @@ def add_global_vectors(
     """Store `config.source` vectors for every song of `store` under /global/<config.name>.
 
     `encoder`: a ready `ClapAudioEncoder` for source clap (default: loaded from `config.path`).
-    `on_progress` gets ("start", {"todo", "resumed"}) once, then ("song", {"id", "duration_s"}) per song.
-    Raises ConfigError (different source under the name without overwrite) or DataError (a vector file
-    that does not fit the store) before anything is computed or written.
+    `on_progress` gets ("start", {"todo", "resumed"}) once, then ("song", {"id", "duration_s"}) per song
+    (duration_s: decoded audio seconds, 0 for a file import).
+    Raises ConfigError (different source under the name without overwrite), DataError (a vector file
+    that does not fit the store) or StoreError (store missing, or open in another process) before anything
+    is computed or written.
     """
     if config.source == "none":
         raise ConfigError("global_vectors.source=none: nothing to add")
     store = Path(store)
     started = time.perf_counter()
     songs, facts, existing = _read_store(store, config.name)
+    FeatureStoreWriter(store).close()  # fails now, not after the work, if another process holds the file
     if config.source == "clap":
         source: _ClapSource | _FileSource = _ClapSource(config, facts["features"], encoder)
     else:
@@ -373,7 +390,7 @@ def add_global_vectors(
         except AudioDecodeError as exc:
             summary.failures.append({"id": song.id, "path": song.audio_path, "reason": exc.reason})
         if on_progress is not None:
-            on_progress("song", {"id": song.id, "duration_s": song.duration_s})
+            on_progress("song", {"id": song.id, "duration_s": song.duration_s * source.decodes_audio})
     _commit(store, parts, config.name, attrs)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -387,10 +404,12 @@ def _same(stored: Any, value: Any) -> bool:
 def format_global_summary(summary: GlobalVectorsSummary) -> list[str]:
     """Human-readable end-of-run report."""
     head = f"global vectors {summary.name!r} ({summary.source}, D={summary.dim}) in {summary.store}"
+    train = f"train with: model.global_context=precomputed:{summary.name} model.global_dim={summary.dim}"
     if not summary.computed and not summary.failures and not summary.resumed:
-        return [f"{head}: up to date ({summary.stored} songs)"]
+        return [f"{head}: up to date ({summary.stored} songs)", train]
     lines = [
         head,
+        train,
         f"songs: {summary.songs} in the store, {summary.computed} computed, {summary.stored} already "
         f"stored, {summary.resumed} resumed from an interrupted run, {len(summary.failures)} failed",
         f"speed: {summary.songs_per_s:.2f} songs/s ({summary.seconds:.1f} s)",
