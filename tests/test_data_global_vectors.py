@@ -291,26 +291,15 @@ def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store,
     with h5py.File(store) as handle:
         logmel = handle["features/logmel"][:50]
     args = [f"data.root={tiny_corpus}", f"paths.store={store}", "dtype=float32", "progress=false"]
-    code, log = _cli(
-        tmp_path,
-        *args,
-        "global_vectors=clap",
-        f"global_vectors.path={clap_checkpoint}",
-        "global_vectors.device=cpu",
-    )
+    clap_args = ["global_vectors=clap", f"global_vectors.path={clap_checkpoint}", "global_vectors.device=cpu"]
+    code, log = _cli(tmp_path, *args, *clap_args)
     assert code == 0, log
     assert f"{store} is up to date (26 songs)" in log  # the log-mel was not recomputed
     assert "songs: 26 in the store, 26 computed, 0 already stored" in log
     with h5py.File(store) as handle:
         np.testing.assert_array_equal(handle["features/logmel"][:50], logmel)
         assert handle["global/clap"].attrs["dim"] == D_CLAP
-    code, log = _cli(
-        tmp_path,
-        *args,
-        "global_vectors=clap",
-        f"global_vectors.path={clap_checkpoint}",
-        "global_vectors.device=cpu",
-    )
+    code, log = _cli(tmp_path, *args, *clap_args)
     assert code == 0 and f"global vectors 'clap' (clap, D={D_CLAP}) in {store}: up to date (26 songs)" in log
     assert f"train with: model.global_context=precomputed:clap model.global_dim={D_CLAP}" in log
     table = _random_table(store, 6)
