@@ -356,9 +356,8 @@ def add_global_vectors(
         source = _FileSource(config, songs, facts["failed"])
     attrs = source.attrs
     stored_attrs = existing.get("attrs", {})
-    same_source = bool(existing) and all(_same(stored_attrs.get(k), v) for k, v in attrs.items())
-    if existing and not same_source and not config.overwrite:
-        changed = sorted(k for k, v in attrs.items() if not _same(stored_attrs.get(k), v))
+    changed = sorted(k for k, v in attrs.items() if not _same(stored_attrs.get(k), v))
+    if existing and changed and not config.overwrite:
         raise ConfigError(
             f"{store} already holds global vectors {config.name!r} from a different source (differs in "
             f"{changed}: stored {[stored_attrs.get(k) for k in changed]}, now "
