@@ -115,6 +115,19 @@ def test_broken_files_are_reported_and_strict_sets_the_exit_code(tiny_corpus, tm
     )
 
 
+def test_changed_audio_is_not_reported_up_to_date(tiny_corpus, tmp_path):  # noqa: F811
+    """The store records every audio file's content: new audio under the same name needs a rebuild."""
+    first, second = _songs(tiny_corpus, 2)[:2]
+    root = subset_tree(tiny_corpus, tmp_path / "corpus", [first])
+    store, options = tmp_path / "store.h5", PreprocessConfig(workers=0, progress=False)
+    preprocess(data_config(root), options, store)
+    assert preprocess(data_config(root), options, store).up_to_date
+    audio = root / "DEAM_audio" / "MEMD_audio" / f"{first}.mp3"
+    audio.write_bytes((tiny_corpus / load_truth(tiny_corpus)["songs"][second]["audio"]).read_bytes())
+    with pytest.raises(ConfigError, match=r"different configuration or input \(differs in \['audio'\]\)"):
+        preprocess(data_config(root), options, store)
+
+
 def test_configuration_errors_stop_before_any_work(tmp_path):
     store = tmp_path / "never.h5"
     for override, message in (

@@ -173,6 +173,7 @@ def job_description(data: DataConfig, config: PreprocessConfig, catalogue: Catal
         "compression": config.compression,
         "songs": sorted(catalogue.songs),
         "annotations": {str(p): fingerprint_file(p) for p in catalogue.annotation_files},
+        "audio": {song_id: fingerprint_file(song.audio_path) for song_id, song in catalogue.songs.items()},
     }
 
 
