@@ -4,6 +4,7 @@ and a short training run reading `precomputed:<name>` vectors."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -192,7 +193,9 @@ def _random_table(store: Path, dim: int, seed: int = 0) -> dict[str, np.ndarray]
 def test_file_import_round_trip_npz_and_h5(tiny_store, tmp_path):  # noqa: F811
     store = _copy(tiny_store, tmp_path)
     table = _random_table(store, 8)
-    np.savez(tmp_path / "imagebind.npz", **table)
+    with h5py.File(store, "r+") as handle:  # a song that failed preprocessing may be in the file
+        handle.attrs["failures"] = json.dumps([{"id": "4242", "path": "x.mp3", "reason": "empty file"}])
+    np.savez(tmp_path / "imagebind.npz", **table, **{"4242": np.ones(8, np.float32)})
     summary = add_global_vectors(
         store, GlobalVectorsConfig(source="file", name="imagebind", path=str(tmp_path / "imagebind.npz"))
     )
