@@ -270,6 +270,8 @@ class DSAMLDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        if stage == "test":  # test items come from the test split alone (`test_dataloader`)
+            return
         store = self.reader.store
         if self.task == "dmer":
             self.train_songs, self.val_songs = holdout(store.song_ids("train"), self.val_fraction, self.seed)

@@ -199,11 +199,13 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         raise ValueError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
     net, model_cfg, hparams = load_network(str(cfg.ckpt_path))
     task_values = dict(hparams.get("task") or {})
-    if cfg.get("task") is not None:
-        if cfg.task not in PROTOCOLS:
-            raise ValueError(f"task={cfg.task!r} is not one of {', '.join(PROTOCOLS)}")
-        if task_values.get("name") != cfg.task:
-            task_values = {"name": str(cfg.task)}
+    requested = cfg.get("task")  # the conf/task group (task=pdmer) or a bare name
+    if requested is not None:
+        name = str(requested.get("name") if isinstance(requested, DictConfig) else requested)
+        if name not in PROTOCOLS:
+            raise ValueError(f"task={name!r} is not one of {', '.join(PROTOCOLS)}")
+        if task_values.get("name") != name:  # another task than trained: its defaults, not the group's
+            task_values = {"name": name}
     if "name" not in task_values:
         raise ValueError(
             f"{cfg.ckpt_path} records no task (e.g. a dsaml-convert file): pass task=dmer or task=pdmer"
@@ -211,7 +213,8 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     task_values.setdefault("test_protocols", list(PROTOCOLS[task_values["name"]]))
     if cfg.get("protocols") is not None:
         task_values["test_protocols"] = list(cfg.protocols)
-    task_values.update(OmegaConf.to_container(cfg.get("overrides") or {}, resolve=True))
+    if cfg.get("overrides"):
+        task_values.update(OmegaConf.to_container(cfg.overrides, resolve=True))
     task = TaskConfig.from_dict(task_values)
     with open_dict(cfg):
         cfg.task = OmegaConf.create(task.to_dict())
