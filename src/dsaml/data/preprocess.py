@@ -215,6 +215,14 @@ def _store_is_current(store: Path, job: dict[str, Any], overwrite: bool) -> bool
     return False
 
 
+def store_is_current(data: DataConfig, config: PreprocessConfig, store: str | Path) -> bool:
+    """True if `store` is complete and was made from exactly this input and configuration."""
+    try:
+        return _store_is_current(Path(store), job_description(data, config, read_catalogue(data)), False)
+    except ConfigError:  # made from something else
+        return False
+
+
 # --- the run ----------------------------------------------------------------------------------------------
 def _results(
     tasks: list[Song], data: DataConfig, config: PreprocessConfig, on_cpu: bool
