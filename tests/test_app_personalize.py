@@ -112,6 +112,23 @@ def test_deam_per_rater_layout(tmp_path):
         read_deam_rater(folder, "ANOBODY", FEATURES)
     with pytest.raises(AnnotationError, match="rater=<WorkerId> is required"):
         read_deam_rater(folder, None, FEATURES)
+    for dimension in ("arousal", "valence"):  # an anonymous file (DEAM's ids below 1001): skipped
+        (folder / dimension / "5.csv").write_text("sample_15000ms,sample_15500ms\n0.1,0.2\n")
+    assert list(read_deam_rater(folder, "AMINE", FEATURES)) == ["1001"]
+
+
+def test_deam_layout_uses_the_raters_songs_that_have_audio(tiny_ckpt, tmp_path):
+    """A DEAM per-rater folder holds every song of every rater: only those with audio are used."""
+    folder = tmp_path / "annotations per each rater" / "dynamic (per second annotations)"
+    write_deam_rater_files(folder, "1001", {"AMINE": np.linspace(0, 1, 20)})
+    write_deam_rater_files(folder, "1002", {"AMINE": np.ones(30)})
+    audio = write_audio(tmp_path / "1002.wav", 40.0, 22050, 1)
+    predictor = Predictor.load(tiny_ckpt, device="cpu")
+    songs = load_listener(predictor, [str(audio)], [str(folder)], rater="AMINE")
+    assert [(s.song, len(s.arousal)) for s in songs] == [("1002", 30)]
+    other = write_audio(tmp_path / "7.wav", 40.0, 22050, 1)
+    with pytest.raises(AnnotationError, match=r"none of the rater's annotated songs \['1001', '1002'\]"):
+        load_listener(predictor, [str(other)], [str(folder)], rater="AMINE")
 
 
 def test_adaptation_reduces_the_support_loss_and_keeps_the_source(tiny_ckpt, listener):

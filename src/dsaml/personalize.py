@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsaml.data.catalogue import IssueLog, normalise_id
+from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, _read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.data.validation import ConfigError
@@ -130,7 +130,8 @@ def _deam_dir(folder: Path) -> Path | None:
 
 
 def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) -> dict[str, Curve]:
-    """DEAM per-rater folder -> {song: curves of `rater`} for every song the rater annotated."""
+    """DEAM per-rater folder -> {song: curves of `rater`} for every song the rater annotated. Files without
+    a WorkerId column (DEAM's anonymous raters, ids below 1001) are skipped, as the DEAM reader does."""
     issues = IssueLog(strict=False)
     start_ms = round(features.start_s * 1000)
     by_rater: dict[str, dict[str, Curve]] = {}
@@ -138,7 +139,10 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
         valence_file = folder / "valence" / arousal_file.name
         if not valence_file.is_file():
             raise AnnotationError(f"{valence_file}: missing (the arousal file {arousal_file} exists)")
-        arousal, _ = _read_time_rows(arousal_file, issues, RATER_COLUMN, start_ms)
+        arousal_table = read_csv_rows(arousal_file, issues)
+        if RATER_COLUMN not in arousal_table[0]:
+            continue
+        arousal, _ = _read_time_rows(arousal_file, issues, RATER_COLUMN, start_ms, arousal_table)
         valence, _ = _read_time_rows(valence_file, issues, RATER_COLUMN, start_ms)
         for worker in set(arousal) & set(valence):
             n = min(len(arousal[worker]), len(valence[worker]))
@@ -157,12 +161,17 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
     return by_rater[str(rater)]
 
 
-def read_annotations(paths: Sequence[str], rater: str | None, features: FeatureConfig) -> dict[str, Curve]:
-    """Annotation files/folders (either layout, see the module docstring) -> {song id: curves}."""
+def read_annotations(
+    paths: Sequence[str], rater: str | None, features: FeatureConfig
+) -> tuple[dict[str, Curve], set[str]]:
+    """Annotation files/folders (either layout, see the module docstring) -> ({song id: curves}, the songs
+    read from DEAM per-rater folders)."""
     curves: dict[str, Curve] = {}
+    from_deam: set[str] = set()
     for item in map(Path, paths):
         if item.is_dir() and (deam := _deam_dir(item)) is not None:
             found = read_deam_rater(deam, rater, features)
+            from_deam |= set(found)
         elif item.is_dir() or item.is_file():
             files = sorted(item.glob("*.csv")) if item.is_dir() else [item]
             if not files:
@@ -176,16 +185,23 @@ def read_annotations(paths: Sequence[str], rater: str | None, features: FeatureC
         if twice:
             raise AnnotationError(f"annotations: song(s) {twice} annotated twice (again in {item})")
         curves.update(found)
-    return curves
+    return curves, from_deam
 
 
 def load_listener(
     predictor: Predictor, audio: Sequence[str], annotations: Sequence[str], rater: str | None = None
 ) -> list[AnnotatedSong]:
     """Pair the listener's annotations with audio files by song id (file stem) and compute the log-mel.
-    Audio without annotations is an error; annotations without audio are an error too."""
-    curves = read_annotations(annotations, rater, predictor.features)
+    Audio without annotations is an error, and so are annotation files without audio; from a DEAM
+    per-rater folder (all songs of many raters) only the rater's songs with audio are used."""
+    curves, from_deam = read_annotations(annotations, rater, predictor.features)
     files = {normalise_id(p.stem): p for p in collect_audio(list(audio), key="audio")}
+    curves = {song: c for song, c in curves.items() if song in files or song not in from_deam}
+    if not curves:
+        raise AnnotationError(
+            f"none of the rater's annotated songs {sorted(from_deam)[:10]} is among the audio inputs "
+            f"{sorted(files)[:10]} (matched by file name)"
+        )
     missing = sorted(set(curves) - set(files))
     unlabelled = sorted(set(files) - set(curves))
     if missing or unlabelled:
