@@ -3,11 +3,13 @@
 1. corpus: `dsaml-synth` preset (reused when it is already there with the same plan),
 2. feature store: `dsaml-preprocess` (reused when up to date),
 3. DMER: `dsaml-train experiment=dmer_synthetic` (fit, then test the best checkpoint on the test songs),
-4. PDMER: `dsaml-train experiment=pdmer_synthetic` (first-order MAML over raters; tests unadapted,
-   within-song and cross-song adaptation),
-5. results: one table (DMER; PDMER before / after adaptation), the adaptation gain per rater with its
-   spread, and plots in the run directory (curves before/after personalisation, attention maps,
-   per-rater gains).
+4. PDMER: `dsaml-train experiment=pdmer_synthetic init_from=<the DMER checkpoint>` (first-order MAML over
+   raters; tests unadapted, within-song and cross-song adaptation),
+5. results: one table (DMER; PDMER before / after adaptation), the adaptation gain per rater over the
+   unadapted model and over the DMER model, with its spread, and plots in the run directory (curves
+   before/after personalisation, attention maps, per-rater gains),
+6. the user tools: `dsaml-predict` on a test song, `dsaml-personalize` for one test rater (a held-out song
+   scored before/after), `dsaml-predict` with the adapted checkpoint.
 
 dsaml-demo                                  # everything under ./data and ./outputs/demo/<time>/
 dsaml-demo synth=tiny seed=1                # another corpus preset / seed
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ ROW_LABELS = {  # key -> (table label, what it is)
     "pdmer_within_song": ("PDMER within-song", "adapted on the rater's first 30 s of the song, scored after"),
     "pdmer_cross_song": ("PDMER cross-song", "adapted on another song of the rater, scored on this song"),
 }
+ADAPTED_NAMES = {"pdmer_within_song": "within-song", "pdmer_cross_song": "cross-song"}
 COLUMN_NAMES = {"arousal": "A", "valence": "V", "ccc": "CCC", "pcc": "PCC", "rmse": "RMSE"}
 
 
@@ -63,6 +67,7 @@ class DemoConfig:
     workers: int = 2
     device: str = "cpu"
     examples: int = 4
+    pdmer_from_dmer: bool = True
     dmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "dmer_synthetic"})
     pdmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "pdmer_synthetic"})
 
@@ -76,6 +81,8 @@ class DemoConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{key}={value!r}: expected an integer >= 0")
+        if not isinstance(self.pdmer_from_dmer, bool):
+            raise ConfigError(f"pdmer_from_dmer={self.pdmer_from_dmer!r}: expected true or false")
         for key in ("dmer", "pdmer"):
             if not isinstance(getattr(self, key), dict) or "experiment" not in getattr(self, key):
                 raise ConfigError(f"{key}: expected a mapping: an `experiment` preset and settings on top")
@@ -114,7 +121,8 @@ class Stages:
 
 
 # ------------------------------------------------------------------ stages 1-4
-def make_corpus(config: DemoConfig, console: Console) -> Path:
+def make_corpus(config: DemoConfig, console: Console) -> bool:
+    """Generate the corpus (or reuse an identical one); returns whether it was (re)generated."""
     from dsaml.data.synth import generate_corpus
 
     summary = generate_corpus(
@@ -122,21 +130,22 @@ def make_corpus(config: DemoConfig, console: Console) -> Path:
     )
     for label, value in summary.lines():
         console.print(f"  {label:20s} {value}", highlight=False)
-    return Path(config.corpus)
+    return not summary.reused
 
 
-def make_store(config: DemoConfig, console: Console) -> Path:
+def make_store(config: DemoConfig, console: Console, rebuild: bool) -> Path:
+    """The corpus's feature store: reused when up to date, rebuilt when the corpus was just (re)generated
+    or the store was made from other input (it is the demo's own derived file)."""
+    from dsaml.cli.preprocess import configs
     from dsaml.cli.preprocess import run as preprocess
+    from dsaml.data.preprocess import store_is_current
 
-    cfg = compose(
-        "preprocess",
-        overrides=[
-            "data=synthetic",
-            f"data.root={config.corpus}",
-            f"paths.store={config.store}",
-            f"workers={config.workers}",
-        ],
-    )
+    overrides = ["data=synthetic", f"data.root={config.corpus}", f"paths.store={config.store}"]
+    cfg = compose("preprocess", overrides=[*overrides, f"workers={config.workers}"])
+    if not rebuild and Path(config.store).is_file():
+        rebuild = not store_is_current(*configs(cfg))
+    if rebuild:
+        cfg = compose("preprocess", overrides=[*overrides, f"workers={config.workers}", "overwrite=true"])
     if preprocess(cfg, console):
         raise RuntimeError(f"dsaml-preprocess failed for {config.corpus} (see the messages above)")
     return Path(config.store)
@@ -163,12 +172,16 @@ def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def train(name: str, settings: dict[str, Any], config: DemoConfig, run_dir: Path) -> TrainedRun:
-    """Fit and test one `dsaml-train` configuration into run_dir/name; returns its results."""
+def train(
+    name: str, settings: dict[str, Any], config: DemoConfig, run_dir: Path, init_from: Path | None = None
+) -> TrainedRun:
+    """Fit and test one `dsaml-train` configuration into run_dir/name (starting from the weights of
+    `init_from` when given); returns its results."""
     from dsaml.training.run import run
 
     directory = run_dir / name
     overrides = [
+        *([f"init_from={init_from}"] if init_from is not None else []),
         f"experiment={settings['experiment']}",
         f"trainer={config.device}",
         *to_overrides({k: v for k, v in settings.items() if k != "experiment"}),
@@ -226,38 +239,45 @@ def per_rater_average(rows: list[dict[str, float]], items: list[dict[str, Any]])
     return {rater: float(np.mean(values)) for rater, values in by_rater.items()}
 
 
-def rater_gains(pdmer: TrainedRun, unadapted_whole: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Per-rater gain in the "average" score: within-song adapted vs unadapted on the same query region
-    (both from results.json); cross-song adapted vs unadapted on the whole song."""
+def rater_gains(
+    pdmer: TrainedRun, baselines: dict[str, dict[str, dict[str, float]]]
+) -> dict[str, dict[str, float]]:
+    """Per-rater gain in the "average" score of an adapted protocol over a baseline scored on the same
+    (song, rater) pairs and region. baselines = {protocol: {baseline name: {rater: mean average score}}};
+    returns {"<within-song|cross-song> vs <baseline>": {rater: gain}}."""
     per = {(r["protocol"], r["rater"]): r["average"] for r in pdmer.results["per_rater"]}
-    gains: dict[str, dict[str, float]] = {"within-song": {}, "cross-song": {}}
-    for (protocol, rater), value in per.items():
-        if protocol == "pdmer_within_song" and ("pdmer_unadapted", rater) in per:
-            gains["within-song"][rater] = value - per[("pdmer_unadapted", rater)]
-        elif protocol == "pdmer_cross_song" and rater in unadapted_whole:
-            gains["cross-song"][rater] = value - unadapted_whole[rater]
-    return {k: v for k, v in gains.items() if v}
+    gains = {}
+    for protocol, by_baseline in baselines.items():
+        for baseline, scores in by_baseline.items():
+            values = {
+                rater: per[(protocol, rater)] - score
+                for rater, score in scores.items()
+                if (protocol, rater) in per
+            }
+            if values:
+                gains[f"{ADAPTED_NAMES[protocol]} vs {baseline}"] = values
+    return gains
 
 
 def gain_summary(gains: dict[str, dict[str, float]], kinds: dict[str, str]) -> list[dict[str, Any]]:
-    """Mean ± std of the per-rater gains, how many raters improve; overall and per synthetic rater kind."""
+    """Per comparison: mean ± std of the per-rater gains, how many raters improve, and the mean gain per
+    synthetic rater kind (typical, valence_inverted, ...)."""
     out = []
-    for protocol, values in gains.items():
-        groups = {"all raters": list(values)}
-        for rater in values:
-            groups.setdefault(kinds.get(rater, "unknown"), []).append(rater)
-        for group, raters in groups.items():
-            g = np.array([values[r] for r in raters])
-            out.append(
-                {
-                    "protocol": protocol,
-                    "raters": group,
-                    "n": len(g),
-                    "mean": float(g.mean()),
-                    "std": float(g.std()),
-                    "improved": int((g > 0).sum()),
-                }
-            )
+    for comparison, values in gains.items():
+        g = np.array(list(values.values()))
+        by_kind: dict[str, list[float]] = {}
+        for rater, gain in values.items():
+            by_kind.setdefault(kinds.get(rater, "unknown"), []).append(gain)
+        out.append(
+            {
+                "comparison": comparison,
+                "n": len(g),
+                "mean": float(g.mean()),
+                "std": float(g.std()),
+                "improved": int((g > 0).sum()),
+                "by_kind": {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(by_kind.items())},
+            }
+        )
     return out
 
 
@@ -275,15 +295,23 @@ def results_table(rows: dict[str, dict[str, Any]]) -> Table:
 
 
 def gains_table(summary: list[dict[str, Any]]) -> Table:
-    table = Table(title="Adaptation gain per rater (average score: adapted - unadapted)", title_style="bold")
-    for column in ("protocol", "raters", "mean ± std", "improve"):
-        table.add_column(column, justify="left" if column in ("protocol", "raters") else "right")
+    table = Table(
+        title="Adaptation gain per rater (average score: adapted PDMER - baseline on the same pairs)",
+        title_style="bold",
+    )
+    kinds = sorted({k for row in summary for k in row["by_kind"]})
+    table.add_column("comparison")
+    table.add_column("mean ± std over raters", justify="right")
+    table.add_column("improve", justify="right")
+    for kind in kinds:
+        table.add_column(kind.replace("_", " "), justify="right")
     for row in summary:
+        per_kind = [row["by_kind"].get(k) for k in kinds]
         table.add_row(
-            row["protocol"],
-            row["raters"],
+            row["comparison"],
             f"{row['mean']:+.3f} ± {row['std']:.3f}",
             f"{row['improved']}/{row['n']}",
+            *(f"{k['mean']:+.3f} ({k['n']})" if k else "" for k in per_kind),
         )
     return table
 
@@ -372,7 +400,13 @@ def plot_attention_maps(run: TrainedRun, net: torch.nn.Module, item: dict[str, A
 
 
 def analyse(
-    dmer: TrainedRun, pdmer: TrainedRun, corpus: Path, run_dir: Path, examples: int, console: Console
+    dmer: TrainedRun,
+    pdmer: TrainedRun,
+    items: list[dict[str, Any]],
+    corpus: Path,
+    run_dir: Path,
+    examples: int,
+    console: Console,
 ) -> dict[str, Any]:
     """Stage 5: the results table, per-rater gains and plots; writes demo_results.json / .md."""
     from dsaml.data.synth import load_truth
@@ -382,19 +416,34 @@ def analyse(
     pdmer_net, _, _ = load_network(pdmer.checkpoint)
     task = OmegaConf.to_container(pdmer.cfg.task, resolve=True)
     window = int(task["support_segments"])
-    items = test_items(pdmer)
     long_items = [it for it in items if len(it["arousal"]) > window]
+    cross_items = [it for it in items if it.get("cross_support") is not None]
     console.print(
-        f"scoring the DMER model on {len(long_items)} (song, rater) pairs and the PDMER model "
-        "unadapted on whole songs ..."
+        f"scoring the DMER model and the unadapted PDMER model on the {len(long_items)} within-song and "
+        f"{len(cross_items)} cross-song test pairs ...",
+        highlight=False,
     )
     dmer_on_raters = score_on_raters(dmer_net, long_items, window, task, query_only=True)
-    unadapted_whole = score_on_raters(pdmer_net, items, window, task, query_only=False)
+    per_rater_unadapted = {
+        r["rater"]: r["average"] for r in pdmer.results["per_rater"] if r["protocol"] == "pdmer_unadapted"
+    }
+    baselines = {
+        "pdmer_within_song": {
+            "PDMER before": per_rater_unadapted,
+            "DMER": per_rater_average(dmer_on_raters, long_items),
+        },
+        "pdmer_cross_song": {
+            name: per_rater_average(
+                score_on_raters(net, cross_items, window, task, query_only=False), cross_items
+            )
+            for name, net in (("PDMER before", pdmer_net), ("DMER", dmer_net))
+        },
+    }
 
     rows = {"dmer": dmer.row("dmer"), "dmer_on_raters": mean_row(dmer_on_raters)}
     rows.update({p: pdmer.row(p) for p in ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")})
     rows = {k: v for k, v in rows.items() if v is not None}
-    gains = rater_gains(pdmer, per_rater_average(unadapted_whole, items))
+    gains = rater_gains(pdmer, baselines)
     summary = gain_summary(gains, kinds)
     console.print(results_table(rows))
     for key in rows:
@@ -408,7 +457,7 @@ def analyse(
             plots / "rater_gains.png",
             gains,
             "average score",
-            "Per-rater gain of adaptation over the meta-trained model",
+            "Per-rater gain of the adapted PDMER model over the unadapted one and over the DMER model",
             labels={r: f"{r[:6]} ({kinds.get(r, '?')})" for g in gains.values() for r in g},
         )
     ]
@@ -433,6 +482,61 @@ def analyse(
     return report
 
 
+# ------------------------------------------------------------------ stage 6: the user tools
+def run_tool(name: str, overrides: list[str], console: Console) -> None:
+    """One user command (dsaml-predict / dsaml-personalize) as a user would type it: printed, then run."""
+    from dsaml.cli import personalize, predict
+
+    console.print(
+        f"$ dsaml-{name} {' '.join(shlex.quote(o) for o in overrides)}", markup=False, highlight=False
+    )
+    code = {"predict": predict.run, "personalize": personalize.run}[name](compose(name, overrides), console)
+    if code:
+        raise RuntimeError(f"dsaml-{name} failed with exit code {code} (see the messages above)")
+
+
+def try_the_tools(
+    dmer: TrainedRun,
+    pdmer: TrainedRun,
+    items: list[dict[str, Any]],
+    config: DemoConfig,
+    run_dir: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """Stage 6: dsaml-predict on a test song with the DMER model; dsaml-personalize for the test rater with
+    the most test songs (their DEAM per-rater files; the last song held out and scored before/after), then
+    dsaml-predict with the adapted checkpoint. Returns the paths written."""
+    from dsaml.data.deam import PER_RATER_DIR
+    from dsaml.data.synth import deam_tree, load_truth
+
+    corpus = Path(config.corpus)
+    layout = load_truth(corpus)["layout"]
+    audio, annotations = deam_tree.audio_dir(corpus, layout), deam_tree.annotations_dir(corpus, layout)
+    songs_of: dict[str, list[str]] = {}
+    for item in items:
+        songs_of.setdefault(item["rater"], []).append(item["song"])
+    rater = max(sorted(songs_of), key=lambda r: len(songs_of[r]))
+    songs = sorted(set(songs_of[rater]), key=int)
+    out = run_dir / "tools"
+    first = audio / f"{songs[0]}.mp3"
+    run_tool("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{first}]", f"out={out}"], console)
+    adapted = out / f"personalized_{rater}.ckpt"
+    run_tool(
+        "personalize",
+        [
+            f"ckpt={pdmer.checkpoint}",
+            "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
+            f'annotations=["{annotations / PER_RATER_DIR}"]',
+            f"rater={rater}",
+            f"holdout=[{songs[-1]}]",
+            f"out={adapted}",
+        ],
+        console,
+    )
+    run_tool("predict", [f"ckpt={adapted}", f"inputs=[{audio / f'{songs[-1]}.mp3'}]", f"out={out}"], console)
+    return {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out)}
+
+
 # ------------------------------------------------------------------ entry point
 def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """The five stages; returns the report written to <out>/demo_results.json."""
@@ -447,17 +551,22 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         f"store {config.store}, run directory {run_dir}",
         highlight=False,
     )
-    stage = Stages(console, 5)
+    stage = Stages(console, 6)
     stage(f"synthetic DEAM-format corpus (dsaml-synth preset {config.synth.name})")
-    corpus = make_corpus(config, console)
+    generated = make_corpus(config, console)
     stage("feature store (dsaml-preprocess)")
-    make_store(config, console)
+    make_store(config, console, rebuild=generated)
     stage("DMER: train on rater-averaged curves, test on full songs")
     dmer = train("dmer", config.dmer, config, run_dir)
-    stage("PDMER: meta-train over raters (first-order MAML), test before/after adaptation")
-    pdmer = train("pdmer", config.pdmer, config, run_dir)
+    start = "from the DMER weights" if config.pdmer_from_dmer else "from scratch"
+    stage(f"PDMER: meta-train over raters (first-order MAML, {start}), test before/after adaptation")
+    pdmer = train("pdmer", config.pdmer, config, run_dir, dmer.checkpoint if config.pdmer_from_dmer else None)
     stage("results")
-    report = analyse(dmer, pdmer, corpus, run_dir, config.examples, console)
+    items = test_items(pdmer)
+    report = analyse(dmer, pdmer, items, Path(config.corpus), run_dir, config.examples, console)
+    stage("your own music: dsaml-predict and dsaml-personalize on the demo's test songs")
+    report["tools"] = try_the_tools(dmer, pdmer, items, config, run_dir, console)
+    (run_dir / "demo_results.json").write_text(json.dumps(report, indent=2))
     console.print(
         f"demo finished in {stage.elapsed:.0f} s; results: {run_dir / 'demo_results.json'}", highlight=False
     )
