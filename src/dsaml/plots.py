@@ -136,7 +136,7 @@ def plot_rater_gains(
     title: str,
     labels: Mapping[str, str] | None = None,
 ) -> Path:
-    """Per-rater gain of `metric` after adaptation: gains = {protocol: {rater: gain}}, one bar per protocol
+    """Per-rater gain of `metric` after adaptation: gains = {comparison: {rater: gain}}, one bar per comparison
     and rater, raters sorted by the first protocol's gain; dashed lines = mean gain per protocol. `labels`:
     tick label per rater (default: the id)."""
     protocols = list(gains)
@@ -159,7 +159,7 @@ def plot_rater_gains(
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [(labels or {}).get(r, r) for r in raters], rotation=90, fontsize=7)
     ax.set_xlabel("rater")
-    ax.set_ylabel(f"{metric}: adapted - unadapted")
+    ax.set_ylabel(f"{metric}: adapted - baseline")
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)

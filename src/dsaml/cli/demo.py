@@ -580,7 +580,7 @@ def command(cfg: DictConfig) -> int:
     from dsaml.data.synth import SynthConfigError
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the demo's output: its stages
-    for message in (".*does not have many workers.*", ".*LeafSpec.*", ".*is not a leaf Tensor.*"):
+    for message in (".*does not have many workers.*", ".*LeafSpec.*"):
         warnings.filterwarnings("ignore", message)
     try:
         run(cfg)

@@ -8,6 +8,7 @@ A *batch* is a dict: ``logmel`` [B, T, 51, 128] float32, ``global`` [B, 1 or T, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +54,14 @@ def _isolate_buffers(module: nn.Module) -> None:
 
 
 def _clone(net: nn.Module, lr: float | None, first_order: bool | None) -> nn.Module:
+    with warnings.catch_warnings():
+        # learn2learn's clone_module re-flattens the BiLSTM's weights with `_apply`, which reads `.grad` of
+        # the cloned (non-leaf) parameters: a harmless warning on every clone.
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
+        return _clone_quietly(net, lr, first_order)
+
+
+def _clone_quietly(net: nn.Module, lr: float | None, first_order: bool | None) -> nn.Module:
     if isinstance(net, learn2learn().algorithms.MAML):
         learner = net.clone(first_order=first_order)
         if lr is not None:
