@@ -54,14 +54,6 @@ def _isolate_buffers(module: nn.Module) -> None:
 
 
 def _clone(net: nn.Module, lr: float | None, first_order: bool | None) -> nn.Module:
-    with warnings.catch_warnings():
-        # learn2learn's clone_module re-flattens the BiLSTM's weights with `_apply`, which reads `.grad` of
-        # the cloned (non-leaf) parameters: a harmless warning on every clone.
-        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
-        return _clone_quietly(net, lr, first_order)
-
-
-def _clone_quietly(net: nn.Module, lr: float | None, first_order: bool | None) -> nn.Module:
     if isinstance(net, learn2learn().algorithms.MAML):
         learner = net.clone(first_order=first_order)
         if lr is not None:
@@ -103,7 +95,10 @@ def adapt(
     batches = [support] if isinstance(support, Mapping) else list(support)
     if not batches:
         raise ValueError("adapt: the support set is empty")
-    with torch.enable_grad():  # the clone must be made with grad enabled too (it is a graph node)
+    with torch.enable_grad(), warnings.catch_warnings():  # the clone is a graph node: made with grad on
+        # learn2learn's clone_module / update_module re-flatten the BiLSTM's weights with `_apply`, which
+        # reads `.grad` of the (non-leaf) adapted parameters: a harmless warning at every clone and step.
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
         learner = _clone(net, lr, first_order)
         if isolate_buffers:
             _isolate_buffers(learner.module)
