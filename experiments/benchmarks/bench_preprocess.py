@@ -152,7 +152,7 @@ def make_corpus(root: Path, clips: int, full_songs: int) -> None:
         "n_songs_2014": clips,
         "n_songs_2015": full_songs,
     }
-    generate_corpus(root, config, seed=0, progress=True, overwrite=True)  # reused when identical
+    generate_corpus(root, config, seed=0, progress=True)  # reused when identical, else replaced
 
 
 def child(kind: str, corpus: Path, out: Path, workers: int) -> dict:
