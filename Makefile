@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml tools/install_learn2learn.sh
 	$(PY) -m pip install -q "torch==2.11.*" "torchaudio==2.11.*" "torchvision==0.26.*"
 	bash tools/install_learn2learn.sh $(PY)
 	$(PY) -m pip install -q -e ".[dev,slurm,clap]"
-	$(PY) -c "import torch, torchaudio, learn2learn, lightning, hydra, h5py, dsaml; print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
+	$(PY) -c "import torch, torchaudio, lightning, hydra, h5py, dsaml.meta; dsaml.meta.learn2learn(); print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 	touch $(STAMP)
 
 test: $(STAMP)
