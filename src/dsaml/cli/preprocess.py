@@ -115,7 +115,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         try:
             summary = preprocess(data, options, store, on_progress=progress_callback(progress, "songs"))
         except (ConfigError, DataError) as exc:
-            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             if data.name == "synthetic" and not Path(data.root).exists():
                 console.print(f"make the synthetic corpus first: dsaml-synth out={data.root}")
             return 2
