@@ -57,8 +57,19 @@ def test_window_semantics_and_chunk_averaging(tiny_clap):
     np.testing.assert_allclose(
         song[0], encoder.embed_windows(short[None, : 30 * sr])[0], rtol=1e-5, atol=1e-6
     )
-    padded = np.concatenate([short[int(1.5 * sr) :], np.full(int(0.3 * sr), short[-1])])
-    np.testing.assert_allclose(song[3], encoder.embed_windows(padded[None])[0], rtol=1e-5, atol=1e-6)
+    for i in range(4):  # every window embedded whole (three chunks), padded with the last sample
+        window = short[int(0.5 * i * sr) : int((0.5 * i + 30) * sr)]
+        window = np.concatenate([window, np.full(30 * sr - len(window), short[-1])])
+        np.testing.assert_allclose(song[i], encoder.embed_windows(window[None])[0], rtol=1e-5, atol=1e-6)
+    # 63 windows from 63 + 40 distinct 10 s chunks, each embedded once (not 3 x 63)
+    calls = []
+    embed = encoder.embed_windows
+    encoder.embed_windows = lambda windows: calls.append(len(windows)) or embed(windows)
+    long = encoder.song_vectors(audio[: int(46.5 * sr)], sr, n_segments=63)
+    assert sum(calls) == 63 + 40 and long.shape == (63, 12)
+    window = audio[int(0.5 * 62 * sr) : int((0.5 * 62 + 30) * sr)]
+    window = np.concatenate([window, np.full(30 * sr - len(window), audio[int(46.5 * sr) - 1])])
+    np.testing.assert_allclose(long[62], embed(window[None])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_resampling_and_local_checkpoint_loading(tiny_clap, tmp_path):

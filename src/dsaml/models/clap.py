@@ -97,10 +97,11 @@ class ClapAudioEncoder:
     def _window_length(self) -> int:
         return math.ceil(WINDOW_S * self.sample_rate / self.chunk) * self.chunk
 
-    def _cut(self, audio: np.ndarray, start_s: float) -> np.ndarray:
-        """The window starting at start_s, padded past the end by repeating the last samples."""
+    def _cut(self, audio: np.ndarray, start_s: float, length: int | None = None) -> np.ndarray:
+        """`length` samples (default: the window) from start_s, padded past the end by repeating the last
+        sample of the audio."""
         start = int(round(start_s * self.sample_rate))
-        length = self._window_length()
+        length = self._window_length() if length is None else length
         piece = audio[start : start + length]
         if len(piece) < length:
             tail = piece[-1:] if len(piece) else audio[-1:]
@@ -112,10 +113,31 @@ class ClapAudioEncoder:
         return self.embed_windows(self._cut(self._resample(audio, sample_rate), start_s)[None])
 
     def song_vectors(self, audio: np.ndarray, sample_rate: int, n_segments: int) -> np.ndarray:
-        """One vector per segment i, for the window [0.5 i, 0.5 i + 30) s -> float32 [n_segments, D_g]."""
+        """One vector per segment i, for the window [0.5 i, 0.5 i + 30) s -> float32 [n_segments, D_g].
+
+        A window is the mean of its consecutive 10 s chunks, and window i's k-th chunk is the chunk that
+        starts at segment i + k * (segments per chunk): the song's n_segments + (chunks per window - 1) *
+        (segments per chunk) distinct chunks are embedded once each, instead of 3 per window."""
         audio = self._resample(audio, sample_rate)
-        out = []
-        for first in range(0, n_segments, self.batch_size):
-            idx = range(first, min(n_segments, first + self.batch_size))
-            out.append(self.embed_windows(np.stack([self._cut(audio, SEGMENT_S * i) for i in idx])))
-        return np.concatenate(out)
+        per_window = self._window_length() // self.chunk
+        stride = self.chunk / (SEGMENT_S * self.sample_rate)  # segments per chunk (20 for 10 s)
+        if stride != int(stride):  # chunks off the segment grid: embed every window whole
+            return np.concatenate(
+                [
+                    self.embed_windows(np.stack([self._cut(audio, SEGMENT_S * i) for i in idx]))
+                    for idx in _batches(range(n_segments), self.batch_size)
+                ]
+            )
+        starts = range(n_segments + (per_window - 1) * int(stride))
+        chunk_vectors = np.concatenate(
+            [
+                self.embed_windows(np.stack([self._cut(audio, SEGMENT_S * j, self.chunk) for j in idx]))
+                for idx in _batches(starts, self.batch_size)
+            ]
+        )
+        windows = np.arange(n_segments)[:, None] + int(stride) * np.arange(per_window)[None, :]
+        return chunk_vectors[windows].mean(axis=1)
+
+
+def _batches(items: range, size: int) -> list[range]:
+    return [items[first : first + size] for first in range(0, len(items), size)]
