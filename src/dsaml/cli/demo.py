@@ -578,8 +578,11 @@ def command(cfg: DictConfig) -> int:
     import lightning.pytorch  # noqa: F401  (it sets its logger's level when imported; ours comes after)
 
     from dsaml.data.synth import SynthConfigError
+    from dsaml.meta import learn2learn
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the demo's output: its stages
+    learn2learn()  # imports the standalone pytorch_lightning package, whose logger is set up the same way
+    for name in ("lightning.pytorch", "pytorch_lightning"):  # the demo's output: its stages
+        logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*LeafSpec.*"):
         warnings.filterwarnings("ignore", message)
     try:
