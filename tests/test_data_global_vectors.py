@@ -370,9 +370,14 @@ def test_training_reads_precomputed_vectors(tiny_store, tmp_path):  # noqa: F811
     ]
     metrics = train(train_config(store, tmp_path / "run", overrides))
     assert np.isfinite(metrics["test/average"])
-    with pytest.raises(KeyError, match=r"no global vectors named 'clap' .*stored: \['imagebind'\]"):
+    # both mistakes fail before any work, saying what the store holds
+    with pytest.raises(ValueError, match=r"needs global vectors 'clap', but .* holds \['imagebind'\]"):
         train(
             train_config(
                 store, tmp_path / "clap", [*overrides[:-2], "model.global_context=clap", "model.global_dim=8"]
             )
         )
+    wide = r"'imagebind' .* are 8 wide, .* model.global_dim=12; set model.global_dim=8"
+    with pytest.raises(ValueError, match=wide):
+        train(train_config(store, tmp_path / "wide", [*overrides[:-1], "model.global_dim=12"]))
+    assert not (tmp_path / "clap").exists() and not (tmp_path / "wide").exists()

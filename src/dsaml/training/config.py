@@ -151,7 +151,7 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; allowed keys: {list(TOP_LEVEL_KEYS)}")
     task = TaskConfig.from_dict(OmegaConf.to_container(cfg.task, resolve=True))
-    DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
         raise ValueError(
@@ -166,9 +166,31 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
                 f"`dsaml-preprocess data={dataset} paths.store={store}` "
                 "or point paths.store at an existing store"
             )
+        if model.global_store_name is not None:
+            check_global_vectors(store, model.global_store_name, model.global_input_dim)
     init_from = cfg.get("init_from")
     if init_from is not None and not Path(str(init_from)).is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
     if int(cfg.get("num_workers", 0)) < 0:
         raise ValueError(f"num_workers={cfg.num_workers!r}: expected an integer >= 0")
     return task
+
+
+def check_global_vectors(store: Path, name: str, dim: int) -> None:
+    """The store holds global vectors `name` of width `dim` (model.global_context / model.global_dim)."""
+    import h5py
+
+    with h5py.File(store, "r") as handle:
+        group = handle.get(f"global/{name}")
+        stored = sorted(handle["global"]) if "global" in handle else []
+        if group is None:
+            raise ValueError(
+                f"model.global_context needs global vectors {name!r}, but {store} holds {stored or 'none'}; "
+                f"add them with `dsaml-preprocess ... global_vectors=clap|file global_vectors.name={name}`"
+            )
+        width = int(group.attrs.get("dim", -1))
+    if width != dim:
+        raise ValueError(
+            f"global vectors {name!r} in {store} are {width} wide, but the network expects "
+            f"model.global_dim={dim}; set model.global_dim={width}"
+        )
