@@ -408,7 +408,7 @@ def analyse(
     examples: int,
     console: Console,
 ) -> dict[str, Any]:
-    """Stage 5: the results table, per-rater gains and plots; writes demo_results.json / .md."""
+    """Stage 5: the results table, per-rater gains and plots; writes demo_results.json."""
     from dsaml.data.synth import load_truth
 
     kinds = {rater: info["kind"] for rater, info in load_truth(corpus)["raters"].items()}
