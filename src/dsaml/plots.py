@@ -136,9 +136,9 @@ def plot_rater_gains(
     title: str,
     labels: Mapping[str, str] | None = None,
 ) -> Path:
-    """Per-rater gain of `metric` after adaptation: gains = {comparison: {rater: gain}}, one bar per comparison
-    and rater, raters sorted by the first protocol's gain; dashed lines = mean gain per protocol. `labels`:
-    tick label per rater (default: the id)."""
+    """Per-rater gain of `metric` after adaptation: gains = {comparison: {rater: gain}}, one bar per
+    comparison and rater, raters sorted by the first comparison's gain; dashed lines = mean gain per
+    comparison. `labels`: tick label per rater (default: the id)."""
     protocols = list(gains)
     first = gains[protocols[0]]
     raters = sorted({r for g in gains.values() for r in g}, key=lambda r: (r not in first, first.get(r, 0.0)))
