@@ -74,9 +74,13 @@ def _run(args: argparse.Namespace, variant: str) -> dict:
     from dsaml.inference import predict_song
 
     torch.set_num_threads(args.threads)
-    logmel, global_vectors = _song(args)
-    net = _net(args, "eager" if variant == "baseline" else "fast")
+    cuda = args.device.startswith("cuda")
+    logmel, global_vectors = (x.to(args.device) for x in _song(args))
+    net = _net(args, "eager" if variant == "baseline" else "fast").to(args.device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     if variant == "baseline":
         arousal, valence = original_procedure(net, logmel, global_vectors, args.batch_size)
@@ -84,13 +88,18 @@ def _run(args: argparse.Namespace, variant: str) -> dict:
         arousal, valence = predict_song(
             net, logmel, global_vectors, stride=1, stitch="original", batch_size=args.batch_size
         )
+    if cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    if cuda:  # device memory: what the GPU must hold
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     return {
         "time": elapsed,
         "peak_mib": peak_mib,
-        "arousal": arousal,
-        "valence": valence,
+        "arousal": arousal.cpu(),
+        "valence": valence.cpu(),
         "segments": logmel.shape[0],
     }
 
@@ -105,6 +114,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (peak memory: CUDA memory)")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     results = {}
@@ -116,7 +126,7 @@ def main() -> None:
     n = base["segments"]
     table = Table(
         title=f"predict a {args.seconds:.0f} s song ({n} segments, {n - WINDOW + 1} windows, stride 1), "
-        f"D={args.hidden} H={args.heads} L={args.layers}, float32 CPU, {args.threads} threads"
+        f"D={args.hidden} H={args.heads} L={args.layers}, float32, {args.device}, {args.threads} threads"
     )
     for column in ("procedure", "time (s)", "speed-up", "peak memory (MiB)"):
         table.add_column(column, justify="right")
