@@ -8,6 +8,7 @@ gradient differences.
     .venv/bin/python experiments/benchmarks/bench_model.py                     # paper config, batch 15
     .venv/bin/python experiments/benchmarks/bench_model.py --batch 1 --repeats 5
     .venv/bin/python experiments/benchmarks/bench_model.py --hidden 64 --heads 4 --layers 2   # quick check
+    .venv/bin/python experiments/benchmarks/bench_model.py --device cuda --bf16   # + a bf16 autocast row
 """
 
 from __future__ import annotations
@@ -47,45 +48,66 @@ def _setup(args: argparse.Namespace, impl: str):
     return net, tuple(x.to(args.device) for x in batch)
 
 
-def _step(net, batch, device: str) -> tuple[float, float, dict]:
-    """One fwd+bwd -> (wall seconds, process CPU seconds, outputs)."""
+# variant -> (network path, bf16 autocast)
+VARIANTS = {"eager": ("eager", False), "fast": ("fast", False), "fast+bf16": ("fast", True)}
+LABELS = {
+    "eager": "eager (original's computation)",
+    "fast": "fast (ours)",
+    "fast+bf16": "fast, bf16 autocast",
+}
+
+
+def _step(net, batch, device: str, bf16: bool = False) -> tuple[float, float, dict]:
+    """One fwd+bwd (forward and loss under bf16 autocast when asked) -> (wall s, process CPU s, outputs)."""
     from dsaml.losses import dsaml_loss
 
     x, g, a, v = batch
+    cuda = device.startswith("cuda")
     net.zero_grad(set_to_none=True)
-    if device == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
-    out = net(x, g)
-    loss, _ = dsaml_loss(out, a, v)
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        out = net(x, g)
+        loss, _ = dsaml_loss(out, a, v)
     loss.backward()
-    if device == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return wall, cpu, {"loss": loss.item(), "arousal": out["arousal"].detach().cpu()}
+    return wall, cpu, {"loss": loss.item(), "arousal": out["arousal"].detach().float().cpu()}
 
 
-def _peak_memory(args: argparse.Namespace, impl: str) -> float:
-    """MiB of resident memory that training steps add on top of the model and inputs (activations, gradients,
-    workspaces), in a fresh process so that the peak is this variant's own."""
+def _peak_memory(args: argparse.Namespace, variant: str) -> float:
+    """MiB that training steps add on top of the model and inputs (activations, gradients, workspaces), in a
+    fresh process so that the peak is this variant's own: resident memory on CPU, CUDA memory on a GPU."""
+    impl, bf16 = VARIANTS[variant]
     net, batch = _setup(args, impl)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(2):
-        _step(net, batch, args.device)
+        _step(net, batch, args.device, bf16)
+    if cuda:
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
 
 
 def _timed(args: argparse.Namespace) -> dict:
     """Both paths in one process, steps interleaved (eager, fast, eager, ...): CPU contention from other work
     hits both alike. Returns per-path times, losses, outputs and gradients."""
-    nets = {impl: _setup(args, impl) for impl in ("eager", "fast")}
-    nets["fast"][0].load_state_dict(nets["eager"][0].state_dict())
+    variants = ["eager", "fast"] + (["fast+bf16"] if args.bf16 else [])
+    nets = {variant: _setup(args, VARIANTS[variant][0]) for variant in variants}
+    for variant in variants[1:]:
+        nets[variant][0].load_state_dict(nets["eager"][0].state_dict())
     times = {impl: [] for impl in nets}
     cpu = {impl: [] for impl in nets}
     last = {}
     for i in range(args.warmup + args.repeats):
         for impl, (net, batch) in nets.items():
-            elapsed, cpu_s, last[impl] = _step(net, batch, args.device)
+            elapsed, cpu_s, last[impl] = _step(net, batch, args.device, VARIANTS[impl][1])
             if i >= args.warmup:
                 times[impl].append(elapsed)
                 cpu[impl].append(cpu_s)
@@ -113,12 +135,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="add a row: the fast path under bf16 autocast")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         results = pool.apply(_timed, (args,))
-    for impl in ("eager", "fast"):  # one fresh process per variant: its peak memory is its own
+    for impl in results:  # one fresh process per variant: its peak memory is its own
         with ctx.Pool(1) as pool:
             results[impl]["peak_mib"] = pool.apply(_peak_memory, (args, impl))
     eager, fast = results["eager"], results["fast"]
@@ -134,10 +157,9 @@ def main() -> None:
     columns = ("path", "wall s/step", "median", "speed-up", "CPU s/step", "CPU speed-up", "peak MiB", "loss")
     for column in columns:
         table.add_column(column, justify="right")
-    for impl, label in (("eager", "eager (original's computation)"), ("fast", "fast (ours)")):
-        r = results[impl]
+    for impl, r in results.items():
         table.add_row(
-            label,
+            LABELS[impl],
             f"{r['time']:.3f}",
             f"{r['median']:.3f}",
             f"{eager['time'] / r['time']:.2f}x",
@@ -152,6 +174,9 @@ def main() -> None:
         f"max |arousal fast - eager| = {out_diff:.2e}; "
         f"||grad fast - grad eager|| / ||grad eager|| = {grad_rel:.2e}"
     )
+    if "fast+bf16" in results:  # reduced precision: how far it moves the outputs (not a parity claim)
+        bf16_diff = (results["fast+bf16"]["arousal"] - eager["arousal"]).abs().max().item()
+        console.print(f"max |arousal bf16 - float32 eager| = {bf16_diff:.2e}")
 
 
 if __name__ == "__main__":
