@@ -16,6 +16,7 @@ Prints a table (seconds per meta-step, ratio) and the largest difference between
 
     .venv/bin/python experiments/benchmarks/bench_meta_step.py            # paper: 16 tasks x 16 steps, D=1024
     .venv/bin/python experiments/benchmarks/bench_meta_step.py --reduced   # minutes on 2 cores
+    .venv/bin/python experiments/benchmarks/bench_meta_step.py --device cuda --bf16   # + ours, bf16 autocast
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ def original_loss(out: dict, arousal, valence):
     maps = out["attention_maps"].mean(dim=2)  # [B, passes * L, T, T], averaged over heads
     n_layers = maps.shape[1] // 2
     local, global_ = maps[:, n_layers - 1].mean(0), maps[:, -1].mean(0)
-    reg = F.mse_loss(torch.diagonal(local), torch.full((local.shape[0],), 0.9)) + F.mse_loss(
-        torch.diagonal(global_), torch.full((global_.shape[0],), 0.1)
-    )
+    local, global_ = torch.diagonal(local), torch.diagonal(global_)
+    reg = F.mse_loss(local, torch.full_like(local, 0.9)) + F.mse_loss(global_, torch.full_like(global_, 0.1))
     return 1 - average_score(scores) + reg
 
 
@@ -87,14 +87,34 @@ def our_meta_step(net, tasks, steps, lr) -> None:
     optimizer.step()
 
 
+def bf16(step):
+    """`step` with forward passes and losses under bf16 autocast (backward follows the recorded dtypes)."""
+
+    def autocast_step(net, tasks, steps, lr) -> None:
+        device = next(net.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            step(net, tasks, steps, lr)
+
+    return autocast_step
+
+
+def _on(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     console = Console()
-    tasks = make_tasks(args.tasks, args.shots, args.queries, args.length, args.hidden, seed=1)
+    tasks = [
+        {part: _on(batch, args.device) for part, batch in task.items()}
+        for task in make_tasks(args.tasks, args.shots, args.queries, args.length, args.hidden, seed=1)
+    ]
     variants = {
         "original loop (eager network)": ("eager", original_meta_step),
         "ours (meta_backward, fast network)": ("fast", our_meta_step),
     }
+    if args.bf16:
+        variants["ours under bf16 autocast"] = ("fast", bf16(our_meta_step))
     nets = {}
     for name, (impl, _) in variants.items():
         torch.manual_seed(0)  # same initial weights for both
@@ -106,26 +126,28 @@ def run(args: argparse.Namespace) -> None:
             global_context="precomputed:bench",
             impl=impl,
         )
-        nets[name] = DSAMLNet(cfg).train()
+        nets[name] = DSAMLNet(cfg).to(args.device).train()
     grads, times = {}, {name: float("inf") for name in variants}
     for _ in range(args.repeats):  # interleaved, best of N: both see the same machine load
         for name, (_, step) in variants.items():
             net = nets[name]
             state = {k: v.clone() for k, v in net.state_dict().items()}
+            _sync(args.device)
             start = time.perf_counter()
             step(net, tasks, args.inner_steps, args.inner_lr)
+            _sync(args.device)
             times[name] = min(times[name], time.perf_counter() - start)
             grads[name] = {k: p.grad.clone() for k, p in net.named_parameters()}
             net.load_state_dict(state)
             console.print(f"{name}: {times[name]:.2f} s (best so far)")
-    (base, ours) = times.values()
-    g_base, g_ours = grads.values()
+    base = next(iter(times.values()))
+    g_base, g_ours = list(grads.values())[:2]
     diff = max(float((g_base[k] - g_ours[k]).abs().max()) for k in g_base)
     scale = max(float(g.abs().max()) for g in g_base.values())
     table = Table(
         title=f"one PDMER meta-step: {args.tasks} tasks x {args.inner_steps} inner steps, "
         f"{args.shots} shot, {args.queries} queries, D={args.hidden}, L={args.layers}, "
-        f"H={args.heads}, {args.threads} threads (best of {args.repeats})"
+        f"H={args.heads}, {args.device}, {args.threads} threads (best of {args.repeats})"
     )
     for col in ("variant", "s / meta-step", "speed-up"):
         table.add_column(col, justify="right")
@@ -133,6 +155,18 @@ def run(args: argparse.Namespace) -> None:
         table.add_row(name, f"{value:.2f}", f"{base / value:.2f}x")
     console.print(table)
     console.print(f"meta-gradient max |ours - original| = {diff:.2e} (max |grad| {scale:.2e})")
+    if args.bf16:  # reduced precision: how far it moves the meta-gradient (not a parity claim)
+        g_bf16 = grads["ours under bf16 autocast"]
+        rel = (
+            torch.cat([(g_bf16[k] - g_base[k]).flatten() for k in g_base]).norm()
+            / torch.cat([g.flatten() for g in g_base.values()]).norm()
+        )
+        console.print(f"bf16 meta-gradient: ||bf16 - original|| / ||original|| = {float(rel):.2e}")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -150,6 +184,8 @@ def main() -> None:
     parser.add_argument("--inner-lr", type=float, default=5e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="add a row: ours under bf16 autocast")
     parser.add_argument(
         "--reduced",
         action="store_true",
