@@ -559,7 +559,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     stage("DMER: train on rater-averaged curves, test on full songs")
     dmer = train("dmer", config.dmer, config, run_dir)
     start = "from the DMER weights" if config.pdmer_from_dmer else "from scratch"
-    stage(f"PDMER: meta-train over raters (first-order MAML, {start}), test before/after adaptation")
+    stage(f"PDMER: first-order MAML over raters {start}; test before/after adaptation")
     pdmer = train("pdmer", config.pdmer, config, run_dir, dmer.checkpoint if config.pdmer_from_dmer else None)
     stage("results")
     items = test_items(pdmer)
