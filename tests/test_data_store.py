@@ -90,7 +90,7 @@ def test_global_vectors_per_clip_and_per_segment(tiny_store, tmp_path):  # noqa:
         with pytest.raises(ValueError, match="D=4, but this name already holds D=8"):
             writer.add_global_vectors("toy", clip, np.ones((1, 4)))
     store = FeatureStore(path)
-    assert store.global_names() == ["toy"]
+    assert store.global_names() == ["toy"] and store.global_dim("toy") == 8
     assert store.global_vectors("toy", clip, 10, 20).shape == (1, 8)
     np.testing.assert_array_equal(store.global_vectors("toy", song, 5, 9), per_segment[5:9])
     with pytest.raises(KeyError, match="stored: \\['toy'\\]"):

@@ -419,6 +419,12 @@ class FeatureStore:
         h5 = self._h5()
         return sorted(h5["global"].keys()) if "global" in h5 else []
 
+    def global_dim(self, name: str) -> int:
+        """Width D of the stored global vectors `name` (the group's `dim` attribute)."""
+        if name not in self.global_names():
+            raise KeyError(f"no global vectors named {name!r} in {self.path}; stored: {self.global_names()}")
+        return int(self._h5()["global"][name].attrs["dim"])
+
     def global_vectors(
         self, name: str, song_id: str | int, start: int = 0, stop: int | None = None
     ) -> np.ndarray:

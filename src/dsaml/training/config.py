@@ -178,17 +178,16 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
 
 def check_global_vectors(store: Path, name: str, dim: int) -> None:
     """The store holds global vectors `name` of width `dim` (model.global_context / model.global_dim)."""
-    import h5py
+    from dsaml.data.store import FeatureStore
 
-    with h5py.File(store, "r") as handle:
-        group = handle.get(f"global/{name}")
-        stored = sorted(handle["global"]) if "global" in handle else []
-        if group is None:
+    with FeatureStore(store) as reader:
+        stored = reader.global_names()
+        if name not in stored:
             raise ValueError(
                 f"model.global_context needs global vectors {name!r}, but {store} holds {stored or 'none'}; "
                 f"add them with `dsaml-preprocess ... global_vectors=clap|file global_vectors.name={name}`"
             )
-        width = int(group.attrs.get("dim", -1))
+        width = reader.global_dim(name)
     if width != dim:
         raise ValueError(
             f"global vectors {name!r} in {store} are {width} wide, but the network expects "
