@@ -140,12 +140,18 @@ def make_store(config: DemoConfig, console: Console, rebuild: bool) -> Path:
     from dsaml.cli.preprocess import run as preprocess
     from dsaml.data.preprocess import store_is_current
 
-    overrides = ["data=synthetic", f"data.root={config.corpus}", f"paths.store={config.store}"]
-    cfg = compose("preprocess", overrides=[*overrides, f"workers={config.workers}"])
+    cfg = compose(
+        "preprocess",
+        overrides=[
+            "data=synthetic",
+            f"data.root={config.corpus}",
+            f"paths.store={config.store}",
+            f"workers={config.workers}",
+        ],
+    )
     if not rebuild and Path(config.store).is_file():
         rebuild = not store_is_current(*configs(cfg))
-    if rebuild:
-        cfg = compose("preprocess", overrides=[*overrides, f"workers={config.workers}", "overwrite=true"])
+    cfg.overwrite = rebuild
     if preprocess(cfg, console):
         raise RuntimeError(f"dsaml-preprocess failed for {config.corpus} (see the messages above)")
     return Path(config.store)
