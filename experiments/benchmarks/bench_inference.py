@@ -18,6 +18,7 @@ import resource
 import time
 
 import torch
+from common import bench_network
 from rich.console import Console
 from rich.table import Table
 
@@ -31,17 +32,7 @@ def _song(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _net(args: argparse.Namespace, impl: str):
-    from dsaml.models import DSAMLConfig, DSAMLNet
-
-    torch.manual_seed(0)
-    cfg = DSAMLConfig(
-        hidden_size=args.hidden,
-        num_heads=args.heads,
-        num_layers=args.layers,
-        global_context="precomputed:bench",
-        impl=impl,
-    )
-    net = DSAMLNet(cfg).eval()
+    net = bench_network(args, impl).eval()
     with torch.no_grad():  # non-trivial BatchNorm running statistics, as after training
         for block in net.spectrogram.blocks:
             block.bn.running_mean.uniform_(-1, 1)

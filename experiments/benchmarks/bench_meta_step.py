@@ -26,12 +26,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import bench_network
 from rich.console import Console
 from rich.table import Table
 
 from dsaml.meta import learn2learn, maml_wrap, meta_backward
 from dsaml.metrics import average_score, sequence_scores
-from dsaml.models import DSAMLConfig, DSAMLNet
 
 
 def make_tasks(n_tasks: int, shots: int, queries: int, length: int, dim: int, seed: int) -> list[dict]:
@@ -117,16 +117,7 @@ def run(args: argparse.Namespace) -> None:
         variants["ours under bf16 autocast"] = ("fast", bf16(our_meta_step))
     nets = {}
     for name, (impl, _) in variants.items():
-        torch.manual_seed(0)  # same initial weights for both
-        cfg = DSAMLConfig(
-            hidden_size=args.hidden,
-            num_heads=args.heads,
-            num_layers=args.layers,
-            dropout=0.0,
-            global_context="precomputed:bench",
-            impl=impl,
-        )
-        nets[name] = DSAMLNet(cfg).to(args.device).train()
+        nets[name] = bench_network(args, impl).to(args.device).train()  # same initial weights for all
     grads, times = {}, {name: float("inf") for name in variants}
     for _ in range(args.repeats):  # interleaved, best of N: both see the same machine load
         for name, (_, step) in variants.items():

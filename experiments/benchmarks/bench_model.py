@@ -19,24 +19,14 @@ import resource
 import time
 
 import torch
+from common import bench_network
 from rich.console import Console
 from rich.table import Table
 
 
 def _setup(args: argparse.Namespace, impl: str):
-    from dsaml.models import DSAMLConfig, DSAMLNet
-
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = DSAMLConfig(
-        hidden_size=args.hidden,
-        num_heads=args.heads,
-        num_layers=args.layers,
-        dropout=0.0,
-        global_context="precomputed:bench",
-        impl=impl,
-    )
-    net = DSAMLNet(cfg).to(args.device).train()
+    net = bench_network(args, impl).to(args.device).train()
     gen = torch.Generator().manual_seed(1)
     b, t = args.batch, args.length
     batch = (
