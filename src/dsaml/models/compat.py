@@ -62,7 +62,8 @@ _LAYER_RE = re.compile(r"(\d+)\.(.+)\.(weight|bias)$")
 
 def config_from_original(options: dict[str, Any]) -> DSAMLConfig:
     """Original constructor options (plus any DSAMLConfig field names as overrides) -> DSAMLConfig."""
-    values: dict[str, Any] = {"global_context": DEFAULT_GLOBAL_CONTEXT}
+    # native CNN kernels: the original's float32 rounding (its CNN gradients are rounding-sensitive)
+    values: dict[str, Any] = {"global_context": DEFAULT_GLOBAL_CONTEXT, "cnn_kernel": "native"}
     for key, value in options.items():
         if key in IGNORED_ORIGINAL_OPTIONS:
             continue

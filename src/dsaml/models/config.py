@@ -12,6 +12,7 @@ ATTENTION_MODES = ("dual", "local", "global", "full")
 POSITION_TYPES = ("relative_key", "relative_key_query", "none")
 POSITION_ALIASES = {"absolute": "none"}  # the original's "absolute" adds no position information at all
 IMPLS = ("fast", "eager")
+CNN_KERNELS = ("fused", "native")
 ACTIVATIONS = ("gelu", "relu")
 GLOBAL_CONTEXT_KINDS = ("learned", "clap", "none")  # plus "precomputed:<name>"
 
@@ -30,9 +31,13 @@ class DSAMLConfig:
     global_context: learned | precomputed:<name> | clap | none. global_dim: width of supplied global vectors
     (None = hidden_size; otherwise a Linear(global_dim -> D) is learned). global_window: segments in the
     learned context's window (60 = the original's 30 s). n_frames / n_mels: the log-mel segment image.
-    impl: how the same function is computed: fast (pool-before-normalise CNN blocks, stacked passes,
-    scaled_dot_product_attention) | eager (the original's computation step by step: parity oracle and
-    benchmark baseline).
+    impl: how the same function is computed: fast (stacked passes, scaled_dot_product_attention) | eager (the
+    original's computation step by step: parity oracle and benchmark baseline).
+    cnn_kernel: how the fast path computes the spectrogram CNN: fused (dsaml.models.spectrogram: BatchNorm
+    folded into the convolutions, full-resolution activations never written) | native (PyTorch's conv /
+    BatchNorm / pool modules, as the original: the same float32 rounding, which the BatchNorm-conditioned CNN
+    gradients are sensitive to at ~5e-4; networks converted from the original use it).
+    Eager always uses native.
     """
 
     hidden_size: int = 1024
@@ -53,12 +58,14 @@ class DSAMLConfig:
     n_frames: int = 51
     n_mels: int = 128
     impl: str = "fast"
+    cnn_kernel: str = "fused"
 
     def __post_init__(self) -> None:
         self.position = POSITION_ALIASES.get(self.position, self.position)
         _choice("position", self.position, POSITION_TYPES + tuple(POSITION_ALIASES))
         _choice("attention", self.attention, ATTENTION_MODES)
         _choice("impl", self.impl, IMPLS)
+        _choice("cnn_kernel", self.cnn_kernel, CNN_KERNELS)
         _choice("activation", self.activation, ACTIVATIONS)
         if not (self.global_context in GLOBAL_CONTEXT_KINDS or self._precomputed_name()):
             raise ValueError(

@@ -7,66 +7,12 @@ Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsaml.models.attention import QKV, DualScaleEncoder
 from dsaml.models.config import DSAMLConfig
 from dsaml.models.global_context import LearnedGlobalContext
-
-
-def _pooled(size: int) -> int:
-    """Length after MaxPool2d(kernel 2, stride 2, padding 1)."""
-    return size // 2 + 1
-
-
-class ConvBlock(nn.Module):
-    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) on [N, C, H, W].
-
-    fast=True in eval mode computes the same function with the normalisation and ReLU after the pooling: per
-    channel, eval BatchNorm is an affine map a y + b, and max-pooling commutes with ReLU and with increasing
-    affine maps, so pool(relu(a y + b)) = relu(|a| pool(s y) + b) with s = sign(gamma) folded into the
-    convolution: the full-size tensor is written once instead of three times (whole-song prediction). In
-    training mode BatchNorm2d runs as is (its float32 rounding is the original's) and only the ReLU moves
-    after the pooling (exact: max commutes with ReLU).
-    """
-
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int]) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding)
-        self.bn = nn.BatchNorm2d(c_out)
-        self.pool = nn.MaxPool2d(2, stride=2, padding=1)
-
-    def forward(self, x: Tensor, fast: bool = False) -> Tensor:
-        bn = self.bn
-        if not fast:
-            return self.pool(torch.relu(bn(self.conv(x))))
-        if bn.training or bn.running_mean is None:
-            return torch.relu(self.pool(bn(self.conv(x))))  # pool and ReLU commute: ReLU on 1/4 of the values
-        sign = torch.where(bn.weight >= 0, 1.0, -1.0).to(x.dtype)
-        y = F.conv2d(
-            x, self.conv.weight * sign[:, None, None, None], self.conv.bias * sign, padding=self.conv.padding
-        )  # = sign * conv(x), per channel
-        scale = bn.weight * sign / torch.sqrt(bn.running_var + bn.eps)  # |a| >= 0
-        shift = bn.bias - bn.running_mean * sign * scale
-        return torch.relu(self.pool(y) * scale[:, None, None] + shift[:, None, None])
-
-
-class SpectrogramEncoder(nn.Module):
-    """Per-segment CNN: [N, F, M] log-mel images -> [N, out_features] (14 x 34 = 476 for 51 x 128)."""
-
-    def __init__(self, n_frames: int, n_mels: int, fast: bool) -> None:
-        super().__init__()
-        self.fast = fast
-        self.blocks = nn.ModuleList([ConvBlock(1, 8, (3, 1), (2, 1)), ConvBlock(8, 16, (3, 3), (1, 1))])
-        self.conv1x1 = nn.Conv2d(16, 1, 1)
-        self.out_features = _pooled(_pooled(n_frames + 2)) * _pooled(_pooled(n_mels + 2))
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = images[:, None]
-        for block in self.blocks:
-            x = block(x, self.fast)
-        return self.conv1x1(x).flatten(1)
+from dsaml.models.spectrogram import SpectrogramEncoder
 
 
 class Fusion(nn.Module):
@@ -120,7 +66,9 @@ class DSAMLNet(nn.Module):
     def __init__(self, cfg: DSAMLConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.spectrogram = SpectrogramEncoder(cfg.n_frames, cfg.n_mels, fast=cfg.impl == "fast")
+        self.spectrogram = SpectrogramEncoder(
+            cfg.n_frames, cfg.n_mels, fused=cfg.impl == "fast" and cfg.cnn_kernel == "fused"
+        )
         if cfg.global_context == "learned":
             self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
         self.fusion = Fusion(cfg, self.spectrogram.out_features)
