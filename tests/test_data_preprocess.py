@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,6 +49,20 @@ def _compose(*overrides: str):
         return compose("preprocess", overrides=list(overrides))
 
 
+def _gone(marker: str, within: float) -> bool:
+    """True once no process's command line mentions `marker` (Linux /proc; True elsewhere)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                alive.append(marker in cmdline.read_bytes().decode(errors="replace"))
+        if not any(alive):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path):  # noqa: F811
     root = subset_tree(tiny_corpus, tmp_path / "corpus", _songs(tiny_corpus, 9))
     killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
@@ -62,6 +77,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path): 
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done = len(list(parts.glob("*.npz")))
     assert 3 <= done < 10 and not killed.exists()
+    assert _gone(str(killed), within=10), "a decode worker outlived the killed run"
     Path(str(killed) + ".tmp").write_bytes(b"half-written store from an earlier crash")
 
     resumed = subprocess.run([*CLI, *args, f"paths.store={killed}"], stderr=subprocess.PIPE, text=True)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -95,6 +96,14 @@ _WORKER_EXTRACTOR: dict[str, LogMelExtractor] = {}
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one song per process: parallelism comes from the processes
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose run was killed (SIGKILL, OOM killer) would wait for tasks forever: exit instead."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def compute_song(
