@@ -81,7 +81,7 @@ def test_fused_network_against_the_reference_vector():
     gradients of the non-CNN parameters within 1e-4 of the original's. The CNN's BatchNorm-conditioned
     gradients differ from the original's float32 values by float32 rounding only, so they are measured against
     the same computation in float64 ("exact"): the original's own float32 values are up to 2.9e-3 (relative to
-    the largest entry) off it (first BatchNorm bias), ours must be within twice the original's error or 1e-3."""
+    the largest entry) off it (first BatchNorm bias); ours must be within twice that error, or 1e-3."""
     ref = load_reference()
     inputs = (ref["inputs"]["log_mel_spectrogram"], ref["inputs"]["global_imagebind_audio_embedding"])
 
