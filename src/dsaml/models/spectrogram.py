@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CHUNK_ELEMENTS = 1 << 20  # pre-pooling values per chunk of `_PooledTapConv` (4 MiB: stays in cache)
+CHUNK_ELEMENTS = 1 << 20  # pre-pooling values per CPU chunk of `_PooledTapConv` (4 MiB: stays in cache)
 
 
 def _pooled(size: int) -> int:
@@ -153,7 +153,7 @@ class _PooledTapConv(torch.autograd.Function):
     def forward(ctx, phases: Tensor, weights: Tensor, bias: Tensor, invalid: tuple[Tensor, ...]):  # type: ignore[override]
         n, p, _ = phases.shape
         best = phases.new_empty(n, p, bias.shape[0])  # max over the window, before the bias
-        step = _chunk(p, bias.shape[0])
+        step = _chunk(phases, bias.shape[0])
         for s in range(0, n, step):
             peak = best[s : s + step]
             for o in range(4):
@@ -174,7 +174,7 @@ class _PooledTapConv(torch.autograd.Function):
         grad = grad.reshape(n, p, c)
         grad_weights = torch.zeros_like(weights)
         grad_bias = phases.new_zeros(c)
-        step = _chunk(p, c)
+        step = _chunk(phases, c)
         for s in range(0, n, step):
             chunk = phases[s : s + step]
             peak = best[s : s + step]
@@ -189,8 +189,10 @@ class _PooledTapConv(torch.autograd.Function):
         return None, grad_weights, grad_bias, None
 
 
-def _chunk(p: int, c: int) -> int:
-    return max(1, CHUNK_ELEMENTS // (p * c))
+def _chunk(phases: Tensor, c: int) -> int:
+    """Images per chunk: cache-sized on CPU; on accelerators the whole batch (fewer, larger kernels)."""
+    n, p, _ = phases.shape
+    return max(1, CHUNK_ELEMENTS // (p * c)) if phases.device.type == "cpu" else n
 
 
 def _window_values(phases: Tensor, weights: Tensor, invalid: tuple[Tensor, ...], o: int) -> Tensor:
