@@ -1,14 +1,16 @@
 """Benchmark: one training step (forward + backward of the DSAML loss) of DSAMLNet, fast path vs eager path.
 
-The eager path computes the way the original does (baseline); both run in this process on the same weights
-and inputs. Each variant runs in a fresh subprocess so that its peak memory (max RSS growth during the steps)
-is its own. Prints a table with the best-of-N wall time, the ratio, peak memory and the largest output and
-gradient differences.
+The eager path computes the way the original does (baseline); the fast path runs with the fused CNN kernels
+(ours; `--native` adds it with PyTorch's native CNN modules, `cnn_kernel: native`, as converted originals
+use); all run in this process on the same weights and inputs. Each variant's peak memory (max RSS growth
+during the steps) is measured in a fresh subprocess. Prints a table with the best-of-N wall time, the ratio,
+peak memory and the largest output and gradient differences.
 
     .venv/bin/python experiments/benchmarks/bench_model.py                     # paper config, batch 15
     .venv/bin/python experiments/benchmarks/bench_model.py --batch 1 --repeats 5
     .venv/bin/python experiments/benchmarks/bench_model.py --hidden 64 --heads 4 --layers 2   # quick check
     .venv/bin/python experiments/benchmarks/bench_model.py --device cuda --bf16   # + a bf16 autocast row
+    .venv/bin/python experiments/benchmarks/bench_model.py --native   # + fast path, native CNN kernels
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _setup(args: argparse.Namespace, impl: str):
+def _setup(args: argparse.Namespace, variant: str):
     torch.set_num_threads(args.threads)
-    net = bench_network(args, impl).to(args.device).train()
+    impl, kernel, _ = VARIANTS[variant]
+    net = bench_network(args, impl, kernel).to(args.device).train()
     gen = torch.Generator().manual_seed(1)
     b, t = args.batch, args.length
     batch = (
@@ -38,11 +41,17 @@ def _setup(args: argparse.Namespace, impl: str):
     return net, tuple(x.to(args.device) for x in batch)
 
 
-# variant -> (network path, bf16 autocast)
-VARIANTS = {"eager": ("eager", False), "fast": ("fast", False), "fast+bf16": ("fast", True)}
+# variant -> (network path, CNN kernels, bf16 autocast)
+VARIANTS = {
+    "eager": ("eager", "native", False),
+    "fast": ("fast", "fused", False),
+    "fast+native": ("fast", "native", False),
+    "fast+bf16": ("fast", "fused", True),
+}
 LABELS = {
     "eager": "eager (original's computation)",
     "fast": "fast (ours)",
+    "fast+native": "fast, native CNN kernels",
     "fast+bf16": "fast, bf16 autocast",
 }
 
@@ -70,8 +79,8 @@ def _step(net, batch, device: str, bf16: bool = False) -> tuple[float, float, di
 def _peak_memory(args: argparse.Namespace, variant: str) -> float:
     """MiB that training steps add on top of the model and inputs (activations, gradients, workspaces), in a
     fresh process so that the peak is this variant's own: resident memory on CPU, CUDA memory on a GPU."""
-    impl, bf16 = VARIANTS[variant]
-    net, batch = _setup(args, impl)
+    bf16 = VARIANTS[variant][2]
+    net, batch = _setup(args, variant)
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -88,8 +97,10 @@ def _peak_memory(args: argparse.Namespace, variant: str) -> float:
 def _timed(args: argparse.Namespace) -> dict:
     """Both paths in one process, steps interleaved (eager, fast, eager, ...): CPU contention from other work
     hits both alike. Returns per-path times, losses, outputs and gradients."""
-    variants = ["eager", "fast"] + (["fast+bf16"] if args.bf16 else [])
-    nets = {variant: _setup(args, VARIANTS[variant][0]) for variant in variants}
+    variants = (
+        ["eager", "fast"] + (["fast+native"] if args.native else []) + (["fast+bf16"] if args.bf16 else [])
+    )
+    nets = {variant: _setup(args, variant) for variant in variants}
     for variant in variants[1:]:
         nets[variant][0].load_state_dict(nets["eager"][0].state_dict())
     times = {impl: [] for impl in nets}
@@ -97,7 +108,7 @@ def _timed(args: argparse.Namespace) -> dict:
     last = {}
     for i in range(args.warmup + args.repeats):
         for impl, (net, batch) in nets.items():
-            elapsed, cpu_s, last[impl] = _step(net, batch, args.device, VARIANTS[impl][1])
+            elapsed, cpu_s, last[impl] = _step(net, batch, args.device, VARIANTS[impl][2])
             if i >= args.warmup:
                 times[impl].append(elapsed)
                 cpu[impl].append(cpu_s)
@@ -127,6 +138,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--bf16", action="store_true", help="add a row: the fast path under bf16 autocast")
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="add a row: the fast path with native CNN kernels (converted originals)",
+    )
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:

@@ -9,9 +9,10 @@ import torch
 from dsaml.models import DSAMLConfig, DSAMLNet
 
 
-def bench_network(args: argparse.Namespace, impl: str) -> DSAMLNet:
-    """DSAMLNet with D/H/L from `args.hidden/heads/layers`, seeded so that every `impl` ("eager" | "fast")
-    gets the same weights, no dropout, and global vectors supplied by the caller ("precomputed:bench")."""
+def bench_network(args: argparse.Namespace, impl: str, cnn_kernel: str = "fused") -> DSAMLNet:
+    """DSAMLNet with D/H/L from `args.hidden/heads/layers`, seeded so that every `impl` ("eager" | "fast") and
+    `cnn_kernel` ("fused" | "native") gets the same weights, no dropout, and global vectors supplied by the
+    caller ("precomputed:bench")."""
     torch.manual_seed(0)
     cfg = DSAMLConfig(
         hidden_size=args.hidden,
@@ -20,5 +21,6 @@ def bench_network(args: argparse.Namespace, impl: str) -> DSAMLNet:
         dropout=0.0,
         global_context="precomputed:bench",
         impl=impl,
+        cnn_kernel=cnn_kernel,
     )
     return DSAMLNet(cfg)
