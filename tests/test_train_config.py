@@ -141,6 +141,17 @@ def test_init_from_starts_from_a_checkpoints_weights(tiny_store, tmp_path):  # n
     job = build(train_config(tiny_store, tmp_path / "init", [*PDMER_TINY, f"init_from={ckpt}"]))
     for name, value in source.state_dict().items():
         assert torch.equal(job.module.net.state_dict()[name], value), name
+    # how the network computes is the run's choice: e.g. a converted original (native CNN kernels)
+    native = build(
+        train_config(
+            tiny_store, tmp_path / "native", [*PDMER_TINY, f"init_from={ckpt}", "model.cnn_kernel=native"]
+        )
+    )
+    assert native.module.net.cfg.cnn_kernel == "native"
+    assert torch.equal(
+        native.module.net.state_dict()["spectrogram.blocks.0.conv.weight"],
+        source.spectrogram.blocks[0].conv.weight,
+    )
 
     other = train_config(tiny_store, tmp_path / "wide", [*PDMER_TINY, "model.hidden_size=32"])
     wide = save_network(tmp_path / "wide.ckpt", build(other).module.net)

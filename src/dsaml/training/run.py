@@ -114,7 +114,7 @@ def build(cfg: DictConfig) -> Job:
 
 
 # network options that do not change the weights' shapes or meaning
-RUNTIME_MODEL_KEYS = ("impl", "dropout")
+RUNTIME_MODEL_KEYS = ("impl", "cnn_kernel", "dropout")
 
 
 def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str) -> None:
