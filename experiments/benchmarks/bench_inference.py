@@ -18,7 +18,7 @@ import resource
 import time
 
 import torch
-from common import bench_network
+from common import add_network_arguments, bench_network
 from rich.console import Console
 from rich.table import Table
 
@@ -100,12 +100,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=600.0, help="song duration")
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=3)
+    add_network_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (peak memory: CUDA memory)")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     results = {}

@@ -26,7 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import bench_network
+from common import add_network_arguments, bench_network
 from rich.console import Console
 from rich.table import Table
 
@@ -174,14 +174,10 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=16)
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=3)
+    add_network_arguments(parser)
     parser.add_argument("--length", type=int, default=60)
     parser.add_argument("--inner-lr", type=float, default=5e-3)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--bf16", action="store_true", help="add a row: ours under bf16 autocast")
     parser.add_argument(
         "--reduced",

@@ -21,7 +21,7 @@ import resource
 import time
 
 import torch
-from common import bench_network
+from common import add_network_arguments, bench_network
 from rich.console import Console
 from rich.table import Table
 
@@ -130,13 +130,9 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=15)
     parser.add_argument("--length", type=int, default=60, help="segments per clip")
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=3)
+    add_network_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--bf16", action="store_true", help="add a row: the fast path under bf16 autocast")
     parser.add_argument(
         "--native",

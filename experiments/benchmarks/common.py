@@ -1,4 +1,5 @@
-"""What the model benchmarks share: the benchmarked network (imported by the bench_*.py scripts)."""
+"""What the model benchmarks share: the benchmarked network and its command-line options (imported by the
+bench_*.py scripts)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import argparse
 import torch
 
 from dsaml.models import DSAMLConfig, DSAMLNet
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `bench_network` and the runs read: --hidden/--heads/--layers (D, H, L; paper defaults),
+    --threads (CPU threads) and --device."""
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
 def bench_network(args: argparse.Namespace, impl: str, cnn_kernel: str = "fused") -> DSAMLNet:
