@@ -131,7 +131,7 @@ class _BatchNormReluPool(torch.autograd.Function):
         grad_beta = g.sum(0)
         grad_gamma = (g * xhat).sum(0)
         k = gamma * inv_std
-        slope = -k * grad_gamma * inv_std / count  # dense part: slope * (y - mean) + offset
+        slope = -k * grad_gamma * inv_std / count  # dense part: slope * (y - mean) - k * grad_beta / count
         grad_y = torch.addcmul(-k * grad_beta / count, _rows(y) - mean, slope)
         grad_y.view(n, h * w, c).scatter_add_(1, _rows(index).view(n, -1, c), (g * k).view(n, -1, c))
         return _channels_last(grad_y, n, h, w), grad_gamma, grad_beta, None
