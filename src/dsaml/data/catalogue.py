@@ -90,9 +90,6 @@ class Catalogue:
     notes: list[str] = field(default_factory=list)
     pdmer_pairs: set[tuple[str, str]] = field(default_factory=set)  # (rater, song) kept by the PDMER filters
 
-    def song_ids(self, split: str | None = None) -> list[str]:
-        return [s for s, song in self.songs.items() if split is None or song.split == split]
-
 
 def song_sort_key(song_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then anything else alphabetically."""
