@@ -1,4 +1,4 @@
-"""Log-mel features against an independent torchaudio computation (spec section 1)."""
+"""Log-mel features against an independent torchaudio computation (docs/method.md, "Features")."""
 
 from __future__ import annotations
 

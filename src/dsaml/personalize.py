@@ -272,7 +272,7 @@ def personalize(
 
 @torch.no_grad()
 def support_loss(net: nn.Module, songs: Sequence[AnnotatedSong], device: torch.device) -> float:
-    """Mean eval-mode loss (spec section 3) over the songs' support batches."""
+    """Mean eval-mode loss (docs/method.md, "Loss and metrics") over the songs' support batches."""
     was_training = net.training
     net.eval()
     try:

@@ -242,7 +242,7 @@ class SplitRule:
 
 @dataclass(frozen=True)
 class PdmerFilter:
-    """The original's PDMER rater filters (spec section 4), configurable.
+    """The original's PDMER rater filters (docs/method.md, "Training"), configurable.
 
     Training ratings come only from songs with ids in [train_min_id, train_max_id]; a (rater, song) curve
     whose mean absolute deviation from its own mean over the first `flat_window` values is below

@@ -40,7 +40,7 @@ def sample_task(
     support, rest = order[:shots], order[shots:]
     if len(rest) >= queries:
         query = rest[:queries]
-    else:  # too few songs: with replacement (spec section 4)
+    else:  # too few songs: with replacement (docs/method.md, "Training")
         query = rng.choice(rest, size=queries, replace=True)
     return TaskSpec(rater, tuple(songs[i] for i in support), tuple(songs[i] for i in query))
 

@@ -1,4 +1,4 @@
-"""Segment log-mel features (spec section 1): mono 44.1 kHz audio -> [T, 51, 128] natural-log mel power.
+"""Segment log-mel features (docs/method.md, "Features"): mono 44.1 kHz audio -> [T, 51, 128] natural-log mel power.
 
 Segment i covers [start_s + i * segment_s, start_s + (i + 1) * segment_s) seconds. Each segment's
 22 050 samples go through torchaudio's MelSpectrogram (n_fft = win_length = 2646, hop 441, 128 HTK mel
@@ -25,7 +25,7 @@ from dsaml.data.validation import ConfigError, check_choice, check_positive, fro
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel settings. Defaults are the original's (spec section 1); times in seconds, rates in Hz."""
+    """Log-mel settings. Defaults are the original's (docs/method.md, "Features"); times in seconds, rates in Hz."""
 
     sample_rate: int = 44100
     start_s: float = 15.0
@@ -190,7 +190,7 @@ def song_logmel(
     segments_per_clip: int = 60,
     extractor: LogMelExtractor | None = None,
 ) -> np.ndarray:
-    """Log-mel of any audio file with the spec's segment semantics -> np.float32 [T, n_frames, n_mels].
+    """Log-mel of any audio file with the segment semantics of docs/method.md -> np.float32 [T, n_frames, n_mels].
 
     `mode="song"`: every whole segment from start_s (T = floor((dur - 15) / 0.5)); `mode="clip"`: exactly
     `segments_per_clip` segments, zero-padded past the end (warns when more than pad_warn_fraction is

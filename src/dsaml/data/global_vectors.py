@@ -1,6 +1,6 @@
 """Fill a feature store's `/global/<name>/` with global-context vectors for every stored song.
 
-Sources (`conf/global_vectors/`, spec section 1 window semantics):
+Sources (`conf/global_vectors/`, window semantics of docs/method.md, "Features"):
 - `clap`: `ClapAudioEncoder` (a local CLAP checkpoint) on each song's audio, decoded with `decode_mono`:
   a clip gets one vector for its 30 s from `start_s` -> [1, D]; a full song one vector per segment window
   [0.5 i, 0.5 i + 30) s -> [T, D], T = the song's n_segments.

@@ -1,4 +1,4 @@
-"""The shared BERT-style encoder with relative-position self-attention under band masks (spec 2.3).
+"""The shared BERT-style encoder with relative-position self-attention under band masks (docs/method.md, "Network").
 
 Two implementations of the same computation, chosen by `DSAMLConfig.impl`:
 

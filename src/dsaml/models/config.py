@@ -1,4 +1,4 @@
-"""`DSAMLConfig`: every option of the DSAML network (spec section 2), validated on construction.
+"""`DSAMLConfig`: every option of the DSAML network (docs/method.md, "Network"), validated on construction.
 
 The field names are the keys of `conf/model/*.yaml`. Defaults are the paper's (D = 1024, H = 16, L = 3).
 """

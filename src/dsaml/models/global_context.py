@@ -1,4 +1,4 @@
-"""Global-context sources (spec 1, "global context vector"; issue 4, `model.global_context`).
+"""Global-context sources (docs/method.md, "Features": the global context vector; `model.global_context`).
 
 - `LearnedGlobalContext` ("learned", default, offline): built inside the network from the song's own log-mel.
   The window semantics are the original's: one vector for a whole 30 s training clip, and on a full song one

@@ -1,7 +1,7 @@
 """`DSAMLNet`: spectrogram encoder -> fusion with the global vector -> dual-scale encoder -> BiLSTM head.
 
 Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per step), global vectors
-[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See spec section 2.
+[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See docs/method.md, "Network".
 """
 
 from __future__ import annotations
