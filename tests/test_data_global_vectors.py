@@ -22,7 +22,7 @@ from dsaml.config import CONFIG_DIR
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, parts_dir
 from dsaml.data.store import FeatureStore
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 from dsaml.training.run import run as train
 from train_fixtures import DMER_TINY, train_config
 

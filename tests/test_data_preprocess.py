@@ -22,7 +22,7 @@ from dsaml.config import CONFIG_DIR
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.store import FeatureStore, StoreError
 from dsaml.data.synth.corpus import load_truth
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 
 CLI = [sys.executable, "-m", "dsaml.cli.preprocess"]
 
@@ -160,7 +160,7 @@ def test_configuration_errors_stop_before_any_work(tmp_path):
             )
         assert code == 2 and message in log.read_text(), override
     assert not store.exists()
-    with pytest.raises(ConfigError, match="workers=-1: expected a non-negative integer"):
+    with pytest.raises(ConfigError, match="workers=-1: expected an integer >= 0"):
         PreprocessConfig(workers=-1)
     with pytest.raises(StoreError, match="feature store not found"):
         FeatureStore(store)

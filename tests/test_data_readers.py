@@ -11,7 +11,7 @@ from data_fixtures import data_config, tiny_corpus, write_tone  # noqa: F401
 from dsaml.data.catalogue import Catalogue, DataError, PdmerFilter, Song
 from dsaml.data.readers import DataConfig, read_catalogue
 from dsaml.data.synth.corpus import load_truth
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 
 AVERAGED = "DEAM_Annotations/annotations/annotations averaged per song/dynamic (per second annotations)"
 
@@ -117,7 +117,7 @@ def test_layout_and_config_errors(tmp_path):
     ):
         read_catalogue(data_config(tmp_path / "empty"))
     with pytest.raises(
-        ConfigError, match=r"data.layout='deep' is not allowed; allowed values: \['auto', 'nested'"
+        ConfigError, match=r"data.layout='deep' is not one of auto, nested, flat"
     ):
         data_config(tmp_path, layout="deep")
     with pytest.raises(ConfigError, match=r"data.pdmer: unknown key\(s\) \['min_song'\]"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsaml.data.validation import ConfigError, check_choice, check_positive
+from dsaml.config import Config, choice, flag, integer, number
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +214,16 @@ def find_audio(directory: Path) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
-class SplitRule:
+class SplitRule(Config):
     """How songs are split. 'id_threshold': id >= test_min_id is test (DEAM: full songs 2001..2058).
     'random': a seeded share `test_fraction` of the songs is test (PMEmo has no official split)."""
 
-    method: str = "id_threshold"
-    test_min_id: int = 2001
-    test_fraction: float = 0.2
-    seed: int = 0
+    SECTION = "data.split"
 
-    def __post_init__(self) -> None:
-        check_choice("data.split.method", self.method, ["id_threshold", "random"])
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"data.split.test_fraction={self.test_fraction}: expected 0 < value < 1")
+    method: str = choice("id_threshold", ("id_threshold", "random"))
+    test_min_id: int = 2001
+    test_fraction: float = number(0.2, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed: int = 0
 
     def assign(self, song_ids: list[str]) -> dict[str, str]:
         if self.method == "id_threshold":
@@ -241,7 +238,7 @@ class SplitRule:
 
 
 @dataclass(frozen=True)
-class PdmerFilter:
+class PdmerFilter(Config):
     """The original's PDMER rater filters (docs/method.md, "Training"), configurable.
 
     Training ratings come only from songs with ids in [train_min_id, train_max_id]; a (rater, song) curve
@@ -250,17 +247,14 @@ class PdmerFilter:
     `apply_to_test` also applies the flat-curve filter to test ratings.
     """
 
+    SECTION = "data.pdmer"
+
     train_min_id: int | None = 1001
     train_max_id: int | None = 2000
-    flat_threshold: float = 0.01
-    flat_window: int = 60
-    min_songs: int = 16
-    apply_to_test: bool = False
-
-    def __post_init__(self) -> None:
-        check_positive("data.pdmer.flat_threshold", self.flat_threshold, allow_zero=True)
-        check_positive("data.pdmer.flat_window", self.flat_window, integer=True)
-        check_positive("data.pdmer.min_songs", self.min_songs, integer=True)
+    flat_threshold: float = number(0.01, low=0)
+    flat_window: int = integer(60, low=1)
+    min_songs: int = integer(16, low=1)
+    apply_to_test: bool = flag(False)
 
     def is_flat(self, arousal: np.ndarray, valence: np.ndarray) -> bool:
         """True when arousal or valence barely moves: mean |x - mean(x)| < threshold over the first window."""

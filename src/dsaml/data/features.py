@@ -20,38 +20,32 @@ import torch
 import torchaudio
 
 from dsaml.data.audio import load_audio
-from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
+from dsaml.config import Config, ConfigError, check_choice, choice, integer, number
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(Config):
     """Log-mel settings. Defaults are the original's (docs/method.md, "Features"); times in seconds, rates in Hz."""
 
-    sample_rate: int = 44100
-    start_s: float = 15.0
-    segment_s: float = 0.5
-    n_fft: int = 2646
-    win_length: int | None = None  # None -> n_fft
-    hop_length: int = 441
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float | None = None  # None -> Nyquist
-    power: float = 2.0
-    mel_scale: str = "htk"
-    log_eps: float = 1e-6
-    pad_warn_fraction: float = 0.1  # clip mode: warn when more than this fraction had to be zero-padded
+    SECTION = "features"
+
+    sample_rate: int = integer(44100, low=1)
+    start_s: float = number(15.0, low=0)
+    segment_s: float = number(0.5, low=0, low_open=True)
+    n_fft: int = integer(2646, low=1)
+    win_length: int | None = integer(None, low=1, optional=True)  # None -> n_fft
+    hop_length: int = integer(441, low=1)
+    n_mels: int = integer(128, low=1)
+    f_min: float = number(0.0, low=0)
+    f_max: float | None = number(None, optional=True)  # None -> Nyquist
+    power: float = number(2.0, low=0, low_open=True)
+    mel_scale: str = choice("htk", ("htk", "slaney"))
+    log_eps: float = number(1e-6, low=0, low_open=True)
+    # clip mode: warn when more than this fraction had to be zero-padded
+    pad_warn_fraction: float = number(0.1, low=0)
 
     def __post_init__(self) -> None:
-        for key in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            check_positive(f"features.{key}", getattr(self, key), integer=True)
-        for key in ("segment_s", "power", "log_eps"):
-            check_positive(f"features.{key}", getattr(self, key))
-        check_positive("features.start_s", self.start_s, allow_zero=True)
-        check_positive("features.f_min", self.f_min, allow_zero=True)
-        check_positive("features.pad_warn_fraction", self.pad_warn_fraction, allow_zero=True)
-        check_choice("features.mel_scale", self.mel_scale, ["htk", "slaney"])
-        if self.win_length is not None:
-            check_positive("features.win_length", self.win_length, integer=True)
+        super().__post_init__()
         if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
             raise ConfigError(f"features.f_max={self.f_max}: expected f_min < f_max <= sample_rate / 2")
         for key, seconds in (("segment_s", self.segment_s), ("start_s", self.start_s)):
@@ -62,12 +56,6 @@ class FeatureConfig:
                     f"sample_rate={self.sample_rate}"
                 )
 
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> FeatureConfig:
-        return from_mapping(cls, mapping, "features")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def segment_samples(self) -> int:
