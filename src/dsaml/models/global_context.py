@@ -27,7 +27,7 @@ class LearnedGlobalContext(nn.Module):
     song(logmel [B, T, F, M]) -> [B, T, D]: one vector per segment, centred window of `window` segments.
     """
 
-    def __init__(self, n_mels: int, hidden_size: int, window: int) -> None:
+    def __init__(self, n_mels: int = 128, hidden_size: int = 1024, window: int = 60) -> None:
         super().__init__()
         self.window = window
         self.norm = nn.LayerNorm(2 * n_mels)
