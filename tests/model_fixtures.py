@@ -41,7 +41,7 @@ TINY_CLAP_DIM = 12  # width of the tiny CLAP model's embeddings
 def tiny_clap(tmp_path_factory) -> Path:
     """A tiny randomly initialised CLAP model (8 kHz, 16 mel bins, TINY_CLAP_DIM-wide embeddings) saved as a
     local checkpoint directory; skips the test when the optional extra 'clap' (transformers) is missing."""
-    transformers = pytest.importorskip("transformers", reason="optional extra 'clap' (transformers) not installed")
+    transformers = pytest.importorskip("transformers", reason="optional extra 'clap' not installed")
     torch.manual_seed(0)
     audio = {"hidden_size": 32, "patch_embeds_hidden_size": 16, "depths": [1, 1], "window_size": 4}
     audio |= {"num_attention_heads": [2, 2], "projection_hidden_size": 32}

@@ -28,7 +28,6 @@ from model_fixtures import tiny_clap as clap_checkpoint  # noqa: F401
 from train_fixtures import DMER_TINY, train_config
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models on a shared 2-core machine: one intra-op thread is much faster."""
@@ -292,7 +291,7 @@ def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store,
     assert "set global_vectors.overwrite=true" in log
 
 
-def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):
+def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):  # noqa: F811
     store = tmp_path / "never.h5"
     base = [f"data.root={tmp_path}", f"paths.store={store}"]
     clap = ["global_vectors=clap", f"global_vectors.path={clap_checkpoint}"]

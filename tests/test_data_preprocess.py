@@ -18,11 +18,10 @@ from rich.console import Console
 
 from data_fixtures import data_config, subset_tree, tiny_corpus  # noqa: F401
 from dsaml.cli.preprocess import run
-from dsaml.config import CONFIG_DIR
+from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.store import FeatureStore, StoreError
 from dsaml.data.synth.corpus import load_truth
-from dsaml.config import ConfigError
 
 CLI = [sys.executable, "-m", "dsaml.cli.preprocess"]
 

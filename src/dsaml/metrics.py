@@ -1,4 +1,4 @@
-"""Per-sequence emotion-regression scores (docs/method.md, "Loss and metrics"): CCC, PCC, RMSE over the time axis.
+"""Per-sequence emotion-regression scores (docs/method.md, "Loss and metrics"): CCC, PCC, RMSE over time.
 
 All functions take predictions and targets [..., T] and return one value per sequence [...]; they are
 differentiable (the training loss is built from them). Reported metrics average them over sequences.
@@ -71,7 +71,8 @@ def summarize(
     arousal_pred: list[Tensor], valence_pred: list[Tensor], arousal: list[Tensor], valence: list[Tensor]
 ) -> dict[str, float]:
     """Reported metrics over sequences of any lengths (songs or song-rater pairs): each score per sequence,
-    then averaged over sequences; plus "average" (docs/method.md, "Loss and metrics"). Inputs: lists of [T_i] tensors."""
+    then averaged over sequences; plus "average" (docs/method.md, "Loss and metrics"). Inputs: lists of [T_i]
+    tensors."""
     if not arousal_pred:
         raise ValueError("summarize: no sequences to score")
     per_seq = [

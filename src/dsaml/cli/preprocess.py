@@ -28,12 +28,12 @@ from rich.progress import (
 from rich.text import Text
 
 from dsaml.cli.entry import hydra_command
+from dsaml.config import ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
 from dsaml.data.store import StoreError
-from dsaml.config import ConfigError
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
 

@@ -134,10 +134,10 @@ def read_csv_rows(path: Path, issues: IssueLog, delimiter: str = ",") -> tuple[l
         rows = [row for row in reader if any(cell.strip() for cell in row)]
     if not header:
         raise DataError(f"{path}: empty file (no header row)")
-    for number, row in enumerate(rows, start=2):
+    for line, row in enumerate(rows, start=2):
         if len(row) > len(header):
             issues.report(
-                path, f"{len(row)} cells but the header has {len(header)}; extra cells ignored", number
+                path, f"{len(row)} cells but the header has {len(header)}; extra cells ignored", line
             )
     return header, rows
 

@@ -5,7 +5,8 @@ Items are dicts of tensors (see `dsaml.meta` for the batch keys):
 - PDMER train: one item per meta-step = this rank's share of a meta-batch of tasks
   (``{"step", "tasks": [{"rater", "support": batch, "query": batch, "songs": [...]}, ...]}``).
 - PDMER val: one item per fixed task of a held-out rater.
-- Test (docs/method.md, "Evaluation"): DMER one item per test song (whole song, averaged curve); PDMER one item per
+- Test (docs/method.md, "Evaluation"): DMER one item per test song (whole song, averaged curve); PDMER one
+  item per
   (test song, rater) pair (whole song, that rater's curve, plus `shots` clips of the rater's other test
   songs for the cross-song protocol).
 The store is opened lazily in each process, so DataLoader workers never share an HDF5 handle.
@@ -330,7 +331,8 @@ class DSAMLDataModule(L.LightningDataModule):
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
-        """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song support."""
+        """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song
+        support."""
         store = self.reader.store
         if self.task == "dmer":
             pairs: list[tuple[str, str | None]] = [(s, None) for s in sorted(store.song_ids("test"))]

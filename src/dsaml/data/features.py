@@ -1,4 +1,4 @@
-"""Segment log-mel features (docs/method.md, "Features"): mono 44.1 kHz audio -> [T, 51, 128] natural-log mel power.
+"""Segment log-mel features (docs/method.md, "Features"): mono 44.1 kHz audio -> [T, 51, 128] log mel power.
 
 Segment i covers [start_s + i * segment_s, start_s + (i + 1) * segment_s) seconds. Each segment's
 22 050 samples go through torchaudio's MelSpectrogram (n_fft = win_length = 2646, hop 441, 128 HTK mel
@@ -8,7 +8,6 @@ log(x + log_eps). All segments of a song are computed in one batched call on the
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ import numpy as np
 import torch
 import torchaudio
 
-from dsaml.data.audio import load_audio
 from dsaml.config import Config, ConfigError, check_choice, choice, integer, number
+from dsaml.data.audio import load_audio
 
 
 @dataclass(frozen=True)
 class FeatureConfig(Config):
-    """Log-mel settings. Defaults are the original's (docs/method.md, "Features"); times in seconds, rates in Hz."""
+    """Log-mel settings, the original's by default (docs/method.md, "Features"); times in s, rates in Hz."""
 
     SECTION = "features"
 
@@ -55,7 +54,6 @@ class FeatureConfig(Config):
                     f"features.{key}={seconds}: must be a whole number of samples at "
                     f"sample_rate={self.sample_rate}"
                 )
-
 
     @property
     def segment_samples(self) -> int:
@@ -178,7 +176,7 @@ def song_logmel(
     segments_per_clip: int = 60,
     extractor: LogMelExtractor | None = None,
 ) -> np.ndarray:
-    """Log-mel of any audio file with the segment semantics of docs/method.md -> np.float32 [T, n_frames, n_mels].
+    """Log-mel of any audio file, segments as in docs/method.md -> np.float32 [T, n_frames, n_mels].
 
     `mode="song"`: every whole segment from start_s (T = floor((dur - 15) / 0.5)); `mode="clip"`: exactly
     `segments_per_clip` segments, zero-padded past the end (warns when more than pad_warn_fraction is

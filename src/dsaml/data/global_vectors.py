@@ -30,11 +30,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, decode_mono, fingerprint_file
 from dsaml.data.catalogue import DataError
 from dsaml.data.features import resolve_device
 from dsaml.data.store import FeatureStore, FeatureStoreWriter
-from dsaml.config import Config, ConfigError, choice, flag, integer
 
 SOURCES = ("none", "clap", "file")
 VECTOR_FILE_SUFFIXES = (".npz", ".h5", ".hdf5")

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 import dsaml
+from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, fingerprint_file, load_audio
 from dsaml.data.catalogue import Catalogue, Song, summarise_issues
 from dsaml.data.features import FeatureConfig, LogMelExtractor, cut_segments, min_duration_s, resolve_device
 from dsaml.data.readers import DataConfig, read_catalogue
 from dsaml.data.store import COMPRESSIONS, DTYPES, FeatureStoreWriter, SongRecord
-from dsaml.config import Config, ConfigError, choice, flag, integer
 
 log = logging.getLogger(__name__)
 MP_CONTEXTS = ("fork", "spawn", "forkserver")

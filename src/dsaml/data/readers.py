@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsaml.config import Config, ConfigError, check_choice, choice, flag, integer, text
 from dsaml.data.catalogue import STORE_MODES, Catalogue, PdmerFilter, SplitRule
 from dsaml.data.deam import read_deam
 from dsaml.data.features import FeatureConfig
 from dsaml.data.pmemo import FRAME_TIMES, read_pmemo
-from dsaml.config import Config, ConfigError, check_choice, choice, flag, integer, text
 
 READERS = ("deam", "pmemo")
 LAYOUTS = ("auto", "nested", "flat")

@@ -1,4 +1,4 @@
-"""The shared BERT-style encoder with relative-position self-attention under band masks (docs/method.md, "Network").
+"""The shared BERT-style encoder with relative-position self-attention under band masks (docs/method.md).
 
 Two implementations of the same computation, fixed when the modules are built (`fast`, from `impl`):
 

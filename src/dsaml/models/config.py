@@ -77,7 +77,9 @@ class DSAMLConfig(Config):
                 f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}"
             )
         if self.hidden_size % 4:
-            raise ConfigError(f"model.hidden_size={self.hidden_size} must be divisible by 4 (BiLSTM head D/4)")
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} must be divisible by 4 (BiLSTM head D/4)"
+            )
 
     def _precomputed_name(self) -> str | None:
         prefix = "precomputed:"

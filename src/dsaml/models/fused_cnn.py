@@ -89,8 +89,8 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: 
 
 
 def _block_eval(block: ConvBlock, x: Tensor) -> Tensor:
-    """Eval mode with the normalisation and ReLU after the pooling: per channel, eval BatchNorm is an affine map
-    a y + b, and max-pooling commutes with ReLU and with increasing affine maps, so pool(relu(a y + b)) =
+    """Eval mode with the normalisation and ReLU after the pooling: per channel, eval BatchNorm is an affine
+    map a y + b, and max-pooling commutes with ReLU and with increasing affine maps, so pool(relu(a y + b)) =
     relu(|a| pool(s y) + b) with s = sign(gamma) folded into the convolution: the full-size tensor is written
     once instead of three times."""
     bn = block.bn

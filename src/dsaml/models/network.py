@@ -23,7 +23,11 @@ class Fusion(nn.Module):
     """
 
     def __init__(
-        self, in_features: int = 476, hidden_size: int = 1024, global_dim: int | None = None, fusion: bool = True
+        self,
+        in_features: int = 476,
+        hidden_size: int = 1024,
+        global_dim: int | None = None,
+        fusion: bool = True,
     ) -> None:
         super().__init__()
         self.enabled = fusion
@@ -74,7 +78,8 @@ class DSAMLNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         fast = cfg.impl == "fast"
-        self.spectrogram = SpectrogramEncoder(cfg.n_frames, cfg.n_mels, fused=fast and cfg.cnn_kernel == "fused")
+        fused = fast and cfg.cnn_kernel == "fused"
+        self.spectrogram = SpectrogramEncoder(cfg.n_frames, cfg.n_mels, fused=fused)
         if cfg.global_context == "learned":
             self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
         self.fusion = Fusion(self.spectrogram.out_features, cfg.hidden_size, cfg.global_dim, cfg.fusion)

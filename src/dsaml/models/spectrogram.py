@@ -1,4 +1,4 @@
-"""The per-segment spectrogram CNN (docs/method.md, "Network"): two conv blocks, then a 1x1 conv to one channel.
+"""The per-segment spectrogram CNN (docs/method.md, "Network"): two conv blocks, then a 1x1 conv.
 
 Each block is Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) (`ConvBlock`, PyTorch's
 modules: the original's computation); a [F=51, M=128] log-mel image becomes 14 x 34 = 476 features. With
@@ -15,7 +15,7 @@ from dsaml.models import fused_cnn
 
 
 class ConvBlock(nn.Module):
-    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) on [N, C, H, W], the original's way."""
+    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) on [N, C, H, W] (the original's)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int]) -> None:
         super().__init__()

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsaml.config import Config, ConfigError, check_choice, check_keys, check_range, choice, flag, integer, number
+from dsaml.config import (
+    Config,
+    ConfigError,
+    check_choice,
+    check_keys,
+    check_range,
+    choice,
+    flag,
+    integer,
+    number,
+)
 
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}

@@ -48,7 +48,7 @@ class SynthConfig(Config):
     SECTION = "synth"
 
     name: str = text()
-    n_songs_2013: int = _song_count("n_songs_2013")  # 45 s excerpts, ids 2..1000; rater files without WorkerId
+    n_songs_2013: int = _song_count("n_songs_2013")  # 45 s excerpts, ids 2..1000; no WorkerId
     n_songs_2014: int = _song_count("n_songs_2014")  # 45 s excerpts, ids 1001..2000; with WorkerId (PDMER)
     n_songs_2015: int = _song_count("n_songs_2015")  # full songs, ids 2001..2058; with WorkerId (test)
     n_raters: int = integer(low=1)  # size of the persistent rater pool
