@@ -107,6 +107,8 @@ def check_range(
 
 def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_open: bool) -> str:
     what = "an integer" if integer else "a number"
+    if low == 0 and high is None:
+        return f"a {'positive' if low_open else 'non-negative'} {what.split()[-1]}"
     if low is not None and high is not None:
         if integer and not (low_open or high_open):
             return f"{what} in {low}..{high}"
