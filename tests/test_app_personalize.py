@@ -27,7 +27,14 @@ from dsaml.personalize import (
 from dsaml.predictor import Predictor
 
 REPORT_SCORES = {
-    "arousal_ccc", "arousal_pcc", "arousal_rmse", "valence_ccc", "valence_pcc", "valence_rmse", "average", "n"
+    "arousal_ccc",
+    "arousal_pcc",
+    "arousal_rmse",
+    "valence_ccc",
+    "valence_pcc",
+    "valence_rmse",
+    "average",
+    "n",
 }
 
 FEATURES = FeatureConfig()
@@ -208,14 +215,22 @@ def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listen
     assert (tmp_path / "s3.csv").is_file()
 
 
-def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(tiny_ckpt, listener, tmp_path):
+def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
+    tiny_ckpt, listener, tmp_path
+):
     """method=auto (the default) with a calibration prior: candidates validated leave-one-song-out, the chosen
     one refitted; a calibration map travels in the checkpoint and dsaml-predict applies it."""
     console, buffer = capture()
     out = tmp_path / "auto.ckpt"
     cfg = _cli(
-        tiny_ckpt, listener, out, "holdout=[s3]", "prior=1", "auto_steps=[2]",
-        "auto_methods=[calibrate,head_calibrate]", "plot=false",
+        tiny_ckpt,
+        listener,
+        out,
+        "holdout=[s3]",
+        "prior=1",
+        "auto_steps=[2]",
+        "auto_methods=[calibrate,head_calibrate]",
+        "plot=false",
     )
     assert run(cfg, console) == 0, buffer.getvalue()
     text = buffer.getvalue()
@@ -244,11 +259,19 @@ def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
 
 
 def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
-    loud = write_simple_csv(tmp_path / "loud.csv", np.array([15.0, 15.5, 16.0]), np.array([0.1, 5.0, 0.2]), np.zeros(3))
-    with pytest.raises(AnnotationError, match=r"loud.csv, row 3, arousal = 5 is outside the label range \[-1, 1\]"):
+    loud = write_simple_csv(
+        tmp_path / "loud.csv", np.array([15.0, 15.5, 16.0]), np.array([0.1, 5.0, 0.2]), np.zeros(3)
+    )
+    with pytest.raises(
+        AnnotationError, match=r"loud.csv, row 3, arousal = 5 is outside the label range \[-1, 1\]"
+    ):
         read_simple_csv(loud, FEATURES)
-    backwards = write_simple_csv(tmp_path / "back.csv", np.array([15.0, 16.0, 15.5]), np.zeros(3), np.zeros(3))
-    with pytest.raises(AnnotationError, match=r"back.csv, row 4: time 15.5 s is not after the previous row's 16 s"):
+    backwards = write_simple_csv(
+        tmp_path / "back.csv", np.array([15.0, 16.0, 15.5]), np.zeros(3), np.zeros(3)
+    )
+    with pytest.raises(
+        AnnotationError, match=r"back.csv, row 4: time 15.5 s is not after the previous row's 16 s"
+    ):
         read_simple_csv(backwards, FEATURES)
 
 

@@ -74,7 +74,7 @@ def test_calibration_finds_a_lag_and_round_trips_as_plain_values():
 
 
 def test_empirical_bayes_prior_from_the_spread_of_rater_maps():
-    """Two raters, two songs each, offsets only (y = x + offset): per-song offsets A 0.1, 0.3 and B -0.2, -0.4.
+    """Two raters, two songs each, offsets only (y = x + offset): per-song offsets A 0.1, 0.3; B -0.2, -0.4.
     s^2 = 4 * 0.1^2 / 2 = 0.02; tau^2 = mean(0.2^2, 0.3^2) - 0.02 * mean(1/2, 1/2) = 0.055;
     kappa = s^2 / tau^2. Gains are exactly 1 (c = 0 everywhere): s^2 = 0 -> kappa 0."""
     x = np.sin(np.arange(30) / 4.0)
@@ -113,7 +113,7 @@ def test_head_only_adaptation_changes_the_head_alone():
 
 
 def test_head_only_meta_gradient_with_zero_steps_is_the_plain_gradient():
-    """No inner step: the query loss's gradient through the head-only path equals autograd's on the network."""
+    """No inner step: the query loss's gradient through the head-only path equals autograd's on the net."""
     net = tiny_net().train()
     song = _song(2, n=20)
     batch = {k: (v[None] if v is not None else None) for k, v in song.items()}
@@ -136,7 +136,9 @@ def test_head_only_meta_step_with_steps_moves_only_the_head_in_the_inner_loop():
 
 
 def test_adaptation_config_is_checked_with_the_allowed_values():
-    with pytest.raises(ConfigError, match=r"adaptation.method='bogus' is not allowed; allowed values: \['none'"):
+    with pytest.raises(
+        ConfigError, match=r"adaptation.method='bogus' is not allowed; allowed values: \['none'"
+    ):
         AdaptationConfig(method="bogus")
     with pytest.raises(ConfigError, match="unknown key"):
         AdaptationConfig.from_dict({"methd": "maml"})
@@ -144,7 +146,9 @@ def test_adaptation_config_is_checked_with_the_allowed_values():
         AdaptationConfig(prior=-1)
     with pytest.raises(ConfigError, match="auto_methods entry='auto'"):
         AdaptationConfig(auto_methods=["auto"])
-    resolved = AdaptationConfig(method="head").resolve({"inner_steps": 4, "eval_inner_steps": 7, "inner_lr": 0.1})
+    resolved = AdaptationConfig(method="head").resolve(
+        {"inner_steps": 4, "eval_inner_steps": 7, "inner_lr": 0.1}
+    )
     assert (resolved.steps, resolved.lr, resolved.first_order) == (7, 0.1, True)
     with pytest.raises(ConfigError, match="adaptation.steps: the checkpoint has no task config"):
         AdaptationConfig(method="maml").resolve(None)

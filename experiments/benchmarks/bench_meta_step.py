@@ -12,8 +12,8 @@ query: `queries` clips of 60 segments per task):
   fast network (`impl="fast"`: stacked local+global passes, shared first-layer projections, only the
   attention diagonal the regulariser needs), then one Adam step.
 
-- with --head-only, also ours with the inner loop over the head only (ANIL, `task.inner_loop=head`): the body's
-  features of each support batch computed once without gradient, the inner SGD steps over the BiLSTM +
+- with --head-only, also ours with the inner loop over the head only (ANIL, `task.inner_loop=head`): the
+  body's features of each support batch computed once without gradient, the inner SGD steps over the BiLSTM +
   regressor; the query pass and the outer step as before. Its ratio to ours (full inner loop) is printed.
 
 Prints a table (seconds per meta-step, ratio) and the largest difference between the two meta-gradients.
@@ -37,7 +37,6 @@ from rich.table import Table
 
 from dsaml.meta import learn2learn, maml_wrap, meta_backward
 from dsaml.metrics import average_score, sequence_scores
-
 
 HEAD_ONLY = "ours, head-only inner loop (ANIL)"
 
@@ -172,7 +171,7 @@ def run(args: argparse.Namespace) -> None:
     if args.head_only:
         full = times["ours (meta_backward, fast network)"]
         console.print(
-            f"head-only inner loop vs full inner loop (ours, same run): {full / times[HEAD_ONLY]:.2f}x faster "
+            f"head-only vs full inner loop (ours, same run): {full / times[HEAD_ONLY]:.2f}x faster "
             f"({times[HEAD_ONLY]:.2f} s vs {full:.2f} s per meta-step)"
         )
     if args.bf16:  # reduced precision: how far it moves the meta-gradient (not a parity claim)

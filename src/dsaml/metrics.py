@@ -16,7 +16,6 @@ Relation to torchmetrics (checked against the spec, see tests/test_model_metrics
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
@@ -81,7 +80,7 @@ def scores_of(
 
 
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of per-sequence score rows (`METRIC_KEYS` and "average") over sequences, plus "n" (their count)."""
+    """Mean of per-sequence score rows (`REPORTED` keys) over sequences, plus "n" (their count)."""
     if not rows:
         raise ValueError("mean_scores: no sequences to average")
     return {**{k: sum(r[k] for r in rows) / len(rows) for k in REPORTED}, "n": len(rows)}

@@ -3,8 +3,8 @@
     songs = load_listener(predictor, audio=["music/"], annotations=["my_curves/"])          # simple CSVs
     songs = load_listener(predictor, audio=[...], annotations=["<DEAM per-rater dir>"], rater="A1B2...")
     config = AdaptationConfig(method="auto").resolve(predictor.hparams.get("task"))
-    selection = select(predictor.net, [s.sequence(device) for s in songs[:-1]], config, Predict(window), prior)
-    scores = song_scores(selection.personalized, Predict(window), songs[-1], device)   # a held-out song
+    outcome = personalize_listener(predictor.net, songs[:-1], config, Predict(window), prior, device)
+    scores, curves = song_scores(outcome.model, Predict(window), songs[-1], device)   # a held-out song
 
 Annotations come in two layouts:
 - simple: one CSV per song named like its audio file (<stem>.csv) with columns `time` (or `time_s`, in
@@ -32,7 +32,15 @@ from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, _read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.inference import WINDOW
-from dsaml.meta import AUTO, AdaptationConfig, CalibrationPrior, Personalized, Predict, personalize_net, select
+from dsaml.meta import (
+    AUTO,
+    AdaptationConfig,
+    CalibrationPrior,
+    Personalized,
+    Predict,
+    personalize_net,
+    select,
+)
 from dsaml.metrics import mean_scores, scores_of
 from dsaml.predictor import Predictor, collect_audio
 
@@ -117,7 +125,8 @@ def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
     if len(back):
         i = int(back[0]) + 1
         raise AnnotationError(
-            f"{path}, row {rows_of[i]}: time {time[i]:g} s is not after the previous row's {time[i - 1]:g} s; "
+            f"{path}, row {rows_of[i]}: time {time[i]:g} s is not after the previous row's "
+            f"{time[i - 1]:g} s; "
             "times must strictly increase (sort the rows by time, one row per time)"
         )
     for j, name in ((1, "arousal"), (2, "valence")):
@@ -256,7 +265,7 @@ def window_of(hparams: dict[str, Any]) -> int:
 def song_scores(
     model: Personalized, predictor: Predict, song: AnnotatedSong, device: torch.device | str
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Whole-song prediction of `model` scored against the listener's curves -> (scores, (arousal, valence))."""
+    """Whole-song prediction of `model` scored against the listener's curves -> (scores, (a, v) curves)."""
     seq = song.sequence(device)
     arousal, valence = model.predict(predictor, seq)
     return scores_of(arousal, valence, seq["arousal"], seq["valence"]), (arousal.numpy(), valence.numpy())
@@ -294,7 +303,10 @@ def personalize_listener(
 
 
 def holdout_scores(
-    models: dict[str, Personalized], predictor: Predict, songs: Sequence[AnnotatedSong], device: torch.device | str
+    models: dict[str, Personalized],
+    predictor: Predict,
+    songs: Sequence[AnnotatedSong],
+    device: torch.device | str,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, dict[str, float], tuple]]]]:
     """Score each model on the held-out songs -> ({name: mean scores (`mean_scores`)}, {name: [(song,
     scores, (arousal, valence)) per song]})."""

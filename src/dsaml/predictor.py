@@ -6,8 +6,9 @@
 
 The feature settings come from the checkpoint (`hyper_parameters["features"]`), so a song is featurised
 exactly as the training data was. A personalised checkpoint (dsaml-personalize) may carry a listener's
-output map (`hyper_parameters["personalized"]["calibration"]`), which `predict` applies. Label/prediction i belongs to segment i, which starts at
-start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's sample_15000ms, sample_15500ms, ...).
+output map (`hyper_parameters["personalized"]["calibration"]`), which `predict` applies. Label/prediction i
+belongs to segment i, which starts at start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's
+sample_15000ms, sample_15500ms, ...).
 """
 
 from __future__ import annotations

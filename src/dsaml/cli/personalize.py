@@ -82,8 +82,12 @@ def candidates_table(outcome) -> Table:
     for column in ("method", "steps", "score", "per fold"):
         table.add_column(column, justify="right")
     for c in sorted(outcome.candidates, key=lambda c: -c["score"]):
-        mark = " *" if (c["method"], c["steps"]) == (outcome.chosen["method"], outcome.chosen["steps"]) else ""
-        table.add_row(c["method"] + mark, str(c["steps"]), f"{c['score']:.4f}", " ".join(f"{v:.3f}" for v in c["folds"]))
+        mark = (
+            " *" if (c["method"], c["steps"]) == (outcome.chosen["method"], outcome.chosen["steps"]) else ""
+        )
+        table.add_row(
+            c["method"] + mark, str(c["steps"]), f"{c['score']:.4f}", " ".join(f"{v:.3f}" for v in c["folds"])
+        )
     return table
 
 
@@ -93,7 +97,7 @@ def _fail(console: Console, message: str) -> int:
 
 
 def run(cfg: DictConfig, console: Console | None = None) -> int:
-    """Validate, load, personalise, save, report; returns the exit code (0 ok, 2 bad configuration or input)."""
+    """Validate, load, personalise, save, report; returns the exit code (0 ok, 2 bad configuration/input)."""
     console = console or Console(stderr=True, soft_wrap=True)
     try:
         options = plain_options(cfg)
@@ -107,18 +111,24 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
             kept = tuple(m for m in adaptation.auto_methods if not m.endswith("calibrate"))
             console.print(
                 f"note: {config.ckpt} holds no calibration prior: method=auto leaves out the calibrate "
-                "methods (set prior=<songs>, e.g. prior=1, to include them)", highlight=False
+                "methods (set prior=<songs>, e.g. prior=1, to include them)",
+                highlight=False,
             )
             adaptation = AdaptationConfig.from_dict({**adaptation.to_dict(), "auto_methods": kept})
         prior = calibration_prior(adaptation, stored)
         songs = load_listener(predictor, config.audio, config.annotations, config.rater)
     except MissingMandatoryValue as error:
-        return _fail(console, f"{error.full_key} is required, e.g. dsaml-personalize ckpt=pdmer.ckpt "
-                     "audio=[songs/] annotations=[curves/]")
+        return _fail(
+            console,
+            f"{error.full_key} is required, e.g. dsaml-personalize ckpt=pdmer.ckpt "
+            "audio=[songs/] annotations=[curves/]",
+        )
     except (ConfigError, CheckpointError, AnnotationError, AudioDecodeError, ValueError) as error:
         return _fail(console, str(error))
     if baseline.features != predictor.features:
-        return _fail(console, f"baseline={config.baseline}: its feature settings differ from ckpt={config.ckpt}'s")
+        return _fail(
+            console, f"baseline={config.baseline}: its feature settings differ from ckpt={config.ckpt}'s"
+        )
     unknown = sorted(set(config.holdout) - {s.song for s in songs})
     if unknown:
         return _fail(console, f"holdout={unknown}: not among the annotated songs {[s.song for s in songs]}")
@@ -131,7 +141,8 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     console.print(
         f"dsaml-personalize: {config.ckpt}, method={adaptation.method}, on {len(support)} song(s) "
         f"({sum(len(s.arousal) for s in support)} segments), steps {adaptation.steps}, lr {adaptation.lr:g}, "
-        f"on {device}", highlight=False
+        f"on {device}",
+        highlight=False,
     )
     with console.status("personalising ...") as status:
         outcome = personalize_listener(
@@ -140,8 +151,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     if outcome.candidates:
         console.print(candidates_table(outcome))
     model = outcome.model
-    console.print(f"chosen: method={outcome.chosen['method']}, steps={outcome.chosen['steps']}"
-                  + (f", map {model.calibration.to_dict()}" if model.calibration else ""), highlight=False)
+    console.print(
+        f"chosen: method={outcome.chosen['method']}, steps={outcome.chosen['steps']}"
+        + (f", map {model.calibration.to_dict()}" if model.calibration else ""),
+        highlight=False,
+    )
     out = Path(config.out)
     save_network(
         out,
@@ -173,7 +187,11 @@ def report_holdout(config, baseline, model, window, heldout, outcome, out: Path,
     means, per_song = holdout_scores(models, window, heldout, baseline.device)
     rows = [(f"{song}: {name}", scores) for name in models for song, scores, _ in per_song[name]]
     rows += [(f"mean: {name}", means[name]) for name in models] if len(heldout) > 1 else []
-    console.print(scores_table(f"held-out songs: baseline ({config.baseline or 'ckpt, unadapted'}) vs personalised", rows))
+    console.print(
+        scores_table(
+            f"held-out songs: baseline ({config.baseline or 'ckpt, unadapted'}) vs personalised", rows
+        )
+    )
     report = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
     (out.parent / REPORT).write_text(json.dumps(report, indent=2))
     console.print(f"report: {out.parent / REPORT}", highlight=False)

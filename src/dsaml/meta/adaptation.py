@@ -106,9 +106,9 @@ def adapt(
     the mean loss over them. train_mode: mode of the copy during adaptation (True = BatchNorm batch
     statistics and dropout, as in meta-training; None = keep the current mode). isolate_buffers: the
     copy gets its own BatchNorm statistics (True for evaluation/personalisation; meta-training shares them
-    like the original). on_step(k, adapted network) is called after inner step k = 1 .. steps (e.g. to score the
-    adapted network after each step). The original network's parameters are never modified. Gradients are enabled here
-    even under `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises.
+    like the original). on_step(k, adapted network) is called after inner step k = 1 .. steps (e.g. to
+    score it after each step). The original network's parameters are never modified. Gradients are enabled
+    here even under `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises.
     """
     if steps < 0:
         raise ValueError(f"adapt: steps={steps}: expected >= 0")

@@ -57,7 +57,12 @@ class CalibrationPrior:
         return cls((float(strength),) * 2, (float(strength),) * 2)
 
     def to_dict(self) -> dict[str, list[float] | int]:
-        return {"offset": list(self.offset), "gain": list(self.gain), "raters": self.raters, "songs": self.songs}
+        return {
+            "offset": list(self.offset),
+            "gain": list(self.gain),
+            "raters": self.raters,
+            "songs": self.songs,
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> CalibrationPrior:

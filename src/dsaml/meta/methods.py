@@ -113,7 +113,8 @@ class AdaptationConfig:
         or `TaskConfig.to_dict()`); ConfigError when one is needed and neither has it."""
         task = dict(task or {})
         defaults = {
-            "steps": task.get("eval_inner_steps") if task.get("eval_inner_steps") is not None
+            "steps": task.get("eval_inner_steps")
+            if task.get("eval_inner_steps") is not None
             else task.get("inner_steps"),
             "lr": task.get("inner_lr"),
             "first_order": task.get("first_order", True if task else None),
@@ -148,7 +149,9 @@ def _integer(key: str, value: Any, minimum: int) -> None:
 def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None) -> CalibrationPrior | None:
     """The prior the config asks for: a number, or (prior=auto) the one stored with the checkpoint. None when
     no method needs one; ConfigError when prior=auto and nothing is stored."""
-    uses = config.calibrates or (config.method == AUTO and any(m.endswith("calibrate") for m in config.auto_methods))
+    uses = config.calibrates or (
+        config.method == AUTO and any(m.endswith("calibrate") for m in config.auto_methods)
+    )
     if not uses:
         return None
     if config.prior != "auto":
@@ -156,7 +159,8 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
     if not stored:
         raise ConfigError(
             "adaptation.prior=auto: this checkpoint holds no calibration prior (estimated from the training "
-            "raters by dsaml-train/dsaml-eval on a store with per-rater curves); set adaptation.prior=<songs>, "
+            "raters by dsaml-train/dsaml-eval on a store with per-rater curves); "
+            "set adaptation.prior=<songs>, "
             "e.g. 1"
         )
     return CalibrationPrior.from_dict(dict(stored))
@@ -183,7 +187,13 @@ def predict(
     plain forward when shorter). Returns (arousal [T], valence [T]) on the labels' device."""
     with torch.no_grad():
         arousal, valence = predict_song(
-            net, seq["logmel"], seq.get("global"), stride=1, stitch=stitch, batch_size=batch_size, window=window
+            net,
+            seq["logmel"],
+            seq.get("global"),
+            stride=1,
+            stitch=stitch,
+            batch_size=batch_size,
+            window=window,
         )
     device = torch.as_tensor(seq["arousal"]).device
     return arousal.to(device), valence.to(device)
@@ -213,8 +223,10 @@ def windows_batch(seq: Sequence_, window: int) -> dict[str, Tensor | None]:
     take = lambda x: torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
     batch = {k: take(seq[k]) for k in ("logmel", "arousal", "valence")}
     vectors = seq.get("global")
-    batch["global"] = None if vectors is None else (
-        torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors)
+    batch["global"] = (
+        None
+        if vectors is None
+        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
     )
     return batch
 
@@ -309,7 +321,11 @@ def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Seque
     values = []
     for seq in songs:
         arousal, valence = personalized.predict(predictor, seq)
-        values.append(scores_of(arousal, valence, torch.as_tensor(seq["arousal"]), torch.as_tensor(seq["valence"]))["average"])
+        values.append(
+            scores_of(arousal, valence, torch.as_tensor(seq["arousal"]), torch.as_tensor(seq["valence"]))[
+                "average"
+            ]
+        )
     return sum(values) / len(values)
 
 
@@ -368,8 +384,12 @@ def select(
             progress(f"validation fold {index + 1}/{len(splits)}")
         per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior))
     candidates = [
-        {"method": method, "steps": steps, "score": sum(f[(method, steps)] for f in per_fold) / len(per_fold),
-         "folds": [f[(method, steps)] for f in per_fold]}
+        {
+            "method": method,
+            "steps": steps,
+            "score": sum(f[(method, steps)] for f in per_fold) / len(per_fold),
+            "folds": [f[(method, steps)] for f in per_fold],
+        }
         for method, steps in (per_fold[0] if per_fold else {})
     ]
     baseline = next((c["score"] for c in candidates if c["method"] == "none"), None)
