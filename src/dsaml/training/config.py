@@ -7,7 +7,7 @@ feature store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,13 @@ from dsaml.config import (
     integer,
     number,
 )
+from dsaml.meta.methods import AdaptationConfig
 
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
 MONITOR_MODES = ("max", "min")
 STITCH = ("mean", "last", "original")
+INNER_LOOPS = ("full", "head")
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
 TOP_LEVEL_KEYS = (
@@ -48,6 +50,7 @@ TOP_LEVEL_KEYS = (
     "task_name",
     "tags",
     "num_workers",
+    "adaptation",
 )
 
 
@@ -89,9 +92,13 @@ class TaskConfig(Config):
     test_protocols: list[str] = field(default_factory=lambda: ["dmer"])
     stitch: str = choice("mean", STITCH)
     eval_batch_size: int = integer(32, low=1)
+    inner_loop: str = choice("full", INNER_LOOPS)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.adaptation, AdaptationConfig):
+            self.adaptation = AdaptationConfig.from_dict(self.adaptation)
         self.test_protocols = list(self.test_protocols)
         for protocol in self.test_protocols:
             check_choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
@@ -104,6 +111,14 @@ class TaskConfig(Config):
     @property
     def adapt_steps(self) -> int:
         return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    @property
+    def resolved_adaptation(self) -> AdaptationConfig:
+        """`adaptation` with steps / lr / first_order filled in from this task."""
+        return self.adaptation.resolve(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "adaptation": self.adaptation.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TaskConfig:
@@ -118,7 +133,7 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     from dsaml.models import DSAMLConfig
 
     check_keys("dsaml-train", cfg.keys(), TOP_LEVEL_KEYS)
-    task = TaskConfig.from_dict(OmegaConf.to_container(cfg.task, resolve=True))
+    task = TaskConfig.from_dict(task_values(cfg))
     model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
@@ -141,6 +156,17 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
         raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
     check_range("num_workers", cfg.get("num_workers", 0), integer=True, low=0)
     return task
+
+
+def task_values(cfg: Any) -> dict[str, Any]:
+    """The `task:` keys of a composed config, with the top-level `adaptation` group (when set) as
+    task.adaptation."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg.task, resolve=True)
+    if cfg.get("adaptation") is not None:
+        values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
+    return values
 
 
 def check_global_vectors(store: Path, name: str, dim: int) -> None:
