@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 METRICS = ("arousal_ccc", "arousal_pcc", "arousal_rmse", "valence_ccc", "valence_pcc", "valence_rmse")
 SCORES = METRICS + ("average",)
 RESULTS_FILE = "results.json"
+SEED_FOLDER = re.compile(r"seed[_=-]?(\d+)")  # a run folder named after its seed: seed_0, seed=1
 
 
 # ------------------------------------------------------------------ statistics
@@ -142,10 +144,11 @@ def wilcoxon(values: Sequence[float], exact_below: int = 26) -> float:
 # ------------------------------------------------------------------ runs and conditions
 @dataclass(frozen=True)
 class Run:
-    """One results.json: `label` = the settings that distinguish the run (seed excluded), `seed`."""
+    """One results.json: `label` = the settings that distinguish the run (seed excluded), `seed` = the
+    replicate it belongs to (a seed, or another key shared by runs that pair with each other)."""
 
     label: str
-    seed: int | None
+    seed: int | str | None
     results: Mapping[str, Any]
     path: Path | None = None
 
@@ -224,7 +227,7 @@ def paired_gains(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Every condition with per-rater rows against the run labelled `baseline` under the same protocol and
     seed. Returns (one `summarize_gains` dict per condition with "condition" and "seeds", {condition: {rater:
-    gain averaged over seeds}}). A condition is compared on the seeds both have."""
+    gain averaged over seeds}}); each summary also names its "label", "protocol" and "method". A condition is compared on the seeds both have."""
     base_rows: dict[tuple[str, int | None], dict[str, tuple]] = {}
     for run in runs:
         if run.label == baseline:
@@ -256,8 +259,16 @@ def paired_gains(
     for condition, by_rater in per_seed.items():
         name = condition_name(condition)
         per_rater[name] = {rater: float(np.mean(values)) for rater, values in sorted(by_rater.items())}
+        label, protocol, method = condition
         summaries.append(
-            {"condition": name, "seeds": len(seeds[condition]), **summarize_gains(per_rater[name], kinds)}
+            {
+                "condition": name,
+                "label": label,
+                "protocol": protocol,
+                "method": method,
+                "seeds": len(seeds[condition]),
+                **summarize_gains(per_rater[name], kinds),
+            }
         )
     return summaries, per_rater
 
@@ -281,8 +292,9 @@ def run_label(overrides: Sequence[str]) -> str:
 
 def find_runs(folders: Iterable[str | Path]) -> list[Run]:
     """Every results.json under `folders` (a run folder, a multirun sweep folder, or folders of them),
-    labelled by its Hydra overrides (seed excluded; else by its folder) and seed (from .hydra/config.yaml,
-    else a `seed=` override, else None)."""
+    labelled by its Hydra overrides (seed excluded; else by its folders below the searched one, `seed_<n>`
+    folders left out) and seed (from .hydra/config.yaml, else a `seed=` override, else a `seed_<n>` folder,
+    else the searched folder: the runs of one dsaml-demo folder pair with each other)."""
     runs = []
     for folder in folders:
         folder = Path(folder)
@@ -293,11 +305,16 @@ def find_runs(folders: Iterable[str | Path]) -> list[Run]:
             overrides, seed = _hydra_settings(directory)
             if seed is None:
                 seed = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), None)
-            label = run_label(overrides) if overrides else str(directory.relative_to(folder)).replace(".", "")
+            parts = directory.relative_to(folder).parts
+            seeds = [int(m.group(1)) for part in parts for m in [SEED_FOLDER.fullmatch(part)] if m]
+            if seed is None and seeds:
+                seed = seeds[-1]
+            named = "/".join(part for part in parts if not SEED_FOLDER.fullmatch(part)) or folder.name
+            label = run_label(overrides) if overrides else named
             results = json.loads(path.read_text())
             if not isinstance(results, dict) or "rows" not in results or "per_rater" not in results:
                 raise ValueError(f"{path}: not a dsaml results.json (expected 'rows' and 'per_rater')")
-            runs.append(Run(label or folder.name, seed, results, path))
+            runs.append(Run(label, str(folder) if seed is None else seed, results, path))
     if not runs:
         raise FileNotFoundError(f"no {RESULTS_FILE} under {', '.join(map(str, folders))}")
     return runs
@@ -348,3 +365,26 @@ def gain_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def finite(value: Any) -> Any:
+    """`value` with every nan float replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
+    """A rich Table of (header, rows): first column bold, the others right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title, title_style="bold")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right", style="bold" if index == 0 else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
