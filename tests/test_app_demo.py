@@ -88,17 +88,28 @@ def dmer_on_raters_by_hand(report: dict, store: Path) -> dict[str, float]:
 
 def test_demo_runs_every_stage_and_reports(tmp_path):
     report, text = run_demo(tmp_path)
-    for title in ("1/6 synthetic", "2/6 feature store", "3/6 DMER", "4/6 PDMER", "5/6 results", "6/6 your own"):
+    for title in (
+        "1/6 synthetic",
+        "2/6 feature store",
+        "3/6 DMER",
+        "4/6 PDMER",
+        "5/6 results",
+        "6/6 your own",
+    ):
         assert title in text
     assert "from the DMER weights" in text
     rows = {row["key"]: row for row in report["rows"]}
-    assert list(rows)[:2] == ["dmer", "dmer_on_raters"] and {"pdmer_unadapted", "pdmer_within_song"} <= set(rows)
+    assert list(rows)[:2] == ["dmer", "dmer_on_raters"] and {"pdmer_unadapted", "pdmer_within_song"} <= set(
+        rows
+    )
 
     # the DMER model on the raters' curves (dsaml-eval with 0 adaptation steps) = predicting and scoring here
     kinds = {rater: info["kind"] for rater, info in load_truth(tmp_path / "corpus")["raters"].items()}
     by_hand = dmer_on_raters_by_hand(report, tmp_path / "store.h5")
     eval_results = json.loads((Path(report["runs"]["dmer_on_raters"]) / "results.json").read_text())
-    per_dmer = {r["rater"]: r["average"] for r in eval_results["per_rater"] if r["protocol"] == "pdmer_within_song"}
+    per_dmer = {
+        r["rater"]: r["average"] for r in eval_results["per_rater"] if r["protocol"] == "pdmer_within_song"
+    }
     assert per_dmer == pytest.approx(by_hand, abs=2e-4)
     # the unadapted PDMER scored by dsaml-eval with 0 steps = the pdmer_unadapted protocol of dsaml-train
     before = json.loads((Path(report["runs"]["pdmer_before"]) / "results.json").read_text())["rows"][0]

@@ -62,11 +62,16 @@ def train(name: str, settings: list[str], seed: int, store: Path, directory: Pat
     return best_checkpoint(directory)
 
 
-def evaluate(ckpt: Path, task: dict, protocols: list[str], shots: int, method: str, store: Path, out: Path) -> None:
+def evaluate(
+    ckpt: Path, task: dict, protocols: list[str], shots: int, method: str, store: Path, out: Path
+) -> None:
     """dsaml-eval of `ckpt` with the PDMER test settings `task`, k = `shots` and `method` into `out`."""
     if (out / "results.json").is_file():
         return
-    settings = [f"+overrides.{k}={json.dumps(task[k]) if not isinstance(task[k], str) else task[k]}" for k in TASK_KEYS]
+    settings = [
+        f"+overrides.{k}={json.dumps(task[k]) if not isinstance(task[k], str) else task[k]}"
+        for k in TASK_KEYS
+    ]
     command(
         "evaluate",
         [f"ckpt_path={ckpt}", "data=synthetic", "task=pdmer", f"protocols=[{','.join(protocols)}]",
@@ -94,7 +99,9 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/personalization", help="benchmark folder")
     parser.add_argument("--data", default="data", help="where the corpus and its store go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_OVERRIDES), choices=list(METHOD_OVERRIDES))
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHOD_OVERRIDES), choices=list(METHOD_OVERRIDES)
+    )
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")

@@ -78,8 +78,9 @@ class DemoConfig:
             try:
                 cfg = train_config(name, getattr(self, name), self, Path(self.out) / name)
                 validate_train_config(cfg, need_store=False)
+                experiment = getattr(self, name)["experiment"]
                 if str(cfg.task.name) != task:
-                    raise ValueError(f"experiment={cfg.experiment_name!r} trains task={cfg.task.name}")
+                    raise ValueError(f"experiment={experiment!r} trains task={cfg.task.name}")
             except (ValueError, HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(f"{name}: {str(error).splitlines()[0]}") from None
 
@@ -246,7 +247,8 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize for the
     test rater with the most test songs (their DEAM per-rater files; the last song held out and scored
-    before/after); dsaml-predict with the adapted checkpoint. Returns (what they write, [(command, overrides)])."""
+    before/after); dsaml-predict with the adapted checkpoint.
+    Returns (what they write, [(command, overrides)])."""
     from dsaml.data.deam import PER_RATER_DIR
     from dsaml.data.synth import deam_tree, load_truth
 
@@ -372,5 +374,7 @@ def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
             f"{run.name}: attention of song {item['song']} (first {window} segments), head-averaged; "
             f"local radius {cfg.local_radius}, global radius {cfg.global_radius}"
         )
-        paths.append(plot_attention(out / f"attention_{run.name}.png", maps.mean(dim=1).numpy(), names, title))
+        paths.append(
+            plot_attention(out / f"attention_{run.name}.png", maps.mean(dim=1).numpy(), names, title)
+        )
     return paths

@@ -9,8 +9,7 @@ label (what distinguishes its settings, e.g. `experiment=pdmer_synthetic`) and a
 - `paired_gains`: per rater, the candidate's average score minus the baseline's on the same (song, rater)
   pairs (same protocol, same seed, same pair count), averaged over seeds; summarised by `summarize_gains`
   (mean, 95% interval, paired t-test and Wilcoxon signed-rank test over raters; per rater kind).
-- `t_interval`, `t_test`, `wilcoxon`: the statistics (Student's t via the regularised incomplete beta
-  function; Wilcoxon's exact null distribution for n <= 25, else the normal approximation).
+- `t_interval`, `t_test`, `wilcoxon`: the statistics (scipy.stats).
 """
 
 from __future__ import annotations
@@ -31,114 +30,36 @@ RESULTS_FILE = "results.json"
 SEED_FOLDER = re.compile(r"seed[_=-]?(\d+)")  # a run folder named after its seed: seed_0, seed=1
 
 
-# ------------------------------------------------------------------ statistics
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b), 0 <= x <= 1."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, dof: float) -> float:
-    """P(T > t) for Student's t with `dof` degrees of freedom."""
-    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-    return tail if t >= 0 else 1.0 - tail
-
-
-def t_quantile(p: float, dof: float) -> float:
-    """The t value with P(T <= t) = p (bisection on `t_sf`)."""
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 1.0 - t_sf(mid, dof) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
+# ------------------------------------------------------------------ statistics (scipy.stats)
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width of the `level` t-interval of the mean); half-width nan for fewer than 2 values."""
+    """(mean, half-width of the `level` Student-t interval of the mean); half-width nan for < 2 values."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return (float(x.mean()) if len(x) else math.nan), math.nan
-    sem = x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean()), float(t_quantile(0.5 + level / 2, len(x) - 1) * sem)
+    return float(x.mean()), float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * stats.sem(x))
 
 
 def t_test(values: Sequence[float]) -> float:
-    """Two-sided p of the one-sample (paired) t-test of mean 0; nan for fewer than 2 values."""
+    """Two-sided p of the one-sample (paired) t-test of mean 0; nan for < 2 values or no spread."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
-    if len(x) < 2:
+    if len(x) < 2 or x.std() == 0:
         return math.nan
-    sd = x.std(ddof=1)
-    if sd == 0:
-        return 1.0 if x.mean() == 0 else 0.0
-    return min(1.0, 2 * t_sf(abs(x.mean()) / (sd / math.sqrt(len(x))), len(x) - 1))
+    return float(stats.ttest_1samp(x, 0.0).pvalue)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of `values`, ties sharing their mean rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        stop = start
-        while stop + 1 < len(values) and sorted_values[stop + 1] == sorted_values[start]:
-            stop += 1
-        ranks[order[start : stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return ranks
+def wilcoxon(values: Sequence[float]) -> float:
+    """Two-sided p of the Wilcoxon signed-rank test of symmetry about 0 (zero differences dropped; scipy's
+    exact distribution for small samples); nan without non-zero values."""
+    from scipy import stats
 
-
-def wilcoxon(values: Sequence[float], exact_below: int = 26) -> float:
-    """Two-sided p of the Wilcoxon signed-rank test of symmetry about 0 (zero differences dropped, tied
-    absolute values sharing their mean rank). Exact null distribution (the 2^n equally likely sign
-    assignments of the observed ranks) for n < `exact_below`, else the normal approximation with the tie
-    correction. nan without non-zero values."""
     x = np.asarray(values, dtype=float)
-    x = x[x != 0]
-    n = len(x)
-    if n == 0:
+    if not np.any(x != 0):
         return math.nan
-    ranks = _ranks(np.abs(x))
-    w_plus = float(ranks[x > 0].sum())
-    if n < exact_below:
-        doubled = np.rint(2 * ranks).astype(int)  # mean ranks are multiples of 1/2
-        counts = np.zeros(int(doubled.sum()) + 1)
-        counts[0] = 1.0
-        for r in doubled:  # counts[s] = sign assignments whose doubled positive rank sum is s
-            counts[r:] = counts[r:] + counts[: len(counts) - r].copy()
-        probability = counts / counts.sum()
-        observed = int(round(2 * w_plus))
-        low, high = probability[: observed + 1].sum(), probability[observed:].sum()
-        return float(min(1.0, 2 * min(low, high)))
-    mean = n * (n + 1) / 4
-    _, tie_sizes = np.unique(ranks, return_counts=True)
-    variance = n * (n + 1) * (2 * n + 1) / 24 - (tie_sizes**3 - tie_sizes).sum() / 48
-    z = abs(w_plus - mean) / math.sqrt(variance)
-    return float(math.erfc(z / math.sqrt(2)))
+    return float(stats.wilcoxon(x, zero_method="wilcox").pvalue)
 
 
 # ------------------------------------------------------------------ runs and conditions
@@ -226,17 +147,16 @@ def paired_gains(
     runs: Sequence[Run], baseline: str, kinds: Mapping[str, str] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Every condition with per-rater rows against the run labelled `baseline` under the same protocol and
-    seed. Returns (one `summarize_gains` dict per condition with "condition" and "seeds", {condition: {rater:
-    gain averaged over seeds}}); each summary also names its "label", "protocol" and "method". A condition is compared on the seeds both have."""
+    seed, on the seeds both have. Returns (one `summarize_gains` dict per condition, with its "condition",
+    "label", "protocol", "method" and "seeds"; {condition: {rater: gain averaged over seeds}})."""
     base_rows: dict[tuple[str, int | None], dict[str, tuple]] = {}
     for run in runs:
         if run.label == baseline:
             for protocol in {r["protocol"] for r in run.results["per_rater"]}:
                 methods = {r.get("method") for r in run.results["per_rater"] if r["protocol"] == protocol}
                 if len(methods) > 1:
-                    raise ValueError(
-                        f"baseline {baseline!r} has several methods for {protocol}: {sorted(map(str, methods))}"
-                    )
+                    names = sorted(map(str, methods))
+                    raise ValueError(f"baseline {baseline!r} has several methods for {protocol}: {names}")
                 base_rows[(protocol, run.seed)] = rater_averages(run.results, protocol, methods.pop())
     if not base_rows:
         labels = sorted({run.label for run in runs})
@@ -246,7 +166,9 @@ def paired_gains(
     for run in runs:
         if run.label == baseline:
             continue
-        for protocol, method in dict.fromkeys((r["protocol"], r.get("method")) for r in run.results["per_rater"]):
+        for protocol, method in dict.fromkeys(
+            (r["protocol"], r.get("method")) for r in run.results["per_rater"]
+        ):
             reference = base_rows.get((protocol, run.seed))
             if reference is None:
                 continue
@@ -274,11 +196,21 @@ def paired_gains(
 
 
 # ------------------------------------------------------------------ reading runs
+def rater_kinds(corpus: str | Path | None) -> dict[str, str]:
+    """{rater: kind} (typical, biased, valence_inverted, ...) of a dsaml-synth corpus; {} without one."""
+    from dsaml.data.synth import load_truth
+
+    return {} if corpus is None else {r: info["kind"] for r, info in load_truth(corpus)["raters"].items()}
+
+
 def _hydra_settings(directory: Path) -> tuple[list[str], int | None]:
     """The run's command-line overrides (.hydra/overrides.yaml) and seed (.hydra/config.yaml)."""
     from omegaconf import OmegaConf
 
-    overrides_file, config_file = directory / ".hydra" / "overrides.yaml", directory / ".hydra" / "config.yaml"
+    overrides_file, config_file = (
+        directory / ".hydra" / "overrides.yaml",
+        directory / ".hydra" / "config.yaml",
+    )
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     seed = OmegaConf.load(config_file).get("seed") if config_file.is_file() else None
     return [str(o) for o in overrides], None if seed is None else int(seed)
@@ -384,7 +316,9 @@ def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]])
 
     table = Table(title=title, title_style="bold")
     for index, name in enumerate(header):
-        table.add_column(name, justify="left" if index == 0 else "right", style="bold" if index == 0 else None)
+        table.add_column(
+            name, justify="left" if index == 0 else "right", style="bold" if index == 0 else None
+        )
     for row in rows:
         table.add_row(*row)
     return table

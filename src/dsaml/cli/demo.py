@@ -55,10 +55,9 @@ def try_the_tools(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, cons
 
 def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict[str, Any]:
     """Stage 5: score the unadapted models on the rater pairs, compare, print the tables, plot."""
-    from dsaml.data.synth import load_truth
     from dsaml.plots import plot_rater_gains
 
-    kinds = {rater: info["kind"] for rater, info in load_truth(config.corpus)["raters"].items()}
+    kinds = reporting.rater_kinds(config.corpus)
     protocols = [p for p in demo.ADAPTED if pdmer.row(p) is not None]
     console.print("dsaml-eval of the DMER and the unadapted PDMER model on the raters' test pairs ...")
     dmer_on_raters = demo.evaluate("dmer_on_raters", dmer.checkpoint, pdmer, protocols, config)
@@ -119,7 +118,9 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     report["tools"] = try_the_tools(dmer, pdmer, config, console)
     (run_dir / "demo_results.json").write_text(json.dumps(report, indent=2))
     elapsed = time.perf_counter() - started
-    console.print(f"demo finished in {elapsed:.0f} s; results: {run_dir / 'demo_results.json'}", highlight=False)
+    console.print(
+        f"demo finished in {elapsed:.0f} s; results: {run_dir / 'demo_results.json'}", highlight=False
+    )
     return report
 
 

@@ -33,7 +33,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.runs, list) or not self.runs:
-            raise ConfigError(f"runs={self.runs!r}: expected a list of folders, e.g. runs=[outputs/multirun/X]")
+            raise ConfigError(
+                f"runs={self.runs!r}: expected a list of folders, e.g. runs=[outputs/multirun/X]"
+            )
         for folder in self.runs:
             if not Path(folder).is_dir():
                 raise ConfigError(f"runs: {folder} is not a folder")
@@ -41,22 +43,17 @@ class ReportConfig:
             raise ConfigError(f"corpus={self.corpus!r} is not a folder (a dsaml-synth corpus)")
 
 
-def rater_kinds(corpus: str | None) -> dict[str, str]:
-    """{rater: kind} of a dsaml-synth corpus (empty without one)."""
-    from dsaml.data.synth import load_truth
-
-    return {} if corpus is None else {r: i["kind"] for r, i in load_truth(corpus)["raters"].items()}
-
-
 def run(cfg: DictConfig, console: Console) -> int:
     """Read the runs, print and write the tables; returns the exit code (2: bad input, named)."""
     try:
         config = from_mapping(ReportConfig, plain_options(cfg), "dsaml-report")
         runs = reporting.find_runs(config.runs)
-        kinds = rater_kinds(config.corpus)
+        kinds = reporting.rater_kinds(config.corpus)
         gains = reporting.paired_gains(runs, config.baseline, kinds) if config.baseline else ([], {})
     except MissingMandatoryValue as error:
-        console.print(f"[red]dsaml-report:[/red] {error.full_key} is required, e.g. runs=[outputs/multirun/X]")
+        console.print(
+            f"[red]dsaml-report:[/red] {error.full_key} is required, e.g. runs=[outputs/multirun/X]"
+        )
         return 2
     except (ConfigError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]dsaml-report:[/red] {error}", highlight=False)
@@ -78,7 +75,9 @@ def run(cfg: DictConfig, console: Console) -> int:
         from dsaml.plots import plot_gain_intervals
 
         report |= {"gains": gains[0], "per_rater_gains": gains[1], "rater_kinds": kinds}
-        plot_gain_intervals(out / "gains.png", gains[0], f"Per-rater gain vs {config.baseline} (95% interval)")
+        plot_gain_intervals(
+            out / "gains.png", gains[0], f"Per-rater gain vs {config.baseline} (95% interval)"
+        )
     (out / "report.json").write_text(json.dumps(reporting.finite(report), indent=2))
     console.print(f"report -> {out / 'report.md'}", highlight=False)
     return 0
