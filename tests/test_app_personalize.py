@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +14,28 @@ from app_fixtures import capture, compose_cli, save_tiny_ckpt, write_audio
 from dsaml.cli.personalize import run
 from dsaml.cli.predict import run as run_predict
 from dsaml.data.features import FeatureConfig
+from dsaml.meta import AdaptationConfig, Predict, batch_loss, windows_batch
+from dsaml.meta.calibration import Calibration
 from dsaml.models.checkpoint import load_network
 from dsaml.personalize import (
     AnnotationError,
     load_listener,
-    personalize,
+    personalize_listener,
     read_deam_rater,
     read_simple_csv,
-    resolve_adaptation,
-    support_loss,
 )
 from dsaml.predictor import Predictor
+
+REPORT_SCORES = {
+    "arousal_ccc",
+    "arousal_pcc",
+    "arousal_rmse",
+    "valence_ccc",
+    "valence_pcc",
+    "valence_rmse",
+    "average",
+    "n",
+}
 
 FEATURES = FeatureConfig()
 
@@ -62,12 +74,12 @@ def listener(tmp_path_factory) -> Path:
 def test_simple_csv_is_interpolated_onto_the_segment_grid(tmp_path):
     time = np.arange(14.0, 21.0)  # 1 Hz, starting before the first segment
     first, arousal, valence = read_simple_csv(
-        write_simple_csv(tmp_path / "a.csv", time, time, -time), FEATURES
+        write_simple_csv(tmp_path / "a.csv", time, time / 100, -time / 100), FEATURES
     )
     grid = 15.0 + 0.5 * np.arange(11)  # 15.0 .. 20.0 s: inside the annotated range only
     assert first == 0
-    np.testing.assert_allclose(arousal, grid, rtol=1e-6)
-    np.testing.assert_allclose(valence, -grid, rtol=1e-6)
+    np.testing.assert_allclose(arousal, grid / 100, rtol=1e-6)
+    np.testing.assert_allclose(valence, -grid / 100, rtol=1e-6)
     late = write_simple_csv(tmp_path / "b.csv", np.array([16.2, 17.0, 18.4]), np.ones(3), np.zeros(3))
     first, arousal, _ = read_simple_csv(late, FEATURES)
     assert first == 3 and len(arousal) == 4  # 16.5, 17.0, 17.5, 18.0 s
@@ -131,11 +143,17 @@ def test_deam_layout_uses_the_raters_songs_that_have_audio(tiny_ckpt, tmp_path):
         load_listener(predictor, [str(other)], [str(folder)], rater="AMINE")
 
 
+def _eval_loss(net, songs) -> float:
+    with torch.no_grad():
+        net.eval()
+        return float(sum(batch_loss(net, windows_batch(s.sequence(), 60))[0] for s in songs) / len(songs))
+
+
 def test_adaptation_reduces_the_support_loss_and_keeps_the_source(tiny_ckpt, listener):
     predictor = Predictor.load(tiny_ckpt, device="cpu")
     songs = load_listener(predictor, [str(listener / "audio")], [str(listener / "curves")])
     assert [(s.song, len(s.arousal)) for s in songs] == [("s1", 50), ("s2", 62), ("s3", 50)]
-    batches = [s.batch() for s in songs]
+    batches = [windows_batch(s.sequence(), 60) for s in songs]
     assert [tuple(b["logmel"].shape) for b in batches] == [
         (1, 50, 51, 128),
         (2, 60, 51, 128),
@@ -143,39 +161,45 @@ def test_adaptation_reduces_the_support_loss_and_keeps_the_source(tiny_ckpt, lis
     ]
     # the two windows of s2 start at 0 and 2: the last window ends at the song's end
     np.testing.assert_array_equal(batches[1]["arousal"][1].numpy(), songs[1].arousal[2:])
-    options = resolve_adaptation(predictor.hparams, None, None, None)
-    assert options == {"steps": 4, "lr": 0.05, "first_order": True}  # from the checkpoint's task
+    config = AdaptationConfig(method="maml").resolve(predictor.hparams["task"])
+    assert (config.steps, config.lr, config.first_order) == (4, 0.05, True)  # from the checkpoint's task
     source = {k: v.clone() for k, v in predictor.net.state_dict().items()}
-    adaptation = personalize(predictor, songs[:2], **options)
-    before = support_loss(predictor.net, songs[:2], predictor.device)
-    after = support_loss(adaptation.net, songs[:2], predictor.device)
+    outcome = personalize_listener(predictor.net, songs[:2], config, Predict(60), None, "cpu")
+    assert outcome.chosen == {"method": "maml", "steps": 4} and outcome.candidates == []
+    before, after = _eval_loss(predictor.net, songs[:2]), _eval_loss(outcome.model.net, songs[:2])
     assert after < before - 0.01, (before, after)
-    assert adaptation.losses[-1] < adaptation.losses[0]
     for key, value in predictor.net.state_dict().items():
         torch.testing.assert_close(value, source[key], rtol=0, atol=0)
 
 
-def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listener, tmp_path):
-    console, buffer = capture()
-    out = tmp_path / "me.ckpt"
-    cfg = compose_cli(
+def _cli(tiny_ckpt, listener, out, *overrides):
+    return compose_cli(
         "personalize",
         [
             f"ckpt={tiny_ckpt}",
             f"audio=[{listener / 'audio'}]",
             f"annotations=[{listener / 'curves'}]",
-            "holdout=[s3]",
             f"out={out}",
-            "steps=3",
-            "lr=0.05",
+            *overrides,
         ],
     )
+
+
+def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listener, tmp_path):
+    console, buffer = capture()
+    out = tmp_path / "me.ckpt"
+    cfg = _cli(tiny_ckpt, listener, out, "holdout=[s3]", "method=maml", "steps=3", "lr=0.05")
     assert run(cfg, console) == 0, buffer.getvalue()
     text = buffer.getvalue()
-    assert "adapting" in text and "on 2 song(s)" in text and "3 steps, lr 0.05" in text
-    assert "s3: before" in text and "s3: after" in text and "support loss (eval mode)" in text
+    assert "method=maml, on 2 song(s)" in text and "steps 3, lr 0.05" in text
+    assert "s3: baseline" in text and "s3: personalized" in text
     assert (tmp_path / "me_s3.png").stat().st_size > 10_000
-    adapted, _, hparams = load_network(out)
+    report = json.loads((tmp_path / "personalize_report.json").read_text())
+    assert set(report) == {"holdout", "chosen", "candidates"}
+    assert set(report["holdout"]) == {"baseline", "personalized"}
+    assert set(report["holdout"]["baseline"]) == REPORT_SCORES and report["holdout"]["personalized"]["n"] == 1
+    assert report["chosen"] == {"method": "maml", "steps": 3} and report["candidates"] == []
+    adapted, _, hparams = load_network(out)  # weights_only=True
     source, _, _ = load_network(tiny_ckpt)
     assert hparams["personalized"]["songs"] == ["s1", "s2"] and hparams["personalized"]["steps"] == 3
     assert hparams["features"] == FEATURES.to_dict()
@@ -191,12 +215,74 @@ def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listen
     assert (tmp_path / "s3.csv").is_file()
 
 
+def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
+    tiny_ckpt, listener, tmp_path
+):
+    """method=auto (the default) with a calibration prior: candidates validated leave-one-song-out, the chosen
+    one refitted; a calibration map travels in the checkpoint and dsaml-predict applies it."""
+    console, buffer = capture()
+    out = tmp_path / "auto.ckpt"
+    cfg = _cli(
+        tiny_ckpt,
+        listener,
+        out,
+        "holdout=[s3]",
+        "prior=1",
+        "auto_steps=[2]",
+        "auto_methods=[calibrate,head_calibrate]",
+        "plot=false",
+    )
+    assert run(cfg, console) == 0, buffer.getvalue()
+    text = buffer.getvalue()
+    assert "method=auto: validation (leave-one-song-out)" in text and "chosen: method=" in text
+    report = json.loads((tmp_path / "personalize_report.json").read_text())
+    tried = {(c["method"], c["steps"]) for c in report["candidates"]}
+    assert tried == {("none", 0), ("calibrate", 0), ("head_calibrate", 2)}
+    assert all(len(c["folds"]) == 2 for c in report["candidates"])
+    best = max(report["candidates"], key=lambda c: c["score"])
+    none = next(c for c in report["candidates"] if c["method"] == "none")
+    expected = (best["method"], best["steps"]) if best["score"] > none["score"] else ("none", 0)
+    assert (report["chosen"]["method"], report["chosen"]["steps"]) == expected
+    _, _, hparams = load_network(out)
+    personal = hparams["personalized"]
+    assert personal["method"] == report["chosen"]["method"] and personal["candidates"] == report["candidates"]
+    if personal["method"] != "none":
+        mine = Predictor.load(out, device="cpu")
+        base = Predictor.load(tiny_ckpt, device="cpu")
+        logmel = base.logmel(listener / "audio" / "s3.wav")
+        assert mine.calibration == Calibration.from_dict(personal["calibration"])
+        if personal["method"] == "calibrate":
+            expected_a, expected_v = mine.calibration.apply(
+                *(torch.from_numpy(c) for c in (base.predict(logmel).arousal, base.predict(logmel).valence))
+            )
+            np.testing.assert_allclose(mine.predict(logmel).valence, expected_v.numpy(), atol=1e-6)
+
+
+def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
+    loud = write_simple_csv(
+        tmp_path / "loud.csv", np.array([15.0, 15.5, 16.0]), np.array([0.1, 5.0, 0.2]), np.zeros(3)
+    )
+    with pytest.raises(
+        AnnotationError, match=r"loud.csv, row 3, arousal = 5 is outside the label range \[-1, 1\]"
+    ):
+        read_simple_csv(loud, FEATURES)
+    backwards = write_simple_csv(
+        tmp_path / "back.csv", np.array([15.0, 16.0, 15.5]), np.zeros(3), np.zeros(3)
+    )
+    with pytest.raises(
+        AnnotationError, match=r"back.csv, row 4: time 15.5 s is not after the previous row's 16 s"
+    ):
+        read_simple_csv(backwards, FEATURES)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["holdout=[s9]"], "holdout=['s9']: not among the annotated songs"),
         (["holdout=[s1,s2,s3]"], "every annotated song is held out"),
-        (["lr=-1"], "lr=-1: expected a positive number"),
+        (["lr=-1"], "adaptation.lr=-1: expected null or a positive number"),
+        (["method=bogus"], "adaptation.method='bogus' is not allowed; allowed values: ['none', 'calibrate'"),
+        (["method=calibrate"], "adaptation.prior=auto: this checkpoint holds no calibration prior"),
     ],
 )
 def test_errors_before_any_adaptation(tiny_ckpt, listener, tmp_path, overrides, message):

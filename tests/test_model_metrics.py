@@ -7,7 +7,7 @@ import torch
 from torchmetrics.functional import concordance_corrcoef, mean_squared_error, pearson_corrcoef
 
 from dsaml.losses import attention_regularizer, dsaml_loss
-from dsaml.metrics import ccc, pcc, rmse, summarize
+from dsaml.metrics import ccc, mean_scores, pcc, rmse, scores_of
 
 
 def test_hand_computed_values():
@@ -78,15 +78,16 @@ def test_loss_is_one_minus_average_score_plus_regulariser():
     )
 
 
-def test_summary_averages_per_sequence_scores_over_sequences_of_any_length():
+def test_mean_of_per_sequence_scores_over_sequences_of_any_length():
     torch.manual_seed(0)
     preds = [torch.rand(50), torch.rand(80)]
     labels = [torch.rand(50), torch.rand(80)]
-    summary = summarize(preds, preds, labels, labels)
-    assert summary["arousal_CCC"] == pytest.approx(
+    summary = mean_scores([scores_of(p, p, y, y) for p, y in zip(preds, labels, strict=True)])
+    assert summary["n"] == 2
+    assert summary["arousal_ccc"] == pytest.approx(
         (ccc(preds[0], labels[0]) + ccc(preds[1], labels[1])).item() / 2
     )
     assert summary["average"] == pytest.approx(
-        (2 * summary["arousal_CCC"] + 2 * summary["arousal_PCC"] + 2 - 2 * summary["arousal_RMSE"]) / 6,
+        (2 * summary["arousal_ccc"] + 2 * summary["arousal_pcc"] + 2 - 2 * summary["arousal_rmse"]) / 6,
         rel=1e-6,
     )

@@ -61,6 +61,27 @@ def test_a_dmer_model_under_the_pdmer_protocols(dmer_run, tiny_store, tmp_path):
     assert {r["protocol"] for r in results["per_rater"]} == {"pdmer_unadapted", "pdmer_within_song"}
 
 
+def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):  # noqa: F811
+    """adaptation=<method> (conf/adaptation/): none and an identity-strength calibration give the unadapted
+    scores; the checkpoint carries the training raters' calibration prior that calibrate uses by default."""
+    ckpt = dmer_run / "checkpoints" / "last.ckpt"
+    _, _, hparams = load_network(ckpt)
+    prior = hparams["calibration_prior"]
+    assert prior["raters"] >= 2 and len(prior["offset"]) == 2 and all(v >= 0 for v in prior["gain"])
+    base = ["task=pdmer", "protocols=[pdmer_unadapted,pdmer_within_song]"]
+    for method in (["adaptation=none"], ["adaptation=calibrate", "adaptation.prior=1e12"]):
+        rows = _rows(evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, *method)))
+        for key in ("arousal_ccc", "valence_rmse", "average"):
+            assert rows["pdmer_within_song"][key] == pytest.approx(rows["pdmer_unadapted"][key], abs=1e-5)
+    for method in ("calibrate", "head_calibrate"):
+        cfg = eval_config(tiny_store, tmp_path, ckpt, *base, f"adaptation={method}", "adaptation.steps=2")
+        rows = _rows(evaluate(cfg))
+        assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"]
+        assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
+    with pytest.raises(ValueError, match=r"adaptation.method='bogus' is not allowed; allowed values"):
+        evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, "+adaptation.method=bogus"))
+
+
 def test_errors_name_the_problem(dmer_run, tiny_store, tmp_path):  # noqa: F811
     net, _, _ = load_network(dmer_run / "checkpoints" / "last.ckpt")
     no_task = save_network(tmp_path / "converted.ckpt", net)  # like dsaml-convert output: no task recorded

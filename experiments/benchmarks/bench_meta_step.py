@@ -12,11 +12,16 @@ query: `queries` clips of 60 segments per task):
   fast network (`impl="fast"`: stacked local+global passes, shared first-layer projections, only the
   attention diagonal the regulariser needs), then one Adam step.
 
+- with --head-only, also ours with the inner loop over the head only (ANIL, `task.inner_loop=head`): the
+  body's features of each support batch computed once without gradient, the inner SGD steps over the BiLSTM +
+  regressor; the query pass and the outer step as before. Its ratio to ours (full inner loop) is printed.
+
 Prints a table (seconds per meta-step, ratio) and the largest difference between the two meta-gradients.
 
     .venv/bin/python experiments/benchmarks/bench_meta_step.py            # paper: 16 tasks x 16 steps, D=1024
     .venv/bin/python experiments/benchmarks/bench_meta_step.py --reduced   # minutes on 2 cores
     .venv/bin/python experiments/benchmarks/bench_meta_step.py --device cuda --bf16   # + ours, bf16 autocast
+    .venv/bin/python experiments/benchmarks/bench_meta_step.py --head-only   # + head-only inner loop (ANIL)
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from rich.table import Table
 
 from dsaml.meta import learn2learn, maml_wrap, meta_backward
 from dsaml.metrics import average_score, sequence_scores
+
+HEAD_ONLY = "ours, head-only inner loop (ANIL)"
 
 
 def make_tasks(n_tasks: int, shots: int, queries: int, length: int, dim: int, seed: int) -> list[dict]:
@@ -87,6 +94,15 @@ def our_meta_step(net, tasks, steps, lr) -> None:
     optimizer.step()
 
 
+def head_meta_step(net, tasks, steps, lr) -> None:
+    """`DSAMLModule`'s path with task.inner_loop=head: MAML over the head, the whole network for the query."""
+    maml = maml_wrap(net.head, lr, first_order=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-5)
+    optimizer.zero_grad()
+    meta_backward(maml, tasks, steps, n_total_tasks=len(tasks), net=net)
+    optimizer.step()
+
+
 def bf16(step):
     """`step` with forward passes and losses under bf16 autocast (backward follows the recorded dtypes)."""
 
@@ -115,6 +131,8 @@ def run(args: argparse.Namespace) -> None:
     }
     if args.bf16:
         variants["ours under bf16 autocast"] = ("fast", bf16(our_meta_step))
+    if args.head_only:
+        variants[HEAD_ONLY] = ("fast", head_meta_step)
     nets = {}
     for name, (impl, _) in variants.items():
         nets[name] = bench_network(args, impl).to(args.device).train()  # same initial weights for all
@@ -150,6 +168,12 @@ def run(args: argparse.Namespace) -> None:
         f"||ours - original|| / ||original|| = {_relative(g_ours, g_base):.2e} (float32 rounding, amplified "
         "by the inner steps)"
     )
+    if args.head_only:
+        full = times["ours (meta_backward, fast network)"]
+        console.print(
+            f"head-only vs full inner loop (ours, same run): {full / times[HEAD_ONLY]:.2f}x faster "
+            f"({times[HEAD_ONLY]:.2f} s vs {full:.2f} s per meta-step)"
+        )
     if args.bf16:  # reduced precision: how far it moves the meta-gradient (not a parity claim)
         rel = _relative(grads["ours under bf16 autocast"], g_base)
         console.print(f"bf16 meta-gradient: ||bf16 - original|| / ||original|| = {rel:.2e}")
@@ -179,6 +203,9 @@ def main() -> None:
     parser.add_argument("--inner-lr", type=float, default=5e-3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="add a row: ours under bf16 autocast")
+    parser.add_argument(
+        "--head-only", action="store_true", help="add a row: ours with the inner loop over the head only"
+    )
     parser.add_argument(
         "--reduced",
         action="store_true",

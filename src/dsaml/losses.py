@@ -29,7 +29,7 @@ def dsaml_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """out: the network's output mapping; arousal, valence: labels [B, T].
 
-    Returns (loss, scores): scores holds the six batch-averaged per-sequence scores (`SCORE_NAMES`), the
+    Returns (loss, scores): scores holds the six batch-averaged per-sequence scores (`METRIC_KEYS`), the
     "average" score and "attention_reg" (0-dim tensors; the loss is differentiable). The regulariser needs
     out["attention_diagonal"]; pass regularize=False to leave it out.
     """

@@ -1,7 +1,9 @@
-"""Per-sequence emotion-regression scores (spec section 3): CCC, PCC, RMSE over the time axis.
+"""Per-sequence emotion-regression scores: CCC, PCC, RMSE over the time axis.
 
 All functions take predictions and targets [..., T] and return one value per sequence [...]; they are
 differentiable (the training loss is built from them). Reported metrics average them over sequences.
+`METRIC_KEYS` is the one tuple of score names (logged, written to results.json, printed); `scores_of`
+scores one sequence as plain floats (the evaluation protocols, dsaml-personalize).
 
 Relation to torchmetrics (checked against the spec, see tests/test_model_metrics.py):
 - CCC: `torchmetrics.functional.concordance_corrcoef` uses the unbiased (n - 1) covariance and variances
@@ -14,12 +16,12 @@ Relation to torchmetrics (checked against the spec, see tests/test_model_metrics
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
 PCC_EPS = 1e-8
-SCORE_NAMES = ("arousal_CCC", "arousal_PCC", "arousal_RMSE", "valence_CCC", "valence_PCC", "valence_RMSE")
+METRIC_KEYS = ("arousal_ccc", "arousal_pcc", "arousal_rmse", "valence_ccc", "valence_pcc", "valence_rmse")
+REPORTED = METRIC_KEYS + ("average",)  # what is logged and written per protocol
 
 
 def ccc(pred: Tensor, target: Tensor) -> Tensor:
@@ -47,14 +49,14 @@ def rmse(pred: Tensor, target: Tensor) -> Tensor:
 def sequence_scores(
     arousal_pred: Tensor, valence_pred: Tensor, arousal: Tensor, valence: Tensor
 ) -> dict[str, Tensor]:
-    """The six per-sequence scores, each [...] (one value per sequence), keyed by `SCORE_NAMES`."""
+    """The six per-sequence scores, each [...] (one value per sequence), keyed by `METRIC_KEYS`."""
     scores = {}
     for name, pred, target in (("arousal", arousal_pred, arousal), ("valence", valence_pred, valence)):
         if pred.shape != target.shape:
             raise ValueError(
                 f"{name}: prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}"
             )
-        scores[f"{name}_CCC"], scores[f"{name}_PCC"], scores[f"{name}_RMSE"] = (
+        scores[f"{name}_ccc"], scores[f"{name}_pcc"], scores[f"{name}_rmse"] = (
             ccc(pred, target),
             pcc(pred, target),
             rmse(pred, target),
@@ -64,19 +66,21 @@ def sequence_scores(
 
 def average_score(scores: dict[str, Tensor]) -> Tensor:
     """Mean of {CCC_a, PCC_a, 1 - RMSE_a, CCC_v, PCC_v, 1 - RMSE_v}."""
-    return sum((1 - scores[k]) if k.endswith("RMSE") else scores[k] for k in SCORE_NAMES) / len(SCORE_NAMES)
+    return sum((1 - scores[k]) if k.endswith("rmse") else scores[k] for k in METRIC_KEYS) / len(METRIC_KEYS)
 
 
-def summarize(
-    arousal_pred: list[Tensor], valence_pred: list[Tensor], arousal: list[Tensor], valence: list[Tensor]
+def scores_of(
+    arousal_pred: Tensor, valence_pred: Tensor, arousal: Tensor, valence: Tensor
 ) -> dict[str, float]:
-    """Reported metrics over sequences of any lengths (songs or song-rater pairs): each score per sequence,
-    then averaged over sequences; plus "average" (spec section 3). Inputs: lists of [T_i] tensors."""
-    if not arousal_pred:
-        raise ValueError("summarize: no sequences to score")
-    per_seq = [
-        sequence_scores(*items) for items in zip(arousal_pred, valence_pred, arousal, valence, strict=True)
-    ]
-    result = {k: float(torch.stack([s[k] for s in per_seq]).double().mean()) for k in SCORE_NAMES}
-    result["average"] = float(average_score({k: torch.tensor(v) for k, v in result.items()}))
-    return result
+    """Scores of one sequence (each argument [T]) as floats: `METRIC_KEYS` plus "average"."""
+    raw = sequence_scores(arousal_pred.float(), valence_pred.float(), arousal.float(), valence.float())
+    out = {key: float(value) for key, value in raw.items()}
+    out["average"] = float(average_score(raw))
+    return out
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of per-sequence score rows (`REPORTED` keys) over sequences, plus "n" (their count)."""
+    if not rows:
+        raise ValueError("mean_scores: no sequences to average")
+    return {**{k: sum(r[k] for r in rows) / len(rows) for k in REPORTED}, "n": len(rows)}

@@ -1,45 +1,51 @@
-"""Personalisation: adapt a meta-trained network to one listener from a few of their annotated songs.
+"""Personalisation: fit a model to one listener from a few of their annotated songs.
 
     songs = load_listener(predictor, audio=["music/"], annotations=["my_curves/"])          # simple CSVs
     songs = load_listener(predictor, audio=[...], annotations=["<DEAM per-rater dir>"], rater="A1B2...")
-    result = personalize(predictor, support=songs[:-1], steps=16, lr=5e-3)
-    report = evaluate(predictor, result.net, songs[-1:])       # held-out songs: scores before/after
+    config = AdaptationConfig(method="auto").resolve(predictor.hparams.get("task"))
+    outcome = personalize_listener(predictor.net, songs[:-1], config, Predict(window), prior, device)
+    scores, curves = song_scores(outcome.model, Predict(window), songs[-1], device)   # a held-out song
 
 Annotations come in two layouts:
 - simple: one CSV per song named like its audio file (<stem>.csv) with columns `time` (or `time_s`, in
-  seconds), `arousal`, `valence`, at any rate (dsaml-predict's CSV output has this form); values are
-  interpolated onto the 2 Hz segment grid (segment i starts at 15 + 0.5 i s).
+  seconds, strictly increasing), `arousal`, `valence` in [-1, 1], at any rate (dsaml-predict's CSV output has
+  this form); values are interpolated onto the 2 Hz segment grid (segment i starts at 15 + 0.5 i s).
 - DEAM per-rater: a folder with `arousal/<song>.csv` and `valence/<song>.csv` holding a WorkerId column and
   sample_<ms>ms columns (DEAM's "annotations per each rater/dynamic (per second annotations)"); `rater`
   picks the listener's row.
-The support set: each support song is cut into windows of 60 segments (the training clip length; the last
-window ends at the song's end, overlapping the previous one), one batch per song; every inner step descends
-the mean of the songs' losses (`dsaml.meta.adapt`).
+How the model adapts (maml, head, calibrate, their combinations, auto) is `dsaml.meta.methods`.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, _read_time_rows
 from dsaml.data.features import FeatureConfig
-from dsaml.data.validation import ConfigError
-from dsaml.inference import WINDOW, window_starts
-from dsaml.meta import Adaptation, adapt, batch_loss
+from dsaml.inference import WINDOW
+from dsaml.meta import (
+    AUTO,
+    AdaptationConfig,
+    CalibrationPrior,
+    Personalized,
+    Predict,
+    personalize_net,
+    select,
+)
+from dsaml.metrics import mean_scores, scores_of
 from dsaml.predictor import Predictor, collect_audio
-from dsaml.training.evaluation import scores_of
 
 Curve = tuple[int, np.ndarray, np.ndarray]  # (first segment, arousal [T], valence [T])
+LABEL_RANGE = (-1.0, 1.0)  # the curves' scale (DEAM's dynamic annotations; PMEmo's [0, 1] lies inside)
 
 
 class AnnotationError(ValueError):
@@ -61,21 +67,30 @@ class AnnotatedSong:
         """Time of the first value in seconds."""
         return features.start_s + self.first * features.segment_s
 
-    def batch(self, window: int = WINDOW) -> dict[str, torch.Tensor | None]:
-        """Windows of `window` segments covering the song -> a support batch (the whole song if shorter)."""
-        n = len(self.arousal)
-        starts = window_starts(n, window, window) if n > window else [0]
-        size = min(n, window)
-        take = lambda x: torch.from_numpy(np.stack([x[s : s + size] for s in starts]).astype(np.float32))
+    def sequence(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor | None]:
+        """The song as a sequence for `dsaml.meta`: logmel [T, 51, 128] on `device`, curves [T] on the CPU."""
         return {
-            "logmel": take(self.logmel),
-            "arousal": take(self.arousal),
-            "valence": take(self.valence),
+            "logmel": torch.from_numpy(self.logmel).to(device),
+            "arousal": torch.from_numpy(self.arousal),
+            "valence": torch.from_numpy(self.valence),
             "global": None,
         }
 
 
 # ------------------------------------------------------------------ annotation files
+def check_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """AnnotationError naming the first value of `values` outside LABEL_RANGE (and its row when given)."""
+    low, high = LABEL_RANGE
+    outside = np.flatnonzero((values < low) | (values > high))
+    if len(outside):
+        i = int(outside[0])
+        at = f"row {int(rows[i])}, " if rows is not None else f"value {i + 1}, "
+        raise AnnotationError(
+            f"{where}, {at}{name} = {values[i]:g} is outside the label range [{low:g}, {high:g}] "
+            f"({len(outside)} value(s) outside); rescale the curves to [{low:g}, {high:g}]"
+        )
+
+
 def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
     """`time[_s],arousal,valence` CSV -> curves on the segment grid (interpolated, never extrapolated)."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -99,11 +114,23 @@ def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
                 raise AnnotationError(
                     f"{path}, row {number}, column {header[column]!r}: {cell!r} is not a number"
                 ) from error
+    rows_of = np.arange(2, len(values) + 2)
     if not np.isfinite(values).all():
-        raise AnnotationError(f"{path}: NaN or infinite values")
+        bad = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+        raise AnnotationError(f"{path}, row {rows_of[bad]}: NaN or infinite value")
     time = values[:, 0]
-    if len(time) < 2 or np.any(np.diff(time) <= 0):
-        raise AnnotationError(f"{path}: need at least two rows with strictly increasing times")
+    if len(time) < 2:
+        raise AnnotationError(f"{path}: {len(time)} data row(s); need at least two (time, arousal, valence)")
+    back = np.flatnonzero(np.diff(time) <= 0)
+    if len(back):
+        i = int(back[0]) + 1
+        raise AnnotationError(
+            f"{path}, row {rows_of[i]}: time {time[i]:g} s is not after the previous row's "
+            f"{time[i - 1]:g} s; "
+            "times must strictly increase (sort the rows by time, one row per time)"
+        )
+    for j, name in ((1, "arousal"), (2, "valence")):
+        check_range(str(path), name, values[:, j], rows_of)
     step, start = features.segment_s, features.start_s
     first = max(0, math.ceil((time[0] - start) / step - 1e-6))
     last = math.floor((time[-1] - start) / step + 1e-6)
@@ -147,6 +174,9 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
         for worker in set(arousal) & set(valence):
             n = min(len(arousal[worker]), len(valence[worker]))
             if n:
+                if worker == str(rater):
+                    for file, curve in ((arousal_file, arousal[worker]), (valence_file, valence[worker])):
+                        check_range(f"{file} ({RATER_COLUMN} {worker})", file.parent.name, curve[:n])
                 song = normalise_id(arousal_file.stem)
                 by_rater.setdefault(worker, {})[song] = (0, arousal[worker][:n], valence[worker][:n])
     if not by_rater:
@@ -226,72 +256,62 @@ def load_listener(
     return songs
 
 
-# ------------------------------------------------------------------ adaptation and scores
-def adaptation_defaults(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Inner steps / lr / first_order from the checkpoint's task config ({} when it has none)."""
-    task = hparams.get("task") or {}
-    if not task:
-        return {}
-    steps = task.get("eval_inner_steps")
-    return {
-        "steps": int(task["inner_steps"] if steps is None else steps),
-        "lr": float(task["inner_lr"]),
-        "first_order": bool(task.get("first_order", True)),
-    }
+# ------------------------------------------------------------------ scores
+def window_of(hparams: dict[str, Any]) -> int:
+    """The checkpoint's window (task.support_segments; WINDOW when it records no task)."""
+    return int((hparams.get("task") or {}).get("support_segments") or WINDOW)
 
 
-def resolve_adaptation(
-    hparams: dict[str, Any], steps: int | None, lr: float | None, first_order: bool | None
-) -> dict[str, Any]:
-    """Explicit values win; the rest come from the checkpoint's task; ConfigError when neither has them."""
-    defaults = adaptation_defaults(hparams)
-    chosen = {"steps": steps, "lr": lr, "first_order": first_order}
-    for key, value in chosen.items():
-        if value is None:
-            if key not in defaults:
-                raise ConfigError(f"{key}: the checkpoint has no task config to take it from; set {key}=...")
-            chosen[key] = defaults[key]
-    if isinstance(chosen["steps"], bool) or not isinstance(chosen["steps"], int) or chosen["steps"] < 1:
-        raise ConfigError(f"steps={chosen['steps']!r}: expected an integer >= 1")
-    if not float(chosen["lr"]) > 0:
-        raise ConfigError(f"lr={chosen['lr']!r}: expected a positive number")
-    return chosen
+def song_scores(
+    model: Personalized, predictor: Predict, song: AnnotatedSong, device: torch.device | str
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Whole-song prediction of `model` scored against the listener's curves -> (scores, (a, v) curves)."""
+    seq = song.sequence(device)
+    arousal, valence = model.predict(predictor, seq)
+    return scores_of(arousal, valence, seq["arousal"], seq["valence"]), (arousal.numpy(), valence.numpy())
 
 
-def personalize(
-    predictor: Predictor, support: Sequence[AnnotatedSong], steps: int, lr: float, first_order: bool = True
-) -> Adaptation:
-    """Adapt a copy of the predictor's network to the support songs (the predictor is not modified)."""
+@dataclass
+class Outcome:
+    """What `personalize_listener` chose: the model, {"method", "steps"}, the candidates `auto` scored
+    ([] for a fixed method) and how it validated."""
+
+    model: Personalized
+    chosen: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    validation: str
+
+
+def personalize_listener(
+    net: torch.nn.Module,
+    support: Sequence[AnnotatedSong],
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None,
+    device: torch.device | str,
+    progress: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Run `config.method` (resolved; "auto" selects) on the support songs; `net` is not modified."""
     if not support:
         raise ValueError("personalize: no support songs (every annotated song was held out)")
-    batches = [
-        {k: v if v is None else v.to(predictor.device) for k, v in song.batch().items()} for song in support
-    ]
-    return adapt(predictor.net, batches, steps, lr=lr, first_order=first_order)
+    sequences = [song.sequence(device) for song in support]
+    if config.method == AUTO:
+        selection = select(net, sequences, config, predictor, prior, progress)
+        return Outcome(selection.personalized, selection.chosen, selection.candidates, selection.validation)
+    model = personalize_net(net, sequences, config, predictor, prior)
+    return Outcome(model, {"method": model.method, "steps": model.steps}, [], "none (fixed method)")
 
 
-@torch.no_grad()
-def support_loss(net: nn.Module, songs: Sequence[AnnotatedSong], device: torch.device) -> float:
-    """Mean eval-mode loss (spec section 3) over the songs' support batches."""
-    was_training = net.training
-    net.eval()
-    try:
-        losses = [
-            batch_loss(net, {k: v if v is None else v.to(device) for k, v in s.batch().items()})[0]
-            for s in songs
-        ]
-    finally:
-        net.train(was_training)
-    return float(torch.stack(losses).mean())
-
-
-def song_scores(predictor: Predictor, net: nn.Module, song: AnnotatedSong) -> tuple[dict[str, float], Any]:
-    """Whole-song prediction of `net` scored against the listener's curves -> (scores, predicted Curves)."""
-    curves = predictor.predict(song.logmel, net=net)
-    scores = scores_of(
-        torch.from_numpy(curves.arousal),
-        torch.from_numpy(curves.valence),
-        torch.from_numpy(song.arousal),
-        torch.from_numpy(song.valence),
-    )
-    return scores, curves
+def holdout_scores(
+    models: dict[str, Personalized],
+    predictor: Predict,
+    songs: Sequence[AnnotatedSong],
+    device: torch.device | str,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, dict[str, float], tuple]]]]:
+    """Score each model on the held-out songs -> ({name: mean scores (`mean_scores`)}, {name: [(song,
+    scores, (arousal, valence)) per song]})."""
+    per_song = {
+        name: [(song.song, *song_scores(model, predictor, song, device)) for song in songs]
+        for name, model in models.items()
+    }
+    return {name: mean_scores([row[1] for row in rows]) for name, rows in per_song.items()}, per_song

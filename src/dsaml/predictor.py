@@ -5,8 +5,10 @@
     curves = predictor.predict(logmel)        # Curves: time_s, arousal, valence [T]
 
 The feature settings come from the checkpoint (`hyper_parameters["features"]`), so a song is featurised
-exactly as the training data was. Label/prediction i belongs to segment i, which starts at
-start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's sample_15000ms, sample_15500ms, ...).
+exactly as the training data was. A personalised checkpoint (dsaml-personalize) may carry a listener's
+output map (`hyper_parameters["personalized"]["calibration"]`), which `predict` applies. Label/prediction i
+belongs to segment i, which starts at start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's
+sample_15000ms, sample_15500ms, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dsaml.data.catalogue import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
 from dsaml.data.validation import ConfigError
 from dsaml.inference import predict_song
+from dsaml.meta.calibration import Calibration
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import load_network
 
@@ -63,6 +66,7 @@ class Predictor:
     hparams: dict[str, Any]
     device: torch.device
     path: Path
+    calibration: Calibration | None = None  # the listener's output map of a personalised checkpoint
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Predictor:
@@ -80,7 +84,9 @@ class Predictor:
                 f"{path}: no feature settings in the checkpoint; using the defaults (spec section 1)",
                 stacklevel=2,
             )
-        return cls(net, FeatureConfig.from_mapping(stored), dict(hparams), resolved, path)
+        personal = hparams.get("personalized") or {}
+        calibration = Calibration.from_dict(personal["calibration"]) if personal.get("calibration") else None
+        return cls(net, FeatureConfig.from_mapping(stored), dict(hparams), resolved, path, calibration)
 
     @property
     def cfg(self) -> DSAMLConfig:
@@ -108,10 +114,13 @@ class Predictor:
         stitch: str = "mean",
         batch_size: int = 32,
     ) -> Curves:
-        """Whole-song curves by `predict_song` (sliding windows of 60 segments; one forward if shorter)."""
+        """Whole-song curves by `predict_song` (sliding windows of 60 segments; one forward if shorter); with
+        the predictor's own network, its calibration map (if any) is applied."""
         arousal, valence = predict_song(
             net or self.net, logmel, None, stride=stride, stitch=stitch, batch_size=batch_size
         )
+        if net is None and self.calibration is not None:
+            arousal, valence = self.calibration.apply(arousal, valence)
         return Curves(self.times(len(arousal)), arousal.numpy(), valence.numpy())
 
 

@@ -1,16 +1,19 @@
-"""`dsaml-personalize`: a listener's annotated songs + a meta-trained checkpoint -> their adapted checkpoint.
+"""`dsaml-personalize`: a listener's annotated songs + a dsaml checkpoint -> their personalised checkpoint.
 
 dsaml-personalize ckpt=pdmer.ckpt audio=[my_songs/] annotations=[my_curves/] holdout=[song7]
 dsaml-personalize ckpt=pdmer.ckpt audio=[MEMD_audio/] annotations=[<DEAM per-rater dir>] rater=<WorkerId>
+dsaml-personalize ckpt=pdmer.ckpt ... method=head_calibrate steps=8 baseline=dmer.ckpt
 
-Adapts with `dsaml.meta.adapt` (inner steps / lr from the config or the checkpoint's task), writes the
-adapted network as a dsaml checkpoint (`out`, readable by dsaml-predict) and prints the support loss
-before/after; for held-out songs also CCC/PCC/RMSE before and after adaptation (and plots them).
+Adapts with the configured method (conf/adaptation/; method=auto by default chooses on the listener's own
+songs and keeps the unadapted model unless something validates better), writes the personalised model
+(adapted weights and/or the output map) as a dsaml checkpoint (`out`, read by dsaml-predict); with held-out
+songs also the scores of `baseline` and of the personalised model, `personalize_report.json` and plots.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -23,25 +26,20 @@ from dsaml.cli.predict import plain_options
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
 from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.meta import AUTO, AdaptationConfig, Personalized, Predict, calibration_prior
+from dsaml.metrics import REPORTED
 from dsaml.models.checkpoint import save_network
-from dsaml.personalize import (
-    AnnotationError,
-    load_listener,
-    personalize,
-    resolve_adaptation,
-    song_scores,
-    support_loss,
-)
+from dsaml.personalize import AnnotationError, holdout_scores, load_listener, personalize_listener, window_of
 from dsaml.plots import plot_curves
 from dsaml.predictor import CheckpointError, Predictor
-from dsaml.training.evaluation import METRIC_KEYS
 
-SHOWN = METRIC_KEYS + ("average",)
+ADAPTATION_KEYS = tuple(f.name for f in fields(AdaptationConfig))
+REPORT = "personalize_report.json"
 
 
 @dataclass(frozen=True)
 class PersonalizeConfig:
-    """conf/personalize.yaml without `paths` (see there for each key)."""
+    """conf/personalize.yaml without `paths` and the adaptation keys (see there for each key)."""
 
     ckpt: str
     audio: list[str]
@@ -49,9 +47,7 @@ class PersonalizeConfig:
     out: str
     rater: str | None = None
     holdout: list[str] = field(default_factory=list)
-    steps: int | None = None
-    lr: float | None = None
-    first_order: bool | None = None
+    baseline: str | None = None
     device: str = "auto"
     plot: bool = True
 
@@ -63,10 +59,9 @@ class PersonalizeConfig:
             )
         if self.rater is not None:
             object.__setattr__(self, "rater", str(self.rater))
-        if not Path(self.ckpt).is_file():
-            raise ConfigError(f"ckpt={self.ckpt!r}: no such file")
-        if self.first_order is not None and not isinstance(self.first_order, bool):
-            raise ConfigError(f"first_order={self.first_order!r}: expected null, true or false")
+        for key in ("ckpt", "baseline"):
+            if getattr(self, key) is not None and not Path(getattr(self, key)).is_file():
+                raise ConfigError(f"{key}={getattr(self, key)!r}: no such file")
         if not isinstance(self.plot, bool):
             raise ConfigError(f"plot={self.plot!r}: expected true or false")
         resolve_device(self.device)
@@ -75,96 +70,141 @@ class PersonalizeConfig:
 def scores_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
     table = Table(title=title)
     table.add_column("song / model")
-    for key in SHOWN:
+    for key in REPORTED:
         table.add_column(key.replace("_", " "), justify="right")
     for label, scores in rows:
-        table.add_row(label, *(f"{scores[k]:.3f}" for k in SHOWN))
+        table.add_row(label, *(f"{scores[k]:.3f}" for k in REPORTED))
     return table
 
 
+def candidates_table(outcome) -> Table:
+    table = Table(title=f"method=auto: validation ({outcome.validation}), average score")
+    for column in ("method", "steps", "score", "per fold"):
+        table.add_column(column, justify="right")
+    for c in sorted(outcome.candidates, key=lambda c: -c["score"]):
+        mark = (
+            " *" if (c["method"], c["steps"]) == (outcome.chosen["method"], outcome.chosen["steps"]) else ""
+        )
+        table.add_row(
+            c["method"] + mark, str(c["steps"]), f"{c['score']:.4f}", " ".join(f"{v:.3f}" for v in c["folds"])
+        )
+    return table
+
+
+def _fail(console: Console, message: str) -> int:
+    console.print(f"[red]dsaml-personalize:[/red] {message}", highlight=False)
+    return 2
+
+
 def run(cfg: DictConfig, console: Console | None = None) -> int:
-    """Validate, load, adapt, save, report; returns the exit code (0 ok, 2 bad configuration or input)."""
+    """Validate, load, personalise, save, report; returns the exit code (0 ok, 2 bad configuration/input)."""
     console = console or Console(stderr=True, soft_wrap=True)
     try:
-        config = from_mapping(PersonalizeConfig, plain_options(cfg), "dsaml-personalize")
+        options = plain_options(cfg)
+        adaptation = AdaptationConfig.from_dict({k: options.pop(k) for k in ADAPTATION_KEYS if k in options})
+        config = from_mapping(PersonalizeConfig, options, "dsaml-personalize")
         predictor = Predictor.load(config.ckpt, config.device)
-        options = resolve_adaptation(predictor.hparams, config.steps, config.lr, config.first_order)
+        baseline = Predictor.load(config.baseline, config.device) if config.baseline else predictor
+        adaptation = adaptation.resolve(predictor.hparams.get("task"))
+        stored = predictor.hparams.get("calibration_prior")
+        if adaptation.method == AUTO and adaptation.prior == "auto" and not stored:
+            kept = tuple(m for m in adaptation.auto_methods if not m.endswith("calibrate"))
+            console.print(
+                f"note: {config.ckpt} holds no calibration prior: method=auto leaves out the calibrate "
+                "methods (set prior=<songs>, e.g. prior=1, to include them)",
+                highlight=False,
+            )
+            adaptation = AdaptationConfig.from_dict({**adaptation.to_dict(), "auto_methods": kept})
+        prior = calibration_prior(adaptation, stored)
         songs = load_listener(predictor, config.audio, config.annotations, config.rater)
     except MissingMandatoryValue as error:
-        console.print(
-            f"[red]dsaml-personalize:[/red] {error.full_key} is required, e.g. dsaml-personalize "
-            "ckpt=pdmer.ckpt audio=[songs/] annotations=[curves/]",
-            highlight=False,
+        return _fail(
+            console,
+            f"{error.full_key} is required, e.g. dsaml-personalize ckpt=pdmer.ckpt "
+            "audio=[songs/] annotations=[curves/]",
         )
-        return 2
     except (ConfigError, CheckpointError, AnnotationError, AudioDecodeError, ValueError) as error:
-        console.print(f"[red]dsaml-personalize:[/red] {error}", highlight=False)
-        return 2
+        return _fail(console, str(error))
+    if baseline.features != predictor.features:
+        return _fail(
+            console, f"baseline={config.baseline}: its feature settings differ from ckpt={config.ckpt}'s"
+        )
     unknown = sorted(set(config.holdout) - {s.song for s in songs})
     if unknown:
-        console.print(
-            f"[red]dsaml-personalize:[/red] holdout={unknown}: not among the annotated songs "
-            f"{[s.song for s in songs]}",
-            highlight=False,
-        )
-        return 2
+        return _fail(console, f"holdout={unknown}: not among the annotated songs {[s.song for s in songs]}")
     support = [s for s in songs if s.song not in config.holdout]
     heldout = [s for s in songs if s.song in config.holdout]
     if not support:
-        console.print("[red]dsaml-personalize:[/red] every annotated song is held out; nothing to adapt on")
-        return 2
+        return _fail(console, "every annotated song is held out; nothing to adapt on")
+    device = predictor.device
+    window = Predict(window_of(predictor.hparams))
     console.print(
-        f"dsaml-personalize: adapting {config.ckpt} on {len(support)} song(s) "
-        f"({sum(len(s.arousal) for s in support)} segments), {options['steps']} steps, lr {options['lr']:g}, "
-        f"{'first' if options['first_order'] else 'second'} order, on {predictor.device}",
+        f"dsaml-personalize: {config.ckpt}, method={adaptation.method}, on {len(support)} song(s) "
+        f"({sum(len(s.arousal) for s in support)} segments), steps {adaptation.steps}, lr {adaptation.lr:g}, "
+        f"on {device}",
         highlight=False,
     )
-    with console.status("adapting ..."):
-        adaptation = personalize(predictor, support, **options)
-    adapted = adaptation.net.eval()
-    before, after = (
-        support_loss(predictor.net, support, predictor.device),
-        support_loss(adapted, support, predictor.device),
+    with console.status("personalising ...") as status:
+        outcome = personalize_listener(
+            predictor.net, support, adaptation, window, prior, device, lambda text: status.update(text)
+        )
+    if outcome.candidates:
+        console.print(candidates_table(outcome))
+    model = outcome.model
+    console.print(
+        f"chosen: method={outcome.chosen['method']}, steps={outcome.chosen['steps']}"
+        + (f", map {model.calibration.to_dict()}" if model.calibration else ""),
+        highlight=False,
     )
-    console.print(f"support loss (eval mode): {before:.4f} before -> {after:.4f} after adaptation")
     out = Path(config.out)
     save_network(
         out,
-        adapted,
+        model.net,
         features=predictor.features.to_dict(),
         task=predictor.hparams.get("task"),
+        calibration_prior=predictor.hparams.get("calibration_prior"),
         personalized={
             "source": str(config.ckpt),
             "rater": config.rater,
             "songs": [s.song for s in support],
-            **options,
+            **outcome.chosen,
+            "lr": adaptation.lr,
+            "first_order": adaptation.first_order,
+            "calibration": model.calibration.to_dict() if model.calibration else None,
+            "validation": outcome.validation,
+            "candidates": outcome.candidates,
         },
     )
-    console.print(f"adapted checkpoint: {out}  (dsaml-predict ckpt={out} inputs=[...])", highlight=False)
-    rows = []
-    for song in heldout:
-        base, base_curves = song_scores(predictor, predictor.net, song)
-        mine, my_curves = song_scores(predictor, adapted, song)
-        rows += [(f"{song.song}: before", base), (f"{song.song}: after", mine)]
-        if config.plot:
+    console.print(f"personalised checkpoint: {out}  (dsaml-predict ckpt={out} inputs=[...])", highlight=False)
+    if heldout:
+        report_holdout(config, baseline, model, window, heldout, outcome, out, console)
+    return 0
+
+
+def report_holdout(config, baseline, model, window, heldout, outcome, out: Path, console: Console) -> None:
+    """Scores of the baseline and the personalised model on the held-out songs: table, report, plots."""
+    models = {"baseline": Personalized(baseline.net, baseline.calibration), "personalized": model}
+    means, per_song = holdout_scores(models, window, heldout, baseline.device)
+    rows = [(f"{song}: {name}", scores) for name in models for song, scores, _ in per_song[name]]
+    rows += [(f"mean: {name}", means[name]) for name in models] if len(heldout) > 1 else []
+    console.print(
+        scores_table(
+            f"held-out songs: baseline ({config.baseline or 'ckpt, unadapted'}) vs personalised", rows
+        )
+    )
+    report = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
+    (out.parent / REPORT).write_text(json.dumps(report, indent=2))
+    console.print(f"report: {out.parent / REPORT}", highlight=False)
+    if config.plot:
+        for index, song in enumerate(heldout):
             plot_curves(
                 out.parent / f"{out.stem}_{song.song}.png",
                 (song.arousal, song.valence),
-                {
-                    "before adaptation": (base_curves.arousal, base_curves.valence),
-                    "after adaptation": (my_curves.arousal, my_curves.valence),
-                },
+                {name: per_song[name][index][2] for name in models},
                 f"held-out song {song.song}: listener vs model",
-                song.start_s(predictor.features),
-                predictor.features.segment_s,
+                song.start_s(baseline.features),
+                baseline.features.segment_s,
             )
-    if len(heldout) > 1:
-        for index, label in enumerate(("before", "after")):
-            mine = [scores for _, scores in rows[index::2]]
-            rows.append((f"mean: {label}", {k: sum(m[k] for m in mine) / len(mine) for k in SHOWN}))
-    if rows:
-        console.print(scores_table("held-out songs: before vs after adaptation", rows))
-    return 0
 
 
 main = hydra_command("personalize", run)

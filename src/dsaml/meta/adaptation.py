@@ -1,9 +1,11 @@
-"""MAML inner loop (adaptation to one rater) and the first-order/second-order meta-gradient.
+"""MAML inner loop (adaptation to one rater), its head-only variant (ANIL) and the meta-gradient.
 
 A *batch* is a dict: ``logmel`` [B, T, 51, 128] float32, ``global`` [B, 1 or T, D_g] or None,
 ``arousal`` / ``valence`` [B, T] in the dataset's label range. A *task* is ``{"support": batch,
 "query": batch}`` (one rater). `adapt` is shared by the Lightning module's evaluation protocols and by
-`dsaml-personalize`; `meta_backward` is the outer step of PDMER training.
+`dsaml-personalize`; `adapt_head` adapts only the head (BiLSTM + regressor) on body features computed once
+per support batch (Raghu et al., ICLR 2020); `meta_backward` is the outer step of PDMER training (full or
+head-only inner loop).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from dsaml.losses import dsaml_loss
+from dsaml.losses import attention_regularizer, dsaml_loss
 from dsaml.meta.l2l import learn2learn
+from dsaml.models.network import DSAMLNet
 
 Batch = Mapping[str, Tensor | None]
 
@@ -34,14 +37,34 @@ def batch_loss(net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]
 
 @dataclass
 class Adaptation:
-    """Result of `adapt`: the adapted copy of the network and the support loss before each inner step."""
+    """Result of `adapt` / `adapt_head`: the adapted copy of the network and the support loss before each
+    inner step."""
 
-    learner: nn.Module  # learn2learn MAML clone; call it like the network, `.module` is the adapted net
+    learner: nn.Module  # learn2learn MAML clone (or HeadAdaptedNet); call it like the network
     losses: list[float] = field(default_factory=list)
+    adapted: nn.Module | None = None  # the adapted network when it is not `learner.module`
 
     @property
     def net(self) -> nn.Module:
-        return self.learner.module
+        return self.adapted if self.adapted is not None else self.learner.module
+
+
+class HeadAdaptedNet(DSAMLNet):
+    """A `DSAMLNet` whose head is an adapted copy; every other submodule IS the original network's (shared,
+    so gradients reach the original body). `train()`/`eval()` switch only the head: the body keeps the
+    original network's mode (eval at test/personalisation time, train during meta-training)."""
+
+    def __init__(self, net: DSAMLNet, head: nn.Module) -> None:
+        nn.Module.__init__(self)
+        self.cfg = net.cfg
+        for name, module in net.named_children():
+            self._modules[name] = head if name == "head" else module
+        self.training = head.training
+
+    def train(self, mode: bool = True) -> HeadAdaptedNet:
+        self.training = mode
+        self.head.train(mode)
+        return self
 
 
 def _isolate_buffers(module: nn.Module) -> None:
@@ -73,6 +96,7 @@ def adapt(
     train_mode: bool | None = True,
     isolate_buffers: bool = True,
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict]] = batch_loss,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> Adaptation:
     """Adapt a copy of `net` to a support set with `steps` plain SGD steps (MAML's inner loop).
 
@@ -82,8 +106,9 @@ def adapt(
     the mean loss over them. train_mode: mode of the copy during adaptation (True = BatchNorm batch
     statistics and dropout, as in meta-training; None = keep the current mode). isolate_buffers: the
     copy gets its own BatchNorm statistics (True for evaluation/personalisation; meta-training shares them
-    like the original). The original network's parameters are never modified. Gradients are enabled here
-    even under `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises.
+    like the original). on_step(k, adapted network) is called after inner step k = 1 .. steps (e.g. to
+    score it after each step). The original network's parameters are never modified. Gradients are enabled
+    here even under `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises.
     """
     if steps < 0:
         raise ValueError(f"adapt: steps={steps}: expected >= 0")
@@ -116,7 +141,71 @@ def adapt(
                 _first_order_step(learner, loss)
             else:
                 learner.adapt(loss)
+            if on_step is not None:
+                on_step(len(losses), learner.module)
     return Adaptation(learner=learner, losses=losses)
+
+
+def body_batches(net: DSAMLNet, support: Batch | Sequence[Batch]) -> list[dict[str, Tensor]]:
+    """Support batches -> the body's features, computed once without gradient in the network's current mode:
+    {"encoded" [B, T, D], "regularizer" (the attention regulariser, a constant for the head), labels}."""
+    batches = [support] if isinstance(support, Mapping) else list(support)
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            body = net.body(batch["logmel"], batch.get("global"))
+            out.append(
+                {
+                    "encoded": body["encoded"],
+                    "regularizer": attention_regularizer(body["attention_diagonal"]),
+                    "arousal": batch["arousal"],
+                    "valence": batch["valence"],
+                }
+            )
+    return out
+
+
+def adapt_head(
+    net: DSAMLNet,
+    support: Batch | Sequence[Batch],
+    steps: int,
+    lr: float | None = None,
+    first_order: bool | None = None,
+    head: nn.Module | None = None,
+    train_mode: bool | None = True,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> Adaptation:
+    """The inner loop over the head only (ANIL): the body's features of each support batch are computed once
+    (no gradient, `net`'s current mode), then `steps` SGD steps adapt a copy of the head on them with the
+    same loss as `adapt` (the attention regulariser is a constant here). head: a learn2learn wrapper of
+    `net.head` (meta-training) or None (wrapped here with `lr`). Returns the adapted network
+    (`HeadAdaptedNet`) as `.net` and `.learner`; on_step(k, adapted network) after each step."""
+    features = body_batches(net, support)
+
+    def head_loss(learner: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        out = net.emotions(batch["encoded"], head=learner)
+        loss, scores = dsaml_loss(out, batch["arousal"], batch["valence"], regularize=False)
+        return loss + batch["regularizer"], scores
+
+    holder: dict[str, HeadAdaptedNet] = {}
+
+    def adapted_net(head_copy: nn.Module) -> HeadAdaptedNet:
+        if "net" not in holder:  # the clone's module object stays the same across steps
+            holder["net"] = HeadAdaptedNet(net, head_copy)
+        return holder["net"]
+
+    adaptation = adapt(
+        net.head if head is None else head,
+        features,
+        steps,
+        lr=lr,
+        first_order=first_order,
+        train_mode=train_mode,
+        loss_fn=head_loss,
+        on_step=None if on_step is None else lambda k, head_copy: on_step(k, adapted_net(head_copy)),
+    )
+    result = adapted_net(adaptation.learner.module)
+    return Adaptation(learner=result, losses=adaptation.losses, adapted=result)
 
 
 def _first_order_step(learner: nn.Module, loss: Tensor) -> None:
@@ -157,6 +246,7 @@ def meta_backward(
     backward: Callable[[Tensor], None] = Tensor.backward,
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict]] = batch_loss,
     on_nonfinite: Callable[[int, str], None] | None = None,
+    net: DSAMLNet | None = None,
 ) -> MetaStepStats:
     """Accumulate the meta-gradient of `tasks` into the `.grad` of `maml`'s parameters.
 
@@ -165,15 +255,20 @@ def meta_backward(
     With several processes each passes its share of the meta-batch and the same `n_total_tasks`; the
     caller then sums the gradients over processes. `backward` lets Lightning's `manual_backward` be used.
     on_nonfinite(task_index, message) is called (and should raise) when a support or query loss is NaN/inf.
+    net: the whole network when `maml` wraps only its head (head-only inner loop, `adapt_head`): the query
+    loss then reaches the body directly and the head through its adapted copy.
     """
     q_losses: list[float] = []
     q_scores: list[dict[str, Tensor]] = []
     inner: list[list[float]] = []
     for index, task in enumerate(tasks):
         try:
-            adaptation = adapt(
-                maml, task["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
-            )
+            if net is None:
+                adaptation = adapt(
+                    maml, task["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
+                )
+            else:
+                adaptation = adapt_head(net, task["support"], steps, head=maml, train_mode=None)
             loss, scores = loss_fn(adaptation.learner, task["query"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite query loss {loss.item()}")

@@ -120,8 +120,21 @@ class DSAMLNet(nn.Module):
         out = self.encoder(
             h, return_attention=return_attention, return_diagonal=return_diagonal, first_qkv=first_qkv
         )
-        emotions = self.head(out.pop("encoded"))
-        return {"arousal": emotions[..., 0], "valence": emotions[..., 1], **out}
+        return {**self.emotions(out.pop("encoded")), **out}
+
+    def body(
+        self, logmel: Tensor, global_vectors: Tensor | None = None, return_diagonal: bool = True
+    ) -> dict[str, Tensor]:
+        """Everything before the head (CNN, fusion, dual-scale encoder): logmel [B, T, F, M] ->
+        {"encoded": [B, T, D], "attention_diagonal": [B, 2, T] (with return_diagonal)}. The head-only
+        adaptation (ANIL) computes this once per support batch and adapts `head` on it."""
+        return self.encoder(self.encode_segments(logmel, global_vectors), return_diagonal=return_diagonal)
+
+    def emotions(self, encoded: Tensor, head: nn.Module | None = None) -> dict[str, Tensor]:
+        """The head on body features: encoded [B, T, D] -> {"arousal", "valence": [B, T]}; `head` replaces
+        the network's own (an adapted copy)."""
+        emotions = (self.head if head is None else head)(encoded)
+        return {"arousal": emotions[..., 0], "valence": emotions[..., 1]}
 
     def song_cache(self, h: Tensor) -> QKV:
         """What sliding windows can share, computed once per song: the first encoder layer's q, k, v of the

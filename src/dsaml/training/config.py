@@ -11,10 +11,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dsaml.meta.methods import AdaptationConfig
+
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
 MONITOR_MODES = ("max", "min")
 STITCH = ("mean", "last", "original")
+INNER_LOOPS = ("full", "head")
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
 TOP_LEVEL_KEYS = (
@@ -36,6 +39,7 @@ TOP_LEVEL_KEYS = (
     "task_name",
     "tags",
     "num_workers",
+    "adaptation",
 )
 
 
@@ -75,9 +79,14 @@ class TaskConfig:
     test_protocols: list[str] = field(default_factory=lambda: ["dmer"])
     stitch: str = "mean"
     eval_batch_size: int = 32
+    inner_loop: str = "full"
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
     def __post_init__(self) -> None:
         _choice("task.name", self.name, TASKS)
+        _choice("task.inner_loop", self.inner_loop, INNER_LOOPS)
+        if not isinstance(self.adaptation, AdaptationConfig):
+            self.adaptation = AdaptationConfig.from_dict(self.adaptation)
         _choice("task.monitor_mode", self.monitor_mode, MONITOR_MODES)
         _choice("task.stitch", self.stitch, STITCH)
         for key in (
@@ -124,8 +133,13 @@ class TaskConfig:
     def adapt_steps(self) -> int:
         return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
 
+    @property
+    def resolved_adaptation(self) -> AdaptationConfig:
+        """`adaptation` with steps / lr / first_order filled in from this task."""
+        return self.adaptation.resolve(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "adaptation": self.adaptation.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TaskConfig:
@@ -150,7 +164,7 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     unknown = sorted(set(cfg.keys()) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; allowed keys: {list(TOP_LEVEL_KEYS)}")
-    task = TaskConfig.from_dict(OmegaConf.to_container(cfg.task, resolve=True))
+    task = TaskConfig.from_dict(task_values(cfg))
     model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
@@ -174,6 +188,17 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     if int(cfg.get("num_workers", 0)) < 0:
         raise ValueError(f"num_workers={cfg.num_workers!r}: expected an integer >= 0")
     return task
+
+
+def task_values(cfg: Any) -> dict[str, Any]:
+    """The `task:` keys of a composed config, with the top-level `adaptation` group (when set) as
+    task.adaptation."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg.task, resolve=True)
+    if cfg.get("adaptation") is not None:
+        values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
+    return values
 
 
 def check_global_vectors(store: Path, name: str, dim: int) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation protocols (spec section 5) on one test item, returning per-sequence scores.
+"""Evaluation protocols on one test item, returning per-sequence scores.
 
 An item is a whole song: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] (optional), ``arousal`` /
 ``valence`` [T] (rater-averaged for DMER, the rater's own for PDMER), and for the cross-song protocol
@@ -9,6 +9,9 @@ An item is a whole song: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] (opti
 - pdmer_within_song (the original's): adapt on the first `support_segments` segments of the rater's curve,
   predict the rest of the song, score it.
 - pdmer_cross_song: adapt on `shots` clips of the rater's other test songs, predict the whole song.
+
+"Adapt" is the configured adaptation method (`dsaml.meta.AdaptationConfig`: maml, head, calibrate, none,
+their combinations, or auto), the same code `dsaml-personalize` runs.
 """
 
 from __future__ import annotations
@@ -16,24 +19,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from dsaml.inference import predict_song
-from dsaml.meta import adapt
-from dsaml.metrics import average_score, sequence_scores
+from dsaml.meta import (
+    AUTO,
+    AdaptationConfig,
+    CalibrationPrior,
+    Personalized,
+    Predict,
+    estimate_prior,
+    personalize_net,
+    select,
+)
+from dsaml.meta.methods import predict
+from dsaml.metrics import METRIC_KEYS, scores_of
 
-METRIC_KEYS = ("arousal_ccc", "arousal_pcc", "arousal_rmse", "valence_ccc", "valence_pcc", "valence_rmse")
-
-
-def scores_of(
-    arousal_pred: Tensor, valence_pred: Tensor, arousal: Tensor, valence: Tensor
-) -> dict[str, float]:
-    """Per-sequence scores of one sequence [T] (lower-case keys of `METRIC_KEYS` plus "average")."""
-    raw = sequence_scores(arousal_pred.float(), valence_pred.float(), arousal.float(), valence.float())
-    out = {key.lower(): float(value) for key, value in raw.items()}
-    out["average"] = float(average_score(raw))
-    return out
+__all__ = ["METRIC_KEYS", "predict", "run_protocols", "scores_of"]
 
 
 def _slice(item: Mapping[str, Any], start: int, stop: int | None) -> dict[str, Any]:
@@ -44,29 +45,37 @@ def _slice(item: Mapping[str, Any], start: int, stop: int | None) -> dict[str, A
     return out
 
 
-def predict(
-    net: nn.Module, seq: Mapping[str, Any], window: int, stitch: str, batch_size: int
-) -> tuple[Tensor, Tensor]:
-    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments, one
-    plain forward when shorter). Returns (arousal [T], valence [T]) on the labels' device."""
-    with torch.no_grad():
-        arousal, valence = predict_song(
-            net,
-            seq["logmel"],
-            seq.get("global"),
-            stride=1,
-            stitch=stitch,
-            batch_size=batch_size,
-            window=window,
-        )
-    device = seq["arousal"].device
-    return arousal.to(device), valence.to(device)
-
-
 def _as_batch(seq: Mapping[str, Any]) -> dict[str, Any]:
     batch = {k: seq[k][None] for k in ("logmel", "arousal", "valence")}
     batch["global"] = None if seq.get("global") is None else seq["global"][None]
     return batch
+
+
+def _clips(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A collated support batch [n, W, ...] -> its n clips as sequences."""
+    return [
+        {
+            "logmel": batch["logmel"][i],
+            "arousal": batch["arousal"][i],
+            "valence": batch["valence"][i],
+            "global": None if batch.get("global") is None else batch["global"][i],
+        }
+        for i in range(len(batch["arousal"]))
+    ]
+
+
+def personalize_on(
+    net: nn.Module,
+    support: list[dict[str, Any]],
+    batch: Mapping[str, Any],
+    adaptation: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None,
+) -> Personalized:
+    """The configured method on one rater's support (sequences, and the same as one inner-loop batch)."""
+    if adaptation.method == AUTO:
+        return select(net, support, adaptation, predictor, prior).personalized
+    return personalize_net(net, support, adaptation, predictor, prior, batches=[batch])
 
 
 def run_protocols(
@@ -75,18 +84,19 @@ def run_protocols(
     protocols: list[str],
     *,
     window: int,
-    adapt_steps: int,
-    inner_lr: float,
-    first_order: bool,
+    adaptation: AdaptationConfig,
     stitch: str,
     batch_size: int,
+    prior: CalibrationPrior | None = None,
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
     """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
+    adaptation: resolved (steps, lr, first_order set); prior: the calibration prior when it calibrates.
     Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped."""
     results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
+    predictor = Predict(window, stitch, batch_size)
 
-    def score(name: str, model: nn.Module, seq: Mapping[str, Any]) -> None:
-        pa, pv = predict(model, seq, window, stitch, batch_size)
+    def score(name: str, model: Personalized, seq: Mapping[str, Any]) -> None:
+        pa, pv = model.predict(predictor, seq)
         results[name] = (
             scores_of(pa, pv, seq["arousal"], seq["valence"]),
             (pa, pv, seq["arousal"], seq["valence"]),
@@ -96,14 +106,36 @@ def run_protocols(
     query = _slice(item, window, None) if n > window else None
     for protocol in protocols:
         if protocol == "dmer":
-            score(protocol, net, item)
+            score(protocol, Personalized(net), item)
         elif protocol == "pdmer_unadapted" and query is not None:
-            score(protocol, net, query)
+            score(protocol, Personalized(net), query)
         elif protocol == "pdmer_within_song" and query is not None:
-            support = _as_batch(_slice(item, 0, window))
-            adapted = adapt(net, support, adapt_steps, lr=inner_lr, first_order=first_order).net
-            score(protocol, adapted, query)
+            support = _slice(item, 0, window)
+            model = personalize_on(net, [support], _as_batch(support), adaptation, predictor, prior)
+            score(protocol, model, query)
         elif protocol == "pdmer_cross_song" and item.get("cross_support") is not None:
-            adapted = adapt(net, item["cross_support"], adapt_steps, lr=inner_lr, first_order=first_order).net
-            score(protocol, adapted, item)
+            batch = item["cross_support"]
+            model = personalize_on(net, _clips(batch), batch, adaptation, predictor, prior)
+            score(protocol, model, item)
     return results
+
+
+def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
+    """The empirical-Bayes calibration prior (`dsaml.meta.estimate_prior`) from the training raters of a
+    `FeatureStore` (their curves vs each song's rater-averaged curve); None when the store has no per-rater
+    curves or no training rater has two songs."""
+    from dsaml.data.store import StoreError
+
+    try:
+        raters = store.raters("train")
+    except StoreError:
+        return None
+    pairs = (
+        (rater, store.curves(song), store.curves(song, rater))
+        for rater in raters
+        for song in store.songs_of_rater(rater, "train")
+    )
+    try:
+        return estimate_prior(pairs)
+    except ValueError:
+        return None

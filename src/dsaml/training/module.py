@@ -19,13 +19,12 @@ from torch import Tensor
 
 from dsaml import __version__ as dsaml_version
 from dsaml.losses import dsaml_loss
-from dsaml.meta import adapt, batch_loss, maml_wrap, meta_backward
+from dsaml.meta import CalibrationPrior, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
-from dsaml.training.evaluation import METRIC_KEYS, run_protocols, scores_of
-
-LOG_KEYS = METRIC_KEYS + ("average",)
+from dsaml.training.evaluation import estimate_calibration_prior, run_protocols
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,19 +32,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _metric_dict(scores: dict[str, Tensor | float]) -> dict[str, float]:
-    """Scores keyed like dsaml_loss's ('arousal_CCC', ..., 'average') -> lower-case LOG_KEYS."""
+    """dsaml_loss's scores -> floats of the REPORTED keys (the regulariser left out)."""
     return {
-        key.lower(): float(value.detach()) if isinstance(value, Tensor) else float(value)
+        key: float(value.detach()) if isinstance(value, Tensor) else float(value)
         for key, value in scores.items()
-        if key.lower() in LOG_KEYS
+        if key in REPORTED
     }
 
 
 class DSAMLModule(L.LightningModule):
-    """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config."""
+    """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config;
+    calibration_prior: the training raters' calibration prior (`CalibrationPrior.to_dict()`; estimated from
+    the datamodule's store at setup when None, and saved with every checkpoint)."""
 
     def __init__(
-        self, model: dict[str, Any], task: dict[str, Any], features: dict[str, Any] | None = None
+        self,
+        model: dict[str, Any],
+        task: dict[str, Any],
+        features: dict[str, Any] | None = None,
+        calibration_prior: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = DSAMLConfig.from_dict(dict(model))
@@ -55,13 +60,16 @@ class DSAMLModule(L.LightningModule):
                 "model": self.model_cfg.to_dict(),
                 "task": self.task_cfg.to_dict(),
                 "features": dict(features or {}),
+                "calibration_prior": calibration_prior,
             }
         )
         self.net = DSAMLNet(self.model_cfg)
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
+        self.head_only = self.task_cfg.inner_loop == "head"
         if self.meta:  # not a registered submodule: the weights stay under "net." only
-            self.__dict__["maml"] = maml_wrap(self.net, self.task_cfg.inner_lr, self.task_cfg.first_order)
+            inner = self.net.head if self.head_only else self.net
+            self.__dict__["maml"] = maml_wrap(inner, self.task_cfg.inner_lr, self.task_cfg.first_order)
         self._eval_rows: list[dict[str, Any]] = []
         self.test_results: dict[str, list[dict[str, Any]]] | None = None
         self.examples: list[dict[str, Any]] = []  # a few (song, protocol, curves) for plots
@@ -74,6 +82,20 @@ class DSAMLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Mark the file as a dsaml checkpoint (read by `dsaml.models.checkpoint.load_network`)."""
         checkpoint["dsaml"] = {"format": CHECKPOINT_FORMAT, "version": dsaml_version}
+        checkpoint.setdefault("hyper_parameters", {})["calibration_prior"] = self.hparams.calibration_prior
+
+    def setup(self, stage: str) -> None:
+        """Estimate the calibration prior from the training raters of the datamodule's store (once; kept
+        when the module was built with one)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.hparams.calibration_prior is None and datamodule is not None:
+            prior = estimate_calibration_prior(datamodule.reader.store)
+            self.hparams.calibration_prior = None if prior is None else prior.to_dict()
+
+    @property
+    def calibration_prior(self) -> CalibrationPrior | None:
+        stored = self.hparams.calibration_prior
+        return None if stored is None else CalibrationPrior.from_dict(dict(stored))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
@@ -115,6 +137,7 @@ class DSAMLModule(L.LightningModule):
             int(batch["n_tasks"]),
             backward=self.manual_backward,
             on_nonfinite=nonfinite,
+            net=self.net if self.head_only else None,
         )
         if self.trainer.world_size > 1:
             self._all_reduce_gradients()
@@ -182,8 +205,8 @@ class DSAMLModule(L.LightningModule):
                 {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
             )
             return
-        # PDMER: held-out raters; adapt on the support clips, score the query clips
-        adaptation = adapt(
+        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query
+        adaptation = (adapt_head if self.head_only else adapt)(
             self.net,
             batch["support"],
             self.task_cfg.adapt_steps,
@@ -202,7 +225,7 @@ class DSAMLModule(L.LightningModule):
         rows = self._gather_rows(self._eval_rows)
         if not rows:
             return
-        means = {k: sum(r[k] for r in rows) / len(rows) for k in ("loss",) + LOG_KEYS}
+        means = {k: sum(r[k] for r in rows) / len(rows) for k in ("loss",) + REPORTED}
         self.log_dict({f"val/{k}": v for k, v in means.items()}, sync_dist=True)
 
     def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,6 +244,13 @@ class DSAMLModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._eval_rows, self.examples = [], []
 
+    def on_test_start(self) -> None:
+        """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
+        from dsaml.meta import calibration_prior
+
+        self._adaptation = self.task_cfg.resolved_adaptation
+        self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
+
     def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
         cfg = self.task_cfg
         results = run_protocols(
@@ -228,11 +258,10 @@ class DSAMLModule(L.LightningModule):
             item,
             cfg.test_protocols,
             window=cfg.support_segments,
-            adapt_steps=cfg.adapt_steps,
-            inner_lr=cfg.inner_lr,
-            first_order=cfg.first_order,
+            adaptation=self._adaptation,
             stitch=cfg.stitch,
             batch_size=cfg.eval_batch_size,
+            prior=self._prior,
         )
         for protocol, (scores, curves) in results.items():
             self._eval_rows.append(
@@ -259,9 +288,9 @@ class DSAMLModule(L.LightningModule):
         self.test_results = summarize_rows(rows, self.task_cfg.test_protocols)
         primary = PROTOCOLS[self.task_cfg.name][-2 if self.meta else 0]  # pdmer: within_song
         for row in self.test_results["rows"]:
-            values = {f"test/{row['protocol']}/{k}": row[k] for k in LOG_KEYS}
+            values = {f"test/{row['protocol']}/{k}": row[k] for k in REPORTED}
             if row["protocol"] == primary:
-                values.update({f"test/{k}": row[k] for k in LOG_KEYS})
+                values.update({f"test/{k}": row[k] for k in REPORTED})
                 values["test/loss"] = 1.0 - row["average"]
             self.log_dict(values, sync_dist=True)
 
@@ -274,13 +303,9 @@ def summarize_rows(rows: list[dict[str, Any]], protocols: list[str]) -> dict[str
         selected = [r for r in rows if r["protocol"] == protocol]
         if not selected:
             continue
-        out["rows"].append({"protocol": protocol, **_mean(selected)})
+        out["rows"].append({"protocol": protocol, **mean_scores(selected)})
         raters = sorted({r["rater"] for r in selected if r["rater"] is not None})
         for rater in raters:
             mine = [r for r in selected if r["rater"] == rater]
-            out["per_rater"].append({"protocol": protocol, "rater": rater, **_mean(mine)})
+            out["per_rater"].append({"protocol": protocol, "rater": rater, **mean_scores(mine)})
     return out
-
-
-def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {**{k: sum(r[k] for r in rows) / len(rows) for k in LOG_KEYS}, "n": len(rows)}

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dsaml.training.evaluation import METRIC_KEYS
+from dsaml.metrics import REPORTED
 
-COLUMNS = METRIC_KEYS + ("average", "n")
+COLUMNS = REPORTED + ("n",)
 
 
 def markdown_table(rows: list[dict[str, Any]], first: str = "protocol") -> str:

@@ -184,6 +184,7 @@ EVAL_KEYS = (
     "protocols",
     "overrides",
     "callbacks",
+    "adaptation",
 )
 
 
@@ -215,13 +216,20 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         task_values["test_protocols"] = list(cfg.protocols)
     if cfg.get("overrides"):
         task_values.update(OmegaConf.to_container(cfg.overrides, resolve=True))
+    if cfg.get("adaptation") is not None:  # the conf/adaptation group, else the checkpoint's
+        task_values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
     task = TaskConfig.from_dict(task_values)
     with open_dict(cfg):
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
     validate_train_config(_as_train_keys(cfg))
     datamodule = datamodule_from(cfg, task, model_cfg)
-    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=hparams.get("features"))
+    module = DSAMLModule(
+        model=model_cfg.to_dict(),
+        task=task.to_dict(),
+        features=hparams.get("features"),
+        calibration_prior=hparams.get("calibration_prior"),
+    )
     module.net.load_state_dict(net.state_dict())
     trainer = build_trainer(
         cfg, with_validation=False, extra_callbacks=(ResultsWriter(str(cfg.paths.output_dir)),)

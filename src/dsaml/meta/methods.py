@@ -1,0 +1,403 @@
+"""Adaptation methods (the `adaptation:` config group, conf/adaptation/) and safe automatic selection.
+
+A *sequence* is one song (or clip) of a listener: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] or
+None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
+
+- none: the network as it is;
+- maml: the inner loop over the whole network (`adapt`; the paper's);
+- head: the inner loop over the head only, on body features computed once (`adapt_head`, ANIL);
+- calibrate: a per-dimension affine map (gain, offset, optional lag) of the network's output, fitted in
+  closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
+- head_calibrate / maml_calibrate: the inner loop, then the map fitted on the adapted network's outputs;
+- auto: choose among the above (and among step counts) on the listener's own songs: leave-one-song-out
+  with >= 2 songs, the last third of the song with one; the unadapted network unless a candidate
+  validates better by `margin` (`select`).
+
+`personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
+identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dsaml.data.validation import ConfigError, check_choice, from_mapping
+from dsaml.inference import predict_song, window_starts
+from dsaml.meta.adaptation import adapt, adapt_head
+from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
+from dsaml.metrics import scores_of
+
+METHODS = ("none", "calibrate", "head", "head_calibrate", "maml", "maml_calibrate")
+AUTO = "auto"
+TAIL_FRACTION = 1 / 3  # one support song under `auto`: the last third validates
+MIN_TAIL = 8  # segments: a shorter tail is too short to validate on (auto then keeps the network)
+
+Sequence_ = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
+
+    method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
+    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order). lag: calibrate: the
+    largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
+    songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
+    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none. auto_steps: step
+    counts it tries for head/maml (None: steps // 2, steps, 2 * steps). margin: how much better (average
+    score) a candidate must validate than the unadapted network to be chosen.
+    """
+
+    method: str = "maml"
+    steps: int | None = None
+    lr: float | None = None
+    first_order: bool | None = None
+    lag: int = 0
+    prior: Any = "auto"
+    auto_methods: tuple[str, ...] = METHODS[1:]
+    auto_steps: tuple[int, ...] | None = None
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("adaptation.method", self.method, METHODS + (AUTO,))
+        object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
+        for method in self.auto_methods:
+            check_choice("adaptation.auto_methods entry", method, METHODS[1:])
+        if self.steps is not None:
+            _integer("adaptation.steps", self.steps, 0)
+        if self.lr is not None and not (_number(self.lr) and float(self.lr) > 0):
+            raise ConfigError(f"adaptation.lr={self.lr!r}: expected null or a positive number")
+        if self.first_order is not None and not isinstance(self.first_order, bool):
+            raise ConfigError(f"adaptation.first_order={self.first_order!r}: expected null, true or false")
+        _integer("adaptation.lag", self.lag, 0)
+        if self.prior != "auto" and not (_number(self.prior) and float(self.prior) >= 0):
+            raise ConfigError(
+                f"adaptation.prior={self.prior!r}: expected auto (from the training raters) or a number >= 0 "
+                "(prior strength in songs)"
+            )
+        if self.auto_steps is not None:
+            object.__setattr__(self, "auto_steps", tuple(self.auto_steps))
+            if not self.auto_steps:
+                raise ConfigError("adaptation.auto_steps=[]: expected null or a list of integers >= 1")
+            for steps in self.auto_steps:
+                _integer("adaptation.auto_steps entry", steps, 1)
+        if not _number(self.margin):
+            raise ConfigError(f"adaptation.margin={self.margin!r}: expected a number")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> AdaptationConfig:
+        return from_mapping(cls, values, "adaptation")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["auto_methods"] = list(self.auto_methods)
+        out["auto_steps"] = None if self.auto_steps is None else list(self.auto_steps)
+        return out
+
+    @property
+    def learner(self) -> str | None:
+        """The inner loop the method runs: "maml", "head" or None."""
+        return next((name for name in ("maml", "head") if self.method.startswith(name)), None)
+
+    @property
+    def calibrates(self) -> bool:
+        return self.method.endswith("calibrate")
+
+    def resolve(self, task: Mapping[str, Any] | None) -> AdaptationConfig:
+        """steps / lr / first_order filled in from a task config (a checkpoint's ``hyper_parameters["task"]``
+        or `TaskConfig.to_dict()`); ConfigError when one is needed and neither has it."""
+        task = dict(task or {})
+        defaults = {
+            "steps": task.get("eval_inner_steps")
+            if task.get("eval_inner_steps") is not None
+            else task.get("inner_steps"),
+            "lr": task.get("inner_lr"),
+            "first_order": task.get("first_order", True if task else None),
+        }
+        values = {k: getattr(self, k) if getattr(self, k) is not None else defaults[k] for k in defaults}
+        needs = self.method == AUTO or self.learner is not None
+        missing = [k for k, v in values.items() if v is None]
+        if needs and missing:
+            raise ConfigError(
+                f"adaptation.{missing[0]}: the checkpoint has no task config to take it from; "
+                f"set adaptation.{missing[0]}=..."
+            )
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def grid(self) -> tuple[int, ...]:
+        """Step counts `auto` tries for the inner loops."""
+        if self.auto_steps is not None:
+            return tuple(sorted(set(self.auto_steps)))
+        steps = int(self.steps or 1)
+        return tuple(sorted({max(1, steps // 2), max(1, steps), 2 * max(1, steps)}))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
+
+
+def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None) -> CalibrationPrior | None:
+    """The prior the config asks for: a number, or (prior=auto) the one stored with the checkpoint. None when
+    no method needs one; ConfigError when prior=auto and nothing is stored."""
+    uses = config.calibrates or (
+        config.method == AUTO and any(m.endswith("calibrate") for m in config.auto_methods)
+    )
+    if not uses:
+        return None
+    if config.prior != "auto":
+        return CalibrationPrior.uniform(float(config.prior))
+    if not stored:
+        raise ConfigError(
+            "adaptation.prior=auto: this checkpoint holds no calibration prior (estimated from the training "
+            "raters by dsaml-train/dsaml-eval on a store with per-rater curves); "
+            "set adaptation.prior=<songs>, "
+            "e.g. 1"
+        )
+    return CalibrationPrior.from_dict(dict(stored))
+
+
+# ------------------------------------------------------------------ prediction
+@dataclass(frozen=True)
+class Predict:
+    """How whole sequences are predicted: sliding windows of `window` segments, `stitch`, `batch_size`."""
+
+    window: int
+    stitch: str = "mean"
+    batch_size: int = 32
+
+    def __call__(self, net: nn.Module, seq: Sequence_) -> tuple[Tensor, Tensor]:
+        """Eval-mode prediction of one sequence -> (arousal [T], valence [T]) on the labels' device."""
+        return predict(net, seq, self.window, self.stitch, self.batch_size)
+
+
+def predict(
+    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments, one
+    plain forward when shorter). Returns (arousal [T], valence [T]) on the labels' device."""
+    with torch.no_grad():
+        arousal, valence = predict_song(
+            net,
+            seq["logmel"],
+            seq.get("global"),
+            stride=1,
+            stitch=stitch,
+            batch_size=batch_size,
+            window=window,
+        )
+    device = torch.as_tensor(seq["arousal"]).device
+    return arousal.to(device), valence.to(device)
+
+
+@dataclass
+class Personalized:
+    """A personalised model: the (adapted) network and the output map (None: identity)."""
+
+    net: nn.Module
+    calibration: Calibration | None = None
+    method: str = "none"
+    steps: int = 0
+
+    def predict(self, predictor: Predict, seq: Sequence_) -> tuple[Tensor, Tensor]:
+        arousal, valence = predictor(self.net, seq)
+        return (arousal, valence) if self.calibration is None else self.calibration.apply(arousal, valence)
+
+
+# ------------------------------------------------------------------ one method
+def windows_batch(seq: Sequence_, window: int) -> dict[str, Tensor | None]:
+    """Windows of `window` segments covering a sequence (the last one ends at its end) -> a support batch
+    [n, min(T, window), ...] (the whole sequence when shorter)."""
+    n = len(seq["arousal"])
+    starts = window_starts(n, window, window) if n > window else [0]
+    size = min(n, window)
+    take = lambda x: torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
+    batch = {k: take(seq[k]) for k in ("logmel", "arousal", "valence")}
+    vectors = seq.get("global")
+    batch["global"] = (
+        None
+        if vectors is None
+        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
+    )
+    return batch
+
+
+def _learn(
+    net: nn.Module,
+    learner: str | None,
+    batches: Sequence[Mapping[str, Any]],
+    config: AdaptationConfig,
+    steps: int,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Run the inner loop `learner` ("maml" | "head" | None) for `steps` steps -> the adapted network."""
+    if learner is None or steps == 0:
+        return net
+    run = adapt if learner == "maml" else adapt_head
+    adaptation = run(net, batches, steps, lr=config.lr, first_order=config.first_order, on_step=on_step)
+    return adaptation.net.eval()
+
+
+def _fit_map(
+    net: nn.Module,
+    support: Sequence[Sequence_],
+    predictor: Predict,
+    prior: CalibrationPrior | None,
+    lag: int,
+) -> Calibration:
+    if prior is None:
+        raise ValueError("calibration needs a prior (see `calibration_prior`)")
+    predictions = [predictor(net, seq) for seq in support]
+    targets = [(torch.as_tensor(s["arousal"]), torch.as_tensor(s["valence"])) for s in support]
+    return fit_calibration(predictions, targets, prior, lag)
+
+
+def personalize_net(
+    net: nn.Module,
+    support: Sequence[Sequence_],
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None = None,
+    batches: Sequence[Mapping[str, Any]] | None = None,
+    steps: int | None = None,
+) -> Personalized:
+    """Apply `config.method` (not auto) on the support sequences. `config` must be resolved (steps, lr,
+    first_order set). batches: the inner loop's support batches (default: each sequence cut into
+    windows, one batch per sequence); steps overrides config.steps. The network is never modified."""
+    if config.method == AUTO:
+        raise ValueError("personalize_net: method=auto is chosen by `select`")
+    if not support:
+        raise ValueError("personalize_net: no support sequences")
+    steps = int(config.steps if steps is None else steps) if config.learner else 0
+    batches = list(batches) if batches is not None else [windows_batch(s, predictor.window) for s in support]
+    adapted = _learn(net, config.learner, batches, config, steps)
+    calibration = _fit_map(adapted, support, predictor, prior, config.lag) if config.calibrates else None
+    return Personalized(adapted, calibration, config.method, steps)
+
+
+# ------------------------------------------------------------------ auto
+@dataclass
+class Selection:
+    """What `select` tried and chose: candidates = [{"method", "steps", "score", "folds"}] (score: the mean
+    validation "average" over folds), the chosen candidate, and the model refitted on every song."""
+
+    chosen: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    validation: str
+    personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
+    """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs; with one, its first
+    two thirds adapt and the last third validates (none when that tail is under MIN_TAIL segments)."""
+    if len(support) >= 2:
+        return "leave-one-song-out", [
+            ([s for j, s in enumerate(support) if j != i], [support[i]]) for i in range(len(support))
+        ]
+    seq = support[0]
+    n = len(seq["arousal"])
+    cut = n - max(MIN_TAIL, round(n * TAIL_FRACTION))
+    if cut < MIN_TAIL:
+        return "none (the song is too short to hold out a tail)", []
+    head = {k: v[:cut] for k, v in seq.items() if k in ("logmel", "arousal", "valence")}
+    tail = {k: v[cut:] for k, v in seq.items() if k in ("logmel", "arousal", "valence")}
+    vectors = seq.get("global")
+    if vectors is not None:
+        head["global"] = vectors if len(vectors) == 1 else vectors[:cut]
+        tail["global"] = vectors if len(vectors) == 1 else vectors[cut:]
+    return f"held-out tail (last {n - cut} of {n} segments)", [([head], [tail])]
+
+
+def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Sequence_]) -> float:
+    values = []
+    for seq in songs:
+        arousal, valence = personalized.predict(predictor, seq)
+        values.append(
+            scores_of(arousal, valence, torch.as_tensor(seq["arousal"]), torch.as_tensor(seq["valence"]))[
+                "average"
+            ]
+        )
+    return sum(values) / len(values)
+
+
+def _fold_scores(
+    net: nn.Module,
+    support: Sequence[Sequence_],
+    validate: Sequence[Sequence_],
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None,
+) -> dict[tuple[str, int], float]:
+    """Validation score of every candidate (method, steps) on one fold; each inner loop runs once to the
+    largest step count and is scored at every count of the grid on the way."""
+    scores: dict[tuple[str, int], float] = {}
+    methods = set(config.auto_methods)
+
+    def score_all(adapted: nn.Module, learner: str | None, steps: int) -> None:
+        plain = learner or "none"
+        if learner is None or plain in methods:
+            scores[(plain, steps)] = _score(Personalized(adapted), predictor, validate)
+        calibrated = "calibrate" if learner is None else f"{learner}_calibrate"
+        if calibrated in methods:
+            calibration = _fit_map(adapted, support, predictor, prior, config.lag)
+            scores[(calibrated, steps)] = _score(Personalized(adapted, calibration), predictor, validate)
+
+    score_all(net, None, 0)
+    grid = config.grid()
+    batches = [windows_batch(s, predictor.window) for s in support]
+    for learner in ("head", "maml"):
+        if not ({learner, f"{learner}_calibrate"} & methods):
+            continue
+
+        def on_step(k: int, adapted: nn.Module, learner: str = learner) -> None:
+            if k in grid:
+                score_all(adapted, learner, k)
+
+        _learn(net, learner, batches, config, max(grid), on_step)
+    return scores
+
+
+def select(
+    net: nn.Module,
+    support: Sequence[Sequence_],
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Selection:
+    """method=auto: score every candidate on the validation folds of the listener's songs, choose the best
+    one if it beats the unadapted network by more than `config.margin` (else "none"), and refit it on
+    every song. `config` must be resolved."""
+    how, splits = folds(support)
+    per_fold = []
+    for index, (fit_on, validate) in enumerate(splits):
+        if progress is not None:
+            progress(f"validation fold {index + 1}/{len(splits)}")
+        per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior))
+    candidates = [
+        {
+            "method": method,
+            "steps": steps,
+            "score": sum(f[(method, steps)] for f in per_fold) / len(per_fold),
+            "folds": [f[(method, steps)] for f in per_fold],
+        }
+        for method, steps in (per_fold[0] if per_fold else {})
+    ]
+    baseline = next((c["score"] for c in candidates if c["method"] == "none"), None)
+    best = max(candidates, key=lambda c: c["score"], default=None)
+    if best is None or baseline is None or best["score"] <= baseline + config.margin:
+        chosen = {"method": "none", "steps": 0}
+    else:
+        chosen = {"method": best["method"], "steps": best["steps"]}
+    final = replace(config, method=chosen["method"])
+    personalized = personalize_net(net, support, final, predictor, prior, steps=chosen["steps"])
+    return Selection(chosen, candidates, how, personalized)

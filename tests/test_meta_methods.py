@@ -1,0 +1,236 @@
+"""Adaptation methods: the calibration map (closed form, empirical-Bayes prior, lag), the head-only inner
+loop (ANIL) for adaptation and meta-training, the adaptation config, and `auto`'s safe selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from app_fixtures import tiny_net
+from dsaml.data.validation import ConfigError
+from dsaml.meta import (
+    AdaptationConfig,
+    Calibration,
+    CalibrationPrior,
+    HeadAdaptedNet,
+    Personalized,
+    Predict,
+    adapt,
+    adapt_head,
+    batch_loss,
+    estimate_prior,
+    fit_calibration,
+    maml_wrap,
+    meta_backward,
+    personalize_net,
+    select,
+)
+from dsaml.meta.calibration import shift
+
+
+def _song(seed: int, n: int = 40) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
+        "arousal": (torch.rand(n, generator=gen) - 0.5) * 0.8,
+        "valence": (torch.rand(n, generator=gen) - 0.5) * 0.8,
+        "global": None,
+    }
+
+
+def test_calibration_is_the_closed_form_ridge_toward_identity():
+    x = torch.tensor([0.0, 0.1, 0.4, 0.2, -0.3, 0.1])
+    y = 2.0 * x + 0.3
+    exact = fit_calibration([(x, x)], [(y, y)], CalibrationPrior.uniform(0.0))
+    assert exact.gain == pytest.approx((2.0, 2.0)) and exact.offset == pytest.approx((0.3, 0.3))
+    # one song, prior strength 1 song: b = b_ls / 2, c = c_ls / 2 in f(x) = x + b + c (x - mean x)
+    b_ls, c_ls = float((y - x).mean()), 1.0
+    half = fit_calibration([(x, x)], [(y, y)], CalibrationPrior.uniform(1.0))
+    assert half.gain[0] == pytest.approx(1.0 + c_ls / 2)
+    assert half.offset[0] == pytest.approx(b_ls / 2 - c_ls / 2 * float(x.mean()))
+    # two songs of evidence against one song of prior: 2/3 of the way
+    two = fit_calibration([(x, x), (x, x)], [(y, y), (y, y)], CalibrationPrior.uniform(1.0))
+    assert two.gain[0] == pytest.approx(1.0 + 2 / 3)
+    mapped, _ = exact.apply(x, x)
+    torch.testing.assert_close(mapped, y)
+
+
+def test_calibration_finds_a_lag_and_round_trips_as_plain_values():
+    t = torch.arange(60.0)
+    x = torch.sin(t / 5)
+    y = shift(x, 2) * 0.5
+    fitted = fit_calibration([(x, x)], [(y, -y)], CalibrationPrior.uniform(0.0), max_lag=3)
+    assert fitted.lag == (2, 2)
+    assert fitted.gain == pytest.approx((0.5, -0.5), abs=1e-6)
+    assert shift(torch.tensor([1.0, 2.0, 3.0]), 1).tolist() == [1.0, 1.0, 2.0]
+    assert shift(torch.tensor([1.0, 2.0, 3.0]), -1).tolist() == [2.0, 3.0, 3.0]
+    values = fitted.to_dict()
+    assert all(type(v) in (float, int) for vs in values.values() for v in vs)
+    assert Calibration.from_dict(values) == fitted
+
+
+def test_empirical_bayes_prior_from_the_spread_of_rater_maps():
+    """Two raters, two songs each, offsets only (y = x + offset): per-song offsets A 0.1, 0.3; B -0.2, -0.4.
+    s^2 = 4 * 0.1^2 / 2 = 0.02; tau^2 = mean(0.2^2, 0.3^2) - 0.02 * mean(1/2, 1/2) = 0.055;
+    kappa = s^2 / tau^2. Gains are exactly 1 (c = 0 everywhere): s^2 = 0 -> kappa 0."""
+    x = np.sin(np.arange(30) / 4.0)
+    rows = [
+        (rater, (x, x), (x + offset, x + offset))
+        for rater, offset in (("A", 0.1), ("A", 0.3), ("B", -0.2), ("B", -0.4))
+    ]
+    prior = estimate_prior(rows)
+    assert prior.offset == pytest.approx((0.02 / 0.055,) * 2, rel=1e-6)
+    assert prior.gain == pytest.approx((0.0, 0.0), abs=1e-9)
+    assert (prior.raters, prior.songs) == (2, 4)
+    with pytest.raises(ValueError, match="no training rater has two songs"):
+        estimate_prior(rows[:1] + rows[2:3])
+
+
+def test_head_only_adaptation_changes_the_head_alone():
+    net = tiny_net().eval()
+    source = {k: v.clone() for k, v in net.state_dict().items()}
+    song = _song(1)
+    batch = {k: (v[None] if v is not None else None) for k, v in song.items()}
+    adaptation = adapt_head(net, batch, steps=5, lr=0.5)
+    adapted = adaptation.net
+    assert isinstance(adapted, HeadAdaptedNet) and adaptation.losses[-1] < adaptation.losses[0]
+    assert adapted.spectrogram is net.spectrogram and adapted.encoder is net.encoder
+    assert not net.training, "adapting the head left the original network's mode alone"
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0)
+    changed = {k for k, v in adapted.state_dict().items() if not torch.equal(v, source[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+    # the loss it descends is the full network's loss (the regulariser a constant)
+    with torch.no_grad():
+        net.head.train()
+        full = float(batch_loss(net, batch)[0])
+        net.head.eval()
+    assert adaptation.losses[0] == pytest.approx(full, rel=1e-5)
+
+
+def test_head_only_meta_gradient_with_zero_steps_is_the_plain_gradient():
+    """No inner step: the query loss's gradient through the head-only path equals autograd's on the net."""
+    net = tiny_net().train()
+    song = _song(2, n=20)
+    batch = {k: (v[None] if v is not None else None) for k, v in song.items()}
+    meta_backward(maml_wrap(net.head, 0.1), [{"support": batch, "query": batch}], 0, 1, net=net)
+    ours = {k: p.grad.clone() for k, p in net.named_parameters()}
+    net.zero_grad()
+    batch_loss(net, batch)[0].backward()
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(ours[k], p.grad, rtol=1e-5, atol=1e-7)
+    assert any(ours[k].abs().sum() > 0 for k in ours if k.startswith("spectrogram."))
+
+
+def test_head_only_meta_step_with_steps_moves_only_the_head_in_the_inner_loop():
+    net = tiny_net().train()
+    task = {"support": {k: (v[None] if v is not None else None) for k, v in _song(3, 20).items()}}
+    task["query"] = {k: (v[None] if v is not None else None) for k, v in _song(4, 20).items()}
+    stats = meta_backward(maml_wrap(net.head, 0.5), [task], 3, 1, net=net)
+    assert len(stats.adapt_losses[0]) == 3 and stats.adapt_losses[0][-1] < stats.adapt_losses[0][0]
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_adaptation_config_is_checked_with_the_allowed_values():
+    with pytest.raises(
+        ConfigError, match=r"adaptation.method='bogus' is not allowed; allowed values: \['none'"
+    ):
+        AdaptationConfig(method="bogus")
+    with pytest.raises(ConfigError, match="unknown key"):
+        AdaptationConfig.from_dict({"methd": "maml"})
+    with pytest.raises(ConfigError, match="adaptation.prior=-1"):
+        AdaptationConfig(prior=-1)
+    with pytest.raises(ConfigError, match="auto_methods entry='auto'"):
+        AdaptationConfig(auto_methods=["auto"])
+    resolved = AdaptationConfig(method="head").resolve(
+        {"inner_steps": 4, "eval_inner_steps": 7, "inner_lr": 0.1}
+    )
+    assert (resolved.steps, resolved.lr, resolved.first_order) == (7, 0.1, True)
+    with pytest.raises(ConfigError, match="adaptation.steps: the checkpoint has no task config"):
+        AdaptationConfig(method="maml").resolve(None)
+    assert AdaptationConfig(method="calibrate").resolve(None).steps is None
+    assert AdaptationConfig(steps=4).grid() == (2, 4, 8)
+
+
+def test_none_is_the_network_and_maml_matches_adapt():
+    net = tiny_net().eval()
+    song = _song(5)
+    predictor = Predict(window=60)
+    config = AdaptationConfig(method="none")
+    model = personalize_net(net, [song], config, predictor)
+    assert model.net is net and model.calibration is None
+    config = AdaptationConfig(method="maml", steps=3, lr=0.2, first_order=True)
+    model = personalize_net(net, [song], config, predictor)
+    direct = adapt(net, [{k: (v[None] if v is not None else None) for k, v in song.items()}], 3, lr=0.2).net
+    torch.testing.assert_close(model.predict(predictor, song)[0], predictor(direct, song)[0])
+
+
+def test_calibrate_recovers_an_affine_listener():
+    """A listener who reads the model's valence upside down and higher: 0.3 - prediction. With prior 0 the
+    map is exact (gain -1, offset 0.3) and a held-out song is predicted perfectly. The tiny network's arousal
+    is almost flat (variance under 1e-4): no gain is estimated from it, only the offset."""
+    net = tiny_net().eval()
+    predictor = Predict(window=60)
+    songs = [_song(s) for s in (6, 7)]
+    for song in songs:
+        a, v = predictor(net, song)
+        song["arousal"], song["valence"] = a + 0.2, 0.3 - v
+    assert float(predictor(net, songs[0])[0].var()) < 1e-4 < float(predictor(net, songs[0])[1].var())
+    config = AdaptationConfig(method="calibrate", prior=0.0)
+    model = personalize_net(net, songs[:1], config, predictor, CalibrationPrior.uniform(0.0))
+    assert model.calibration.gain == pytest.approx((1.0, -1.0), abs=1e-4)
+    assert model.calibration.offset[0] == pytest.approx(0.2, abs=1e-5)
+    a, v = model.predict(predictor, songs[1])
+    torch.testing.assert_close(a, songs[1]["arousal"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(v, songs[1]["valence"], atol=1e-4, rtol=0)
+
+
+def test_auto_keeps_the_network_unless_something_validates_better():
+    net = tiny_net().eval()
+    predictor = Predict(window=60)
+    config = AdaptationConfig(method="auto", steps=2, lr=0.1, first_order=True, auto_steps=[1, 2])
+    prior = CalibrationPrior.uniform(0.5)
+    own = [_song(s, n=24) for s in (8, 9)]
+    for song in own:  # the listener hears exactly what the model predicts: nothing can validate better
+        song["arousal"], song["valence"] = predictor(net, song)
+    selection = select(net, own, config, predictor, prior)
+    assert selection.chosen == {"method": "none", "steps": 0} and selection.personalized.net is net
+    assert selection.validation == "leave-one-song-out"
+    tried = {(c["method"], c["steps"]) for c in selection.candidates}
+    assert tried == {("none", 0), ("calibrate", 0)} | {
+        (m, s) for m in ("head", "head_calibrate", "maml", "maml_calibrate") for s in (1, 2)
+    }
+    assert all(len(c["folds"]) == 2 for c in selection.candidates)
+    shifted = [dict(s, arousal=0.4 - s["arousal"], valence=0.4 - s["valence"]) for s in own]
+    config = AdaptationConfig(**{**config.to_dict(), "auto_methods": ["calibrate", "head_calibrate"]})
+    selection = select(net, shifted, config, predictor, prior)
+    assert selection.chosen["method"].endswith("calibrate")
+    best = max(c["score"] for c in selection.candidates)
+    none = next(c["score"] for c in selection.candidates if c["method"] == "none")
+    assert best > none + 0.1
+    assert isinstance(selection.personalized, Personalized) and selection.personalized.calibration is not None
+
+
+def test_auto_with_one_song_validates_on_its_tail():
+    net = tiny_net().eval()
+    predictor = Predict(window=60)
+    config = AdaptationConfig(method="auto", steps=1, lr=0.1, first_order=True, auto_methods=["calibrate"])
+    selection = select(net, [_song(10, n=45)], config, predictor, CalibrationPrior.uniform(1.0))
+    assert selection.validation == "held-out tail (last 15 of 45 segments)"
+    short = select(net, [_song(11, n=12)], config, predictor, CalibrationPrior.uniform(1.0))
+    assert short.chosen["method"] == "none" and short.candidates == []
+
+
+def test_user_tools_do_not_import_training():
+    """predictor / personalize (and their commands) stand on metrics, meta and models, never on training/."""
+    code = (
+        "import sys; import dsaml.predictor, dsaml.personalize, dsaml.cli.personalize, dsaml.cli.predict; "
+        "bad = sorted(m for m in sys.modules if m.startswith('dsaml.training')); print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
