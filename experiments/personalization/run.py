@@ -10,7 +10,8 @@ Only the project's commands run, each as its own process (`python -m dsaml.cli.<
    per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights;
 3. `dsaml-eval` of every PDMER checkpoint with every method (`--methods`) under the within-song protocol and
    the cross-song protocol with k = `--shots` support songs (`task.shots`), and of the DMER model with 0
-   adaptation steps under the same protocols (the baseline, same song-rater pairs);
+   adaptation (adaptation=none) under the same protocols (the baseline, same song-rater pairs); `auto` is
+   the selection `dsaml-personalize method=auto` makes, run on each test pair's support;
 4. `dsaml-report` per k: scores with 95% intervals over seeds, per-rater gains vs the DMER model with paired
    tests, split by rater kind (the corpus's truth); then one gain-vs-meta-training-length plot.
 Runs whose results.json exists are kept (a stopped benchmark resumes). Results: <out>/report/k<k>/report.md,
@@ -30,10 +31,11 @@ from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
 from dsaml.demo import best_checkpoint, to_overrides
+from dsaml.meta.methods import AUTO
+from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
 
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
-# how each method is selected in dsaml-eval (task keys on top of the checkpoint's)
-METHOD_OVERRIDES = {"none": ["+overrides.eval_inner_steps=0"], "maml": []}
+METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/adaptation/)
 # the PDMER test settings the DMER checkpoint is scored with (it records a DMER task)
 TASK_KEYS = ("support_segments", "stitch", "eval_batch_size", "inner_steps", "inner_lr", "first_order")
 TINY = {
@@ -75,7 +77,7 @@ def evaluate(
     command(
         "evaluate",
         [f"ckpt_path={ckpt}", "data=synthetic", "task=pdmer", f"protocols=[{','.join(protocols)}]",
-         *settings, f"+overrides.shots={shots}", *METHOD_OVERRIDES[method], f"paths.store={store}",
+         *settings, f"+overrides.shots={shots}", f"adaptation={method}", f"paths.store={store}",
          f"hydra.run.dir={out}", "hydra.output_subdir=null", "trainer.enable_model_summary=false"],
     )  # fmt: skip
 
@@ -100,7 +102,7 @@ def main() -> None:
     parser.add_argument("--data", default="data", help="where the corpus and its store go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
-        "--methods", nargs="+", default=list(METHOD_OVERRIDES), choices=list(METHOD_OVERRIDES)
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS
     )
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")

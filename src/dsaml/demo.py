@@ -34,6 +34,7 @@ ROWS = {  # key -> (table label, what it is)
     "pdmer_unadapted": ("PDMER before", "meta-trained PDMER model before adaptation, rater curves"),
     "pdmer_within_song": ("PDMER within-song", "adapted on the rater's first 30 s of the song, scored after"),
     "pdmer_cross_song": ("PDMER cross-song", "adapted on another song of the rater, scored on this song"),
+    "new_listener": ("new listener (auto)", "cross-song with the method dsaml-personalize method=auto picks"),
 }
 ADAPTED = {"pdmer_within_song": "within-song", "pdmer_cross_song": "cross-song"}
 
@@ -180,21 +181,29 @@ def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None =
     return Run(name, directory, cfg, results, best_checkpoint(directory))
 
 
-def evaluate(name: str, checkpoint: Path, pdmer: Run, protocols: list[str], config: DemoConfig) -> Run:
-    """`dsaml-eval` of `checkpoint` with the PDMER run's test settings and 0 adaptation steps (the
+def evaluate(
+    name: str,
+    checkpoint: Path,
+    pdmer: Run,
+    protocols: list[str],
+    config: DemoConfig,
+    adaptation: str = "none",
+) -> Run:
+    """`dsaml-eval` of `checkpoint` with the PDMER run's test settings and an adaptation method (none: the
     network as it is, scored on the same (song, rater) pairs and regions as the adapted model) into
     <run dir>/name."""
     from dsaml.training.run import evaluate as dsaml_eval
 
     directory = pdmer.directory.parent / name
     task = OmegaConf.to_container(pdmer.cfg.task, resolve=True)
-    task = {k: v for k, v in task.items() if k != "test_protocols"} | {"eval_inner_steps": 0}
+    task = {k: v for k, v in task.items() if k != "test_protocols"}
     cfg = compose(
         "eval",
         overrides=[
             "data=synthetic",
             "task=pdmer",
             f"ckpt_path={checkpoint}",
+            f"adaptation={adaptation}",
             f"protocols=[{','.join(protocols)}]",
             f"trainer={config.device}",
             "trainer.enable_model_summary=false",
@@ -210,24 +219,33 @@ def evaluate(name: str, checkpoint: Path, pdmer: Run, protocols: list[str], conf
 
 # ------------------------------------------------------------------ comparisons
 def compare(
-    dmer: Run, pdmer: Run, dmer_on_raters: Run, pdmer_before: Run, kinds: dict[str, str]
+    dmer: Run, pdmer: Run, dmer_on_raters: Run, pdmer_before: Run, new_listener: Run, kinds: dict[str, str]
 ) -> dict[str, Any]:
-    """The results rows (DMER; DMER on the raters' curves; PDMER before / after adaptation) and the
-    per-rater gains of each adapted protocol over the unadapted PDMER and the DMER model on the same pairs."""
+    """The results rows (DMER; DMER on the raters' curves; PDMER before / after adaptation; the new-listener
+    case with the automatically chosen method) and the per-rater gains of each adapted protocol over the
+    unadapted PDMER and the DMER model on the same pairs."""
     rows = {"dmer": dmer.row("dmer"), "dmer_on_raters": dmer_on_raters.row("pdmer_within_song")}
     rows.update({p: pdmer.row(p) for p in ("pdmer_unadapted", *ADAPTED)})
+    rows["new_listener"] = new_listener.row("pdmer_cross_song")
     rows = {k: v for k, v in rows.items() if v is not None}
     seed = int(pdmer.cfg.seed)
+    candidates = [
+        reporting.Run("PDMER", seed, pdmer.results),
+        reporting.Run("auto", seed, new_listener.results),
+    ]
     summaries, gains = [], {}
     for baseline in (pdmer_before, dmer_on_raters):
         label = ROWS["pdmer_unadapted" if baseline is pdmer_before else "dmer"][0]
-        runs = [reporting.Run("PDMER", seed, pdmer.results), reporting.Run(label, seed, baseline.results)]
-        found, per_rater = reporting.paired_gains(runs, label, kinds)
+        found, per_rater = reporting.paired_gains(
+            [*candidates, reporting.Run(label, seed, baseline.results)], label, kinds
+        )
         for summary in found:
-            name = f"{ADAPTED[summary['protocol']]} vs {label}"
+            adapted = "new listener (auto)" if summary["label"] == "auto" else ADAPTED[summary["protocol"]]
+            name = f"{adapted} vs {label}"
             summaries.append({**summary, "condition": name})
             gains[name] = per_rater[summary["condition"]]
-    order = [f"{a} vs {b}" for a in ADAPTED.values() for b in ("PDMER before", "DMER")]
+    adapted = [*ADAPTED.values(), "new listener (auto)"]
+    order = [f"{a} vs {b}" for a in adapted for b in ("PDMER before", "DMER")]
     summaries.sort(key=lambda s: order.index(s["condition"]))
     return {
         "rows": [{"model": ROWS[k][0], "key": k, "meaning": ROWS[k][1], **v} for k, v in rows.items()],
@@ -246,8 +264,8 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize for the
-    test rater with the most test songs (their DEAM per-rater files; the last song held out and scored
-    before/after); dsaml-predict with the adapted checkpoint.
+    test rater with the most test songs (their DEAM per-rater files, method=auto; the last song held out and
+    scored against the DMER model -> personalize_report.json); dsaml-predict with the adapted checkpoint.
     Returns (what they write, [(command, overrides)])."""
     from dsaml.data.deam import PER_RATER_DIR
     from dsaml.data.synth import deam_tree, load_truth
@@ -266,6 +284,7 @@ def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, 
         f'annotations=["{annotations / PER_RATER_DIR}"]',
         f"rater={rater}",
         f"holdout=[{songs[-1]}]",
+        f"baseline={dmer.checkpoint}",
         f"out={adapted}",
     ]
     commands = [
@@ -273,7 +292,8 @@ def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, 
         ("personalize", personalize),
         ("predict", [f"ckpt={adapted}", f"inputs=[{audio / f'{songs[-1]}.mp3'}]", f"out={out}"]),
     ]
-    info = {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out)}
+    info = {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out),
+            "personalize_report": str(out / "personalize_report.json")}  # fmt: skip
     return info, commands
 
 
@@ -303,6 +323,7 @@ def example_curves(
     """Curves of `count` test pairs (one per rater, the raters with the largest and smallest gains first):
     the rater's curve, the DMER model, PDMER before and after within-song and cross-song adaptation, each
     from the library's test protocols (`run_protocols`) with the PDMER run's settings."""
+    from dsaml.meta import calibration_prior
     from dsaml.models.checkpoint import load_network
     from dsaml.plots import plot_curves
     from dsaml.training.config import TaskConfig
@@ -313,7 +334,9 @@ def example_curves(
     ranked = sorted(gains, key=gains.get)
     chosen = list(dict.fromkeys(ranked[::-1][: (count + 1) // 2] + ranked[: count // 2]))
     dataset = test_dataset(pdmer)
-    nets = {name: load_network(run.checkpoint)[0] for name, run in (("dmer", dmer), ("pdmer", pdmer))}
+    (dmer_net, _, _), (pdmer_net, _, hparams) = load_network(dmer.checkpoint), load_network(pdmer.checkpoint)
+    adaptation = task.resolved_adaptation
+    prior = calibration_prior(adaptation, hparams.get("calibration_prior"))
     features = pdmer.results.get("features", {})
     start_s, step_s = float(features.get("start_s", 15.0)), float(features.get("segment_s", 0.5))
     labels = {
@@ -331,15 +354,10 @@ def example_curves(
             if len(it["arousal"]) > window
         )
         settings = dict(
-            window=window,
-            adapt_steps=task.adapt_steps,
-            inner_lr=task.inner_lr,
-            first_order=task.first_order,
-            stitch=task.stitch,
-            batch_size=task.eval_batch_size,
+            window=window, adaptation=adaptation, stitch=task.stitch, batch_size=task.eval_batch_size
         )
-        results = run_protocols(nets["pdmer"], item, list(labels), **settings)
-        _, dmer_curves = run_protocols(nets["dmer"], item, ["dmer"], **settings)["dmer"]
+        results = run_protocols(pdmer_net, item, list(labels), prior=prior, **settings)
+        _, dmer_curves = run_protocols(dmer_net, item, ["dmer"], **settings)["dmer"]
         curves = {"DMER model": (dmer_curves[0].numpy(), dmer_curves[1].numpy())}
         for protocol, label in labels.items():
             if protocol in results:

@@ -5,11 +5,11 @@
 3. DMER: `dsaml-train experiment=dmer_synthetic` (fit, then test the best checkpoint on the test songs),
 4. PDMER: `dsaml-train experiment=pdmer_synthetic init_from=<the DMER checkpoint>` (first-order MAML over
    raters; tests unadapted, within-song and cross-song adaptation),
-5. results: `dsaml-eval` of the DMER and the PDMER model with 0 adaptation steps on the same (song, rater)
-   pairs; one table (DMER; PDMER before / after adaptation), the gain per rater over both with its 95%
-   interval and paired tests (`dsaml.reporting`), and plots (curves, attention maps, per-rater gains),
+5. results: `dsaml-eval` of the DMER and the PDMER model unadapted on the same (song, rater) pairs, and of
+   the new-listener case (cross-song, the method `dsaml-personalize method=auto` picks); one table, the gain
+   per rater over both baselines with its 95% interval and paired tests (`dsaml.reporting`), plots,
 6. the user tools: `dsaml-predict` on a test song, `dsaml-personalize` for one test rater (a held-out song
-   scored before/after), `dsaml-predict` with the adapted checkpoint.
+   scored against the DMER model), `dsaml-predict` with the adapted checkpoint.
 
 dsaml-demo                                  # everything under ./data and ./outputs/demo/<time>/
 dsaml-demo synth=tiny seed=1                # another corpus preset / seed
@@ -62,7 +62,9 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
     console.print("dsaml-eval of the DMER and the unadapted PDMER model on the raters' test pairs ...")
     dmer_on_raters = demo.evaluate("dmer_on_raters", dmer.checkpoint, pdmer, protocols, config)
     pdmer_before = demo.evaluate("pdmer_before", pdmer.checkpoint, pdmer, protocols, config)
-    report = demo.compare(dmer, pdmer, dmer_on_raters, pdmer_before, kinds)
+    console.print("dsaml-eval of the new-listener case: cross-song with the method chosen by method=auto ...")
+    auto = demo.evaluate("new_listener", pdmer.checkpoint, pdmer, ["pdmer_cross_song"], config, "auto")
+    report = demo.compare(dmer, pdmer, dmer_on_raters, pdmer_before, auto, kinds)
     title = "Test results (mean over songs / song-rater pairs)"
     console.print(reporting.rich_table(title, *demo.results_rows(report)))
     for row in report["rows"]:
@@ -78,6 +80,7 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
     made += demo.example_curves(dmer, pdmer, first, kinds, config.examples, plots)
     made += demo.attention_maps([dmer, pdmer], pdmer, plots)
     runs = {"dmer": dmer, "pdmer": pdmer, "dmer_on_raters": dmer_on_raters, "pdmer_before": pdmer_before}
+    runs["new_listener"] = auto
     report["runs"] = {k: str(r.directory) for k, r in runs.items()}
     report["checkpoints"] = {"dmer": str(dmer.checkpoint), "pdmer": str(pdmer.checkpoint)}
     return {**report, "plots": [str(p) for p in made]}
