@@ -101,9 +101,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/personalization", help="benchmark folder")
     parser.add_argument("--data", default="data", help="where the corpus and its store go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS
-    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
