@@ -122,3 +122,48 @@ def test_find_runs_labels_a_sweep_by_its_overrides(tmp_path):
         reporting.find_runs([tmp_path / "bad"])
     with pytest.raises(FileNotFoundError, match="no results.json under"):
         reporting.find_runs([tmp_path / "sweep" / "0" / ".hydra"])
+
+
+def test_dsaml_report_command_writes_tables_json_and_plot(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from app_fixtures import capture
+    from dsaml.cli import report
+    from dsaml.config import CONFIG_DIR
+
+    for seed, (base, cand) in enumerate([(0.5, 0.6), (0.4, 0.6)]):
+        for label, value in (("dmer", base), ("maml", cand)):
+            folder = tmp_path / "runs" / label / f"seed_{seed}"
+            folder.mkdir(parents=True)
+            per = {("cross", "a"): (value, 1), ("cross", "b"): (value - 0.1, 1)}
+            (folder / "results.json").write_text(json.dumps(results({"cross": value}, per)))
+
+    def run(*overrides: str) -> tuple[int, str]:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("report", overrides=[f"out={tmp_path / 'out'}", *overrides])
+            console, buffer = capture()
+            return report.run(cfg, console), buffer.getvalue()
+
+    code, _ = run(f"runs=[{tmp_path / 'runs'}]", "baseline=dmer")
+    assert code == 0
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    # gains per seed: a and b both +0.1 (seed 0) and +0.2 (seed 1) -> +0.15 per rater, no spread
+    assert written["per_rater_gains"] == {"maml cross": pytest.approx({"a": 0.15, "b": 0.15})}
+    (gain,) = written["gains"]
+    assert gain["seeds"] == 2 and gain["n"] == 2 and gain["mean"] == pytest.approx(0.15) and gain["t_p"] is None
+    scores = {s["condition"]: s for s in written["scores"]}
+    assert scores["maml cross"]["average"] == pytest.approx(0.6) and scores["maml cross"]["average_ci"] == 0.0
+    # dmer: [0.5, 0.4] -> mean 0.45 ± t(0.975, 1) * 0.05 = 12.706 * 0.05
+    assert scores["dmer cross"]["average_ci"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| maml cross | +0.150 ± 0.000 | 2/2 | +0.150 |  | 0.5 |" in text and "| dmer cross |" in text
+    assert (tmp_path / "out" / "gains.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, text = run(f"runs=[{tmp_path / 'runs'}]", "baseline=nope")
+    assert code == 2 and "baseline='nope' is not a run label" in text
+    code, text = run(f"runs=[{tmp_path / 'missing'}]")
+    assert code == 2 and "is not a folder" in text
+    code, text = run()
+    assert code == 2 and "runs is required" in text
