@@ -4,6 +4,9 @@
 - `plot_curves`: true curves against one or more predictions (e.g. before / after personalisation).
 - `plot_attention`: head-averaged attention maps of every pass and layer of one clip.
 - `plot_rater_gains`: per-rater change of a score after adaptation, sorted, with the mean and spread.
+- `plot_gain_intervals`: mean per-rater gain of each comparison with its 95% interval, overall and per
+  rater kind (`dsaml.reporting.paired_gains` summaries).
+- `plot_gain_growth`: mean gain with its 95% interval against a setting (e.g. meta-training length).
 """
 
 from __future__ import annotations
@@ -163,5 +166,56 @@ def plot_rater_gains(
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gain_intervals(path: str | Path, summaries: Sequence[Mapping], title: str) -> Path:
+    """One row per comparison: its mean per-rater gain (dot) with the 95% interval (bar), for all raters
+    and each rater kind (offset markers). summaries: {"condition", "mean", "ci", "n", "by_kind": {kind:
+    {"mean", "ci", "n"}}} as `dsaml.reporting.paired_gains` returns them."""
+    kinds = sorted({k for s in summaries for k in s.get("by_kind", {})})
+    groups = ["all raters", *kinds]
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.55 * len(summaries) * max(1, len(groups)) ** 0.5))
+    y = np.arange(len(summaries))[::-1].astype(float)
+    step = 0.7 / max(1, len(groups))
+    for index, group in enumerate(groups):
+        entries = [s if group == "all raters" else s.get("by_kind", {}).get(group) for s in summaries]
+        offset = (index - (len(groups) - 1) / 2) * step
+        for row, entry in zip(y, entries, strict=True):
+            if entry is None:
+                continue
+            ci = 0.0 if np.isnan(entry["ci"]) else entry["ci"]
+            ax.errorbar(
+                entry["mean"], row - offset, xerr=ci, fmt="o", color=COLORS[index % 4],
+                ms=6 if index == 0 else 4, capsize=3, label=f"{group}" if row == y[0] else None,
+            )  # fmt: skip
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [f"{s['condition']} (n={s['n']})" for s in summaries], fontsize=8)
+    ax.set_xlabel("gain in the average score over the baseline (mean, 95% interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gain_growth(
+    path: str | Path, series: Mapping[str, Sequence[tuple[float, float, float]]], xlabel: str, title: str
+) -> Path:
+    """Mean gain with its 95% interval (shaded) against a setting: series = {label: [(x, mean, half-width
+    of the interval)]}, e.g. the gain over the DMER model against the number of meta-training steps."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for index, (label, points) in enumerate(series.items()):
+        x, mean, half = (np.array(v, dtype=float) for v in zip(*sorted(points), strict=True))
+        half = np.nan_to_num(half)
+        ax.plot(x, mean, "o-", color=COLORS[index % 4], label=label)
+        ax.fill_between(x, mean - half, mean + half, color=COLORS[index % 4], alpha=0.15)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("gain in the average score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

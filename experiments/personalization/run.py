@@ -1,0 +1,151 @@
+"""Personalisation benchmark: every adaptation method x test protocol on the demo corpus, several seeds,
+per-rater gains paired against the DMER model, and how they grow with meta-training length.
+
+    python experiments/personalization/run.py                      # demo corpus, 3 seeds (long: CPU hours)
+    python experiments/personalization/run.py --tiny --out /tmp/pb # the harness at tiny size (minutes)
+
+Only the project's commands run, each as its own process (`python -m dsaml.cli.<command>`):
+1. `dsaml-synth` / `dsaml-preprocess`: the corpus and its feature store (reused when already there);
+2. per seed: `dsaml-train` of the DMER model (conf/demo.yaml's settings), then one PDMER meta-training run
+   per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights;
+3. `dsaml-eval` of every PDMER checkpoint with every method (`--methods`) under the within-song protocol and
+   the cross-song protocol with k = `--shots` support songs (`task.shots`), and of the DMER model with 0
+   adaptation (adaptation=none) under the same protocols (the baseline, same song-rater pairs); `auto` is
+   the selection `dsaml-personalize method=auto` makes, run on each test pair's support;
+4. `dsaml-report` per k: scores with 95% intervals over seeds, per-rater gains vs the DMER model with paired
+   tests, split by rater kind (the corpus's truth); then one gain-vs-meta-training-length plot.
+Runs whose results.json exists are kept (a stopped benchmark resumes). Results: <out>/report/k<k>/report.md,
+<out>/growth.png, <out>/summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from dsaml.config import CONFIG_DIR
+from dsaml.demo import best_checkpoint, to_overrides
+from dsaml.meta.methods import AUTO
+from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
+
+WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
+METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/adaptation/)
+# the PDMER test settings the DMER checkpoint is scored with (it records a DMER task)
+TASK_KEYS = ("support_segments", "stitch", "eval_batch_size", "inner_steps", "inner_lr", "first_order")
+TINY = {
+    "synth": "tiny",
+    "dmer": ["+model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}", "trainer.max_epochs=1"],
+    "pdmer": ["+model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}", "task.steps_per_epoch=2"],
+}
+
+
+def command(name: str, overrides: list[str]) -> None:
+    """Run `dsaml-<name> overrides...` in its own process; stop the benchmark when it fails."""
+    args = [sys.executable, "-m", f"dsaml.cli.{name}", *overrides]
+    print("$ dsaml-" + " ".join([name, *overrides]), flush=True)
+    if subprocess.run(args).returncode:
+        sys.exit(f"dsaml-{name} failed (see above); the finished runs are kept")
+
+
+def train(name: str, settings: list[str], seed: int, store: Path, directory: Path, extra: list[str]) -> Path:
+    """A dsaml-train run (fit only) into `directory`; returns its selected checkpoint."""
+    if not (directory / "checkpoints").is_dir():
+        command(
+            "train",
+            [*settings, *extra, f"seed={seed}", f"paths.store={store}", f"hydra.run.dir={directory}",
+             "test=false", "logger=none", "trainer.enable_model_summary=false"],
+        )  # fmt: skip
+    return best_checkpoint(directory)
+
+
+def evaluate(
+    ckpt: Path, task: dict, protocols: list[str], shots: int, method: str, store: Path, out: Path
+) -> None:
+    """dsaml-eval of `ckpt` with the PDMER test settings `task`, k = `shots` and `method` into `out`."""
+    if (out / "results.json").is_file():
+        return
+    settings = [
+        f"+overrides.{k}={json.dumps(task[k]) if not isinstance(task[k], str) else task[k]}"
+        for k in TASK_KEYS
+    ]
+    command(
+        "evaluate",
+        [f"ckpt_path={ckpt}", "data=synthetic", "task=pdmer", f"protocols=[{','.join(protocols)}]",
+         *settings, f"+overrides.shots={shots}", f"adaptation={method}", f"paths.store={store}",
+         f"hydra.run.dir={out}", "hydra.output_subdir=null", "trainer.enable_model_summary=false"],
+    )  # fmt: skip
+
+
+def growth_table(out: Path, shots: list[int]) -> dict[str, list[tuple[float, float, float]]]:
+    """{"<method> <protocol> k=<k>": [(meta-batches, mean gain, 95% half-width)]} from the reports."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for k in shots:
+        report = json.loads((out / "report" / f"k{k}" / "report.json").read_text())
+        for gain in report["gains"]:
+            match = re.fullmatch(r"pdmer_(\d+)_(\w+)", gain["label"])
+            if match:
+                protocol = "within-song" if gain["protocol"] == WITHIN else f"cross-song k={k}"
+                name = f"{gain['method'] or match.group(2)} {protocol}"
+                series.setdefault(name, []).append((int(match.group(1)), gain["mean"], gain["ci"]))
+    return series
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/personalization", help="benchmark folder")
+    parser.add_argument("--data", default="data", help="where the corpus and its store go")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")
+    parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
+    args = parser.parse_args()
+
+    demo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "demo.yaml"))
+    preset = TINY["synth"] if args.tiny else "demo"
+    out, corpus = Path(args.out), Path(args.data) / "synthetic" / preset
+    store = Path(args.data) / "stores" / f"synthetic_{preset}.h5"
+    command("synth", [f"synth={preset}", f"out={corpus}", "seed=0"])
+    if not store.is_file():
+        command("preprocess", ["data=synthetic", f"data.root={corpus}", f"paths.store={store}"])
+    dmer_settings = to_overrides(demo["dmer"]) + (TINY["dmer"] if args.tiny else [])
+    pdmer_settings = to_overrides(demo["pdmer"]) + (TINY["pdmer"] if args.tiny else [])
+    steps = 2 if args.tiny else int(demo["pdmer"]["task"]["steps_per_epoch"])
+    for seed in args.seeds:
+        runs = out / "train" / f"seed_{seed}"
+        dmer = train("dmer", dmer_settings, seed, store, runs / "dmer", [])
+        pdmer = {
+            epochs * steps: train("pdmer", pdmer_settings, seed, store, runs / f"pdmer_{epochs * steps}",
+                                  [f"init_from={dmer}", f"trainer.max_epochs={epochs}"])
+            for epochs in args.epochs
+        }  # fmt: skip
+        from dsaml.models.checkpoint import load_network
+
+        task = load_network(next(iter(pdmer.values())))[2]["task"]
+        for k in args.shots:
+            protocols = [WITHIN, CROSS] if k == args.shots[0] else [CROSS]
+            evaluate(dmer, task, protocols, k, "none", store, out / f"k{k}" / "dmer" / f"seed_{seed}")
+            for length, ckpt in pdmer.items():
+                for method in args.methods:
+                    folder = out / f"k{k}" / f"pdmer_{length}_{method}" / f"seed_{seed}"
+                    evaluate(ckpt, task, protocols, k, method, store, folder)
+    for k in args.shots:
+        report = out / "report" / f"k{k}"
+        command("report", [f"runs=[{out / f'k{k}'}]", "baseline=dmer", f"corpus={corpus}", f"out={report}"])
+    from dsaml.plots import plot_gain_growth
+
+    title = f"Per-rater gain vs the DMER model against meta-training length ({len(args.seeds)} seeds, 95% CI)"
+    plot_gain_growth(out / "growth.png", growth_table(out, args.shots), "PDMER meta-batches", title)
+    parts = [(out / "report" / f"k{k}" / "report.md").read_text() for k in args.shots]
+    (out / "summary.md").write_text("\n\n".join(parts))
+    print(f"benchmark -> {out / 'summary.md'}, {out / 'growth.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""`dsaml-report`: aggregate the results.json of several runs into tables and a plot.
+
+dsaml-report runs=[outputs/multirun/2026-12-01/10-00-00]      # scores: mean ± 95% interval over seeds
+dsaml-report runs=[sweep/] baseline="experiment=dmer_synthetic" corpus=data/synthetic/demo   # + gains
+
+Writes <out>/report.md, <out>/report.json and, with a baseline, <out>/gains.png.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+from rich.console import Console
+
+from dsaml import reporting
+from dsaml.cli.entry import hydra_command
+from dsaml.cli.predict import plain_options
+from dsaml.data.validation import ConfigError, from_mapping
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """conf/report.yaml without `paths`."""
+
+    runs: list[str]
+    out: str
+    baseline: str | None = None
+    corpus: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.runs, list) or not self.runs:
+            raise ConfigError(
+                f"runs={self.runs!r}: expected a list of folders, e.g. runs=[outputs/multirun/X]"
+            )
+        for folder in self.runs:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"runs: {folder} is not a folder")
+        if self.corpus is not None and not Path(self.corpus).is_dir():
+            raise ConfigError(f"corpus={self.corpus!r} is not a folder (a dsaml-synth corpus)")
+
+
+def run(cfg: DictConfig, console: Console) -> int:
+    """Read the runs, print and write the tables; returns the exit code (2: bad input, named)."""
+    try:
+        config = from_mapping(ReportConfig, plain_options(cfg), "dsaml-report")
+        runs = reporting.find_runs(config.runs)
+        kinds = reporting.rater_kinds(config.corpus)
+        gains = reporting.paired_gains(runs, config.baseline, kinds) if config.baseline else ([], {})
+    except MissingMandatoryValue as error:
+        console.print(
+            f"[red]dsaml-report:[/red] {error.full_key} is required, e.g. runs=[outputs/multirun/X]"
+        )
+        return 2
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        console.print(f"[red]dsaml-report:[/red] {error}", highlight=False)
+        return 2
+    scores = reporting.score_table(runs)
+    sections = [("Scores: mean ± 95% interval over seeds", reporting.score_rows(scores))]
+    if config.baseline:
+        title = f"Per-rater gain in the average score vs {config.baseline} (same protocol, pairs and seed)"
+        sections.append((title, reporting.gain_rows(gains[0])))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = [f"# dsaml-report of {', '.join(config.runs)}", f"{len(runs)} runs."]
+    for title, (header, rows) in sections:
+        console.print(reporting.rich_table(title, header, rows))
+        text += ["", f"## {title}", "", reporting.markdown(header, rows)]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    report = {"runs": [str(r.path) for r in runs], "scores": scores, "baseline": config.baseline}
+    if config.baseline:
+        from dsaml.plots import plot_gain_intervals
+
+        report |= {"gains": gains[0], "per_rater_gains": gains[1], "rater_kinds": kinds}
+        plot_gain_intervals(
+            out / "gains.png", gains[0], f"Per-rater gain vs {config.baseline} (95% interval)"
+        )
+    (out / "report.json").write_text(json.dumps(reporting.finite(report), indent=2))
+    console.print(f"report -> {out / 'report.md'}", highlight=False)
+    return 0
+
+
+main = hydra_command("report", lambda cfg: run(cfg, Console()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""The demo's stages (`dsaml-demo`), each a call of the project's own entry points.
+
+- `DemoConfig.check`: conf/demo.yaml, including the two nested `dsaml-train` settings (composed and validated
+  as training configs before any work);
+- `make_corpus` (`dsaml-synth`), `make_store` (`dsaml-preprocess`);
+- `train` (`dsaml-train`: fit, then test the best checkpoint -> results.json) and `evaluate` (`dsaml-eval`:
+  a checkpoint under the PDMER run's test settings, e.g. the DMER model on the raters' curves with 0
+  adaptation steps);
+- `compare`: the results table and per-rater gains (`dsaml.reporting`);
+- `example_curves`, `attention_maps`: the demo's figures (`dsaml.plots`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from dsaml import reporting
+from dsaml.data.validation import ConfigError
+
+DEVICES = ("cpu", "gpu")  # dsaml-train trainer presets
+ROWS = {  # key -> (table label, what it is)
+    "dmer": ("DMER", "DMER model, scored on the rater-averaged curves of the test songs"),
+    "dmer_on_raters": ("DMER on raters", "DMER model (not adapted), scored on each rater's own curves"),
+    "pdmer_unadapted": ("PDMER before", "meta-trained PDMER model before adaptation, rater curves"),
+    "pdmer_within_song": ("PDMER within-song", "adapted on the rater's first 30 s of the song, scored after"),
+    "pdmer_cross_song": ("PDMER cross-song", "adapted on another song of the rater, scored on this song"),
+    "new_listener": ("new listener (auto)", "cross-song with the method dsaml-personalize method=auto picks"),
+}
+ADAPTED = {"pdmer_within_song": "within-song", "pdmer_cross_song": "cross-song"}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """conf/demo.yaml without `paths` (see there for each key)."""
+
+    synth: dict[str, Any]
+    seed: int
+    corpus: str
+    store: str
+    out: str
+    workers: int = 2
+    device: str = "cpu"
+    examples: int = 4
+    pdmer_from_dmer: bool = True
+    dmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "dmer_synthetic"})
+    pdmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "pdmer_synthetic"})
+
+    def __post_init__(self) -> None:
+        from dsaml.data.synth import SynthConfig
+
+        object.__setattr__(self, "synth", SynthConfig.from_mapping(self.synth))
+        if self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r} is not one of {', '.join(DEVICES)}")
+        for key in ("seed", "workers", "examples"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{key}={value!r}: expected an integer >= 0")
+        if not isinstance(self.pdmer_from_dmer, bool):
+            raise ConfigError(f"pdmer_from_dmer={self.pdmer_from_dmer!r}: expected true or false")
+        for key in ("dmer", "pdmer"):
+            if not isinstance(getattr(self, key), dict) or "experiment" not in getattr(self, key):
+                raise ConfigError(f"{key}: expected a mapping: an `experiment` preset and settings on top")
+
+    def check_runs(self) -> None:
+        """Compose and validate both dsaml-train configurations (the store need not exist yet)."""
+        from dsaml.training.config import validate_train_config
+
+        for name, task in (("dmer", "dmer"), ("pdmer", "pdmer")):
+            try:
+                cfg = train_config(name, getattr(self, name), self, Path(self.out) / name)
+                validate_train_config(cfg, need_store=False)
+                experiment = getattr(self, name)["experiment"]
+                if str(cfg.task.name) != task:
+                    raise ValueError(f"experiment={experiment!r} trains task={cfg.task.name}")
+            except (ValueError, HydraException, OmegaConfBaseException) as error:
+                raise ConfigError(f"{name}: {str(error).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------ corpus and store
+def make_corpus(config: DemoConfig, console: Console) -> bool:
+    """Generate the corpus (or reuse an identical one); returns whether it was (re)generated."""
+    from dsaml.data.synth import generate_corpus
+
+    summary = generate_corpus(
+        config.corpus, config.synth, config.seed, workers=max(1, config.workers), console=console
+    )
+    for label, value in summary.lines():
+        console.print(f"  {label:20s} {value}", highlight=False)
+    return not summary.reused
+
+
+def make_store(config: DemoConfig, console: Console, rebuild: bool) -> Path:
+    """The corpus's feature store: reused when up to date, rebuilt when the corpus was just (re)generated
+    or the store was made from other input (it is the demo's own derived file)."""
+    from dsaml.cli.preprocess import configs
+    from dsaml.cli.preprocess import run as preprocess
+    from dsaml.data.preprocess import store_is_current
+
+    overrides = ["data=synthetic", f"data.root={config.corpus}", f"paths.store={config.store}"]
+    cfg = compose("preprocess", overrides=[*overrides, f"workers={config.workers}"])
+    if not rebuild and Path(config.store).is_file():
+        rebuild = not store_is_current(*configs(cfg))
+    cfg.overwrite = rebuild
+    if preprocess(cfg, console):
+        raise RuntimeError(f"dsaml-preprocess failed for {config.corpus} (see the messages above)")
+    return Path(config.store)
+
+
+# ------------------------------------------------------------------ dsaml-train and dsaml-eval runs
+@dataclass
+class Run:
+    """A finished dsaml-train / dsaml-eval run: its directory, config, results.json and checkpoint."""
+
+    name: str
+    directory: Path
+    cfg: DictConfig
+    results: dict[str, list[dict[str, Any]]]
+    checkpoint: Path
+
+    def row(self, protocol: str) -> dict[str, Any] | None:
+        return next((r for r in self.results["rows"] if r["protocol"] == protocol), None)
+
+
+def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """Nested settings -> dotted Hydra overrides: {"task": {"lr": 0.001}} -> ["task.lr=0.001"]."""
+    out = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out += to_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return out
+
+
+def train_config(
+    name: str, settings: dict[str, Any], config: DemoConfig, directory: Path, init_from: Path | None = None
+) -> DictConfig:
+    """The composed dsaml-train config of one of the demo's runs."""
+    overrides = [
+        *([f"init_from={init_from}"] if init_from is not None else []),
+        f"experiment={settings['experiment']}",
+        f"trainer={config.device}",
+        *to_overrides({k: v for k, v in settings.items() if k != "experiment"}),
+        f"seed={config.seed}",
+        f"paths.store={config.store}",
+        f"paths.output_dir={directory}",
+        "trainer.enable_model_summary=false",
+    ]
+    return compose("train", overrides=overrides)
+
+
+def best_checkpoint(directory: Path) -> Path:
+    """The run's selected checkpoint (ModelCheckpoint's top-1 epoch_*.ckpt), else its last.ckpt."""
+    found = sorted((directory / "checkpoints").glob("epoch_*.ckpt")) or [
+        directory / "checkpoints" / "last.ckpt"
+    ]
+    if not found[-1].is_file():
+        raise FileNotFoundError(f"no checkpoint in {directory / 'checkpoints'}")
+    return found[-1]
+
+
+def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None = None) -> Run:
+    """`dsaml-train` of the demo's run `name` (dmer | pdmer) into run_dir/name: fit, test the best
+    checkpoint."""
+    from dsaml.training.run import run
+
+    directory = run_dir / name
+    cfg = train_config(name, getattr(config, name), config, directory, init_from)
+    run(cfg)
+    results = json.loads((directory / "results.json").read_text())
+    return Run(name, directory, cfg, results, best_checkpoint(directory))
+
+
+def evaluate(
+    name: str,
+    checkpoint: Path,
+    pdmer: Run,
+    protocols: list[str],
+    config: DemoConfig,
+    adaptation: str = "none",
+) -> Run:
+    """`dsaml-eval` of `checkpoint` with the PDMER run's test settings and an adaptation method (none: the
+    network as it is, scored on the same (song, rater) pairs and regions as the adapted model) into
+    <run dir>/name."""
+    from dsaml.training.run import evaluate as dsaml_eval
+
+    directory = pdmer.directory.parent / name
+    task = OmegaConf.to_container(pdmer.cfg.task, resolve=True)
+    task = {k: v for k, v in task.items() if k != "test_protocols"}
+    cfg = compose(
+        "eval",
+        overrides=[
+            "data=synthetic",
+            "task=pdmer",
+            f"ckpt_path={checkpoint}",
+            f"adaptation={adaptation}",
+            f"protocols=[{','.join(protocols)}]",
+            f"trainer={config.device}",
+            "trainer.enable_model_summary=false",
+            f"seed={config.seed}",
+            f"paths.store={config.store}",
+            f"paths.output_dir={directory}",
+        ],
+    )
+    with open_dict(cfg):
+        cfg.overrides = task
+    return Run(name, directory, cfg, dsaml_eval(cfg), checkpoint)
+
+
+# ------------------------------------------------------------------ comparisons
+def compare(
+    dmer: Run, pdmer: Run, dmer_on_raters: Run, pdmer_before: Run, new_listener: Run, kinds: dict[str, str]
+) -> dict[str, Any]:
+    """The results rows (DMER; DMER on the raters' curves; PDMER before / after adaptation; the new-listener
+    case with the automatically chosen method) and the per-rater gains of each adapted protocol over the
+    unadapted PDMER and the DMER model on the same pairs."""
+    rows = {"dmer": dmer.row("dmer"), "dmer_on_raters": dmer_on_raters.row("pdmer_within_song")}
+    rows.update({p: pdmer.row(p) for p in ("pdmer_unadapted", *ADAPTED)})
+    rows["new_listener"] = new_listener.row("pdmer_cross_song")
+    rows = {k: v for k, v in rows.items() if v is not None}
+    seed = int(pdmer.cfg.seed)
+    candidates = [
+        reporting.Run("PDMER", seed, pdmer.results),
+        reporting.Run("auto", seed, new_listener.results),
+    ]
+    summaries, gains = [], {}
+    for baseline in (pdmer_before, dmer_on_raters):
+        label = ROWS["pdmer_unadapted" if baseline is pdmer_before else "dmer"][0]
+        found, per_rater = reporting.paired_gains(
+            [*candidates, reporting.Run(label, seed, baseline.results)], label, kinds
+        )
+        for summary in found:
+            adapted = "new listener (auto)" if summary["label"] == "auto" else ADAPTED[summary["protocol"]]
+            name = f"{adapted} vs {label}"
+            summaries.append({**summary, "condition": name})
+            gains[name] = per_rater[summary["condition"]]
+    adapted = [*ADAPTED.values(), "new listener (auto)"]
+    order = [f"{a} vs {b}" for a in adapted for b in ("PDMER before", "DMER")]
+    summaries.sort(key=lambda s: order.index(s["condition"]))
+    return {
+        "rows": [{"model": ROWS[k][0], "key": k, "meaning": ROWS[k][1], **v} for k, v in rows.items()],
+        "gains": summaries,
+        "per_rater_gains": {name: gains[name] for name in order if name in gains},
+        "rater_kinds": {r: kinds.get(r) for g in gains.values() for r in g},
+    }
+
+
+def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the demo's results table."""
+    header = ["model", *(k.replace("arousal_", "A ").replace("valence_", "V ") for k in reporting.METRICS)]
+    rows = [[r["model"], *(f"{r[k]:.3f}" for k in reporting.SCORES), str(r["n"])] for r in report["rows"]]
+    return [*header, "avg", "n"], rows
+
+
+def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
+    """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize for the
+    test rater with the most test songs (their DEAM per-rater files, method=auto; the last song held out and
+    scored against the DMER model -> personalize_report.json); dsaml-predict with the adapted checkpoint.
+    Returns (what they write, [(command, overrides)])."""
+    from dsaml.data.deam import PER_RATER_DIR
+    from dsaml.data.synth import deam_tree, load_truth
+
+    corpus = Path(config.corpus)
+    layout = load_truth(corpus)["layout"]
+    audio, annotations = deam_tree.audio_dir(corpus, layout), deam_tree.annotations_dir(corpus, layout)
+    songs_of = test_songs_of_raters(config.store)
+    rater = max(sorted(songs_of), key=lambda r: len(songs_of[r]))
+    songs = sorted(songs_of[rater], key=int)
+    out = Path(config.out) / "tools"
+    adapted = out / f"personalized_{rater}.ckpt"
+    personalize = [
+        f"ckpt={pdmer.checkpoint}",
+        "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
+        f'annotations=["{annotations / PER_RATER_DIR}"]',
+        f"rater={rater}",
+        f"holdout=[{songs[-1]}]",
+        f"baseline={dmer.checkpoint}",
+        f"out={adapted}",
+    ]
+    commands = [
+        ("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{audio / f'{songs[0]}.mp3'}]", f"out={out}"]),
+        ("personalize", personalize),
+        ("predict", [f"ckpt={adapted}", f"inputs=[{audio / f'{songs[-1]}.mp3'}]", f"out={out}"]),
+    ]
+    info = {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out),
+            "personalize_report": str(out / "personalize_report.json")}  # fmt: skip
+    return info, commands
+
+
+# ------------------------------------------------------------------ figures
+def test_songs_of_raters(store: str | Path) -> dict[str, list[str]]:
+    """{rater: their test songs} in the feature store."""
+    from dsaml.data.store import FeatureStore
+
+    with FeatureStore(store) as reader:
+        return {r: sorted(reader.songs_of_rater(r, "test")) for r in reader.raters("test")}
+
+
+def test_dataset(pdmer: Run) -> Any:
+    """The PDMER run's test dataset as dsaml-train tests it: `pairs` [(song, rater)], `[i]` the item."""
+    from dsaml.models import DSAMLConfig
+    from dsaml.training.config import TaskConfig
+    from dsaml.training.run import datamodule_from
+
+    task = TaskConfig.from_dict(OmegaConf.to_container(pdmer.cfg.task, resolve=True))
+    model = DSAMLConfig.from_dict(OmegaConf.to_container(pdmer.cfg.model, resolve=True))
+    return datamodule_from(pdmer.cfg, task, model).test_dataloader().dataset
+
+
+def example_curves(
+    dmer: Run, pdmer: Run, gains: dict[str, float], kinds: dict[str, str], count: int, out: Path
+) -> list[Path]:
+    """Curves of `count` test pairs (one per rater, the raters with the largest and smallest gains first):
+    the rater's curve, the DMER model, PDMER before and after within-song and cross-song adaptation, each
+    from the library's test protocols (`run_protocols`) with the PDMER run's settings."""
+    from dsaml.meta import calibration_prior
+    from dsaml.models.checkpoint import load_network
+    from dsaml.plots import plot_curves
+    from dsaml.training.config import TaskConfig
+    from dsaml.training.evaluation import run_protocols
+
+    task = TaskConfig.from_dict(OmegaConf.to_container(pdmer.cfg.task, resolve=True))
+    window = task.support_segments
+    ranked = sorted(gains, key=gains.get)
+    chosen = list(dict.fromkeys(ranked[::-1][: (count + 1) // 2] + ranked[: count // 2]))
+    dataset = test_dataset(pdmer)
+    (dmer_net, _, _), (pdmer_net, _, hparams) = load_network(dmer.checkpoint), load_network(pdmer.checkpoint)
+    adaptation = task.resolved_adaptation
+    prior = calibration_prior(adaptation, hparams.get("calibration_prior"))
+    features = pdmer.results.get("features", {})
+    start_s, step_s = float(features.get("start_s", 15.0)), float(features.get("segment_s", 0.5))
+    labels = {
+        "pdmer_unadapted": "PDMER before",
+        "pdmer_within_song": "PDMER within-song adapted",
+        "pdmer_cross_song": "PDMER cross-song adapted",
+    }
+    paths = []
+    for rater in chosen:
+        item = next(
+            it
+            for i, (_, owner) in enumerate(dataset.pairs)
+            if owner == rater
+            for it in [dataset[i]]
+            if len(it["arousal"]) > window
+        )
+        settings = dict(
+            window=window, adaptation=adaptation, stitch=task.stitch, batch_size=task.eval_batch_size
+        )
+        results = run_protocols(pdmer_net, item, list(labels), prior=prior, **settings)
+        _, dmer_curves = run_protocols(dmer_net, item, ["dmer"], **settings)["dmer"]
+        curves = {"DMER model": (dmer_curves[0].numpy(), dmer_curves[1].numpy())}
+        for protocol, label in labels.items():
+            if protocol in results:
+                scores, (pred_a, pred_v, _, _) = results[protocol]
+                curves[f"{label} ({scores['average']:.2f})"] = (pred_a.numpy(), pred_v.numpy())
+        title = (
+            f"test song {item['song']}, rater {rater} ({kinds.get(rater, '?')} rater); in brackets: average "
+            "score; shaded: the within-song support"
+        )
+        true = (item["arousal"].numpy(), item["valence"].numpy())
+        path = out / f"curves_{item['song']}_{rater}.png"
+        paths.append(plot_curves(path, true, curves, title, start_s, step_s, support_until=window))
+    return paths
+
+
+def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
+    """Head-averaged attention maps of each run's network on the first window of the first PDMER test
+    song longer than that window, every pass and layer."""
+    from dsaml.models.checkpoint import load_network
+    from dsaml.plots import plot_attention
+
+    window = int(pdmer.cfg.task.support_segments)
+    dataset = test_dataset(pdmer)
+    item = next(it for i in range(len(dataset)) for it in [dataset[i]] if len(it["arousal"]) > window)
+    paths = []
+    for run in runs:
+        net, cfg, _ = load_network(run.checkpoint)
+        with torch.no_grad():
+            maps = net(item["logmel"][None, :window], None, return_attention=True)["attention_maps"][0]
+        names = ["local", "global"] if cfg.attention == "dual" else [cfg.attention]
+        title = (
+            f"{run.name}: attention of song {item['song']} (first {window} segments), head-averaged; "
+            f"local radius {cfg.local_radius}, global radius {cfg.global_radius}"
+        )
+        paths.append(
+            plot_attention(out / f"attention_{run.name}.png", maps.mean(dim=1).numpy(), names, title)
+        )
+    return paths
