@@ -36,6 +36,8 @@ TOP_LEVEL_KEYS = (
     "task_name",
     "tags",
     "num_workers",
+    "trust_checkpoint",
+    "overwrite",
 )
 
 

@@ -1,0 +1,109 @@
+"""What keeps a training run's results safe and a resumed run identical to an uninterrupted one.
+
+- `claim_run_directory`: a run never writes into a folder holding another run's results (checkpoints, csv
+  metrics, results.json/md, wandb) unless it resumes that run (`ckpt_path`) or `overwrite=true` (which
+  removes the old results first, so old and new are never mixed).
+- `preserve_metrics_csv`: Lightning's CSVLogger deletes csv/metrics.csv when it starts; on resume the rows
+  of the epochs the checkpoint holds are put back (rows of a partly-run epoch after it are dropped: that
+  epoch is run again).
+- `EpochSeed`: the global torch RNG (dropout) is reseeded from (seed, epoch) at every training epoch, so
+  epoch e draws the same numbers whether or not the run was interrupted before it (the data order is already
+  a function of (seed, epoch/step), see dsaml.data.datamodule).
+- `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+RUN_OUTPUTS = ("checkpoints", "csv", "results.json", "results.md", "wandb")
+
+
+class RunDirectoryError(RuntimeError):
+    """The run folder holds another run's results, or a checkpoint lies outside the run folder."""
+
+
+def claim_run_directory(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse (RunDirectoryError) to start a new run in a folder with a previous run's results."""
+    out = Path(output_dir)
+    found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
+    if not found or resuming:
+        return
+    if not overwrite:
+        raise RunDirectoryError(
+            f"run folder {out} already holds a run's results ({', '.join(found)}); resume it with "
+            "ckpt_path=last, pass overwrite=true to replace them, or choose another hydra.run.dir"
+        )
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
+    """The last completed epoch a Lightning checkpoint holds (-1 when unknown)."""
+    epoch = checkpoint.get("epoch")
+    return int(epoch) if isinstance(epoch, int) else -1
+
+
+def preserve_metrics_csv(trainer: L.Trainer, last_epoch: int) -> int:
+    """On resume: keep csv/metrics.csv rows of epochs <= `last_epoch` through Lightning's CSVLogger start
+    (which deletes the file). Returns the number of rows kept."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    if not loggers:
+        return 0
+    logger = loggers[0]
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    kept = [row for row in rows if _epoch_of(row) <= last_epoch]
+    _ = logger.experiment  # creating the writer is what deletes the old file
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    logger.experiment.metrics_keys = list(fields)  # the next save appends (rewriting the header if new keys)
+    return len(kept)
+
+
+def _epoch_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("epoch") or "nan")
+    except ValueError:
+        return float("nan")
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch's global RNG (all devices) from (seed, epoch) at the start of every training epoch."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for (seed, epoch), different for every pair."""
+    return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
+
+
+def checkpoint_in_run(path: str | Path, output_dir: str | Path) -> Path:
+    """`path` resolved, if it lies inside the run folder `output_dir`; RunDirectoryError otherwise."""
+    resolved, root = Path(path).resolve(), Path(output_dir).resolve()
+    if not resolved.is_relative_to(root):
+        raise RunDirectoryError(
+            f"refusing to test {path}: the best checkpoint recorded in the resumed run's state is not inside "
+            f"this run's folder {root} (only checkpoints this run wrote are loaded)"
+        )
+    return resolved
