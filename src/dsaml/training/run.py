@@ -122,8 +122,31 @@ def validated(cfg: DictConfig) -> TaskConfig:
         raise ConfigError(str(error)) from None
 
 
+def check_store(cfg: DictConfig) -> None:
+    """Before training: the store passes its cheap verification and was made with the feature settings
+    this config asks for (ConfigError naming the settings that differ)."""
+    from dsaml.data.features import FeatureConfig
+    from dsaml.data.store import FeatureStore
+
+    with FeatureStore(str(cfg.paths.store)) as store:
+        store.verify()
+        stored = store.feature_config
+    features = cfg.data.get("features")
+    asked = FeatureConfig.from_mapping(OmegaConf.to_container(features, resolve=True) if features else None)
+    wanted = asked.to_dict()
+    differ = sorted(k for k in wanted if k in stored and wanted[k] != stored[k])
+    if differ:
+        details = ", ".join(f"data.features.{k}={wanted[k]!r} (store: {stored[k]!r})" for k in differ)
+        raise ConfigError(
+            f"paths.store={cfg.paths.store} was made with other feature settings than asked: {details}; "
+            "make a store with these settings (dsaml-preprocess with the same data.features overrides and "
+            "another paths.store) or drop the overrides"
+        )
+
+
 def build(cfg: DictConfig) -> Job:
     task = validated(cfg)
+    check_store(cfg)
     model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = datamodule_from(cfg, task, model_cfg)
