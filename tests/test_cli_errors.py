@@ -42,11 +42,15 @@ def assert_short_error(result: subprocess.CompletedProcess, *needles: str) -> st
 
 
 def test_hydra_override_errors_list_what_is_allowed(tmp_path):
-    err = assert_short_error(command("train", "seeed=3", cwd=tmp_path), "dsaml-train: error: Could not override")
+    err = assert_short_error(
+        command("train", "seeed=3", cwd=tmp_path), "dsaml-train: error: Could not override"
+    )
     assert "seed" in err and "init_from" in err and "+seeed=" in err
     err = assert_short_error(command("train", "task.lrr=0.1", cwd=tmp_path), "keys of 'task'")
     assert "lr" in err.split("keys of 'task'")[1]
-    assert_short_error(command("eval", "data=nosuch", "ckpt_path=x", cwd=tmp_path), "available: deam, pmemo, synthetic")
+    assert_short_error(
+        command("eval", "data=nosuch", "ckpt_path=x", cwd=tmp_path), "available: deam, pmemo, synthetic"
+    )
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
 
 
@@ -88,7 +92,9 @@ def test_truncated_store_and_existing_files_as_outputs(tmp_path):
     )
     assert a_file.read_text() == "keep me"
     assert_short_error(
-        command("preprocess", "data=synthetic", f"data.root={tmp_path}", f"paths.store={tmp_path}", cwd=tmp_path),
+        command(
+            "preprocess", "data=synthetic", f"data.root={tmp_path}", f"paths.store={tmp_path}", cwd=tmp_path
+        ),
         "is a folder",
     )
 

@@ -72,7 +72,9 @@ def test_resume_drops_rows_of_an_epoch_the_checkpoint_does_not_hold(tiny_store, 
     partial = dict(rows[0], epoch="1", step="999")
     with path.open("a", newline="") as handle:
         csv.DictWriter(handle, fieldnames=list(rows[0])).writerow(partial)
-    run(train_config(tiny_store, tmp_path, [*DROPOUT, "trainer.max_epochs=2", "ckpt_path=last", "test=false"]))
+    run(
+        train_config(tiny_store, tmp_path, [*DROPOUT, "trainer.max_epochs=2", "ckpt_path=last", "test=false"])
+    )
     after = _rows(tmp_path)
     assert after[: len(rows)] == rows
     assert all(r["step"] != "999" for r in after) and {r["epoch"] for r in after} == {"0", "1"}

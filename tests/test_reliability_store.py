@@ -20,7 +20,7 @@ import pytest
 
 from data_fixtures import subset_tree, tiny_corpus, tiny_store  # noqa: F401
 from dsaml.data.preprocess import PreprocessConfig, preprocess
-from dsaml.data.store import FeatureStore, StoreError, store_lock
+from dsaml.data.store import FeatureStore, StoreError
 from dsaml.data.validation import ConfigError
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, train_config
@@ -45,7 +45,8 @@ def _preprocess_cli(root: Path, store: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holder_is_stale(
-    tiny_corpus, tmp_path  # noqa: F811
+    tiny_corpus,  # noqa: F811
+    tmp_path,
 ):
     root, songs = _few_songs(tiny_corpus, tmp_path / "corpus")
     store = tmp_path / "s.h5"

@@ -95,9 +95,7 @@ def test_predict_and_personalize_refuse(evil, tmp_path):
     curves = tmp_path / "curves"
     curves.mkdir()
     time = 15.0 + np.arange(8) / 2
-    (curves / "song.csv").write_text(
-        "time,arousal,valence\n" + "".join(f"{t},0.1,0.2\n" for t in time)
-    )
+    (curves / "song.csv").write_text("time,arousal,valence\n" + "".join(f"{t},0.1,0.2\n" for t in time))
     console, buffer = capture()
     cfg = compose_cli(
         "personalize",

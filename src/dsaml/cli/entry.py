@@ -81,7 +81,11 @@ def check_output_folder(key: str, folder: str | Path) -> Path:
 
 def error_lines(command: str, error: BaseException) -> str:
     """`command: message` with at most two lines of the message (an OSError names its file)."""
-    if isinstance(error, OSError) and error.filename is not None and not str(error).count(str(error.filename)):
+    if (
+        isinstance(error, OSError)
+        and error.filename is not None
+        and not str(error).count(str(error.filename))
+    ):
         text = f"{error.strerror or error}: {error.filename}"
     else:
         text = str(error).strip() or type(error).__name__
@@ -152,7 +156,9 @@ def _explain_override_error(
             node = None
         if isinstance(node, DictConfig):
             where = f"keys of '{parent}'" if parent else "top-level keys"
-            return f"{first} {where}: {', '.join(sorted(map(str, node.keys())))} (add a new one with +{key}=...)"
+            return (
+                f"{first} {where}: {', '.join(sorted(map(str, node.keys())))} (add a new one with +{key}=...)"
+            )
         return f"{first} (add a new key with +{key}=...)"
     if "Available options in" in str(error):
         after = str(error).split("Available options in", 1)[1].split("Config search path", 1)[0]

@@ -39,7 +39,15 @@ from dsaml.data.audio import AudioDecodeError, fingerprint_file, load_audio
 from dsaml.data.catalogue import Catalogue, Song, summarise_issues
 from dsaml.data.features import FeatureConfig, LogMelExtractor, cut_segments, min_duration_s, resolve_device
 from dsaml.data.readers import DataConfig, read_catalogue
-from dsaml.data.store import COMPRESSIONS, DTYPES, FeatureStore, FeatureStoreWriter, SongRecord, StoreError, store_lock
+from dsaml.data.store import (
+    COMPRESSIONS,
+    DTYPES,
+    FeatureStore,
+    FeatureStoreWriter,
+    SongRecord,
+    StoreError,
+    store_lock,
+)
 from dsaml.data.validation import ConfigError, check_choice, check_positive
 
 log = logging.getLogger(__name__)
@@ -438,7 +446,8 @@ def format_summary(summary: Summary) -> list[str]:
     checked = f"; verified: {summary.verified}" if summary.verified else ""
     if summary.up_to_date:
         return [
-            f"{summary.store} is up to date ({summary.songs} songs{checked}); set overwrite=true to rebuild it",
+            f"{summary.store} is up to date ({summary.songs} songs{checked}); "
+            "set overwrite=true to rebuild it",
             *(note for note in summary.notes if "stale lock" in note),
         ]
     lines = [

@@ -83,7 +83,11 @@ def store_lock(store: str | Path, purpose: str = "dsaml-preprocess") -> Iterator
             ) from None
         handle.seek(0)
         previous = handle.read().strip()
-        note = f"stale lock of a run that did not finish ({_describe_holder(previous)}) taken over" if previous else None
+        note = (
+            f"stale lock of a run that did not finish ({_describe_holder(previous)}) taken over"
+            if previous
+            else None
+        )
         handle.seek(0)
         handle.truncate()
         handle.write(
@@ -434,14 +438,18 @@ class FeatureStore:
             problems = self._finiteness_problems()
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise StoreError(f"{self.path} is damaged: {shown}. Rebuild it: dsaml-preprocess ... overwrite=true")
+            raise StoreError(
+                f"{self.path} is damaged: {shown}. Rebuild it: dsaml-preprocess ... overwrite=true"
+            )
 
     def _structure_problems(self) -> list[str]:
         h5, problems = self._h5(), []
         try:
             columns = {name: h5[f"songs/{name}"].shape for name in SONG_COLUMNS}
             n = columns["id"][0]
-            problems += [f"/songs/{k} has {v[0]} rows, /songs/id {n}" for k, v in columns.items() if v[0] != n]
+            problems += [
+                f"/songs/{k} has {v[0]} rows, /songs/id {n}" for k, v in columns.items() if v[0] != n
+            ]
             if problems:
                 return problems
             counts = h5["songs/n_segments"][()].astype(np.int64)
@@ -589,7 +597,11 @@ def _curve_problems(group: h5py.Group, name: str, rows: int) -> list[str]:
     if len(offsets) != rows or len(lengths) != rows:
         return [f"/curves/{name}: {len(offsets)} offsets and {len(lengths)} lengths for {rows} rows"]
     expected = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if rows else lengths
-    problems = [f"/curves/{name}: offsets do not follow the lengths"] if not np.array_equal(offsets, expected) else []
+    problems = (
+        [f"/curves/{name}: offsets do not follow the lengths"]
+        if not np.array_equal(offsets, expected)
+        else []
+    )
     if int(lengths.sum()) != values:
         problems.append(f"/curves/{name}: lengths sum to {int(lengths.sum())}, values hold {values}")
     return problems

@@ -75,7 +75,9 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", 
     except pickle.UnpicklingError as error:
         blocked = _blocked_global(str(error))
         if trust or blocked is None:  # a damaged or foreign file, not a pickled object
-            raise ValueError(f"{path} is not a dsaml checkpoint: torch.load failed ({_reason(error)})") from None
+            raise ValueError(
+                f"{path} is not a dsaml checkpoint: torch.load failed ({_reason(error)})"
+            ) from None
         raise UnsafeCheckpointError(
             f"{path} refused: loading it would unpickle arbitrary Python objects ({blocked}), which can run "
             f"code; dsaml checkpoints never need that. Only if you trust its source, pass {TRUST_HINT}"
