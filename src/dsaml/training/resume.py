@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def preserve_metrics_csv(trainer: L.Trainer, last_epoch: int) -> int:
         reader = csv.DictReader(handle)
         fields, rows = list(reader.fieldnames or []), list(reader)
     kept = [row for row in rows if _epoch_of(row) <= last_epoch]
-    _ = logger.experiment  # creating the writer is what deletes the old file
+    with warnings.catch_warnings():  # "Previous log files ... will be deleted": they are put back below
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        _ = logger.experiment  # creating the writer is what deletes the old file
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,9 +213,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     job = build(cfg)
     trainer = job.trainer
     if fit:
-        if resume is not None:
-            preserve_metrics_csv(trainer, checkpoint_epoch(resume))
-        trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=not trusted(cfg))
+        with warnings.catch_warnings():
+            if resume is not None:  # the run's own folder: its checkpoints and metrics are meant to be there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                preserve_metrics_csv(trainer, checkpoint_epoch(resume))
+            trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=not trusted(cfg))
     elif ckpt is not None:
         net, _, _ = load_network(ckpt, trust=trusted(cfg))
         job.module.net.load_state_dict(net.state_dict())
