@@ -42,11 +42,11 @@ def test_a_run_folder_with_results_is_refused_unless_resumed_or_overwritten(tiny
 
 def test_resume_is_exact_and_keeps_the_earlier_metrics(tiny_store, tmp_path):  # noqa: F811
     full, split = tmp_path / "full", tmp_path / "split"
-    run(train_config(tiny_store, full, [*DROPOUT, "trainer.max_epochs=3"]))
+    run(train_config(tiny_store, full, [*DROPOUT, "trainer.max_epochs=2"]))
     run(train_config(tiny_store, split, [*DROPOUT, "trainer.max_epochs=1", "test=false"]))
     first_epoch = _rows(split)
     assert first_epoch and {r["epoch"] for r in first_epoch} == {"0"}
-    run(train_config(tiny_store, split, [*DROPOUT, "trainer.max_epochs=3", "ckpt_path=last"]))
+    run(train_config(tiny_store, split, [*DROPOUT, "trainer.max_epochs=2", "ckpt_path=last"]))
     a, b = _net(full), _net(split)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

@@ -6,9 +6,11 @@
 - `preserve_metrics_csv`: Lightning's CSVLogger deletes csv/metrics.csv when it starts; on resume the rows
   of the epochs the checkpoint holds are put back (rows of a partly-run epoch after it are dropped: that
   epoch is run again).
-- `EpochSeed`: the global torch RNG (dropout) is reseeded from (seed, epoch) at every training epoch, so
-  epoch e draws the same numbers whether or not the run was interrupted before it (the data order is already
-  a function of (seed, epoch/step), see dsaml.data.datamodule).
+- `StepSeed`: the global torch RNG (dropout) is reseeded from (seed, global step) before every training
+  step, so step s draws the same numbers whether or not the run was interrupted before it (the data order is
+  already a function of (seed, epoch/step), see dsaml.data.datamodule). Reseeding per epoch is not enough:
+  Lightning creates the first epoch's DataLoader iterator (which draws from the global RNG) before the
+  epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order.
 - `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
 """
 
@@ -86,19 +88,22 @@ def _epoch_of(row: dict[str, str]) -> float:
         return float("nan")
 
 
-class EpochSeed(L.Callback):
-    """Reseed torch's global RNG (all devices) from (seed, epoch) at the start of every training epoch."""
+class StepSeed(L.Callback):
+    """Reseed torch's global RNG (all devices) from (seed, global step) before every training step."""
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch))
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        torch.manual_seed(step_seed(self.seed, trainer.global_step))
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for (seed, epoch), different for every pair."""
-    return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
+def step_seed(seed: int, step: int) -> int:
+    """A 62-bit seed for (seed, step), different for every pair (a seeded draw, not a sum)."""
+    generator = torch.Generator().manual_seed((int(seed) << 32) ^ int(step))
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 def checkpoint_in_run(path: str | Path, output_dir: str | Path) -> Path:

@@ -30,8 +30,8 @@ from dsaml.models.checkpoint import load_network, read_torch_file
 from dsaml.training.config import TaskConfig, validate_train_config
 from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
-    EpochSeed,
     RunDirectoryError,
+    StepSeed,
     checkpoint_epoch,
     checkpoint_in_run,
     claim_run_directory,
@@ -154,7 +154,7 @@ def build(cfg: DictConfig) -> Job:
     module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
     if cfg.get("init_from") is not None:
         load_initial_weights(module, model_cfg, str(cfg.init_from), trusted(cfg))
-    trainer = build_trainer(cfg, _has_validation(task), extra_callbacks=(EpochSeed(int(cfg.seed)),))
+    trainer = build_trainer(cfg, _has_validation(task), extra_callbacks=(StepSeed(int(cfg.seed)),))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.config.update(
