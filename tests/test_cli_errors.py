@@ -49,7 +49,7 @@ def test_hydra_override_errors_list_what_is_allowed(tmp_path):
     err = assert_short_error(command("train", "task.lrr=0.1", cwd=tmp_path), "keys of 'task'")
     assert "lr" in err.split("keys of 'task'")[1]
     assert_short_error(
-        command("eval", "data=nosuch", "ckpt_path=x", cwd=tmp_path), "available: deam, pmemo, synthetic"
+        command("evaluate", "data=nosuch", "ckpt_path=x", cwd=tmp_path), "available: deam, pmemo, synthetic"
     )
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
 
@@ -61,7 +61,7 @@ def test_config_errors_inside_the_job_are_two_lines(tmp_path):
         "dsaml-train: error:",
         "none.h5",
     )
-    assert_short_error(command("eval", f"ckpt_path={tmp_path / 'no.ckpt'}", run_dir, cwd=tmp_path), "no.ckpt")
+    assert_short_error(command("evaluate", f"ckpt_path={tmp_path / 'no.ckpt'}", run_dir, cwd=tmp_path), "no.ckpt")
 
 
 def test_truncated_store_and_existing_files_as_outputs(tmp_path):
@@ -72,7 +72,7 @@ def test_truncated_store_and_existing_files_as_outputs(tmp_path):
     truncated.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     assert_short_error(
         command(
-            "eval",
+            "evaluate",
             f"ckpt_path={ckpt}",
             "task=dmer",
             "data=synthetic",

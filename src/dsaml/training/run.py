@@ -123,25 +123,29 @@ def validated(cfg: DictConfig) -> TaskConfig:
         raise ConfigError(str(error)) from None
 
 
-def check_store(cfg: DictConfig) -> None:
-    """Before training: the store passes its cheap verification and was made with the feature settings
-    this config asks for (ConfigError naming the settings that differ)."""
+def check_store(
+    cfg: DictConfig, wanted: dict[str, Any] | None = None, asked_by: str = "data.features"
+) -> None:
+    """Before any work: the store passes its cheap verification and was made with the feature settings
+    `wanted` (default: this config's data.features); ConfigError naming the settings that differ."""
     from dsaml.data.features import FeatureConfig
     from dsaml.data.store import FeatureStore
 
     with FeatureStore(str(cfg.paths.store)) as store:
         store.verify()
         stored = store.feature_config
-    features = cfg.data.get("features")
-    asked = FeatureConfig.from_mapping(OmegaConf.to_container(features, resolve=True) if features else None)
-    wanted = asked.to_dict()
+    if wanted is None:
+        features = cfg.data.get("features")
+        wanted = FeatureConfig.from_mapping(
+            OmegaConf.to_container(features, resolve=True) if features else None
+        ).to_dict()
     differ = sorted(k for k in wanted if k in stored and wanted[k] != stored[k])
     if differ:
-        details = ", ".join(f"data.features.{k}={wanted[k]!r} (store: {stored[k]!r})" for k in differ)
+        details = ", ".join(f"{asked_by}.{k}={wanted[k]!r} (store: {stored[k]!r})" for k in differ)
         raise ConfigError(
             f"paths.store={cfg.paths.store} was made with other feature settings than asked: {details}; "
-            "make a store with these settings (dsaml-preprocess with the same data.features overrides and "
-            "another paths.store) or drop the overrides"
+            "use a store made with these settings (dsaml-preprocess with the same data.features and another "
+            "paths.store)"
         )
 
 
@@ -287,6 +291,7 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
     validated(_as_train_keys(cfg))
+    check_store(cfg, dict(hparams.get("features") or {}) or None, asked_by="the checkpoint's features")
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=hparams.get("features"))
     module.net.load_state_dict(net.state_dict())
