@@ -63,19 +63,19 @@ def _extra_expected() -> tuple[type[BaseException], ...]:
 
 
 def check_output_folder(key: str, folder: str | Path) -> Path:
-    """Create `folder` if needed and check that files can be written in it (before any work):
-    ConfigError naming `key` when it is a file, cannot be created or is read-only."""
+    """Check (before any work, creating nothing) that `folder` is or can become a writable folder:
+    ConfigError naming `key` when it is an existing file, lies under a file, or is not writable."""
     from dsaml.data.validation import ConfigError
 
     path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={str(folder)!r} is an existing file; expected a folder to write into")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"{key}={str(folder)!r}: cannot create the folder ({error.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={str(folder)!r}: the folder is not writable")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is an existing file" if existing == path else f"lies under the file {existing}"
+        raise ConfigError(f"{key}={str(folder)!r} {where}; expected a folder to write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(folder)!r}: the folder {existing} is not writable")
     return path
 
 
