@@ -61,7 +61,9 @@ def test_config_errors_inside_the_job_are_two_lines(tmp_path):
         "dsaml-train: error:",
         "none.h5",
     )
-    assert_short_error(command("evaluate", f"ckpt_path={tmp_path / 'no.ckpt'}", run_dir, cwd=tmp_path), "no.ckpt")
+    assert_short_error(
+        command("evaluate", f"ckpt_path={tmp_path / 'no.ckpt'}", run_dir, cwd=tmp_path), "no.ckpt"
+    )
 
 
 def test_truncated_store_and_existing_files_as_outputs(tmp_path):

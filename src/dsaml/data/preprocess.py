@@ -446,8 +446,8 @@ def format_summary(summary: Summary) -> list[str]:
     checked = f"; verified: {summary.verified}" if summary.verified else ""
     if summary.up_to_date:
         return [
-            f"{summary.store} is up to date ({summary.songs} songs{checked}); "
-            "set overwrite=true to rebuild it",
+            f"{summary.store} is up to date ({summary.songs} songs); "
+            f"set overwrite=true to rebuild it{checked}",
             *(note for note in summary.notes if "stale lock" in note),
         ]
     lines = [
