@@ -129,3 +129,15 @@ def test_convert_wrong_shapes_and_existing_output(tmp_path, capsys):
     out.write_text("keep me")
     assert convert_main([str(original), str(out), "num_attention_heads=2", "origin_feature_dim=16"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
+    taken = tmp_path / "run"
+    (taken / "checkpoints").mkdir(parents=True)
+    (taken / ".hydra").mkdir()
+    (taken / ".hydra" / "config.yaml").write_text("the earlier run's config\n")
+    for module in ("train", "evaluate"):
+        extra = ["ckpt_path=x.ckpt"] if module == "evaluate" else []
+        result = command(module, "data=synthetic", *extra, f"hydra.run.dir={taken}", cwd=tmp_path)
+        assert_short_error(result, "already holds a run's results (checkpoints)", "overwrite=true")
+        assert (taken / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"

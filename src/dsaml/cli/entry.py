@@ -54,7 +54,7 @@ def _extra_expected() -> tuple[type[BaseException], ...]:
         ("dsaml.predictor", "CheckpointError"),
         ("dsaml.personalize", "AnnotationError"),
         ("dsaml.training.module", "NonFiniteLossError"),
-        ("dsaml.training.run", "RunDirectoryError"),
+        ("dsaml.training.resume", "RunDirectoryError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, name):
@@ -116,10 +116,16 @@ def plain_command(command: str, body: Callable[[list[str] | None], int]) -> Call
     return entry
 
 
-def check_overrides(config_name: str, command: str, args: Sequence[str]) -> None:
+def check_overrides(
+    config_name: str,
+    command: str,
+    args: Sequence[str],
+    before_start: Callable[[DictConfig], None] | None = None,
+) -> None:
     """Compose `config_name` with the command line's overrides before Hydra runs the job; a Hydra
     composition error (unknown key, unknown option of a group, bad syntax) exits 2 naming what is allowed.
-    Skipped for multirun sweeps and Hydra's own flags (--help, --cfg, ...)."""
+    `before_start(cfg)` (cfg with its `hydra` node) may refuse the job the same way (an expected error)
+    before Hydra writes anything. Skipped for multirun sweeps and Hydra's own flags (--help, --cfg, ...)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -130,11 +136,13 @@ def check_overrides(config_name: str, command: str, args: Sequence[str]) -> None
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             try:
-                compose(config_name, overrides=list(args))
+                cfg = compose(config_name, overrides=list(args), return_hydra_config=before_start is not None)
             except HydraException as error:
                 message = _explain_override_error(config_name, list(args), error, compose)
                 print(f"{command}: error: {message}", file=sys.stderr)
                 sys.exit(EXIT_USAGE)
+            if before_start is not None:
+                run_guarded(command, lambda: before_start(cfg))
     finally:
         GlobalHydra.instance().clear()
 
@@ -172,11 +180,13 @@ def hydra_command(
     run: Callable[[DictConfig], Any],
     quiet: Sequence[str] = (),
     returns_value: bool = False,
+    before_start: Callable[[DictConfig], None] | None = None,
 ) -> Callable[[], Any]:
     """A console-script `main` for `run(cfg)`, named dsaml-<config_name> in its messages.
 
     `run` returns an exit code (0 or None: success), or with `returns_value` a value handed back to Hydra
-    (what sweepers optimise). `quiet`: loggers that show errors only (the command summarises them)."""
+    (what sweepers optimise). `quiet`: loggers that show errors only (the command summarises them).
+    `before_start`: see `check_overrides`."""
     command = f"dsaml-{config_name}"
 
     def task(cfg: DictConfig) -> Any:
@@ -194,7 +204,7 @@ def hydra_command(
 
     def main() -> Any:
         if "HYDRA_FULL_ERROR" not in os.environ:
-            check_overrides(config_name, command, sys.argv[1:])
+            check_overrides(config_name, command, sys.argv[1:], before_start)
         return hydra_main()
 
     main.__doc__ = run.__doc__

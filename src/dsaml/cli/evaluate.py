@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dsaml.cli.entry import hydra_command
+from dsaml.training.resume import refuse_taken_run_directory
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float | None:
@@ -19,7 +20,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float | None:
     return evaluate(cfg)["rows"][0]["average"]
 
 
-main = hydra_command("eval", evaluate_checkpoint, returns_value=True)
+main = hydra_command("eval", evaluate_checkpoint, returns_value=True, before_start=refuse_taken_run_directory)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dsaml.cli.entry import hydra_command
+from dsaml.training.resume import refuse_taken_run_directory
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -20,7 +21,7 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(str(cfg.task.monitor))
 
 
-main = hydra_command("train", train, returns_value=True)
+main = hydra_command("train", train, returns_value=True, before_start=refuse_taken_run_directory)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,22 @@ def claim_run_directory(output_dir: str | Path, resuming: bool, overwrite: bool)
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def refuse_taken_run_directory(cfg: Any) -> None:
+    """`dsaml-train`/`dsaml-eval` before Hydra starts (it would rewrite <run dir>/.hydra/config.yaml):
+    RunDirectoryError when `hydra.run.dir` already holds a run's results and the job neither resumes it
+    (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
+    resuming = cfg.get("train", None) is not None and cfg.get("ckpt_path") is not None
+    if cfg.get("overwrite", False) or resuming:
+        return
+    out = Path(str(cfg.hydra.run.dir))
+    found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
+    if found:
+        raise RunDirectoryError(
+            f"run folder {out} already holds a run's results ({', '.join(found)}); resume it with "
+            "ckpt_path=last, pass overwrite=true to replace them, or choose another hydra.run.dir"
+        )
+
+
 def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
     """The last completed epoch a Lightning checkpoint holds (-1 when unknown)."""
     epoch = checkpoint.get("epoch")
