@@ -49,13 +49,15 @@ def claim_run_directory(output_dir: str | Path, resuming: bool, overwrite: bool)
 
 
 def refuse_taken_run_directory(cfg: Any) -> None:
-    """`dsaml-train`/`dsaml-eval` before Hydra starts (it would rewrite <run dir>/.hydra/config.yaml):
-    RunDirectoryError when `hydra.run.dir` already holds a run's results and the job neither resumes it
-    (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
+    """`dsaml-train`/`dsaml-eval` before Hydra starts (it would rewrite <run dir>/.hydra/config.yaml): the
+    run folder must be writable (ConfigError), and RunDirectoryError when it already holds a run's results
+    and the job neither resumes it (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
+    from dsaml.cli.entry import check_output_folder
+
+    out = check_output_folder("hydra.run.dir", str(cfg.hydra.run.dir))
     resuming = cfg.get("train", None) is not None and cfg.get("ckpt_path") is not None
     if cfg.get("overwrite", False) or resuming:
         return
-    out = Path(str(cfg.hydra.run.dir))
     found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
     if found:
         raise RunDirectoryError(
