@@ -9,11 +9,11 @@ lock that nothing requires any more, or a venv that holds something other than t
 from __future__ import annotations
 
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -94,7 +94,7 @@ def test_venv_holds_exactly_the_lock():
     assert installed == pins, {
         "installed, not locked": sorted(set(installed) - set(pins)),
         "locked, not installed": sorted(set(pins) - set(installed)),
-        "other version": {n: (installed[n], pins[n]) for n in set(pins) & set(installed) if installed[n] != pins[n]},
+        "other version": {n: (v, pins[n]) for n, v in installed.items() if n in pins and v != pins[n]},
     }
 
 
@@ -102,5 +102,6 @@ def test_venv_holds_exactly_the_lock():
 def test_lock_holds_nothing_that_pyproject_does_not_require():
     required = closure(project_requirements()) | BUILD_TOOLS
     pins = read_lock()
-    assert not set(pins) - required, f"locked but required by nothing in pyproject.toml: {sorted(set(pins) - required)}"
+    unused = sorted(set(pins) - required)
+    assert not unused, f"locked but required by nothing in pyproject.toml: {unused}"
     assert not required - set(pins), f"required but not locked: {sorted(required - set(pins))}"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 from dsaml.losses import dsaml_loss
 from dsaml.models import DSAMLConfig, DSAMLNet
+from dsaml.models.attention import DualScaleEncoder
 from dsaml.models.global_context import LearnedGlobalContext, load_vector_file
+from dsaml.models.network import EmotionHead
 from model_fixtures import assert_grads_close
 
 TINY = dict(hidden_size=32, num_heads=4, num_layers=2, ffn_size=64, dropout=0.0)
@@ -24,13 +28,46 @@ def test_config_defaults_are_the_papers_and_validation_names_allowed_values():
         DSAMLConfig(global_context="imagebind")
     with pytest.raises(ValueError, match="divisible by model.num_heads"):
         DSAMLConfig(hidden_size=30, num_heads=4)
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(ValueError, match=r"model: unknown key\(s\) \['hiden_size'\]"):
         DSAMLConfig.from_dict({"hidden_size": 32, "hiden_size": 3})
 
 
 def test_paper_parameter_count():
     cfg = DSAMLConfig(global_context="precomputed:imagebind")
     assert sum(p.numel() for p in DSAMLNet(cfg).parameters()) / 1e6 == pytest.approx(29.69, abs=0.005)
+
+
+def test_blocks_take_named_arguments_and_fix_the_path_at_construction():
+    """DSAMLNet builds its blocks from the config as a stand-alone block built with named arguments; the
+    fast/eager choice is made once, when the blocks are built."""
+    torch.manual_seed(2)
+    net = DSAMLNet(DSAMLConfig(**TINY, attention="local", position="relative_key_query", impl="eager"))
+    assert not net.spectrogram.fused and not net.encoder.fast
+    assert not any(layer.attention.fast for layer in net.encoder.layers)
+    encoder = DualScaleEncoder(
+        hidden_size=32,
+        num_heads=4,
+        num_layers=2,
+        ffn_size=64,
+        dropout=0.0,
+        position="relative_key_query",
+        attention="local",
+        fast=False,
+    )
+    encoder.load_state_dict(net.encoder.state_dict())  # the same parameters under the same names
+    head = EmotionHead(hidden_size=32, dropout=0.0)
+    head.load_state_dict(net.head.state_dict())
+    h = torch.randn(2, 12, 32)
+    ours = net.predict_encoded(h.clone())
+    theirs = encoder(h, return_diagonal=True)
+    torch.testing.assert_close(ours["attention_diagonal"], theirs["attention_diagonal"], rtol=0, atol=0)
+    torch.testing.assert_close(ours["arousal"], head(theirs["encoded"])[..., 0], rtol=0, atol=0)
+    assert encoder.radii == (5,)
+    paper = DSAMLConfig()  # the blocks' defaults are the paper's, as the config's
+    for block in (DualScaleEncoder, EmotionHead):
+        for name, parameter in inspect.signature(block).parameters.items():
+            if name != "fast":
+                assert parameter.default == getattr(paper, name), (block.__name__, name)
 
 
 @pytest.mark.parametrize(

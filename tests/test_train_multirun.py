@@ -1,4 +1,4 @@
-"""`dsaml-train -m` sweeps with the basic launcher, and an offline wandb run that writes its files."""
+"""`dsaml-train -m` sweeps with the basic launcher, and what an offline wandb run logs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+from dsaml.data.store import FeatureStore
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store, train_config  # noqa: F401
 
@@ -34,21 +39,41 @@ def test_two_job_multirun(tiny_store, tmp_path):  # noqa: F811
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads((sweep / str(job) / "results.json").read_text()) for job in (0, 1)]
-    assert all(r["rows"][0]["protocol"] == "dmer" for r in results)
-    assert results[0] != results[1]  # different seeds -> different networks
-    assert (sweep / "multirun.yaml").is_file()
+    with FeatureStore(tiny_store) as store:
+        n_test = len(store.song_ids("test"))
+    for job, result in enumerate(results):  # job k ran seed k and tested every test song
+        assert OmegaConf.load(sweep / str(job) / ".hydra" / "config.yaml").seed == job
+        (row,) = result["rows"]
+        assert row["protocol"] == "dmer" and row["n"] == n_test
+        scores = [row[f"{dim}_{name}"] for dim in ("arousal", "valence") for name in ("ccc", "pcc")]
+        scores += [1 - row["arousal_rmse"], 1 - row["valence_rmse"]]
+        assert abs(row["average"] - np.mean(scores)) < 1e-6  # the mean of the six scores (float32)
+    assert results[0]["rows"] != results[1]["rows"]  # different seeds -> different networks
+    assert "seed=0,1" in OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task
 
 
-def test_wandb_offline_run_writes_files(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+def test_wandb_offline_run_logs_the_results_and_attention_maps(tiny_store, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.delenv("WANDB_MODE", raising=False)  # dsaml-train itself must choose offline
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     run(train_config(tiny_store, tmp_path, [*DMER_TINY, "logger=wandb", "logger.wandb.project=dsaml-test"]))
     assert os.environ["WANDB_MODE"] == "offline"
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    files = {p.name for p in runs[0].rglob("*") if p.is_file()}
-    assert any(name.endswith(".wandb") for name in files)
-    assert any(name.startswith("val/attention_maps") or "attention_maps" in name for name in files), files
-    assert any("curves" in name for name in files), files
-    assert any("results" in name and name.endswith(".table.json") for name in files), files
-    assert (tmp_path / "results.json").is_file()
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    media = run_dir / "files" / "media"
+    # the logged results table holds exactly the rows of results.json
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    (table_file,) = (media / "table" / "test").glob("results_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == list(rows[0])
+    assert table["data"] == [[row[c] for c in table["columns"]] for row in rows]
+    # attention maps of a validation clip: one image per pass and layer (dual attention, 1 layer), each
+    # [T, T] for the 60-segment clip and scaled to its maximum; the masks show: the local map is zero
+    # beyond |i - j| = 5 (local_radius), the global one beyond 30 (global_radius)
+    maps = [np.asarray(Image.open(p)) for p in (media / "images" / "val").glob("attention_maps_*.png")]
+    assert len(maps) == 2 and all(m.shape == (60, 60) and m.max() == 255 for m in maps)
+    distance = np.abs(np.subtract.outer(np.arange(60), np.arange(60)))
+    assert sorted(int(distance[m > 0].max()) for m in maps) == [5, 30]
+    # predicted-vs-true curves: one figure for each of the tiny store's 3 test songs
+    with FeatureStore(tiny_store) as store:
+        n_test = len(store.song_ids("test"))
+    assert rows[0]["n"] == n_test == 3
+    assert len(list((media / "images" / "test").glob("curves_*.png"))) == n_test

@@ -19,6 +19,7 @@ py="$work/venv/bin/python"
 "$py" -m pip install -q "${TRIO[@]}"
 bash tools/install_learn2learn.sh "$py"
 "$py" -m pip install -q ".[dev,slurm,clap]" "${TRIO[@]}"
+rm -rf build  # what the non-editable install of . left behind
 "$py" -m pip check
 "$py" -c "import torch, torchaudio, torchvision, learn2learn, lightning, hydra, h5py, transformers"
 

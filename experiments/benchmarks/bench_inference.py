@@ -26,7 +26,7 @@ WINDOW = 60
 
 
 def _song(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    length = int((args.seconds - 15) / 0.5)  # segments of a full song (spec section 1)
+    length = int((args.seconds - 15) / 0.5)  # segments of a full song (docs/method.md, "Features")
     gen = torch.Generator().manual_seed(1)
     return torch.randn(length, 51, 128, generator=gen), torch.randn(length, args.hidden, generator=gen)
 

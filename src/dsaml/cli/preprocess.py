@@ -28,12 +28,12 @@ from rich.progress import (
 from rich.text import Text
 
 from dsaml.cli.entry import check_output_folder, hydra_command
+from dsaml.config import ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
 from dsaml.data.store import StoreError, store_lock
-from dsaml.data.validation import ConfigError, from_mapping
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
 
@@ -88,7 +88,7 @@ def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
     if store.is_dir():
         raise ConfigError(f"paths.store={str(store)!r} is a folder; expected the .h5 file to write")
     check_output_folder("paths.store's folder", store.parent)
-    return data, from_mapping(PreprocessConfig, options, "dsaml-preprocess"), store
+    return data, PreprocessConfig.from_mapping(options, "dsaml-preprocess"), store
 
 
 def global_vectors_config(cfg: DictConfig) -> GlobalVectorsConfig:

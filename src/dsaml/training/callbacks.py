@@ -87,7 +87,9 @@ class WandbMedia(L.Callback):
         with torch.no_grad():
             out = pl_module.net(clip["logmel"][:1], None if glob is None else glob[:1], return_attention=True)
         maps = out["attention_maps"][0].mean(dim=1)  # [passes * L, T, T], head-averaged
-        images = [(m / m.max().clamp_min(1e-12)).cpu().numpy() for m in maps]
+        # 8-bit grey images, each map scaled to its maximum (wandb stores a float array's values as they are,
+        # so [0, 1] floats would all but vanish)
+        images = [(m / m.max().clamp_min(1e-12) * 255).round().to(torch.uint8).cpu().numpy() for m in maps]
         logger.log_image(
             "val/attention_maps",
             images,

@@ -1,4 +1,5 @@
-"""The per-segment spectrogram CNN (spec 2.1) and its fast computation.
+"""Fused kernels of the spectrogram CNN (`cnn_kernel: fused`): the function of `dsaml.models.spectrogram`'s
+native blocks, computed with fewer passes over memory.
 
 Two conv blocks, Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1), then a 1x1 conv to one
 channel: a [F=51, M=128] log-mel image becomes 14 x 34 = 476 features. At a training batch (15 clips x 60
@@ -20,16 +21,49 @@ Both keep BatchNorm's running-statistics update. Measured by experiments/benchma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from dsaml.models.spectrogram import ConvBlock
+
 CHUNK_ELEMENTS = 1 << 20  # pre-pooling values per CPU chunk of `_PooledTapConv` (4 MiB: stays in cache)
 
 
-def _pooled(size: int) -> int:
-    """Length after MaxPool2d(kernel 2, stride 2, padding 1)."""
-    return size // 2 + 1
+def first_block(block: ConvBlock, images: Tensor) -> Tensor:
+    """Block 1 (one input channel, kernel (kh, 1)) on images [N, F, M] -> [N, C, Hp, Wp] channels-last,
+    without writing the full-resolution activation (module docstring)."""
+    kh, (ph, pw) = block.conv.kernel_size[0], block.conv.padding
+    n, f, m = images.shape
+    ho, wo = f + 2 * ph - kh + 1, m + 2 * pw  # conv output size
+    hp, wp = block.pooled(ho), block.pooled(wo)
+    phases = _phases(images, kh, ph, pw, hp, wp)
+    w = block.conv.weight[:, 0, :, 0]  # [C, kh]
+    bn = block.bn
+    if uses_batch_statistics(bn):
+        mean, var = _batch_moments(block, images, w, ho, wo)
+        _update_running_stats(bn, mean.detach(), var.detach(), n * ho * wo)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = bn.weight / torch.sqrt(var + bn.eps)
+    bias = (block.conv.bias - mean) * scale + bn.bias
+    weights = _window_weights(w * scale[:, None], kh)
+    invalid = _invalid(ho, wo, hp, wp, images.device)
+    out = _PooledTapConv.apply(phases, weights, bias, invalid)
+    return _channels_last(out.view(-1, out.shape[-1]), n, hp, wp)
+
+
+def next_block(block: ConvBlock, x: Tensor) -> Tensor:
+    """A later block (block 2) on x [N, C, H, W] channels-last: batch statistics in training, folded running
+    statistics in eval mode -> [N, C', Hp, Wp]."""
+    return _block_train(block, x) if uses_batch_statistics(block.bn) else _block_eval(block, x)
+
+
+def uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or bn.running_mean is None
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -54,44 +88,27 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: 
         bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
 
 
-def _batch_statistics(bn: nn.BatchNorm2d) -> bool:
-    return bn.training or bn.running_mean is None
+def _block_eval(block: ConvBlock, x: Tensor) -> Tensor:
+    """Eval mode with the normalisation and ReLU after the pooling: per channel, eval BatchNorm is an affine
+    map a y + b, and max-pooling commutes with ReLU and with increasing affine maps, so pool(relu(a y + b)) =
+    relu(|a| pool(s y) + b) with s = sign(gamma) folded into the convolution: the full-size tensor is written
+    once instead of three times."""
+    bn = block.bn
+    sign = torch.where(bn.weight >= 0, 1.0, -1.0).to(x.dtype)
+    y = F.conv2d(
+        x, block.conv.weight * sign[:, None, None, None], block.conv.bias * sign, padding=block.conv.padding
+    )
+    scale = bn.weight * sign / torch.sqrt(bn.running_var + bn.eps)  # |a| >= 0
+    shift = bn.bias - bn.running_mean * sign * scale
+    return torch.relu(block.pool(y) * scale[:, None, None] + shift[:, None, None])
 
 
-class ConvBlock(nn.Module):
-    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) on [N, C, H, W], the original's way.
-
-    `fast_eval` computes the same function in eval mode with the normalisation and ReLU after the pooling: per
-    channel, eval BatchNorm is an affine map a y + b, and max-pooling commutes with ReLU and with increasing
-    affine maps, so pool(relu(a y + b)) = relu(|a| pool(s y) + b) with s = sign(gamma) folded into the
-    convolution: the full-size tensor is written once instead of three times.
-    """
-
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int]) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding)
-        self.bn = nn.BatchNorm2d(c_out)
-        self.pool = nn.MaxPool2d(2, stride=2, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(torch.relu(self.bn(self.conv(x))))
-
-    def fast_eval(self, x: Tensor) -> Tensor:
-        bn = self.bn
-        sign = torch.where(bn.weight >= 0, 1.0, -1.0).to(x.dtype)
-        y = F.conv2d(
-            x, self.conv.weight * sign[:, None, None, None], self.conv.bias * sign, padding=self.conv.padding
-        )
-        scale = bn.weight * sign / torch.sqrt(bn.running_var + bn.eps)  # |a| >= 0
-        shift = bn.bias - bn.running_mean * sign * scale
-        return torch.relu(self.pool(y) * scale[:, None, None] + shift[:, None, None])
-
-    def fast_train(self, x: Tensor) -> Tensor:
-        """Training mode (batch statistics), x channels-last -> channels-last output."""
-        y = self.conv(x.contiguous(memory_format=torch.channels_last))
-        out, mean, var = _BatchNormReluPool.apply(y, self.bn.weight, self.bn.bias, self.bn.eps)
-        _update_running_stats(self.bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
-        return out
+def _block_train(block: ConvBlock, x: Tensor) -> Tensor:
+    """Training mode (batch statistics), x channels-last -> channels-last output."""
+    y = block.conv(x.contiguous(memory_format=torch.channels_last))
+    out, mean, var = _BatchNormReluPool.apply(y, block.bn.weight, block.bn.bias, block.bn.eps)
+    _update_running_stats(block.bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
+    return out
 
 
 class _BatchNormReluPool(torch.autograd.Function):
@@ -200,122 +217,74 @@ def _window_values(phases: Tensor, weights: Tensor, invalid: tuple[Tensor, ...],
     return torch.matmul(phases, weights[o]).index_fill_(1, invalid[o], float("-inf"))
 
 
-class FirstBlock(ConvBlock):
-    """Block 1 (one input channel, kernel (kh, 1)); `fast` computes it on [N, F, M] images without writing the
-    full-resolution activation (module docstring)."""
+def _phases(images: Tensor, kh: int, ph: int, pw: int, hp: int, wp: int) -> Tensor:
+    """[N, F, M] -> [N, Hp * Wp, 2 (kh + 1)]: entry (i, j, 2 a + b) = input row 2 i + a - ph - 1, column
+    2 j + b - pw - 1 (zero outside): every tap of every pooling-window position is one of these phases."""
+    n, f, m = images.shape
+    rows, cols = 2 * hp + kh - 1, 2 * wp
+    padded = F.pad(images, (pw + 1, cols - m - pw - 1, ph + 1, rows - f - ph - 1))
+    views = [padded[:, a : a + 2 * hp : 2, b : b + 2 * wp : 2] for a in range(kh + 1) for b in range(2)]
+    return torch.stack(views, dim=-1).view(n, hp * wp, 2 * (kh + 1))
 
-    def fast(self, images: Tensor) -> Tensor:
-        """images [N, F, M] -> [N, C, Hp, Wp] channels-last."""
-        kh, (ph, pw) = self.conv.kernel_size[0], self.conv.padding
-        n, f, m = images.shape
-        ho, wo = f + 2 * ph - kh + 1, m + 2 * pw  # conv output size
-        hp, wp = _pooled(ho), _pooled(wo)
-        phases = self._phases(images, kh, ph, pw, hp, wp)
-        w = self.conv.weight[:, 0, :, 0]  # [C, kh]
-        bn = self.bn
-        if _batch_statistics(bn):
-            mean, var = self._batch_moments(images, w, ho, wo)
-            _update_running_stats(bn, mean.detach(), var.detach(), n * ho * wo)
-        else:
-            mean, var = bn.running_mean, bn.running_var
-        scale = bn.weight / torch.sqrt(var + bn.eps)
-        bias = (self.conv.bias - mean) * scale + bn.bias
-        weights = self._window_weights(w * scale[:, None], kh)
-        invalid = self._invalid(ho, wo, hp, wp, images.device)
-        out = _PooledTapConv.apply(phases, weights, bias, invalid)
-        return _channels_last(out.view(-1, out.shape[-1]), n, hp, wp)
 
-    @staticmethod
-    def _phases(images: Tensor, kh: int, ph: int, pw: int, hp: int, wp: int) -> Tensor:
-        """[N, F, M] -> [N, Hp * Wp, 2 (kh + 1)]: entry (i, j, 2 a + b) = input row 2 i + a - ph - 1, column
-        2 j + b - pw - 1 (zero outside): every tap of every pooling-window position is one of these phases."""
-        n, f, m = images.shape
-        rows, cols = 2 * hp + kh - 1, 2 * wp
-        padded = F.pad(images, (pw + 1, cols - m - pw - 1, ph + 1, rows - f - ph - 1))
-        views = [padded[:, a : a + 2 * hp : 2, b : b + 2 * wp : 2] for a in range(kh + 1) for b in range(2)]
-        return torch.stack(views, dim=-1).view(n, hp * wp, 2 * (kh + 1))
+def _window_weights(w: Tensor, kh: int) -> Tensor:
+    """w [C, kh] -> [4, 2 (kh + 1), C]: window position o = 2 dr + dc reads phase 2 (dr + k) + dc with
+    weight w[:, k]."""
+    zero = torch.zeros_like(w[:, 0])
+    positions = []
+    for dr in range(2):
+        for dc in range(2):
+            taps = {2 * (dr + k) + dc: w[:, k] for k in range(kh)}
+            positions.append(torch.stack([taps.get(r, zero) for r in range(2 * (kh + 1))]))
+    return torch.stack(positions)
 
-    @staticmethod
-    def _window_weights(w: Tensor, kh: int) -> Tensor:
-        """w [C, kh] -> [4, 2 (kh + 1), C]: window position o = 2 dr + dc reads phase 2 (dr + k) + dc with
-        weight w[:, k]."""
-        zero = torch.zeros_like(w[:, 0])
-        positions = []
-        for dr in range(2):
-            for dc in range(2):
-                taps = {2 * (dr + k) + dc: w[:, k] for k in range(kh)}
-                positions.append(torch.stack([taps.get(r, zero) for r in range(2 * (kh + 1))]))
-        return torch.stack(positions)
 
-    @staticmethod
-    def _invalid(ho: int, wo: int, hp: int, wp: int, device: torch.device) -> tuple[Tensor, ...]:
-        """Per window position o = 2 dr + dc: the flat windows (i Wp + j) where that position lies in the
-        pooling padding (row 2 i + dr - 1 outside [0, ho) or column 2 j + dc - 1 outside [0, wo))."""
-        i = torch.arange(hp, device=device)[:, None]
-        j = torch.arange(wp, device=device)[None, :]
-        return tuple(
-            (
-                ((2 * i + dr - 1) < 0)
-                | ((2 * i + dr - 1) >= ho)
-                | ((2 * j + dc - 1) < 0)
-                | ((2 * j + dc - 1) >= wo)
-            )
-            .flatten()
-            .nonzero()
-            .flatten()
-            for dr in range(2)
-            for dc in range(2)
+def _invalid(ho: int, wo: int, hp: int, wp: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Per window position o = 2 dr + dc: the flat windows (i Wp + j) where that position lies in the
+    pooling padding (row 2 i + dr - 1 outside [0, ho) or column 2 j + dc - 1 outside [0, wo))."""
+    i = torch.arange(hp, device=device)[:, None]
+    j = torch.arange(wp, device=device)[None, :]
+    return tuple(
+        (
+            ((2 * i + dr - 1) < 0)
+            | ((2 * i + dr - 1) >= ho)
+            | ((2 * j + dc - 1) < 0)
+            | ((2 * j + dc - 1) >= wo)
         )
+        .flatten()
+        .nonzero()
+        .flatten()
+        for dr in range(2)
+        for dc in range(2)
+    )
 
-    def _batch_moments(self, images: Tensor, w: Tensor, ho: int, wo: int) -> tuple[Tensor, Tensor]:
-        """BatchNorm's batch mean and biased variance of the conv output per channel, from the input's
-        moments: the output at a position is b + w . t with t the kh row-shifted input values (zero in the
-        padding). Moments are accumulated in float64; the result is differentiable in the conv parameters."""
-        kh, ph = w.shape[1], self.conv.padding[0]
-        f = images.shape[1]
-        count = images.shape[0] * ho * wo
-        with torch.no_grad():
-            # lag[d][r] = sum over images and columns of x[r] x[r + d], padded to rows of the padded input
-            row_sums = F.pad(images.sum(dim=(0, 2), dtype=torch.float64), (ph, ph))
-            lags = [
-                F.pad((images[:, : f - d] * images[:, d:]).sum(dim=(0, 2), dtype=torch.float64), (ph, ph))
-                for d in range(kh)
-            ]
-            first = torch.stack([row_sums[k : k + ho].sum() for k in range(kh)]) / count
-            second = (
-                torch.stack(
-                    [
-                        torch.stack([lags[abs(k - q)][min(k, q) : min(k, q) + ho].sum() for q in range(kh)])
-                        for k in range(kh)
-                    ]
-                )
-                / count
+
+def _batch_moments(block: ConvBlock, images: Tensor, w: Tensor, ho: int, wo: int) -> tuple[Tensor, Tensor]:
+    """BatchNorm's batch mean and biased variance of the conv output per channel, from the input's
+    moments: the output at a position is b + w . t with t the kh row-shifted input values (zero in the
+    padding). Moments are accumulated in float64; the result is differentiable in the conv parameters."""
+    kh, ph = w.shape[1], block.conv.padding[0]
+    f = images.shape[1]
+    count = images.shape[0] * ho * wo
+    with torch.no_grad():
+        # lag[d][r] = sum over images and columns of x[r] x[r + d], padded to rows of the padded input
+        row_sums = F.pad(images.sum(dim=(0, 2), dtype=torch.float64), (ph, ph))
+        lags = [
+            F.pad((images[:, : f - d] * images[:, d:]).sum(dim=(0, 2), dtype=torch.float64), (ph, ph))
+            for d in range(kh)
+        ]
+        first = torch.stack([row_sums[k : k + ho].sum() for k in range(kh)]) / count
+        second = (
+            torch.stack(
+                [
+                    torch.stack([lags[abs(k - q)][min(k, q) : min(k, q) + ho].sum() for q in range(kh)])
+                    for k in range(kh)
+                ]
             )
-            covariance = second - first[:, None] * first[None, :]
-        wd = w.double()
-        mean = wd @ first + self.conv.bias.double()
-        var = torch.einsum("ck,kl,cl->c", wd, covariance, wd)
-        return mean.to(w.dtype), var.to(w.dtype)
-
-
-class SpectrogramEncoder(nn.Module):
-    """Per-segment CNN: [N, F, M] log-mel images -> [N, out_features] (14 x 34 = 476 for 51 x 128)."""
-
-    def __init__(self, n_frames: int, n_mels: int, fused: bool) -> None:
-        super().__init__()
-        self.fused = fused
-        self.blocks = nn.ModuleList([FirstBlock(1, 8, (3, 1), (2, 1)), ConvBlock(8, 16, (3, 3), (1, 1))])
-        self.conv1x1 = nn.Conv2d(16, 1, 1)
-        self.out_features = _pooled(_pooled(n_frames + 2)) * _pooled(_pooled(n_mels + 2))
-
-    def forward(self, images: Tensor) -> Tensor:
-        if not self.fused or images.requires_grad:  # the fused kernels return no input gradient
-            x = images[:, None]
-            for block in self.blocks:
-                x = block(x)
-            return self.conv1x1(x).flatten(1)
-        with torch.autocast(images.device.type, enabled=False):  # float32: memory-bound, bf16 gains nothing
-            first, second = self.blocks
-            x = first.fast(images.float() if images.dtype == torch.bfloat16 else images)
-            x = second.fast_train(x) if _batch_statistics(second.bn) else second.fast_eval(x)
-            return self.conv1x1(x).flatten(1)
+            / count
+        )
+        covariance = second - first[:, None] * first[None, :]
+    wd = w.double()
+    mean = wd @ first + block.conv.bias.double()
+    var = torch.einsum("ck,kl,cl->c", wd, covariance, wd)
+    return mean.to(w.dtype), var.to(w.dtype)

@@ -1,1 +1,0 @@
-"""Datasets, audio features and the HDF5 feature store."""

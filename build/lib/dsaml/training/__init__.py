@@ -1,1 +1,0 @@
-"""Lightning training: the DSAML LightningModule, evaluation protocols, callbacks, results files."""
