@@ -27,16 +27,14 @@ EXIT_USAGE = 2
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or environment (reported in a line or two, exit 2), not a bug."""
+    from dsaml.config import ConfigError
     from dsaml.data.audio import AudioDecodeError
     from dsaml.data.catalogue import DataError
     from dsaml.data.store import StoreError
-    from dsaml.data.synth.config import SynthConfigError
-    from dsaml.data.validation import ConfigError
     from dsaml.models.checkpoint import UnsafeCheckpointError
 
     return (
         ConfigError,
-        SynthConfigError,
         DataError,
         StoreError,
         UnsafeCheckpointError,
@@ -65,7 +63,7 @@ def _extra_expected() -> tuple[type[BaseException], ...]:
 def check_output_folder(key: str, folder: str | Path) -> Path:
     """Check (before any work, creating nothing) that `folder` is or can become a writable folder:
     ConfigError naming `key` when it is an existing file, lies under a file, or is not writable."""
-    from dsaml.data.validation import ConfigError
+    from dsaml.config import ConfigError
 
     path = Path(folder)
     existing = path
