@@ -69,12 +69,13 @@ class Predictor:
     calibration: Calibration | None = None  # the listener's output map of a personalised checkpoint
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
-        """Load a dsaml checkpoint; CheckpointError when it is not one or cannot run on raw audio."""
+    def load(cls, path: str | Path, device: str = "auto", trust: bool = False) -> Predictor:
+        """Load a dsaml checkpoint (never unpickled unless `trust`); CheckpointError when it is not one, needs
+        unpickling, or cannot run on raw audio."""
         path = Path(path)
         resolved = resolve_device(device)
         try:
-            net, cfg, hparams = load_network(path, map_location=resolved)
+            net, cfg, hparams = load_network(path, map_location=resolved, trust=trust)
         except ValueError as error:  # load_network names what the file is instead
             raise CheckpointError(str(error)) from error
         check_raw_audio_model(cfg, path)

@@ -7,17 +7,20 @@ dsaml-eval ckpt_path=converted.ckpt data=deam task=pdmer protocols=[pdmer_within
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from dsaml.config import CONFIG_PATH
+from dsaml.cli.entry import hydra_command
+from dsaml.training.resume import refuse_taken_run_directory
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def main(cfg: DictConfig) -> float | None:
+def evaluate_checkpoint(cfg: DictConfig) -> float | None:
+    """Test the checkpoint; returns the first protocol's average score."""
     from dsaml.training.run import evaluate
 
     return evaluate(cfg)["rows"][0]["average"]
+
+
+main = hydra_command("eval", evaluate_checkpoint, returns_value=True, before_start=refuse_taken_run_directory)
 
 
 if __name__ == "__main__":

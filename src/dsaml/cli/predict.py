@@ -22,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dsaml.cli.entry import hydra_command
+from dsaml.cli.entry import check_output_folder, hydra_command
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
 from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
@@ -47,6 +47,7 @@ class PredictConfig:
     stitch: str = "mean"
     batch_size: int = 32
     recursive: bool = False
+    trust_checkpoint: bool = False
     input_files: list[Path] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +55,7 @@ class PredictConfig:
         check_choice("stitch", self.stitch, STITCH_RULES)
         check_positive("stride", self.stride, integer=True)
         check_positive("batch_size", self.batch_size, integer=True)
-        for key in ("plot", "recursive"):
+        for key in ("plot", "recursive", "trust_checkpoint"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
         if self.stitch == "original" and self.stride != 1:
@@ -63,6 +64,7 @@ class PredictConfig:
         if not Path(self.ckpt).is_file():
             raise ConfigError(f"ckpt={self.ckpt!r}: no such file")
         object.__setattr__(self, "input_files", collect_audio(self.inputs, self.recursive))
+        check_output_folder("out", self.out)
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -167,7 +169,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     console = console or Console(stderr=True, soft_wrap=True)
     try:
         config = from_mapping(PredictConfig, plain_options(cfg), "dsaml-predict")
-        predictor = Predictor.load(config.ckpt, config.device)
+        predictor = Predictor.load(config.ckpt, config.device, trust=config.trust_checkpoint)
     except MissingMandatoryValue as error:
         console.print(
             f"[red]dsaml-predict:[/red] {error.full_key} is required, e.g. dsaml-predict "

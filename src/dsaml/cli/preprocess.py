@@ -27,13 +27,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from dsaml.cli.entry import hydra_command
+from dsaml.cli.entry import check_output_folder, hydra_command
 from dsaml.config import ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
-from dsaml.data.store import StoreError
+from dsaml.data.store import StoreError, store_lock
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
 
@@ -84,7 +84,11 @@ def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
     """Validate the composed config (before any work): data group, run options, output path."""
     data = DataConfig.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
     options = {key: cfg[key] for key in cfg if key not in TOP_LEVEL}  # scalars, resolved one by one
-    return data, PreprocessConfig.from_mapping(options, "dsaml-preprocess"), Path(cfg.paths.store)
+    store = Path(cfg.paths.store)
+    if store.is_dir():
+        raise ConfigError(f"paths.store={str(store)!r} is a folder; expected the .h5 file to write")
+    check_output_folder("paths.store's folder", store.parent)
+    return data, PreprocessConfig.from_mapping(options, "dsaml-preprocess"), store
 
 
 def global_vectors_config(cfg: DictConfig) -> GlobalVectorsConfig:
@@ -114,7 +118,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     with progress_bar(console, options.progress) as progress:
         try:
             summary = preprocess(data, options, store, on_progress=progress_callback(progress, "songs"))
-        except (ConfigError, DataError) as exc:
+        except (ConfigError, DataError, StoreError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             if data.name == "synthetic" and not Path(data.root).exists():
                 console.print(f"make the synthetic corpus first: dsaml-synth out={data.root}")
@@ -141,9 +145,10 @@ def run_global_vectors(
     """Add global-context vectors to the (built or up-to-date) store; returns the exit code."""
     with progress_bar(console, options.progress) as progress:
         try:
-            summary = add_global_vectors(
-                store, vectors, on_progress=progress_callback(progress, f"global vectors {vectors.name}")
-            )
+            with store_lock(store, "dsaml-preprocess global vectors"):
+                summary = add_global_vectors(
+                    store, vectors, on_progress=progress_callback(progress, f"global vectors {vectors.name}")
+                )
         except (ConfigError, DataError, StoreError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             return 2

@@ -7,19 +7,21 @@ dsaml-train experiment=pdmer_deam trainer=ddp hydra/launcher=slurm -m
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from dsaml.config import CONFIG_PATH
+from dsaml.cli.entry import hydra_command
+from dsaml.training.resume import refuse_taken_run_directory
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | None:
+    """Fit and test; returns the value of `task.monitor` (what sweepers optimise)."""
     from dsaml.training.run import run
 
     metrics = run(cfg)
-    monitor = str(cfg.task.monitor)
-    return metrics.get(monitor)
+    return metrics.get(str(cfg.task.monitor))
+
+
+main = hydra_command("train", train, returns_value=True, before_start=refuse_taken_run_directory)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
+from dsaml.data.store import StoreError
 
 
 class StoreReader:
@@ -60,6 +61,12 @@ class StoreReader:
             "valence": torch.from_numpy(np.asarray(valence[start:stop], dtype=np.float32)),
             "song": song,
         }
+        for key in ("logmel", "arousal", "valence"):  # a damaged store: fail here, naming the song
+            if not bool(torch.isfinite(out[key]).all()):
+                raise StoreError(
+                    f"{store.path}: song {song!r} has non-finite (NaN/inf) {key} values in segments "
+                    f"[{start}, {stop}); check the store with dsaml-preprocess verify=true and rebuild it"
+                )
         if self.global_name is not None:
             vectors = np.asarray(store.global_vectors(self.global_name, song), dtype=np.float32)
             out["global"] = torch.from_numpy(vectors if len(vectors) == 1 else vectors[start:stop])

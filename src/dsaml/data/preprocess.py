@@ -4,7 +4,14 @@ Each finished song is first written to its own part file in `<store>.parts/` (at
 killed at any moment (kill -9 included) loses at most the songs in flight; the next run skips the parts
 already there. When every song is done the parts are assembled into `<store>.tmp`, which is renamed over
 the store: the store file is never half-written. Songs that fail to decode are reported (id, path,
-reason) and recorded in the store's `failures` attribute; the run goes on.
+reason) and recorded in the store's `failures` attribute; the run goes on. A song that would be unusable
+(no labels left after the reader's checks) is excluded the same way, with its reason, so training never
+meets it.
+
+One run at a time per store: the run holds `store_lock` (an exclusive lock naming its pid and host) from
+the first look at the store to the final rename; a second run fails at once, naming the holder. A store is
+only called "up to date" when it also passes `FeatureStore.verify` (tables, offsets, counts); `verify=true`
+additionally checks that every stored value is finite.
 """
 
 from __future__ import annotations
@@ -33,7 +40,15 @@ from dsaml.data.audio import AudioDecodeError, fingerprint_file, load_audio
 from dsaml.data.catalogue import Catalogue, Song, summarise_issues
 from dsaml.data.features import FeatureConfig, LogMelExtractor, cut_segments, min_duration_s, resolve_device
 from dsaml.data.readers import DataConfig, read_catalogue
-from dsaml.data.store import COMPRESSIONS, DTYPES, FeatureStoreWriter, SongRecord
+from dsaml.data.store import (
+    COMPRESSIONS,
+    DTYPES,
+    FeatureStore,
+    FeatureStoreWriter,
+    SongRecord,
+    StoreError,
+    store_lock,
+)
 
 log = logging.getLogger(__name__)
 MP_CONTEXTS = ("fork", "spawn", "forkserver")
@@ -53,6 +68,7 @@ class PreprocessConfig(Config):
     mp_context: str = choice("fork", MP_CONTEXTS)
     strict: bool = flag(False)
     progress: bool = flag(True)
+    verify: bool = flag(False)  # also check every stored feature/label is finite (reads the whole store)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +89,7 @@ class Summary:
     seconds: float = 0.0
     audio_seconds: float = 0.0
     up_to_date: bool = False
+    verified: str = ""  # "structure" or "structure and finiteness": what FeatureStore.verify checked
 
     @property
     def songs_per_s(self) -> float:
@@ -207,6 +224,12 @@ def _store_is_current(store: Path, job: dict[str, Any], overwrite: bool) -> bool
     except OSError:
         previous = None  # not readable as HDF5: rebuilt from scratch
     if previous == job:
+        try:
+            with FeatureStore(store) as existing:
+                existing.verify()
+        except StoreError as exc:
+            log.warning("%s; rebuilding it", exc)
+            return False
         return True
     if previous is not None:
         changed = sorted(k for k in set(job) | set(previous) if job.get(k) != previous.get(k))
@@ -260,8 +283,34 @@ def preprocess(
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Summary:
     """Build (or resume, or confirm up to date) the feature store at `store`. `on_progress` is called with
-    ("start", {"todo", "resumed"}) once, then ("song", result without features) as each song finishes."""
+    ("start", {"todo", "resumed"}) once, then ("song", result without features) as each song finishes.
+    Holds the store's lock throughout (StoreError naming the holder when another run has it)."""
     store = Path(store)
+    with store_lock(store) as stale:
+        summary = _preprocess_locked(data, config, store, on_progress)
+        if stale:
+            summary.notes.append(f"{store}: {stale}")
+        with FeatureStore(store) as built:
+            built.verify(full=config.verify)
+        summary.verified = "structure and finiteness" if config.verify else "structure"
+    return summary
+
+
+def unusable_songs(catalogue: Catalogue) -> dict[str, str]:
+    """Songs that training could never use -> the reason (no arousal/valence values left to learn from)."""
+    return {
+        song_id: "no usable arousal/valence labels (see the input issues)"
+        for song_id in catalogue.songs
+        if len(catalogue.averaged.get(song_id, ((), ()))[0]) == 0
+    }
+
+
+def _preprocess_locked(
+    data: DataConfig,
+    config: PreprocessConfig,
+    store: Path,
+    on_progress: Callable[[str, dict[str, Any]], None] | None,
+) -> Summary:
     started = time.perf_counter()
     if config.strict and not data.strict:
         data = DataConfig(**{**vars(data), "strict": True})
@@ -277,11 +326,18 @@ def preprocess(
         summary.up_to_date = True
         return summary
     parts = _prepare_parts(store, job, config.overwrite)
+    excluded = unusable_songs(catalogue)
+    summary.failures.extend(
+        {"id": song_id, "path": str(catalogue.songs[song_id].audio_path), "reason": reason}
+        for song_id, reason in excluded.items()
+    )
     done = {song for song in catalogue.songs if _part_path(parts, song).is_file()}
-    summary.resumed = len(done)
-    tasks = [song for song_id, song in catalogue.songs.items() if song_id not in done]
+    summary.resumed = len(done - set(excluded))
+    tasks = [
+        song for song_id, song in catalogue.songs.items() if song_id not in done and song_id not in excluded
+    ]
     if on_progress is not None:
-        on_progress("start", {"todo": len(tasks), "resumed": len(done)})
+        on_progress("start", {"todo": len(tasks), "resumed": summary.resumed})
 
     device = resolve_device(config.device)
     on_cpu = device.type == "cpu"
@@ -303,7 +359,7 @@ def preprocess(
             summary.audio_seconds += result["duration_s"]
         if on_progress is not None:
             on_progress("song", {k: v for k, v in result.items() if k != "logmel"})
-    _assemble(store, parts, catalogue, data, config, job, summary)
+    _assemble(store, parts, catalogue, data, config, job, summary, skip=set(excluded))
     summary.seconds = time.perf_counter() - started
     if not config.keep_parts:
         shutil.rmtree(parts)
@@ -318,8 +374,10 @@ def _assemble(
     config: PreprocessConfig,
     job: dict[str, Any],
     summary: Summary,
+    skip: set[str],
 ) -> None:
-    """Write the whole store from the part files into <store>.tmp, then rename it over <store>."""
+    """Write the whole store from the part files into <store>.tmp (songs in `skip` left out), check its
+    structure, then rename it over <store>."""
     tmp = store.with_name(store.name + ".tmp")
     features = data.features
     writer = FeatureStoreWriter.create(
@@ -337,8 +395,8 @@ def _assemble(
         stored = []
         for song_id, song in catalogue.songs.items():
             path = _part_path(parts, song_id)
-            if not path.is_file():
-                continue  # a failed song: listed in summary.failures
+            if not path.is_file() or song_id in skip:
+                continue  # a failed or unusable song: listed in summary.failures
             meta, logmel = _read_part(path)
             writer.add_song(
                 SongRecord(
@@ -371,19 +429,26 @@ def _assemble(
                 "notes": summary.notes,
             },
         )
+    with FeatureStore(tmp) as assembled:
+        assembled.verify()
     os.replace(tmp, store)
 
 
 def format_summary(summary: Summary) -> list[str]:
     """Human-readable end-of-run report."""
+    checked = f"; verified: {summary.verified}" if summary.verified else ""
     if summary.up_to_date:
-        return [f"{summary.store} is up to date ({summary.songs} songs); set overwrite=true to rebuild it"]
+        return [
+            f"{summary.store} is up to date ({summary.songs} songs); "
+            f"set overwrite=true to rebuild it{checked}",
+            *(note for note in summary.notes if "stale lock" in note),
+        ]
     lines = [
         f"store: {summary.store}",
         f"songs: {summary.songs} in the catalogue, {summary.computed} computed, {summary.resumed} resumed "
         f"from an interrupted run, {len(summary.failures)} failed",
         f"speed: {summary.songs_per_s:.2f} songs/s, {summary.realtime_factor:.0f}x real time "
-        f"({summary.seconds:.1f} s)",
+        f"({summary.seconds:.1f} s){checked}",
         *summary.notes,
     ]
     if summary.failures:

@@ -11,15 +11,22 @@ Layout (N songs, M (rater, song) curves; string columns are UTF-8):
     /curves/raters/        rater, song [M] str; pdmer [M] bool; values [sum, 2] f4; offset, length [M] i8
     /global/<name>/<song>  [1 or T, D] f4 precomputed global-context vectors (added later by an encoder)
 
-`FeatureStore` reads it (lazily, one handle per process, so it is safe in forked DataLoader workers);
-`FeatureStoreWriter` creates it and adds global-context vectors.
+`FeatureStore` reads it (lazily, one handle per process, so it is safe in forked DataLoader workers) and
+checks itself (`verify`: table lengths, offsets and counts; with `full=True` also that every feature and
+label is finite); `FeatureStoreWriter` creates it and adds global-context vectors. `store_lock` is the
+exclusive lock every writer of a store (and of its `.parts` folder) holds for its whole run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
-from collections.abc import Iterable, Mapping
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,69 @@ SONG_COLUMNS = {  # name -> numpy dtype (None: string)
 
 class StoreError(RuntimeError):
     """The store file is missing, incomplete or does not hold what was asked for."""
+
+
+@contextmanager
+def store_lock(store: str | Path, purpose: str = "dsaml-preprocess") -> Iterator[str | None]:
+    """Hold the exclusive lock `<store>.lock` for the block; yields a note when a stale lock was found.
+
+    The lock is an OS file lock (released by the kernel when its holder dies, kill -9 included); the file
+    records the holder (pid, host, purpose, start time) for the message a second writer gets:
+    StoreError naming that holder. A lock file left by a dead run is reported as stale and taken over.
+    """
+    path = Path(store)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise StoreError(
+                f"{path} is being written by another run ({_holder(lock_path)}); wait for it to finish "
+                f"or stop it (its lock: {lock_path})"
+            ) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        note = (
+            f"stale lock of a run that did not finish ({_describe_holder(previous)}) taken over"
+            if previous
+            else None
+        )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}
+            )
+        )
+        handle.flush()
+        try:
+            yield note
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+    finally:
+        handle.close()  # releases the lock
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return _describe_holder(lock_path.read_text().strip())
+    except OSError:
+        return "holder unknown"
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"{info['purpose']}, pid {info['pid']} on host {info['host']}, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def _dump(value: Any) -> str:
@@ -251,7 +321,14 @@ class FeatureStore:
         self._handle: h5py.File | None = None
         self._pid: int | None = None
         self._tables: dict[str, Any] | None = None
-        if not self._h5().attrs.get("complete", False):
+        try:
+            complete = self._h5().attrs.get("complete", False)
+        except OSError as exc:  # truncated or not HDF5 at all
+            raise StoreError(
+                f"{self.path} is not a readable feature store ({str(exc).splitlines()[0]}); rebuild it with "
+                "dsaml-preprocess ... overwrite=true"
+            ) from None
+        if not complete:
             raise StoreError(
                 f"{self.path} is incomplete (a preprocess run did not finish); run dsaml-preprocess "
                 "again to resume it"
@@ -348,6 +425,76 @@ class FeatureStore:
             for name, values in self._t["songs"].items()
         }
 
+    def verify(self, full: bool = False) -> None:
+        """Check the store's consistency; StoreError listing the problems found.
+
+        Always (cheap: the small tables): every /songs column has N rows; features are laid out back to
+        back (offset[i] = offset[i-1] + n_segments[i-1], their sum = the rows of /features/logmel); every
+        song has segments and labels; curve offsets/lengths tile their values; rater curves name stored
+        songs. With `full`: every feature and curve value is finite (reads the whole store).
+        """
+        problems = self._structure_problems()
+        if full and not problems:
+            problems = self._finiteness_problems()
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise StoreError(
+                f"{self.path} is damaged: {shown}. Rebuild it: dsaml-preprocess ... overwrite=true"
+            )
+
+    def _structure_problems(self) -> list[str]:
+        h5, problems = self._h5(), []
+        try:
+            columns = {name: h5[f"songs/{name}"].shape for name in SONG_COLUMNS}
+            n = columns["id"][0]
+            problems += [
+                f"/songs/{k} has {v[0]} rows, /songs/id {n}" for k, v in columns.items() if v[0] != n
+            ]
+            if problems:
+                return problems
+            counts = h5["songs/n_segments"][()].astype(np.int64)
+            offsets = h5["songs/offset"][()]
+            ids = h5["songs/id"].asstr()[()]
+            expected = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else counts
+            bad = np.flatnonzero(offsets != expected)
+            problems += [f"song {ids[i]!r}: offset {offsets[i]}, expected {expected[i]}" for i in bad[:3]]
+            rows = h5["features/logmel"].shape[0]
+            if int(counts.sum()) != rows:
+                problems.append(f"songs hold {int(counts.sum())} segments, /features/logmel {rows}")
+            problems += [f"song {ids[i]!r} has no segments" for i in np.flatnonzero(counts <= 0)[:3]]
+            problems += _curve_problems(h5["curves/averaged"], "averaged", n)
+            lengths = h5["curves/averaged/length"][()]
+            if len(lengths) == n:
+                problems += [f"song {ids[i]!r} has no labels" for i in np.flatnonzero(lengths <= 0)[:3]]
+            raters = h5["curves/raters"]
+            m = raters["rater"].shape[0]
+            problems += _curve_problems(raters, "raters", m)
+            for key in ("song", "pdmer"):
+                if raters[key].shape[0] != m:
+                    problems.append(f"/curves/raters/{key} has {raters[key].shape[0]} rows, expected {m}")
+            unknown = sorted(set(raters["song"].asstr()[()]) - set(ids))
+            if unknown:
+                problems.append(f"rater curves of songs not in the store: {unknown[:3]}")
+        except KeyError as exc:
+            problems.append(f"missing part of the layout ({exc})")
+        return problems
+
+    def _finiteness_problems(self) -> list[str]:
+        h5, problems = self._h5(), []
+        logmel = h5["features/logmel"]
+        counts, offsets = self._t["songs"]["n_segments"], self._t["songs"]["offset"]
+        for song, count, offset in zip(self._t["songs"]["id"], counts, offsets, strict=True):
+            for begin in range(int(offset), int(offset + count), 256):
+                block = logmel[begin : min(begin + 256, int(offset + count))]
+                if not np.isfinite(block).all():
+                    problems.append(f"song {song!r}: non-finite features")
+                    break
+        for name in ("averaged", "raters"):
+            values = h5[f"curves/{name}/values"][()]
+            if not np.isfinite(values).all():
+                problems.append(f"non-finite values in /curves/{name}")
+        return problems
+
     # --- the contract API --------------------------------------------------------------------------------
     def song_ids(self, split: str | None = None) -> list[str]:
         songs = self._t["songs"]
@@ -442,6 +589,22 @@ class FeatureStore:
             return data[()].astype(np.float32, copy=False)
         begin, end, _ = slice(start, stop).indices(data.shape[0])
         return data[begin : max(begin, end)].astype(np.float32, copy=False)
+
+
+def _curve_problems(group: h5py.Group, name: str, rows: int) -> list[str]:
+    """Offsets/lengths of a curves table: `rows` entries tiling its values back to back."""
+    offsets, lengths, values = group["offset"][()], group["length"][()], group["values"].shape[0]
+    if len(offsets) != rows or len(lengths) != rows:
+        return [f"/curves/{name}: {len(offsets)} offsets and {len(lengths)} lengths for {rows} rows"]
+    expected = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if rows else lengths
+    problems = (
+        [f"/curves/{name}: offsets do not follow the lengths"]
+        if not np.array_equal(offsets, expected)
+        else []
+    )
+    if int(lengths.sum()) != values:
+        problems.append(f"/curves/{name}: lengths sum to {int(lengths.sum())}, values hold {values}")
+    return problems
 
 
 def _check_split(split: str) -> None:

@@ -51,6 +51,8 @@ TOP_LEVEL_KEYS = (
     "tags",
     "num_workers",
     "adaptation",
+    "trust_checkpoint",
+    "overwrite",
 )
 
 

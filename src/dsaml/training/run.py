@@ -3,12 +3,17 @@
 `build(cfg)` validates the whole config first (nothing is read or trained before that), then instantiates
 datamodule, LightningModule, callbacks, loggers and Trainer. `run(cfg)` fits, tests the best checkpoint
 and returns the logged metrics (the value of `task.monitor` is what sweepers optimise).
+
+Every checkpoint (init_from, ckpt_path, the resumed run's state, the best checkpoint tested) is read by
+`dsaml.models.checkpoint` without unpickling unless `trust_checkpoint=true`; see `dsaml.training.resume`
+for what protects the run folder and makes a resume exact.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,21 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dsaml.data.datamodule import DSAMLDataModule
+from dsaml.data.validation import ConfigError
 from dsaml.models import DSAMLConfig
+from dsaml.models.checkpoint import load_network, read_torch_file
 from dsaml.training.config import TaskConfig, validate_train_config
 from dsaml.training.module import DSAMLModule
+from dsaml.training.resume import (
+    RunDirectoryError,
+    StepSeed,
+    checkpoint_epoch,
+    checkpoint_in_run,
+    claim_run_directory,
+    preserve_metrics_csv,
+)
+
+__all__ = ["RunDirectoryError", "build", "evaluate", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +113,52 @@ def build_trainer(cfg: DictConfig, with_validation: bool, extra_callbacks: tuple
     return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
 
 
+def validated(cfg: DictConfig) -> TaskConfig:
+    """`validate_train_config`, its ValueErrors (bad keys/values, missing files) as ConfigError."""
+    try:
+        return validate_train_config(cfg)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_store(
+    cfg: DictConfig, wanted: dict[str, Any] | None = None, asked_by: str = "data.features"
+) -> None:
+    """Before any work: the store passes its cheap verification and was made with the feature settings
+    `wanted` (default: this config's data.features); ConfigError naming the settings that differ."""
+    from dsaml.data.features import FeatureConfig
+    from dsaml.data.store import FeatureStore
+
+    with FeatureStore(str(cfg.paths.store)) as store:
+        store.verify()
+        stored = store.feature_config
+    if wanted is None:
+        features = cfg.data.get("features")
+        wanted = FeatureConfig.from_mapping(
+            OmegaConf.to_container(features, resolve=True) if features else None
+        ).to_dict()
+    differ = sorted(k for k in wanted if k in stored and wanted[k] != stored[k])
+    if differ:
+        details = ", ".join(f"{asked_by}.{k}={wanted[k]!r} (store: {stored[k]!r})" for k in differ)
+        raise ConfigError(
+            f"paths.store={cfg.paths.store} was made with other feature settings than asked: {details}; "
+            "use a store made with these settings (dsaml-preprocess with the same data.features and another "
+            "paths.store)"
+        )
+
+
 def build(cfg: DictConfig) -> Job:
-    task = validate_train_config(cfg)
+    task = validated(cfg)
+    check_store(cfg)
     model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
     if cfg.get("init_from") is not None:
-        load_initial_weights(module, model_cfg, str(cfg.init_from))
-    trainer = build_trainer(cfg, _has_validation(task))
+        load_initial_weights(module, model_cfg, str(cfg.init_from), trusted(cfg))
+    trainer = build_trainer(cfg, _has_validation(task), extra_callbacks=(StepSeed(int(cfg.seed)),))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.config.update(
@@ -117,17 +171,20 @@ def build(cfg: DictConfig) -> Job:
 RUNTIME_MODEL_KEYS = ("impl", "cnn_kernel", "dropout")
 
 
-def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str) -> None:
+def trusted(cfg: DictConfig) -> bool:
+    """`trust_checkpoint=true`: the user vouches for the checkpoints of this run (they may be unpickled)."""
+    return bool(cfg.get("trust_checkpoint", False))
+
+
+def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str, trust: bool = False) -> None:
     """`init_from`: copy a dsaml checkpoint's network weights into `module.net` (fails, naming the keys,
     when the checkpoint's network is configured differently)."""
-    from dsaml.models.checkpoint import load_network
-
-    net, source_cfg, _ = load_network(path)
+    net, source_cfg, _ = load_network(path, trust=trust)
     ours, theirs = model_cfg.to_dict(), source_cfg.to_dict()
     differ = sorted(k for k in ours if k not in RUNTIME_MODEL_KEYS and ours[k] != theirs.get(k))
     if differ:
         details = ", ".join(f"model.{k}: run {ours[k]!r} vs checkpoint {theirs.get(k)!r}" for k in differ)
-        raise ValueError(f"init_from={path}: the checkpoint's network differs from this run's ({details})")
+        raise ConfigError(f"init_from={path}: the checkpoint's network differs from this run's ({details})")
     module.net.load_state_dict(net.state_dict())
     log.info("initial weights from %s", path)
 
@@ -153,19 +210,28 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as configured; returns the final logged metrics as floats."""
     ckpt = resolve_ckpt(cfg)
+    fit = bool(cfg.get("train", True))
+    resume = read_torch_file(ckpt, "cpu", trusted(cfg)) if ckpt is not None and fit else None
+    output_dir = str(cfg.paths.output_dir)
+    claim_run_directory(output_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
     job = build(cfg)
     trainer = job.trainer
-    if cfg.get("train", True):
-        trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt)
+    if fit:
+        with warnings.catch_warnings():
+            if resume is not None:  # the run's own folder: its checkpoints and metrics are meant to be there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                preserve_metrics_csv(trainer, checkpoint_epoch(resume))
+            trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=not trusted(cfg))
     elif ckpt is not None:
-        from dsaml.models.checkpoint import load_network
-
-        net, _, _ = load_network(ckpt)
+        net, _, _ = load_network(ckpt, trust=trusted(cfg))
         job.module.net.load_state_dict(net.state_dict())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
-        trainer.test(job.module, datamodule=job.datamodule, ckpt_path=best or None, weights_only=False)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if fit else ""
+        if best:  # only a checkpoint this run wrote, read like any other (no unpickling)
+            net, _, _ = load_network(checkpoint_in_run(best, output_dir), trust=trusted(cfg))
+            job.module.net.load_state_dict(net.state_dict())
+        trainer.test(job.module, datamodule=job.datamodule)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     return metrics
 
@@ -185,30 +251,35 @@ EVAL_KEYS = (
     "overrides",
     "callbacks",
     "adaptation",
+    "trust_checkpoint",
+    "overwrite",
 )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     """`dsaml-eval`: test the checkpoint `cfg.ckpt_path` with the protocols of its task (or `cfg.protocols`),
     writing results.json / results.md into paths.output_dir. Returns the results dict."""
-    from dsaml.models.checkpoint import load_network
     from dsaml.training.callbacks import ResultsWriter
     from dsaml.training.config import PROTOCOLS
 
     unknown = sorted(set(cfg.keys()) - set(EVAL_KEYS))
     if unknown:
-        raise ValueError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
-    net, model_cfg, hparams = load_network(str(cfg.ckpt_path))
+        raise ConfigError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
+    if (Path(str(cfg.paths.output_dir)) / "results.json").exists() and not cfg.get("overwrite", False):
+        raise RunDirectoryError(
+            f"{cfg.paths.output_dir} already holds results.json; pass overwrite=true or another hydra.run.dir"
+        )
+    net, model_cfg, hparams = load_network(str(cfg.ckpt_path), trust=trusted(cfg))
     task_values = dict(hparams.get("task") or {})
     requested = cfg.get("task")  # the conf/task group (task=pdmer) or a bare name
     if requested is not None:
         name = str(requested.get("name") if isinstance(requested, DictConfig) else requested)
         if name not in PROTOCOLS:
-            raise ValueError(f"task={name!r} is not one of {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"task={name!r} is not one of {', '.join(PROTOCOLS)}")
         if task_values.get("name") != name:  # another task than trained: its defaults, not the group's
             task_values = {"name": name}
     if "name" not in task_values:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.ckpt_path} records no task (e.g. a dsaml-convert file): pass task=dmer or task=pdmer"
         )
     task_values.setdefault("test_protocols", list(PROTOCOLS[task_values["name"]]))
@@ -222,7 +293,8 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     with open_dict(cfg):
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
-    validate_train_config(_as_train_keys(cfg))
+    validated(_as_train_keys(cfg))
+    check_store(cfg, dict(hparams.get("features") or {}) or None, asked_by="the checkpoint's features")
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(
         model=model_cfg.to_dict(),

@@ -1,0 +1,135 @@
+"""What keeps a training run's results safe and a resumed run identical to an uninterrupted one.
+
+- `claim_run_directory`: a run never writes into a folder holding another run's results (checkpoints, csv
+  metrics, results.json/md, wandb) unless it resumes that run (`ckpt_path`) or `overwrite=true` (which
+  removes the old results first, so old and new are never mixed).
+- `preserve_metrics_csv`: Lightning's CSVLogger deletes csv/metrics.csv when it starts; on resume the rows
+  of the epochs the checkpoint holds are put back (rows of a partly-run epoch after it are dropped: that
+  epoch is run again).
+- `StepSeed`: the global torch RNG (dropout) is reseeded from (seed, global step) before every training
+  step, so step s draws the same numbers whether or not the run was interrupted before it (the data order is
+  already a function of (seed, epoch/step), see dsaml.data.datamodule). Reseeding per epoch is not enough:
+  Lightning creates the first epoch's DataLoader iterator (which draws from the global RNG) before the
+  epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order.
+- `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+RUN_OUTPUTS = ("checkpoints", "csv", "results.json", "results.md", "wandb")
+
+
+class RunDirectoryError(RuntimeError):
+    """The run folder holds another run's results, or a checkpoint lies outside the run folder."""
+
+
+def claim_run_directory(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse (RunDirectoryError) to start a new run in a folder with a previous run's results."""
+    out = Path(output_dir)
+    found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
+    if not found or resuming:
+        return
+    if not overwrite:
+        raise RunDirectoryError(
+            f"run folder {out} already holds a run's results ({', '.join(found)}); resume it with "
+            "ckpt_path=last, pass overwrite=true to replace them, or choose another hydra.run.dir"
+        )
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def refuse_taken_run_directory(cfg: Any) -> None:
+    """`dsaml-train`/`dsaml-eval` before Hydra starts (it would rewrite <run dir>/.hydra/config.yaml): the
+    run folder must be writable (ConfigError), and RunDirectoryError when it already holds a run's results
+    and the job neither resumes it (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
+    from dsaml.cli.entry import check_output_folder
+
+    out = check_output_folder("hydra.run.dir", str(cfg.hydra.run.dir))
+    resuming = cfg.get("train", None) is not None and cfg.get("ckpt_path") is not None
+    if cfg.get("overwrite", False) or resuming:
+        return
+    found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
+    if found:
+        raise RunDirectoryError(
+            f"run folder {out} already holds a run's results ({', '.join(found)}); resume it with "
+            "ckpt_path=last, pass overwrite=true to replace them, or choose another hydra.run.dir"
+        )
+
+
+def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
+    """The last completed epoch a Lightning checkpoint holds (-1 when unknown)."""
+    epoch = checkpoint.get("epoch")
+    return int(epoch) if isinstance(epoch, int) else -1
+
+
+def preserve_metrics_csv(trainer: L.Trainer, last_epoch: int) -> int:
+    """On resume: keep csv/metrics.csv rows of epochs <= `last_epoch` through Lightning's CSVLogger start
+    (which deletes the file). Returns the number of rows kept."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    if not loggers:
+        return 0
+    logger = loggers[0]
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    kept = [row for row in rows if _epoch_of(row) <= last_epoch]
+    with warnings.catch_warnings():  # "Previous log files ... will be deleted": they are put back below
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        _ = logger.experiment  # creating the writer is what deletes the old file
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    logger.experiment.metrics_keys = list(fields)  # the next save appends (rewriting the header if new keys)
+    return len(kept)
+
+
+def _epoch_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("epoch") or "nan")
+    except ValueError:
+        return float("nan")
+
+
+class StepSeed(L.Callback):
+    """Reseed torch's global RNG (all devices) from (seed, global step) before every training step."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        torch.manual_seed(step_seed(self.seed, trainer.global_step))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A 62-bit seed for (seed, step), different for every pair (a seeded draw, not a sum)."""
+    generator = torch.Generator().manual_seed((int(seed) << 32) ^ int(step))
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def checkpoint_in_run(path: str | Path, output_dir: str | Path) -> Path:
+    """`path` resolved, if it lies inside the run folder `output_dir`; RunDirectoryError otherwise."""
+    resolved, root = Path(path).resolve(), Path(output_dir).resolve()
+    if not resolved.is_relative_to(root):
+        raise RunDirectoryError(
+            f"refusing to test {path}: the best checkpoint recorded in the resumed run's state is not inside "
+            f"this run's folder {root} (only checkpoints this run wrote are loaded)"
+        )
+    return resolved

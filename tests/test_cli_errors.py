@@ -1,0 +1,143 @@
+"""Expected errors end every command in one or two lines (what, where, what was expected) and exit code 2,
+never a traceback: Hydra override errors (listing the allowed keys/options), config errors inside the job,
+truncated stores, out= pointing at a file, read-only folders, wrong weight shapes in dsaml-convert."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from app_fixtures import tiny_net
+from dsaml.cli.convert import main as convert_main
+from dsaml.models.compat import state_dict_to_original
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def command(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"dsaml.cli.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=ENV,
+        timeout=300,
+    )
+
+
+def assert_short_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    err = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, err)
+    assert "Traceback" not in err, err
+    assert 1 <= len(err.splitlines()) <= 2, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def test_hydra_override_errors_list_what_is_allowed(tmp_path):
+    err = assert_short_error(
+        command("train", "seeed=3", cwd=tmp_path), "dsaml-train: error: Could not override"
+    )
+    assert "seed" in err and "init_from" in err and "+seeed=" in err
+    err = assert_short_error(command("train", "task.lrr=0.1", cwd=tmp_path), "keys of 'task'")
+    assert "lr" in err.split("keys of 'task'")[1]
+    assert_short_error(
+        command("evaluate", "data=nosuch", "ckpt_path=x", cwd=tmp_path), "available: deam, pmemo, synthetic"
+    )
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
+
+
+def test_config_errors_inside_the_job_are_two_lines(tmp_path):
+    run_dir = f"hydra.run.dir={tmp_path / 'run'}"
+    assert_short_error(
+        command("train", "data=synthetic", f"paths.store={tmp_path / 'none.h5'}", run_dir, cwd=tmp_path),
+        "dsaml-train: error:",
+        "none.h5",
+    )
+    assert_short_error(
+        command("evaluate", f"ckpt_path={tmp_path / 'no.ckpt'}", run_dir, cwd=tmp_path), "no.ckpt"
+    )
+
+
+def test_truncated_store_and_existing_files_as_outputs(tmp_path):
+    from app_fixtures import save_tiny_ckpt, write_audio
+
+    ckpt = save_tiny_ckpt(tmp_path / "m.ckpt")
+    truncated = tmp_path / "t.h5"
+    truncated.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    assert_short_error(
+        command(
+            "evaluate",
+            f"ckpt_path={ckpt}",
+            "task=dmer",
+            "data=synthetic",
+            f"paths.store={truncated}",
+            f"hydra.run.dir={tmp_path / 'e'}",
+            cwd=tmp_path,
+        ),
+        "t.h5",
+    )
+    song = write_audio(tmp_path / "song.wav", 20.0, 22050, 1)
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("keep me")
+    assert_short_error(
+        command("predict", f"ckpt={ckpt}", f"inputs=[{song}]", f"out={a_file}", cwd=tmp_path),
+        "out=",
+        "existing file",
+    )
+    assert a_file.read_text() == "keep me"
+    assert_short_error(
+        command(
+            "preprocess", "data=synthetic", f"data.root={tmp_path}", f"paths.store={tmp_path}", cwd=tmp_path
+        ),
+        "is a folder",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders: nothing to refuse")
+def test_read_only_output_folder(tmp_path):
+    from app_fixtures import save_tiny_ckpt, write_audio
+
+    ckpt = save_tiny_ckpt(tmp_path / "m.ckpt")
+    song = write_audio(tmp_path / "song.wav", 20.0, 22050, 1)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert_short_error(
+            command("predict", f"ckpt={ckpt}", f"inputs=[{song}]", f"out={locked}", cwd=tmp_path),
+            "not writable",
+        )
+    finally:
+        locked.chmod(0o700)
+
+
+def test_convert_wrong_shapes_and_existing_output(tmp_path, capsys):
+    original = tmp_path / "original.pt"
+    torch.save(state_dict_to_original(tiny_net(global_context="precomputed:imagebind")), original)
+    assert convert_main([str(original), str(tmp_path / "a.ckpt"), "num_attention_heads=2"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "size mismatch" in err and len(err.strip().splitlines()) <= 2
+    out = tmp_path / "exists.ckpt"
+    out.write_text("keep me")
+    assert convert_main([str(original), str(out), "num_attention_heads=2", "origin_feature_dim=16"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
+    taken = tmp_path / "run"
+    (taken / "checkpoints").mkdir(parents=True)
+    (taken / ".hydra").mkdir()
+    (taken / ".hydra" / "config.yaml").write_text("the earlier run's config\n")
+    for module in ("train", "evaluate"):
+        extra = ["ckpt_path=x.ckpt"] if module == "evaluate" else []
+        result = command(module, "data=synthetic", *extra, f"hydra.run.dir={taken}", cwd=tmp_path)
+        assert_short_error(result, "already holds a run's results (checkpoints)", "overwrite=true")
+        assert (taken / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"

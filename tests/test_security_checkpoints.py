@@ -1,0 +1,179 @@
+"""A crafted checkpoint never runs code: every loader refuses a file whose unpickling would execute a
+payload (the payload writes a marker file; it must never appear), the test stage of a resumed run loads
+no checkpoint from outside the run folder, and only trust_checkpoint=true unpickles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app_fixtures import capture, compose_cli, tiny_net, write_audio
+from dsaml.cli.convert import main as convert_main
+from dsaml.cli.personalize import run as run_personalize
+from dsaml.cli.predict import run as run_predict
+from dsaml.data.features import FeatureConfig
+from dsaml.models.checkpoint import NET_PREFIX, UnsafeCheckpointError, load_network
+from dsaml.predictor import CheckpointError, Predictor
+from dsaml.training.resume import RunDirectoryError
+from dsaml.training.run import run
+from train_fixtures import DMER_TINY, tiny_store, train_config  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this calls exec(code): here it only writes `marker`, a real attacker's code could do
+    anything."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('payload ran')",))
+
+
+def poisoned_checkpoint(path: Path, marker: Path, model: dict | None = None) -> Path:
+    """A complete, otherwise valid dsaml checkpoint whose hyper_parameters carry the payload."""
+    net = tiny_net(**(model or {}))
+    torch.save(
+        {
+            "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()},
+            "hyper_parameters": {
+                "model": net.cfg.to_dict(),
+                "features": FeatureConfig().to_dict(),
+                "task": {"name": "dmer"},
+                "note": Payload(marker),
+            },
+            "dsaml": {"format": 1, "version": "0"},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture
+def evil(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "PAYLOAD_RAN"
+    return poisoned_checkpoint(tmp_path / "evil.ckpt", marker), marker
+
+
+def test_payload_really_runs_when_unpickled(evil):
+    """The fixture is a real attack: plain unpickling runs it (so the refusals below mean something)."""
+    path, marker = evil
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "payload ran"
+
+
+def test_load_network_refuses_and_names_the_opt_in(evil):
+    path, marker = evil
+    with pytest.raises(UnsafeCheckpointError, match=r"refused: .*exec.*trust_checkpoint=true"):
+        load_network(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        Predictor.load(path, device="cpu")
+    assert not marker.exists()
+
+
+def test_trust_is_the_only_way_to_unpickle(evil):
+    path, marker = evil
+    net, cfg, hparams = load_network(path, trust=True)
+    assert marker.exists() and cfg.hidden_size == 16  # the documented opt-in does unpickle
+
+
+def test_predict_and_personalize_refuse(evil, tmp_path):
+    path, marker = evil
+    song = write_audio(tmp_path / "song.wav", 20.0, 22050, 1)
+    console, buffer = capture()
+    cfg = compose_cli("predict", [f"ckpt={path}", f"inputs=[{song}]", f"out={tmp_path / 'out'}"])
+    assert run_predict(cfg, console) == 2
+    assert "refused" in buffer.getvalue() and "trust_checkpoint=true" in buffer.getvalue()
+    curves = tmp_path / "curves"
+    curves.mkdir()
+    time = 15.0 + np.arange(8) / 2
+    (curves / "song.csv").write_text("time,arousal,valence\n" + "".join(f"{t},0.1,0.2\n" for t in time))
+    console, buffer = capture()
+    cfg = compose_cli(
+        "personalize",
+        [f"ckpt={path}", f"audio=[{song}]", f"annotations=[{curves}]", f"out={tmp_path / 'me.ckpt'}"],
+    )
+    assert run_personalize(cfg, console) == 2
+    assert "refused" in buffer.getvalue()
+    assert not marker.exists()
+
+
+def test_convert_refuses(evil, tmp_path, capsys):
+    path, marker = evil
+    assert convert_main([str(path), str(tmp_path / "out.ckpt")]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_training_loaders_refuse(evil, tiny_store, tmp_path):  # noqa: F811
+    path, marker = evil
+    cases = {
+        "init_from": [f"init_from={path}"],
+        "train=false ckpt_path": ["train=false", f"ckpt_path={path}"],
+        "resume ckpt_path": [f"ckpt_path={path}"],
+    }
+    for name, overrides in cases.items():
+        with pytest.raises(UnsafeCheckpointError, match="refused"):
+            run(train_config(tiny_store, tmp_path / f"run{len(name)}", [*DMER_TINY, *overrides]))
+        assert not marker.exists(), name
+
+
+def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):  # noqa: F811
+    path, marker = evil
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsaml.cli.evaluate",
+            f"ckpt_path={path}",
+            "data=synthetic",
+            f"paths.store={tiny_store}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "refused" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert not marker.exists()
+
+
+def test_resumed_run_never_tests_a_checkpoint_outside_its_folder(tiny_store, tmp_path):  # noqa: F811
+    """A resume checkpoint that loads safely but whose ModelCheckpoint state points best_model_path at a
+    payload file elsewhere: the test stage refuses it (and the payload never runs)."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    (tmp_path / "elsewhere").mkdir()
+    outside = poisoned_checkpoint(tmp_path / "elsewhere" / "best.ckpt", marker)
+    run_dir = tmp_path / "run"
+    run(train_config(tiny_store, run_dir, [*DMER_TINY, "test=false"]))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    callbacks = [k for k in state["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert callbacks
+    for key in callbacks:
+        state["callbacks"][key]["best_model_path"] = str(outside)
+    torch.save(state, last)
+    # max_epochs equal to the checkpoint's: nothing left to fit, the (poisoned) best path stays
+    with pytest.raises(RunDirectoryError, match="not inside this run's folder"):
+        run(train_config(tiny_store, run_dir, [*DMER_TINY, "ckpt_path=last"]))
+    assert not marker.exists()
+    # a poisoned file inside the run folder is still only read safely
+    inside = poisoned_checkpoint(run_dir / "checkpoints" / "epoch_000.ckpt", marker, {"dropout": 0.0})
+    for key in callbacks:
+        state["callbacks"][key]["best_model_path"] = str(inside)
+    torch.save(state, last)
+    with pytest.raises(UnsafeCheckpointError):
+        run(train_config(tiny_store, run_dir, [*DMER_TINY, "ckpt_path=last"]))
+    assert not marker.exists()
