@@ -12,9 +12,9 @@ Annotations come in two layouts:
 - DEAM per-rater: a folder with `arousal/<song>.csv` and `valence/<song>.csv` holding a WorkerId column and
   sample_<ms>ms columns (DEAM's "annotations per each rater/dynamic (per second annotations)"); `rater`
   picks the listener's row.
-The support set: each support song is cut into windows of 60 segments (the training clip length; the last
-window ends at the song's end, overlapping the previous one), one batch per song; every inner step descends
-the mean of the songs' losses (`dsaml.meta.adapt`).
+The support set: each support song is cut into windows of the model's window length (`Predictor.window`,
+its training clip length; the last window ends at the song's end, overlapping the previous one), one batch
+per song; every inner step descends the mean of the songs' losses (`dsaml.meta.adapt`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, _read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.data.validation import ConfigError
-from dsaml.inference import WINDOW, window_starts
+from dsaml.inference import window_starts
 from dsaml.meta import Adaptation, adapt, batch_loss
 from dsaml.predictor import Predictor, collect_audio
 from dsaml.training.evaluation import scores_of
@@ -55,15 +55,16 @@ class AnnotatedSong:
     logmel: np.ndarray
     arousal: np.ndarray
     valence: np.ndarray
+    window: int  # the model's sliding-window length in segments (Predictor.window)
     first: int = 0  # segment of the audio where the curves start
 
     def start_s(self, features: FeatureConfig) -> float:
         """Time of the first value in seconds."""
         return features.start_s + self.first * features.segment_s
 
-    def batch(self, window: int = WINDOW) -> dict[str, torch.Tensor | None]:
-        """Windows of `window` segments covering the song -> a support batch (the whole song if shorter)."""
-        n = len(self.arousal)
+    def batch(self) -> dict[str, torch.Tensor | None]:
+        """Windows of `self.window` segments covering the song -> a support batch (the whole song if shorter)."""
+        n, window = len(self.arousal), self.window
         starts = window_starts(n, window, window) if n > window else [0]
         size = min(n, window)
         take = lambda x: torch.from_numpy(np.stack([x[s : s + size] for s in starts]).astype(np.float32))
@@ -221,7 +222,9 @@ def load_listener(
                 f"{len(logmel)} segments"
             )
         songs.append(
-            AnnotatedSong(song, files[song], logmel[first : first + n], arousal[:n], valence[:n], first)
+            AnnotatedSong(
+                song, files[song], logmel[first : first + n], arousal[:n], valence[:n], predictor.window, first
+            )
         )
     return songs
 
