@@ -97,18 +97,46 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
     checks = [
         Check(
             "tests (tests/test_device.py)",
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_device.py")],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                str(ROOT / "tests" / "test_device.py"),
+            ],
             300,
             {"DSAML_TEST_DEVICE": device},
         )
     ]
     if not args.store:
         checks += [
-            Check("corpus (dsaml-synth synth=tiny)", [*command("synth"), "synth=tiny", f"out={work / 'corpus'}",
-                  "workers=2", f"hydra.run.dir={work / 'synth'}"], 300),
-            Check("feature store (dsaml-preprocess)", [*command("preprocess"), "data=synthetic",
-                  f"data.root={work / 'corpus'}", f"paths.store={store}", "workers=2", "progress=false",
-                  f"device={device}", f"hydra.run.dir={work / 'preprocess'}"], 300),
+            Check(
+                "corpus (dsaml-synth synth=tiny)",
+                [
+                    *command("synth"),
+                    "synth=tiny",
+                    f"out={work / 'corpus'}",
+                    "workers=2",
+                    f"hydra.run.dir={work / 'synth'}",
+                ],
+                300,
+            ),
+            Check(
+                "feature store (dsaml-preprocess)",
+                [
+                    *command("preprocess"),
+                    "data=synthetic",
+                    f"data.root={work / 'corpus'}",
+                    f"paths.store={store}",
+                    "workers=2",
+                    "progress=false",
+                    f"device={device}",
+                    f"hydra.run.dir={work / 'preprocess'}",
+                ],
+                300,
+            ),
         ]
     network = [*TINY_NET, "model=dsaml_small"] if dry else ["model=dsaml_small"]
     single, ddp = ("trainer=cpu", "trainer=ddp_cpu") if dry else ("trainer=gpu", "trainer=ddp")
@@ -119,8 +147,17 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
             checks.append(
                 Check(
                     f"train {task} {trainer}",
-                    [*command("train"), *overrides, *network, *QUIET, trainer, *extra,
-                     f"paths.store={store}", f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"],
+                    [
+                        *command("train"),
+                        *overrides,
+                        *network,
+                        *QUIET,
+                        trainer,
+                        *extra,
+                        f"paths.store={store}",
+                        f"paths.root_dir={work}",
+                        f"hydra.run.dir={run_dir}",
+                    ],
                     300,
                     {"OMP_NUM_THREADS": "1"} if dry else None,
                 )
@@ -128,17 +165,61 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
     size = ["--hidden", "16", "--heads", "2", "--layers", "1", "--threads", "1"] if dry else []
     bench = [sys.executable]
     checks += [
-        Check("bench_model.py (float32, bf16)", [*bench, str(BENCH / "bench_model.py"), "--device", device,
-              "--bf16", *size, *(["--batch", "2", "--repeats", "1"] if dry else ["--repeats", "3"])], 300),
-        Check("bench_inference.py (float32, bf16)", [*bench, str(BENCH / "bench_inference.py"), "--device",
-              device, "--bf16", *size, *(["--seconds", "45"] if dry else [])], 300),
-        Check("bench_meta_step.py (float32, bf16)", [*bench, str(BENCH / "bench_meta_step.py"), "--device",
-              device, "--bf16", *size,
-              *(["--tasks", "1", "--inner-steps", "1", "--queries", "2", "--repeats", "1"] if dry else [])], 300),
-        Check("bench_stride.py", [*bench, str(BENCH / "bench_stride.py"), "--device", device,
-              "--ckpt", str(work / f"dmer_{single.split('=')[1]}" / "checkpoints" / "last.ckpt"),
-              "--store", str(store), *size,
-              *(["--paper-seconds", "45", "--strides", "1,5,20", "--paper-strides", "1,5"] if dry else [])], 300),
+        Check(
+            "bench_model.py (float32, bf16)",
+            [
+                *bench,
+                str(BENCH / "bench_model.py"),
+                "--device",
+                device,
+                "--bf16",
+                *size,
+                *(["--batch", "2", "--repeats", "1"] if dry else ["--repeats", "3"]),
+            ],
+            300,
+        ),
+        Check(
+            "bench_inference.py (float32, bf16)",
+            [
+                *bench,
+                str(BENCH / "bench_inference.py"),
+                "--device",
+                device,
+                "--bf16",
+                *size,
+                *(["--seconds", "45"] if dry else []),
+            ],
+            300,
+        ),
+        Check(
+            "bench_meta_step.py (float32, bf16)",
+            [
+                *bench,
+                str(BENCH / "bench_meta_step.py"),
+                "--device",
+                device,
+                "--bf16",
+                *size,
+                *(["--tasks", "1", "--inner-steps", "1", "--queries", "2", "--repeats", "1"] if dry else []),
+            ],
+            300,
+        ),
+        Check(
+            "bench_stride.py",
+            [
+                *bench,
+                str(BENCH / "bench_stride.py"),
+                "--device",
+                device,
+                "--ckpt",
+                str(work / f"dmer_{single.split('=')[1]}" / "checkpoints" / "last.ckpt"),
+                "--store",
+                str(store),
+                *size,
+                *(["--paper-seconds", "45", "--strides", "1,5,20", "--paper-strides", "1,5"] if dry else []),
+            ],
+            300,
+        ),
     ]
     return checks
 
@@ -183,16 +264,28 @@ def report(checks: list[Check], mode: str, total_s: float) -> str:
     ]
     for c in checks:
         tail = "\n".join(c.output.strip().splitlines()[-60:])
-        lines += ["", f"## {c.name}: {'pass' if c.passed else 'FAIL'}", "", f"`{' '.join(c.argv[1:])}`", "",
-                  "```", tail, "```"]
+        lines += [
+            "",
+            f"## {c.name}: {'pass' if c.passed else 'FAIL'}",
+            "",
+            f"`{' '.join(c.argv[1:])}`",
+            "",
+            "```",
+            tail,
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (the default without CUDA)")
     parser.add_argument("--store", help="a synthetic feature store to train on (default: build the tiny one)")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "gpu_check"), help="report folder ($OUT wins)")
+    parser.add_argument(
+        "--out", default=str(ROOT / "outputs" / "gpu_check"), help="report folder ($OUT wins)"
+    )
     args = parser.parse_args(argv)
     args.dry = args.dry or not torch.cuda.is_available()
     out = Path(os.environ.get("OUT") or args.out)
@@ -205,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     for check in checks:
         print(f"gpu-check: {check.name} ...", flush=True)
         check.run(work)
-        print(f"gpu-check: {check.name}: {'pass' if check.passed else 'FAIL'} ({check.seconds:.1f} s)", flush=True)
+        print(
+            f"gpu-check: {check.name}: {'pass' if check.passed else 'FAIL'} ({check.seconds:.1f} s)",
+            flush=True,
+        )
     path = out / "gpu_check.md"
     path.write_text(report(checks, mode, time.perf_counter() - start))
     shutil.rmtree(work, ignore_errors=True)  # corpus, store, runs: only the report comes back

@@ -172,12 +172,14 @@ def test_command_line(tiny_ckpt, songs, tmp_path):
 
 
 def test_a_20_segment_model_is_predicted_with_20_segment_windows(songs, tmp_path):
-    """The checkpoint owns its window: a model trained on 20-segment clips (PMEmo) gets 20-segment windows from
-    dsaml-predict, as dsaml-eval scores it, not 60."""
+    """The checkpoint owns its window: a model trained on 20-segment clips (PMEmo) gets 20-segment windows
+    from dsaml-predict, as dsaml-eval scores it, not 60."""
     ckpt = save_tiny_ckpt(tmp_path / "pmemo.ckpt", window=20)
     predictor = Predictor.load(ckpt, device="cpu")
     assert predictor.window == 20
-    code, text = predict(ckpt, [str(songs["long"])], tmp_path / "out", "plot=false", "stride=1", "stitch=mean")
+    code, text = predict(
+        ckpt, [str(songs["long"])], tmp_path / "out", "plot=false", "stride=1", "stitch=mean"
+    )
     assert code == 0, text
     table = read_csv(tmp_path / "out" / "long.csv")
     logmel = direct_logmel(songs["long"])
@@ -203,5 +205,7 @@ def test_progress_advances_per_window_batch(tiny_ckpt):
     predictor = Predictor.load(tiny_ckpt, device="cpu")
     logmel = np.random.default_rng(0).normal(-5, 2, size=(200, 51, 128)).astype(np.float32)
     calls = []
-    predictor.predict(logmel, stride=1, batch_size=50, progress=lambda done, total: calls.append((done, total)))
+    predictor.predict(
+        logmel, stride=1, batch_size=50, progress=lambda done, total: calls.append((done, total))
+    )
     assert calls == [(50, 141), (100, 141), (141, 141)]  # 200 - 60 + 1 windows

@@ -19,7 +19,9 @@ from model_fixtures import load_reference
 
 DEVICE = os.environ.get("DSAML_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 if not DEVICE:
-    pytest.skip("no CUDA device (set DSAML_TEST_DEVICE to run these on another device)", allow_module_level=True)
+    pytest.skip(
+        "no CUDA device (set DSAML_TEST_DEVICE to run these on another device)", allow_module_level=True
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,9 @@ def test_float32_parity_with_the_original_on_the_device(impl):
     torch.testing.assert_close(out["attention_maps"].cpu(), ref["eval_attention_maps"], rtol=0, atol=1e-5)
     loss, _ = dsaml_loss(net.train()(x, g), *(label.to(DEVICE) for label in ref["labels"]))
     torch.testing.assert_close(loss.cpu(), ref["train_loss"], rtol=1e-4, atol=0)
-    long_x, long_g = (ref["long_inputs"][k] for k in ("log_mel_spectrogram", "global_imagebind_audio_embedding"))
+    long_x, long_g = (
+        ref["long_inputs"][k] for k in ("log_mel_spectrogram", "global_imagebind_audio_embedding")
+    )
     arousal, valence = predict_song(
         net, long_x[0].to(DEVICE), long_g[0].to(DEVICE), window=ORIGINAL_WINDOW, stride=1, stitch="original"
     )

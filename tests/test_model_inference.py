@@ -51,7 +51,9 @@ def test_default_stitching_recovers_a_function_of_position(length, stride):
 
 def test_original_stitching_shifts_arousal_by_one_after_position_59():
     length = 100
-    arousal, valence = predict_song(PositionNet(), _position_song(length), window=60, stride=1, stitch="original")
+    arousal, valence = predict_song(
+        PositionNet(), _position_song(length), window=60, stride=1, stitch="original"
+    )
     position = torch.arange(length, dtype=torch.float32)
     torch.testing.assert_close(valence, position**2 / 1000.0, rtol=0, atol=1e-6)  # valence is aligned
     source = torch.cat([torch.arange(60), torch.arange(61, 96), torch.arange(95, 100)]).float()
@@ -122,8 +124,8 @@ def test_bad_arguments_fail_with_allowed_values():
 
 
 def test_weighted_stitching_by_hand():
-    """window 4 (weights 1, 2, 2, 1), windows at 0 and 2 of a 6-position song: positions 2 and 3 are covered by
-    window 0 (slots 2, 3: weights 2, 1) and window 1 (slots 0, 1: weights 1, 2)."""
+    """window 4 (weights 1, 2, 2, 1), windows at 0 and 2 of a 6-position song: positions 2 and 3 are covered
+    by window 0 (slots 2, 3: weights 2, 1) and window 1 (slots 0, 1: weights 1, 2)."""
     torch.testing.assert_close(edge_weights(4), torch.tensor([1.0, 2.0, 2.0, 1.0]))
     torch.testing.assert_close(edge_weights(5), torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]))
     outputs = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])
@@ -151,7 +153,12 @@ def test_window_length_is_the_callers_and_progress_counts_window_batches():
     segments, in batches of 4; progress reports (done, total) after each batch."""
     net, calls = WindowSpy(), []
     arousal, _ = predict_song(
-        net, _position_song(70), window=20, stride=10, stitch="mean", batch_size=4,
+        net,
+        _position_song(70),
+        window=20,
+        stride=10,
+        stitch="mean",
+        batch_size=4,
         progress=lambda done, total: calls.append((done, total)),
     )
     index = torch.cat(net.windows)
@@ -159,5 +166,7 @@ def test_window_length_is_the_callers_and_progress_counts_window_batches():
     assert calls == [(4, 6), (6, 6)]
     torch.testing.assert_close(arousal, torch.sin(torch.arange(70.0) / 7.0), rtol=0, atol=1e-6)
     calls.clear()
-    predict_song(net, _position_song(15), window=20, stride=1, stitch="mean", progress=lambda *a: calls.append(a))
+    predict_song(
+        net, _position_song(15), window=20, stride=1, stitch="mean", progress=lambda *a: calls.append(a)
+    )
     assert calls == [(1, 1)]  # shorter than a window: one forward

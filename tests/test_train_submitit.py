@@ -16,7 +16,7 @@ from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store  # noqa: F40
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
 
 
-def sweep(tiny_store: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def sweep(store: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -27,7 +27,7 @@ def sweep(tiny_store: Path, tmp_path: Path, *overrides: str) -> subprocess.Compl
         "hydra.launcher.timeout_min=5",
         *TINY,
         *DMER_TINY,
-        f"paths.store={tiny_store}",
+        f"paths.store={store}",
         f"paths.root_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         *overrides,

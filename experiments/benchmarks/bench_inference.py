@@ -150,7 +150,9 @@ def main() -> None:
     console.print(table)
     console.print(f"max |ours - original| over arousal and valence = {diff:.2e}")
     if args.bf16:  # reduced precision: how far it moves the curves (not a parity claim)
-        bf16_diff = max((results["ours+bf16"][k] - base[k]).abs().max().item() for k in ("arousal", "valence"))
+        bf16_diff = max(
+            (results["ours+bf16"][k] - base[k]).abs().max().item() for k in ("arousal", "valence")
+        )
         console.print(f"bf16: max |ours under bf16 - original| = {bf16_diff:.2e}")
 
 

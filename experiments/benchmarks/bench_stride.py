@@ -14,9 +14,9 @@ Speed (`--paper-seconds`, 0 to skip): a song of that length at paper size (rando
 procedure (every window from scratch through the whole network, stride 1; `bench_inference.py`) against
 `predict_song` at each of `--paper-strides`, in the same run, as ratios.
 
-    .venv/bin/python experiments/benchmarks/bench_stride.py --ckpt outputs/demo/<time>/dmer/checkpoints/last.ckpt \\
-        --store data/stores/synthetic_demo.h5
-    .venv/bin/python experiments/benchmarks/bench_stride.py --ckpt ... --store ... --paper-seconds 0  # accuracy
+    .venv/bin/python experiments/benchmarks/bench_stride.py \\
+        --ckpt outputs/demo/<time>/dmer/checkpoints/last.ckpt --store data/stores/synthetic_demo.h5
+    .venv/bin/python experiments/benchmarks/bench_stride.py --ckpt ... --store ... --paper-seconds 0
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def accuracy(args: argparse.Namespace, console: Console) -> None:
     window = window_of(hparams, args.ckpt)
     songs = [s for s in load_songs(args.store, args.split, cfg) if len(s.arousal) > window]
     if not songs:
-        raise SystemExit(f"{args.store}: no {args.split} song is longer than the model's {window}-segment window")
+        raise SystemExit(
+            f"{args.store}: no {args.split} song is longer than the model's {window}-segment window"
+        )
     strides = [s for s in args.strides if s <= window]
     scores: dict[tuple[int, str], list[float]] = {}
     deltas: dict[tuple[int, str], list[float]] = {}
@@ -138,7 +140,9 @@ def accuracy(args: argparse.Namespace, console: Console) -> None:
                 deltas.setdefault((stride, rule), []).append(
                     float(sum((c - r).abs().mean() for c, r in zip(curves, reference[rule], strict=True)) / 2)
                 )
-        for out, channel, truth in zip(outputs, ("arousal", "valence"), (song.arousal, song.valence), strict=True):
+        for out, channel, truth in zip(
+            outputs, ("arousal", "valence"), (song.arousal, song.valence), strict=True
+        ):
             profile.add(out.float(), truth, stitch_windows(out, every, length, "mean", channel).float())
     times = {
         stride: best_time(
@@ -154,9 +158,9 @@ def accuracy(args: argparse.Namespace, console: Console) -> None:
     segments = sum(len(s.arousal) for s in songs)
     table = Table(
         title=f"{len(songs)} {args.split} songs of {args.store} ({segments} segments), {args.ckpt}: "
-        f"window {window}, D={cfg.hidden_size} H={cfg.num_heads} L={cfg.num_layers}, {args.threads} thread(s). "
-        "average score against the averaged curves (difference from stride 1, same rule; "
-        "mean |curve - stride-1 curve|)"
+        f"window {window}, D={cfg.hidden_size} H={cfg.num_heads} L={cfg.num_layers}, "
+        f"{args.threads} thread(s). average score against the averaged curves (difference from stride 1, "
+        "same rule; mean |curve - stride-1 curve|)"
     )
     table.add_column("stride", justify="right")
     for rule in RULES:
@@ -172,13 +176,21 @@ def accuracy(args: argparse.Namespace, console: Console) -> None:
             value = mean(scores[stride, rule])
             gap = value - mean(scores[1, rule]) if (1, rule) in scores else 0.0
             cells.append(f"{value:.4f} ({gap:+.4f}; {mean(deltas[stride, rule]):.4f})")
-        table.add_row(str(stride), *cells, f"{times[stride]:.2f}", f"{times[strides[0]] / times[stride]:.1f}x")
+        table.add_row(
+            str(stride), *cells, f"{times[stride]:.2f}", f"{times[strides[0]] / times[stride]:.1f}x"
+        )
     console.print(table)
     edges = Table(
-        title="window-position profile of the stride-1 window outputs (both channels, all songs): RMSE against "
-        "the curves and mean |output - stride-1 mean| by distance from the nearer window edge"
+        title="window-position profile of the stride-1 window outputs (both channels, all songs): RMSE "
+        "against the curves and mean |output - stride-1 mean| by distance from the nearer window edge"
     )
-    for column in ("distance from edge", "RMSE, start side", "RMSE, end side", "|- mean|, start", "|- mean|, end"):
+    for column in (
+        "distance from edge",
+        "RMSE, start side",
+        "RMSE, end side",
+        "|- mean|, start",
+        "|- mean|, end",
+    ):
         edges.add_column(column, justify="right")
     for bucket, (lo, hi) in enumerate(EDGE_BUCKETS):
         label = str(lo) if lo == hi else (f"{lo}-{hi}" if hi < 10**9 else f">= {lo}")
@@ -204,13 +216,13 @@ def speed(args: argparse.Namespace, console: Console) -> None:
         sync()
         return time.perf_counter() - start
 
-    baseline_net = trained_like_net(args, "eager").to(args.device)
-    base_time = timed(lambda: original_procedure(baseline_net, logmel, vectors, 32))
-    del baseline_net
+    eager = trained_like_net(args, "eager").to(args.device)
+    base_time = timed(lambda: original_procedure(eager, logmel, vectors, 32))
     net = trained_like_net(args, "fast").to(args.device)
     table = Table(
-        title=f"predict a {args.paper_seconds:.0f} s song ({length} segments, window {window}), D={args.hidden} "
-        f"H={args.heads} L={args.layers} (random weights), float32, {args.device}, {args.threads} threads"
+        title=f"predict a {args.paper_seconds:.0f} s song ({length} segments, window {window}), "
+        f"D={args.hidden} H={args.heads} L={args.layers} (random weights), float32, {args.device}, "
+        f"{args.threads} threads"
     )
     for column in ("procedure", "windows", "time (s)", "speed-up"):
         table.add_column(column, justify="right")
@@ -234,15 +246,22 @@ def speed(args: argparse.Namespace, console: Console) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ckpt", help="a trained dsaml checkpoint (accuracy tables; skipped without it)")
     parser.add_argument("--store", help="its feature store")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--strides", type=lambda v: [int(x) for x in v.split(",")],
-                        default=[1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 60])
+    parser.add_argument(
+        "--strides",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 60],
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timing: best of N")
     parser.add_argument("--paper-seconds", type=float, default=600.0, help="speed table song length; 0: skip")
-    parser.add_argument("--paper-strides", type=lambda v: [int(x) for x in v.split(",")], default=[1, 5, 10, 20])
+    parser.add_argument(
+        "--paper-strides", type=lambda v: [int(x) for x in v.split(",")], default=[1, 5, 10, 20]
+    )
     parser.add_argument("--paper-stitch", default="weighted", help="stitching rule of the stride > 1 rows")
     add_network_arguments(parser)
     args = parser.parse_args()

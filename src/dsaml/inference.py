@@ -111,9 +111,10 @@ def window_outputs(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode outputs of the windows of `window` segments starting at `starts` (each <= T - window) of one
-    song (logmel [T, 51, 128], global_vectors as in `predict_song`) -> (arousal, valence) [len(starts), window]
-    on the network's device. The song is encoded once; `progress(done, total)` after each batch of windows."""
+    """Eval-mode outputs of the windows of `window` segments starting at `starts` (each <= T - window) of
+    one song (logmel [T, 51, 128], global_vectors as in `predict_song`) -> (arousal, valence), each
+    [len(starts), window], on the network's device. The song is encoded once; `progress(done, total)` after
+    each batch of windows."""
     logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
     with eval_mode(net):
         h = net.encode_segments(logmel, global_vectors, song=True, chunk=CNN_CHUNK)[0]  # [T, D]

@@ -63,7 +63,7 @@ class AnnotatedSong:
         return features.start_s + self.first * features.segment_s
 
     def batch(self) -> dict[str, torch.Tensor | None]:
-        """Windows of `self.window` segments covering the song -> a support batch (the whole song if shorter)."""
+        """Windows of `self.window` segments covering the song -> a support batch (whole song if shorter)."""
         n, window = len(self.arousal), self.window
         starts = window_starts(n, window, window) if n > window else [0]
         size = min(n, window)
@@ -223,7 +223,13 @@ def load_listener(
             )
         songs.append(
             AnnotatedSong(
-                song, files[song], logmel[first : first + n], arousal[:n], valence[:n], predictor.window, first
+                song,
+                files[song],
+                logmel[first : first + n],
+                arousal[:n],
+                valence[:n],
+                predictor.window,
+                first,
             )
         )
     return songs

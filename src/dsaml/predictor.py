@@ -6,8 +6,9 @@
 
 The feature settings come from the checkpoint (`hyper_parameters["features"]`), so a song is featurised
 exactly as the training data was, and so does the sliding-window length (`Predictor.window`: the training
-clip length `task.support_segments`; 60, the original's window, for `dsaml-convert` output). Label/prediction i belongs to segment i, which starts at
-start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's sample_15000ms, sample_15500ms, ...).
+clip length `task.support_segments`; 60, the original's window, for `dsaml-convert` output). Label/prediction
+i belongs to segment i, which starts at start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's
+sample_15000ms, sample_15500ms, ...).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dsaml.data.validation import ConfigError
 from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import load_network
-
 
 # What the user tools (dsaml-predict, dsaml-personalize) use unless told otherwise; chosen from the
 # accuracy/time table of experiments/benchmarks/bench_stride.py (README, "Whole-song prediction stride").
