@@ -4,18 +4,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install lock test demo lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml tools/install_learn2learn.sh
+$(STAMP): requirements/lock.txt pyproject.toml tools/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel setuptools "cython>=3"
-	$(PY) -m pip install -q "torch==2.11.*" "torchaudio==2.11.*" "torchvision==0.26.*"
+	grep -v '^learn2learn==' requirements/lock.txt > $(VENV)/lock-pip.txt
+	$(PY) -m pip install -q --no-deps -r $(VENV)/lock-pip.txt
 	bash tools/install_learn2learn.sh $(PY)
-	$(PY) -m pip install -q -e ".[dev,slurm,clap]"
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	$(PY) -c "import torch, torchaudio, lightning, hydra, h5py, dsaml.meta; dsaml.meta.learn2learn(); print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 	touch $(STAMP)
+
+# Refresh the lock on purpose (resolves pyproject.toml anew in a throw-away venv); then `make install`.
+lock:
+	bash tools/lock.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

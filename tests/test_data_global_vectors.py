@@ -18,15 +18,14 @@ from rich.console import Console
 
 from data_fixtures import tiny_corpus, tiny_store  # noqa: F401
 from dsaml.cli.preprocess import run as preprocess_cli
-from dsaml.config import CONFIG_DIR
+from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, parts_dir
 from dsaml.data.store import FeatureStore
-from dsaml.data.validation import ConfigError
 from dsaml.training.run import run as train
+from model_fixtures import TINY_CLAP_DIM as D_CLAP
+from model_fixtures import tiny_clap as clap_checkpoint  # noqa: F401
 from train_fixtures import DMER_TINY, train_config
-
-D_CLAP = 12
 
 
 @pytest.fixture(autouse=True)
@@ -36,31 +35,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def clap_checkpoint(tmp_path_factory) -> Path:
-    """A tiny randomly initialised CLAP model (8 kHz, 16 mel bins) saved as a local checkpoint directory."""
-    transformers = pytest.importorskip("transformers", reason="optional extra 'clap' not installed")
-    torch.manual_seed(0)
-    audio = {"hidden_size": 32, "patch_embeds_hidden_size": 16, "depths": [1, 1], "window_size": 4}
-    audio |= {"num_attention_heads": [2, 2], "projection_hidden_size": 32}
-    audio |= {"spec_size": 64, "num_mel_bins": 16}  # a 64 x 64 input image: 1.5 ms per 10 s chunk
-    text = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
-    text |= {"intermediate_size": 32, "projection_hidden_size": 16}  # unused: the audio tower is what counts
-    config = transformers.ClapConfig(text_config=text, audio_config=audio, projection_dim=D_CLAP)
-    extractor = transformers.ClapFeatureExtractor(  # 8 kHz, 251 frames per 10 s chunk: fast on CPU
-        feature_size=16,
-        sampling_rate=8000,
-        hop_length=320,
-        max_length_s=10,
-        fft_window_size=256,
-        frequency_max=4000,
-    )
-    path = tmp_path_factory.mktemp("clap") / "tiny-clap"
-    transformers.ClapModel(config).eval().save_pretrained(path)
-    extractor.save_pretrained(path)
-    return path
 
 
 def _copy(store: Path, tmp_path: Path) -> Path:
@@ -317,7 +291,7 @@ def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store,
     assert "set global_vectors.overwrite=true" in log
 
 
-def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):
+def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):  # noqa: F811
     store = tmp_path / "never.h5"
     base = [f"data.root={tmp_path}", f"paths.store={store}"]
     clap = ["global_vectors=clap", f"global_vectors.path={clap_checkpoint}"]
@@ -329,14 +303,14 @@ def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):
         ),
         (
             ["global_vectors.source=imagebind"],
-            "global_vectors.source='imagebind' is not allowed; allowed values: ['none', 'clap', 'file']",
+            "global_vectors.source='imagebind' is not one of none, clap, file",
         ),
         (
             [*clap, "+global_vectors.colour=red"],
             "global_vectors: unknown key(s) ['colour']; allowed keys: ['source', 'name', 'path'",
         ),
         ([*clap, "global_vectors.device=tpu"], "device='tpu': expected 'auto', 'cpu', 'cuda'"),
-        ([*clap, "global_vectors.batch_size=0"], "global_vectors.batch_size=0: expected a positive integer"),
+        ([*clap, "global_vectors.batch_size=0"], "global_vectors.batch_size=0: expected an integer >= 1"),
         ([*clap, "global_vectors.name=a/b"], "global_vectors.name='a/b': expected a name without '/'"),
         (
             ["global_vectors=clap", f"global_vectors.path={tmp_path / 'nothing'}"],

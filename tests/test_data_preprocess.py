@@ -18,11 +18,10 @@ from rich.console import Console
 
 from data_fixtures import data_config, subset_tree, tiny_corpus  # noqa: F401
 from dsaml.cli.preprocess import run
-from dsaml.config import CONFIG_DIR
+from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.store import FeatureStore, StoreError
 from dsaml.data.synth.corpus import load_truth
-from dsaml.data.validation import ConfigError
 
 CLI = [sys.executable, "-m", "dsaml.cli.preprocess"]
 
@@ -147,9 +146,9 @@ def test_changed_audio_is_not_reported_up_to_date(tiny_corpus, tmp_path):  # noq
 def test_configuration_errors_stop_before_any_work(tmp_path):
     store = tmp_path / "never.h5"
     for override, message in (
-        ("dtype=float64", "dtype='float64' is not allowed; allowed values: ['float16'"),
+        ("dtype=float64", "dtype='float64' is not one of float16, float32"),
         ("+colour=red", "unknown key(s) ['colour']; allowed keys: ['workers'"),
-        ("data.layout=deep", "data.layout='deep' is not allowed"),
+        ("data.layout=deep", "data.layout='deep' is not one of auto, nested, flat"),
         ("device=tpu", "device='tpu': expected 'auto', 'cpu', 'cuda'"),
     ):
         log = tmp_path / "log.txt"

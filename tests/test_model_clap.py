@@ -4,56 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-transformers = pytest.importorskip(
-    "transformers", reason="optional extra 'clap' (transformers) not installed"
-)
-
-from dsaml.models.clap import ClapAudioEncoder  # noqa: E402
+from dsaml.models.clap import ClapAudioEncoder
+from model_fixtures import TINY_CLAP_DIM, tiny_clap  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def tiny_clap():
-    torch.manual_seed(0)
-    audio = transformers.ClapAudioConfig(
-        hidden_size=32,
-        patch_embeds_hidden_size=16,
-        depths=[1, 1],
-        num_attention_heads=[2, 2],
-        window_size=8,
-        spec_size=256,
-        num_mel_bins=64,
-        projection_hidden_size=32,
-    )
-    text = transformers.ClapTextConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        projection_hidden_size=16,
-    )
-    config = transformers.ClapConfig(
-        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=12
-    )
-    return transformers.ClapModel(config).eval(), transformers.ClapFeatureExtractor()
-
-
-def test_window_semantics_and_chunk_averaging(tiny_clap):
-    encoder = ClapAudioEncoder(*tiny_clap, batch_size=8)
+def test_window_semantics_and_chunk_averaging(tiny_clap):  # noqa: F811
+    encoder = ClapAudioEncoder.from_pretrained(tiny_clap, batch_size=8)
     sr = encoder.sample_rate
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(int(46.5 * sr)) * 0.1).astype(np.float32)
     clip = encoder.clip_vector(audio, sr)  # 15 s .. 45 s as three 10 s chunks, averaged
     chunks = np.stack([audio[int((15 + 10 * k) * sr) : int((25 + 10 * k) * sr)] for k in range(3)])
     direct = encoder.embed_windows(chunks.reshape(3, -1)).mean(axis=0)  # each chunk alone, then the mean
-    assert clip.shape == (1, 12)
+    assert clip.shape == (1, TINY_CLAP_DIM)
     np.testing.assert_allclose(clip[0], direct, rtol=1e-5, atol=1e-6)
     # per-segment windows [0.5 i, 0.5 i + 30) s; the one that runs past the end repeats the last sample
     short = audio[: int(31.2 * sr)]
     song = encoder.song_vectors(short, sr, n_segments=4)
-    assert song.shape == (4, 12)
+    assert song.shape == (4, TINY_CLAP_DIM)
     np.testing.assert_allclose(
         song[0], encoder.embed_windows(short[None, : 30 * sr])[0], rtol=1e-5, atol=1e-6
     )
@@ -66,17 +35,14 @@ def test_window_semantics_and_chunk_averaging(tiny_clap):
     embed = encoder.embed_windows
     encoder.embed_windows = lambda windows: calls.append(len(windows)) or embed(windows)
     long = encoder.song_vectors(audio[: int(46.5 * sr)], sr, n_segments=63)
-    assert sum(calls) == 63 + 40 and long.shape == (63, 12)
+    assert sum(calls) == 63 + 40 and long.shape == (63, TINY_CLAP_DIM)
     window = audio[int(0.5 * 62 * sr) : int((0.5 * 62 + 30) * sr)]
     window = np.concatenate([window, np.full(30 * sr - len(window), audio[int(46.5 * sr) - 1])])
     np.testing.assert_allclose(long[62], embed(window[None])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_resampling_and_local_checkpoint_loading(tiny_clap, tmp_path):
-    model, extractor = tiny_clap
-    model.save_pretrained(tmp_path / "clap")
-    extractor.save_pretrained(tmp_path / "clap")
-    encoder = ClapAudioEncoder.from_pretrained(tmp_path / "clap")
+def test_resampling_and_local_checkpoint_loading(tiny_clap, tmp_path):  # noqa: F811
+    encoder = ClapAudioEncoder.from_pretrained(tiny_clap)
     audio_16k = np.sin(np.arange(16000 * 46) / 16000 * 2 * np.pi * 440).astype(np.float32)
     vector = encoder.clip_vector(audio_16k, 16000)
     assert vector.shape == (1, encoder.dim) and np.isfinite(vector).all()

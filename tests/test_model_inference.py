@@ -60,7 +60,7 @@ def test_original_stitching_shifts_arousal_by_one_after_position_59():
     torch.testing.assert_close(arousal, torch.sin(source / 7.0), rtol=0, atol=1e-6)  # 60 skipped, 95 twice
 
 
-def test_original_arousal_rule_matches_the_spec_for_every_remainder():
+def test_original_arousal_rule_matches_the_documented_rule_for_every_remainder():
     for length in range(60, 80):
         n = length - 59
         outputs = torch.arange(n)[:, None] + torch.arange(60)[None]  # window w, slot j -> position w + j

@@ -24,7 +24,7 @@ def test_config_defaults_are_the_papers_and_validation_names_allowed_values():
         DSAMLConfig(global_context="imagebind")
     with pytest.raises(ValueError, match="divisible by model.num_heads"):
         DSAMLConfig(hidden_size=30, num_heads=4)
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(ValueError, match=r"model: unknown key\(s\) \['hiden_size'\]"):
         DSAMLConfig.from_dict({"hidden_size": 32, "hiden_size": 3})
 
 

@@ -84,8 +84,8 @@ def test_slurm_launcher_has_one_task_per_device(tmp_path):
 @pytest.mark.parametrize(
     "overrides,error,match",
     [
-        (["+foo=1"], ValueError, r"unknown top-level config key\(s\) \['foo'\]; allowed keys"),
-        (["+task.foo=1"], ValueError, r"unknown task config key\(s\) \['foo'\]; allowed keys"),
+        (["+foo=1"], ValueError, r"dsaml-train: unknown key\(s\) \['foo'\]; allowed keys"),
+        (["+task.foo=1"], ValueError, r"task: unknown key\(s\) \['foo'\]; allowed keys"),
         (
             ["task=pdmer", "data=pmemo"],
             ValueError,

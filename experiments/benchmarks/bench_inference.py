@@ -28,7 +28,7 @@ from dsaml.inference import ORIGINAL_WINDOW as WINDOW
 
 def song_inputs(seconds: float, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A random song of `seconds`: logmel [T, 51, 128] and per-segment global vectors [T, hidden], T =
-    floor((seconds - 15) / 0.5) (the segments of a full song from 15 s)."""
+    floor((seconds - 15) / 0.5) (the segments of a full song from 15 s; docs/method.md, "Features")."""
     length = int((seconds - 15) / 0.5)
     gen = torch.Generator().manual_seed(1)
     return torch.randn(length, 51, 128, generator=gen), torch.randn(length, hidden, generator=gen)

@@ -1,13 +1,41 @@
-"""Where the Hydra configuration tree lives.
+"""Configuration: where the Hydra tree lives, and the one way configs are validated (docs/configuration.md).
 
-The configs are kept at the repository's top level (`conf/`), next to `src/`. `DSAML_CONFIG_DIR`
-overrides the location (for installs outside a checkout).
+`CONFIG_DIR`: the repository's top-level `conf/` (`DSAML_CONFIG_DIR` overrides it, for installs outside a
+checkout).
+
+Every config group is a dataclass deriving from `Config`. A field's checks are declared with the field,
+as metadata, so that `__post_init__` keeps only the rules that relate several fields:
+
+    @dataclass
+    class DemoConfig(Config):
+        SECTION = "demo"                           # prefix of the keys in error messages ("" = none)
+        device: str = choice("cpu", ("cpu", "gpu"))
+        epochs: int = integer(10, low=1)           # integer(None, low=0, optional=True): null allowed
+        lr: float = number(5e-3, low=0, low_open=True)
+        plot: bool = flag(True)
+        name: str = text()                         # required: no default, must be a non-empty string
+
+        def __post_init__(self) -> None:
+            super().__post_init__()                # the field checks above
+            ...                                    # cross-field rules only; raise ConfigError
+
+    DemoConfig.from_mapping(cfg.demo)              # a dict or an OmegaConf node
+
+`from_mapping` rejects unknown keys and missing required keys, naming the allowed ones; every failure is a
+`ConfigError` (a ValueError) whose message names the key, the value and what is allowed, so a command can
+print it and exit with code 2 before any work starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+C = TypeVar("C", bound="Config")
 
 
 def _find_config_dir() -> Path:
@@ -22,3 +50,218 @@ def _find_config_dir() -> Path:
 
 CONFIG_DIR: Path = _find_config_dir()
 CONFIG_PATH: str = str(CONFIG_DIR)  # for @hydra.main(config_path=...)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not allowed; the message names the key and the allowed values."""
+
+
+# ----------------------------------------------------------------------------- single-value checks
+def check_keys(label: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+    """No key outside `allowed` (e.g. a command's top-level keys); the message lists the allowed ones."""
+    allowed = list(allowed)
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{label}: unknown key(s) {unknown}; allowed keys: {allowed}")
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    """`value` must be one of `allowed`."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def check_flag(key: str, value: Any) -> None:
+    """`value` must be a bool."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+
+
+def check_range(
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """`value` must be an integer (or any real number) within [low, high] (bounds open on request);
+    None only when `optional`."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(
+            f"{key}={value!r}: expected {_describe_range(integer, low, high, low_open, high_open)}"
+            + (" or null" if optional else "")
+        )
+
+
+def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_open: bool) -> str:
+    what = "an integer" if integer else "a number"
+    if low == 0 and high is None:
+        return f"a {'positive' if low_open else 'non-negative'} {what.split()[-1]}"
+    if low is not None and high is not None:
+        if integer and not (low_open or high_open):
+            return f"{what} in {low}..{high}"
+        return f"{what} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{what} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{what} {'<' if high_open else '<='} {high}"
+    return what
+
+
+# ----------------------------------------------------------------------------- field declarations
+@dataclass(frozen=True)
+class FieldCheck:
+    """What a field's value must be; stored in the field's metadata under "check"."""
+
+    kind: str  # "choice" | "flag" | "text" | "integer" | "number" | "integer_pair" | "number_pair"
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def __call__(self, key: str, value: Any) -> None:
+        if self.kind == "choice":
+            check_choice(key, value, self.choices)
+        elif self.kind == "flag":
+            check_flag(key, value)
+        elif self.kind == "text":
+            if not (value is None and self.optional) and not (isinstance(value, str) and value):
+                raise ConfigError(f"{key}={value!r}: expected a non-empty string")
+        elif self.kind.endswith("_pair"):
+            if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise ConfigError(f"{key}={value!r}: expected [min, max]")
+            for i, item in enumerate(value):
+                FieldCheck(self.kind[: -len("_pair")], low=self.low, high=self.high)(f"{key}[{i}]", item)
+        else:
+            check_range(
+                key,
+                value,
+                integer=self.kind == "integer",
+                low=self.low,
+                high=self.high,
+                low_open=self.low_open,
+                high_open=self.high_open,
+                optional=self.optional,
+            )
+
+
+def _field(default: Any, check: FieldCheck) -> Any:
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"check": check})
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def choice(default: Any = dataclasses.MISSING, choices: Iterable[Any] = ()) -> Any:
+    """A field whose value is one of `choices`."""
+    return _field(default, FieldCheck("choice", choices=tuple(choices)))
+
+
+def flag(default: Any = dataclasses.MISSING) -> Any:
+    """A true/false field."""
+    return _field(default, FieldCheck("flag"))
+
+
+def text(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
+    """A non-empty string field (None allowed when `optional`)."""
+    return _field(default, FieldCheck("text", optional=optional))
+
+
+def integer(
+    default: Any = dataclasses.MISSING,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    optional: bool = False,
+) -> Any:
+    """An integer field in [low, high] (None allowed when `optional`)."""
+    return _field(default, FieldCheck("integer", low=low, high=high, optional=optional))
+
+
+def number(
+    default: Any = dataclasses.MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Any:
+    """A real-number field within the bounds (open on request; None allowed when `optional`)."""
+    return _field(
+        default,
+        FieldCheck("number", low=low, high=high, low_open=low_open, high_open=high_open, optional=optional),
+    )
+
+
+def integer_pair(default: Any = dataclasses.MISSING, *, low: int | None = None) -> Any:
+    """A [min, max] field of two integers >= low (their order is a cross-field rule)."""
+    return _field(default, FieldCheck("integer_pair", low=low))
+
+
+def number_pair(default: Any = dataclasses.MISSING, *, low: float | None = None) -> Any:
+    """A [min, max] field of two numbers >= low (their order is a cross-field rule)."""
+    return _field(default, FieldCheck("number_pair", low=low))
+
+
+# ----------------------------------------------------------------------------- the base class
+def _key(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+class Config:
+    """Base of every validated config dataclass: field checks from metadata, `from_mapping`, `to_dict`."""
+
+    SECTION: ClassVar[str] = ""  # the config group's path, prefixed to keys in messages
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            if check is not None:
+                check(_key(self.SECTION, f.name), getattr(self, f.name))
+
+    @classmethod
+    def from_mapping(cls: type[C], mapping: Mapping[str, Any] | None, where: str | None = None) -> C:
+        """Build from a dict or an OmegaConf node, rejecting unknown and missing keys by name.
+        `where` names the mapping in messages (default: SECTION)."""
+        return from_mapping(cls, mapping, cls.SECTION if where is None else where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def from_mapping(cls: type[C], mapping: Mapping[str, Any] | None, where: str) -> C:
+    """`cls(**mapping)` for a dataclass `cls`, after rejecting unknown keys (with the allowed ones) and
+    missing required keys. OmegaConf nodes are resolved to plain containers first."""
+    if mapping is not None and type(mapping).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        mapping = OmegaConf.to_container(mapping, resolve=True)  # type: ignore[assignment]
+    values = dict(mapping or {})
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    allowed = [f.name for f in fields]
+    label = where or cls.__name__
+    check_keys(label, values, allowed)
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{label}: missing key(s) {missing}")
+    return cls(**values)

@@ -1,4 +1,4 @@
-"""Whole-song prediction with sliding windows.
+"""Whole-song prediction with sliding windows (docs/method.md, "Evaluation").
 
 The per-segment part of the network (spectrogram CNN + fusion with the global vector, and the first encoder
 layer's query/key/value projections, shared by both attention passes) is computed once per song; the

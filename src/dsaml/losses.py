@@ -1,4 +1,4 @@
-"""The DSAML training loss (spec section 3): 1 - average score + attention regulariser."""
+"""The DSAML training loss (docs/method.md, "Loss and metrics"): 1 - average score + attention regulariser."""
 
 from __future__ import annotations
 

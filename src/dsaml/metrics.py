@@ -1,12 +1,12 @@
-"""Per-sequence emotion-regression scores (spec section 3): CCC, PCC, RMSE over the time axis.
+"""Per-sequence emotion-regression scores (docs/method.md, "Loss and metrics"): CCC, PCC, RMSE over time.
 
 All functions take predictions and targets [..., T] and return one value per sequence [...]; they are
 differentiable (the training loss is built from them). Reported metrics average them over sequences.
 
-Relation to torchmetrics (checked against the spec, see tests/test_model_metrics.py):
+Relation to torchmetrics (checked against docs/method.md, see tests/test_model_metrics.py):
 - CCC: `torchmetrics.functional.concordance_corrcoef` uses the unbiased (n - 1) covariance and variances
   (a ratio of n - 1 terms, while the (mean_p - mean_y)^2 term carries no n - 1 factor), so it differs from
-  the spec's population-statistics CCC; we keep ours.
+  the population-statistics CCC of docs/method.md; we keep ours.
 - PCC: `torchmetrics.functional.pearson_corrcoef` has no 1e-8 in the denominator (and clamps/warns on
   constant inputs) so it differs for (near-)constant sequences; we keep ours (the original's epsilon).
 - RMSE: identical to `torchmetrics.functional.mean_squared_error(squared=False)` per sequence; we use it.
@@ -71,7 +71,8 @@ def summarize(
     arousal_pred: list[Tensor], valence_pred: list[Tensor], arousal: list[Tensor], valence: list[Tensor]
 ) -> dict[str, float]:
     """Reported metrics over sequences of any lengths (songs or song-rater pairs): each score per sequence,
-    then averaged over sequences; plus "average" (spec section 3). Inputs: lists of [T_i] tensors."""
+    then averaged over sequences; plus "average" (docs/method.md, "Loss and metrics"). Inputs: lists of [T_i]
+    tensors."""
     if not arousal_pred:
         raise ValueError("summarize: no sequences to score")
     per_seq = [

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
-from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, _read_time_rows
+from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.data.validation import ConfigError
 from dsaml.inference import window_starts
@@ -143,8 +143,8 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
         arousal_table = read_csv_rows(arousal_file, issues)
         if RATER_COLUMN not in arousal_table[0]:
             continue
-        arousal, _ = _read_time_rows(arousal_file, issues, RATER_COLUMN, start_ms, arousal_table)
-        valence, _ = _read_time_rows(valence_file, issues, RATER_COLUMN, start_ms)
+        arousal, _ = read_time_rows(arousal_file, issues, RATER_COLUMN, start_ms, arousal_table)
+        valence, _ = read_time_rows(valence_file, issues, RATER_COLUMN, start_ms)
         for worker in set(arousal) & set(valence):
             n = min(len(arousal[worker]), len(valence[worker]))
             if n:
@@ -281,7 +281,7 @@ def personalize(
 
 @torch.no_grad()
 def support_loss(net: nn.Module, songs: Sequence[AnnotatedSong], device: torch.device) -> float:
-    """Mean eval-mode loss (spec section 3) over the songs' support batches."""
+    """Mean eval-mode loss (docs/method.md, "Loss and metrics") over the songs' support batches."""
     was_training = net.training
     net.eval()
     try:

@@ -106,7 +106,7 @@ class Predictor:
         stored = dict(hparams.get("features") or {})
         if not stored:
             warnings.warn(
-                f"{path}: no feature settings in the checkpoint; using the defaults (spec section 1)",
+                f"{path}: no feature settings in the checkpoint; using the defaults (docs/method.md)",
                 stacklevel=2,
             )
         return cls(net, FeatureConfig.from_mapping(stored), dict(hparams), resolved, path, window)

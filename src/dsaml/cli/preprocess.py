@@ -28,12 +28,12 @@ from rich.progress import (
 from rich.text import Text
 
 from dsaml.cli.entry import hydra_command
+from dsaml.config import ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
 from dsaml.data.store import StoreError
-from dsaml.data.validation import ConfigError, from_mapping
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
 
@@ -84,7 +84,7 @@ def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
     """Validate the composed config (before any work): data group, run options, output path."""
     data = DataConfig.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
     options = {key: cfg[key] for key in cfg if key not in TOP_LEVEL}  # scalars, resolved one by one
-    return data, from_mapping(PreprocessConfig, options, "dsaml-preprocess"), Path(cfg.paths.store)
+    return data, PreprocessConfig.from_mapping(options, "dsaml-preprocess"), Path(cfg.paths.store)
 
 
 def global_vectors_config(cfg: DictConfig) -> GlobalVectorsConfig:

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dsaml.cli.entry import hydra_command
-from dsaml.data.synth import SynthConfig, SynthConfigError, generate_corpus
+from dsaml.config import ConfigError, check_keys
+from dsaml.data.synth import SynthConfig, generate_corpus
 from dsaml.data.synth.config import check_run_options
 
 RUN_KEYS = {"out", "seed", "layout", "workers", "synth", "paths"}
@@ -20,9 +21,7 @@ RUN_KEYS = {"out", "seed", "layout", "workers", "synth", "paths"}
 
 def run(cfg: DictConfig, console: Console) -> None:
     """Validate the composed config, generate the corpus and print its summary."""
-    unknown = sorted(set(cfg.keys()) - RUN_KEYS)
-    if unknown:
-        raise SynthConfigError(f"unknown top-level key(s) {unknown}; allowed: {sorted(RUN_KEYS)}")
+    check_keys("dsaml-synth", cfg.keys(), sorted(RUN_KEYS))
     synth = SynthConfig.from_mapping(cfg.synth)
     check_run_options(cfg.layout, cfg.workers, cfg.seed)
     summary = generate_corpus(
@@ -44,7 +43,7 @@ def command(cfg: DictConfig) -> int:
     console = Console(stderr=True)
     try:
         run(cfg, console)
-    except (SynthConfigError, FileExistsError) as err:
+    except (ConfigError, FileExistsError) as err:
         console.print(f"[bold red]dsaml-synth:[/] {err}")
         return 2
     return 0

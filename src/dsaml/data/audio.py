@@ -89,7 +89,7 @@ def decode_mono(path: str | Path) -> tuple[np.ndarray, int, int, str]:
 
 
 def load_audio(path: str | Path, sample_rate: int = 44100) -> DecodedAudio:
-    """Decode `path`, average to mono and resample to `sample_rate` Hz (the spec's section 1 front end)."""
+    """Decode `path`, average to mono and resample to `sample_rate` Hz (docs/method.md, "Features")."""
     mono, rate, channels, fingerprint = decode_mono(path)
     samples = resample(torch.from_numpy(mono), rate, sample_rate)
     return DecodedAudio(samples, sample_rate, rate, channels, fingerprint)

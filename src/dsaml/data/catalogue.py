@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsaml.data.validation import ConfigError, check_choice, check_positive
+from dsaml.config import Config, choice, flag, integer, number
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,6 @@ class Catalogue:
     notes: list[str] = field(default_factory=list)
     pdmer_pairs: set[tuple[str, str]] = field(default_factory=set)  # (rater, song) kept by the PDMER filters
 
-    def song_ids(self, split: str | None = None) -> list[str]:
-        return [s for s, song in self.songs.items() if split is None or song.split == split]
-
 
 def song_sort_key(song_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then anything else alphabetically."""
@@ -137,10 +134,10 @@ def read_csv_rows(path: Path, issues: IssueLog, delimiter: str = ",") -> tuple[l
         rows = [row for row in reader if any(cell.strip() for cell in row)]
     if not header:
         raise DataError(f"{path}: empty file (no header row)")
-    for number, row in enumerate(rows, start=2):
+    for line, row in enumerate(rows, start=2):
         if len(row) > len(header):
             issues.report(
-                path, f"{len(row)} cells but the header has {len(header)}; extra cells ignored", number
+                path, f"{len(row)} cells but the header has {len(header)}; extra cells ignored", line
             )
     return header, rows
 
@@ -217,19 +214,16 @@ def find_audio(directory: Path) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
-class SplitRule:
+class SplitRule(Config):
     """How songs are split. 'id_threshold': id >= test_min_id is test (DEAM: full songs 2001..2058).
     'random': a seeded share `test_fraction` of the songs is test (PMEmo has no official split)."""
 
-    method: str = "id_threshold"
-    test_min_id: int = 2001
-    test_fraction: float = 0.2
-    seed: int = 0
+    SECTION = "data.split"
 
-    def __post_init__(self) -> None:
-        check_choice("data.split.method", self.method, ["id_threshold", "random"])
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"data.split.test_fraction={self.test_fraction}: expected 0 < value < 1")
+    method: str = choice("id_threshold", ("id_threshold", "random"))
+    test_min_id: int = 2001
+    test_fraction: float = number(0.2, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed: int = 0
 
     def assign(self, song_ids: list[str]) -> dict[str, str]:
         if self.method == "id_threshold":
@@ -244,8 +238,8 @@ class SplitRule:
 
 
 @dataclass(frozen=True)
-class PdmerFilter:
-    """The original's PDMER rater filters (spec section 4), configurable.
+class PdmerFilter(Config):
+    """The original's PDMER rater filters (docs/method.md, "Training"), configurable.
 
     Training ratings come only from songs with ids in [train_min_id, train_max_id]; a (rater, song) curve
     whose mean absolute deviation from its own mean over the first `flat_window` values is below
@@ -253,17 +247,14 @@ class PdmerFilter:
     `apply_to_test` also applies the flat-curve filter to test ratings.
     """
 
+    SECTION = "data.pdmer"
+
     train_min_id: int | None = 1001
     train_max_id: int | None = 2000
-    flat_threshold: float = 0.01
-    flat_window: int = 60
-    min_songs: int = 16
-    apply_to_test: bool = False
-
-    def __post_init__(self) -> None:
-        check_positive("data.pdmer.flat_threshold", self.flat_threshold, allow_zero=True)
-        check_positive("data.pdmer.flat_window", self.flat_window, integer=True)
-        check_positive("data.pdmer.min_songs", self.min_songs, integer=True)
+    flat_threshold: float = number(0.01, low=0)
+    flat_window: int = integer(60, low=1)
+    min_songs: int = integer(16, low=1)
+    apply_to_test: bool = flag(False)
 
     def is_flat(self, arousal: np.ndarray, valence: np.ndarray) -> bool:
         """True when arousal or valence barely moves: mean |x - mean(x)| < threshold over the first window."""

@@ -5,7 +5,8 @@ Items are dicts of tensors (see `dsaml.meta` for the batch keys):
 - PDMER train: one item per meta-step = this rank's share of a meta-batch of tasks
   (``{"step", "tasks": [{"rater", "support": batch, "query": batch, "songs": [...]}, ...]}``).
 - PDMER val: one item per fixed task of a held-out rater.
-- Test (spec section 5): DMER one item per test song (whole song, averaged curve); PDMER one item per
+- Test (docs/method.md, "Evaluation"): DMER one item per test song (whole song, averaged curve); PDMER one
+  item per
   (test song, rater) pair (whole song, that rater's curve, plus `shots` clips of the rater's other test
   songs for the cross-song protocol).
 The store is opened lazily in each process, so DataLoader workers never share an HDF5 handle.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from dsaml.data.episodes import EpisodeSampler, TaskSpec, _rng, holdout, shard
+from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
 
 
 class StoreReader:
@@ -231,7 +232,6 @@ class DSAMLDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cross_song: bool = True,
-        limit_test_items: int | None = None,
     ) -> None:
         super().__init__()
         if task not in ("dmer", "pdmer"):
@@ -245,7 +245,7 @@ class DSAMLDataModule(L.LightningDataModule):
         self.batch_size, self.shots, self.queries, self.tasks = batch_size, shots, queries, tasks
         self.val_fraction, self.steps_per_epoch, self.val_tasks = val_fraction, steps_per_epoch, val_tasks
         self.global_name, self.seed, self.num_workers = global_name, seed, num_workers
-        self.cross_song, self.limit_test_items = cross_song, limit_test_items
+        self.cross_song = cross_song
         self._reader: StoreReader | None = None
         self.rank, self.world_size = 0, 1
 
@@ -262,10 +262,6 @@ class DSAMLDataModule(L.LightningDataModule):
     @property
     def feature_config(self) -> dict:
         return dict(self.reader.store.feature_config)
-
-    @property
-    def dataset_name(self) -> str:
-        return str(self.reader.store.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
@@ -335,7 +331,8 @@ class DSAMLDataModule(L.LightningDataModule):
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
-        """Test items per spec section 5: DMER (song, None); PDMER (song, rater) with cross-song support."""
+        """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song
+        support."""
         store = self.reader.store
         if self.task == "dmer":
             pairs: list[tuple[str, str | None]] = [(s, None) for s in sorted(store.song_ids("test"))]
@@ -346,13 +343,10 @@ class DSAMLDataModule(L.LightningDataModule):
                 songs = sorted(store.songs_of_rater(rater, "test"))
                 for song in songs:
                     others = [s for s in songs if s != song]
-                    rng = _rng(self.seed, "test", len(pairs))
+                    rng = episode_rng(self.seed, "test", len(pairs))
                     pairs.append((song, rater))
                     picked = rng.permutation(len(others))[: self.shots] if len(others) >= self.shots else []
                     support.append(tuple(others[j] for j in sorted(picked)) if self.cross_song else ())
-        if self.limit_test_items is not None:
-            pairs = pairs[: self.limit_test_items]
-            support = support[: self.limit_test_items] if support is not None else None
         return pairs, support
 
     def test_dataloader(self) -> DataLoader:

@@ -61,7 +61,7 @@ def detect_layout(root: Path, layout: str = "auto") -> str:
     return layout
 
 
-def _read_time_rows(
+def read_time_rows(
     path: Path,
     issues: IssueLog,
     key_column: str,
@@ -142,7 +142,7 @@ def read_deam(
 
     averaged_dir = ann_dir / AVERAGED_DIR
     files = (averaged_dir / "arousal.csv", averaged_dir / "valence.csv")
-    averaged_a, averaged_v = (_read_time_rows(f, issues, "song_id", start_ms) for f in files)
+    averaged_a, averaged_v = (read_time_rows(f, issues, "song_id", start_ms) for f in files)
     averaged = _pair(averaged_a, averaged_v, files, issues, "song")
     audio = find_audio(audio_dir)
     song_ids = match_ids(audio, set(averaged), str(audio_dir), str(files[0].parent), issues)
@@ -194,7 +194,7 @@ def _read_raters(
             continue
         files.extend(pair)
         arousal, valence = (
-            _read_time_rows(path, issues, RATER_COLUMN, start_ms, table)
+            read_time_rows(path, issues, RATER_COLUMN, start_ms, table)
             for path, table in zip(pair, tables, strict=True)
         )
         for rater, curves in _pair(arousal, valence, pair, issues, "rater").items():

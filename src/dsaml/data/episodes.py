@@ -25,7 +25,8 @@ class TaskSpec:
     query: tuple[str, ...]
 
 
-def _rng(seed: int, stream: str, index: int) -> np.random.Generator:
+def episode_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+    """The generator of item `index` of `stream` ("train", "val", "test"): a pure function of the three."""
     return np.random.default_rng([int(seed), _STREAMS[stream], int(index)])
 
 
@@ -39,7 +40,7 @@ def sample_task(
     support, rest = order[:shots], order[shots:]
     if len(rest) >= queries:
         query = rest[:queries]
-    else:  # too few songs: with replacement (spec section 4)
+    else:  # too few songs: with replacement (docs/method.md, "Training")
         query = rng.choice(rest, size=queries, replace=True)
     return TaskSpec(rater, tuple(songs[i] for i in support), tuple(songs[i] for i in query))
 
@@ -70,7 +71,7 @@ class EpisodeSampler:
         self.tasks, self.shots, self.queries, self.seed = tasks, shots, queries, seed
 
     def meta_batch(self, step: int, stream: str = "train") -> list[TaskSpec]:
-        rng = _rng(self.seed, stream, step)
+        rng = episode_rng(self.seed, stream, step)
         chosen = rng.choice(len(self.raters), size=self.tasks, replace=False)
         return [
             sample_task(self.raters[i], self.catalogue[self.raters[i]], self.shots, self.queries, rng)
@@ -85,7 +86,7 @@ class EpisodeSampler:
                 self.catalogue[self.raters[i % len(self.raters)]],
                 self.shots,
                 self.queries,
-                _rng(self.seed, stream, i),
+                episode_rng(self.seed, stream, i),
             )
             for i in range(n)
         ]

@@ -1,4 +1,4 @@
-"""Segment log-mel features (spec section 1): mono 44.1 kHz audio -> [T, 51, 128] natural-log mel power.
+"""Segment log-mel features (docs/method.md, "Features"): mono 44.1 kHz audio -> [T, 51, 128] log mel power.
 
 Segment i covers [start_s + i * segment_s, start_s + (i + 1) * segment_s) seconds. Each segment's
 22 050 samples go through torchaudio's MelSpectrogram (n_fft = win_length = 2646, hop 441, 128 HTK mel
@@ -8,7 +8,6 @@ log(x + log_eps). All segments of a song are computed in one batched call on the
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,39 +18,33 @@ import numpy as np
 import torch
 import torchaudio
 
+from dsaml.config import Config, ConfigError, check_choice, choice, integer, number
 from dsaml.data.audio import load_audio
-from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
-    """Log-mel settings. Defaults are the original's (spec section 1); times in seconds, rates in Hz."""
+class FeatureConfig(Config):
+    """Log-mel settings, the original's by default (docs/method.md, "Features"); times in s, rates in Hz."""
 
-    sample_rate: int = 44100
-    start_s: float = 15.0
-    segment_s: float = 0.5
-    n_fft: int = 2646
-    win_length: int | None = None  # None -> n_fft
-    hop_length: int = 441
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float | None = None  # None -> Nyquist
-    power: float = 2.0
-    mel_scale: str = "htk"
-    log_eps: float = 1e-6
-    pad_warn_fraction: float = 0.1  # clip mode: warn when more than this fraction had to be zero-padded
+    SECTION = "features"
+
+    sample_rate: int = integer(44100, low=1)
+    start_s: float = number(15.0, low=0)
+    segment_s: float = number(0.5, low=0, low_open=True)
+    n_fft: int = integer(2646, low=1)
+    win_length: int | None = integer(None, low=1, optional=True)  # None -> n_fft
+    hop_length: int = integer(441, low=1)
+    n_mels: int = integer(128, low=1)
+    f_min: float = number(0.0, low=0)
+    f_max: float | None = number(None, optional=True)  # None -> Nyquist
+    power: float = number(2.0, low=0, low_open=True)
+    mel_scale: str = choice("htk", ("htk", "slaney"))
+    log_eps: float = number(1e-6, low=0, low_open=True)
+    # clip mode: warn when more than this fraction had to be zero-padded
+    pad_warn_fraction: float = number(0.1, low=0)
 
     def __post_init__(self) -> None:
-        for key in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            check_positive(f"features.{key}", getattr(self, key), integer=True)
-        for key in ("segment_s", "power", "log_eps"):
-            check_positive(f"features.{key}", getattr(self, key))
-        check_positive("features.start_s", self.start_s, allow_zero=True)
-        check_positive("features.f_min", self.f_min, allow_zero=True)
-        check_positive("features.pad_warn_fraction", self.pad_warn_fraction, allow_zero=True)
-        check_choice("features.mel_scale", self.mel_scale, ["htk", "slaney"])
-        if self.win_length is not None:
-            check_positive("features.win_length", self.win_length, integer=True)
+        super().__post_init__()
         if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
             raise ConfigError(f"features.f_max={self.f_max}: expected f_min < f_max <= sample_rate / 2")
         for key, seconds in (("segment_s", self.segment_s), ("start_s", self.start_s)):
@@ -61,13 +54,6 @@ class FeatureConfig:
                     f"features.{key}={seconds}: must be a whole number of samples at "
                     f"sample_rate={self.sample_rate}"
                 )
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> FeatureConfig:
-        return from_mapping(cls, mapping, "features")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def segment_samples(self) -> int:
@@ -190,7 +176,7 @@ def song_logmel(
     segments_per_clip: int = 60,
     extractor: LogMelExtractor | None = None,
 ) -> np.ndarray:
-    """Log-mel of any audio file with the spec's segment semantics -> np.float32 [T, n_frames, n_mels].
+    """Log-mel of any audio file, segments as in docs/method.md -> np.float32 [T, n_frames, n_mels].
 
     `mode="song"`: every whole segment from start_s (T = floor((dur - 15) / 0.5)); `mode="clip"`: exactly
     `segments_per_clip` segments, zero-padded past the end (warns when more than pad_warn_fraction is

@@ -1,6 +1,6 @@
 """Fill a feature store's `/global/<name>/` with global-context vectors for every stored song.
 
-Sources (`conf/global_vectors/`, spec section 1 window semantics):
+Sources (`conf/global_vectors/`, window semantics of docs/method.md, "Features"):
 - `clap`: `ClapAudioEncoder` (a local CLAP checkpoint) on each song's audio, decoded with `decode_mono`:
   a clip gets one vector for its 30 s from `start_s` -> [1, D]; a full song one vector per segment window
   [0.5 i, 0.5 i + 30) s -> [T, D], T = the song's n_segments.
@@ -30,11 +30,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, decode_mono, fingerprint_file
 from dsaml.data.catalogue import DataError
 from dsaml.data.features import resolve_device
 from dsaml.data.store import FeatureStore, FeatureStoreWriter
-from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
 
 SOURCES = ("none", "clap", "file")
 VECTOR_FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
@@ -42,18 +42,20 @@ MAX_LISTED = 10  # problems listed per kind in an error message
 
 
 @dataclass(frozen=True)
-class GlobalVectorsConfig:
+class GlobalVectorsConfig(Config):
     """conf/global_vectors/<source>.yaml: which vectors to add to the store, and how."""
 
-    source: str = "none"  # none | clap | file
+    SECTION = "global_vectors"
+
+    source: str = choice("none", SOURCES)  # none | clap | file
     name: str = ""  # /global/<name>; the network reads it with model.global_context=precomputed:<name>
     path: str = ""  # clap: a local CLAP checkpoint directory (or a cached model id); file: .npz / .h5
     device: str = "auto"  # clap: auto | cpu | cuda | cuda:N
-    batch_size: int = 16  # clap: 10 s chunks per encoder call
-    overwrite: bool = False  # true: recompute every song, replacing vectors of this name
+    batch_size: int = integer(16, low=1)  # clap: 10 s chunks per encoder call
+    overwrite: bool = flag(False)  # true: recompute every song, replacing vectors of this name
 
     def __post_init__(self) -> None:
-        check_choice("global_vectors.source", self.source, SOURCES)
+        super().__post_init__()
         if self.source == "none":
             return
         if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name in (".", ".."):
@@ -61,9 +63,6 @@ class GlobalVectorsConfig:
                 f"global_vectors.name={self.name!r}: expected a name without '/' (the network reads "
                 "it with model.global_context=precomputed:<name>)"
             )
-        check_positive("global_vectors.batch_size", self.batch_size, integer=True)
-        if not isinstance(self.overwrite, bool):
-            raise ConfigError(f"global_vectors.overwrite={self.overwrite!r}: expected true or false")
         resolve_device(self.device)
         if not isinstance(self.path, str) or not self.path:
             raise ConfigError(f"global_vectors.path is required with global_vectors={self.source}")
@@ -78,10 +77,6 @@ class GlobalVectorsConfig:
                 raise ConfigError(f"global_vectors.path={self.path!r}: no such file")
         else:
             _check_clap_checkpoint(self.path)
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> GlobalVectorsConfig:
-        return from_mapping(cls, mapping, "global_vectors")
 
 
 def _check_clap_checkpoint(path: str) -> None:

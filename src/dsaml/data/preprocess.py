@@ -28,41 +28,34 @@ import numpy as np
 import torch
 
 import dsaml
+from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, fingerprint_file, load_audio
 from dsaml.data.catalogue import Catalogue, Song, summarise_issues
 from dsaml.data.features import FeatureConfig, LogMelExtractor, cut_segments, min_duration_s, resolve_device
 from dsaml.data.readers import DataConfig, read_catalogue
 from dsaml.data.store import COMPRESSIONS, DTYPES, FeatureStoreWriter, SongRecord
-from dsaml.data.validation import ConfigError, check_choice, check_positive
 
 log = logging.getLogger(__name__)
 MP_CONTEXTS = ("fork", "spawn", "forkserver")
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Config):
     """How the store is made (top level of conf/preprocess.yaml, without data/paths)."""
 
-    workers: int = 2  # decode processes; 0 = in the main process
+    workers: int = integer(2, low=0)  # decode processes; 0 = in the main process
     device: str = "auto"  # where the log-mel runs: auto | cpu | cuda | cuda:N
-    dtype: str = "float16"
-    chunk_segments: int = 16
-    compression: str = "none"
-    overwrite: bool = False
-    keep_parts: bool = False
-    mp_context: str = "fork"
-    strict: bool = False
-    progress: bool = True
+    dtype: str = choice("float16", DTYPES)
+    chunk_segments: int = integer(16, low=1)
+    compression: str = choice("none", COMPRESSIONS)
+    overwrite: bool = flag(False)
+    keep_parts: bool = flag(False)
+    mp_context: str = choice("fork", MP_CONTEXTS)
+    strict: bool = flag(False)
+    progress: bool = flag(True)
 
     def __post_init__(self) -> None:
-        check_positive("workers", self.workers, integer=True, allow_zero=True)
-        check_positive("chunk_segments", self.chunk_segments, integer=True)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_choice("compression", self.compression, COMPRESSIONS)
-        check_choice("mp_context", self.mp_context, MP_CONTEXTS)
-        for key in ("overwrite", "keep_parts", "strict", "progress"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
+        super().__post_init__()
         resolve_device(self.device)
 
 

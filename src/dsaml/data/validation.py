@@ -1,41 +1,18 @@
-"""Config validation for the data area: mappings -> frozen dataclasses, failing early with allowed values."""
+"""Former home of config validation; the mechanism is `dsaml.config` (docs/configuration.md).
+
+Kept so that `from dsaml.data.validation import ConfigError` (the command modules) keeps working; new code
+imports from `dsaml.config`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from dsaml.config import ConfigError, check_choice, check_range, from_mapping
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is not allowed; the message names the key and the allowed values."""
-
-
-def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, where: str) -> T:
-    """Build dataclass `cls` from `mapping`, rejecting unknown keys (named with the allowed ones)."""
-    mapping = dict(mapping or {})
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(mapping) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {allowed}")
-    return cls(**mapping)
-
-
-def check_choice(where: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{where}={value!r} is not allowed; allowed values: {allowed}")
+__all__ = ["ConfigError", "check_choice", "check_positive", "from_mapping"]
 
 
 def check_positive(where: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok:
-        ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        what = "integer" if integer else "number"
-        raise ConfigError(
-            f"{where}={value!r}: expected a {'non-negative' if allow_zero else 'positive'} {what}"
-        )
+    """`value` > 0 (>= 0 with allow_zero), an integer when `integer`: `dsaml.config.check_range`."""
+    check_range(where, value, integer=integer, low=0, low_open=not allow_zero)

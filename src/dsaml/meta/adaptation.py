@@ -27,7 +27,7 @@ def maml_wrap(net: nn.Module, lr: float, first_order: bool = True) -> nn.Module:
 
 
 def batch_loss(net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-    """The spec's loss (section 3) of `net` on one batch -> (scalar loss, per-batch scores)."""
+    """The DSAML loss (docs/method.md, "Loss and metrics") of `net` on one batch -> (loss, batch scores)."""
     out = net(batch["logmel"], batch.get("global"))
     return dsaml_loss(out, batch["arousal"], batch["valence"])
 

@@ -1,4 +1,4 @@
-"""The DSAML network (spec section 2): config, modules, conversion from the original, checkpoints."""
+"""The DSAML network (docs/method.md, "Network"): config, blocks, conversion of the original, checkpoints."""
 
 from dsaml.models.config import DSAMLConfig
 from dsaml.models.network import DSAMLNet

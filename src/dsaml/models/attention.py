@@ -1,6 +1,6 @@
-"""The shared BERT-style encoder with relative-position self-attention under band masks (spec 2.3).
+"""The shared BERT-style encoder with relative-position self-attention under band masks (docs/method.md).
 
-Two implementations of the same computation, chosen by `DSAMLConfig.impl`:
+Two implementations of the same computation, fixed when the modules are built (`fast`, from `impl`):
 
 - "eager": the original's computation step by step (scores, relative term through a [T, T, D/H] table of
   distance embeddings, /sqrt(D/H), + mask, softmax, dropout, probs @ v), one encoder run per pass. It is the
@@ -18,8 +18,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from dsaml.models.config import DSAMLConfig
 
 QKV = tuple[Tensor, Tensor, Tensor]  # query, key, value [N, H, T, D/H]
 MASK_BIAS = -10000.0  # the original's additive bias for masked-out positions
@@ -41,18 +39,32 @@ def _relative_index(length: int, device: torch.device) -> Tensor:
 
 
 class RelativeSelfAttention(nn.Module):
-    """Multi-head self-attention with BERT's relative_key / relative_key_query position scores."""
+    """Multi-head self-attention with BERT's relative_key / relative_key_query position scores, then the
+    residual LayerNorm.
 
-    def __init__(self, cfg: DSAMLConfig) -> None:
+    hidden_size: D; num_heads: H (head size D/H); position: relative_key | relative_key_query | none;
+    max_positions: P (2P - 1 distance embeddings); dropout: on the probabilities and the output; fast: the
+    stacked scaled_dot_product_attention path (module docstring), False = the original's step by step.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_heads: int = 16,
+        position: str = "relative_key",
+        max_positions: int = 512,
+        dropout: float = 0.1,
+        fast: bool = True,
+    ) -> None:
         super().__init__()
-        d = cfg.hidden_size
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.position, self.max_positions, self.p = cfg.position, cfg.max_positions, cfg.dropout
+        d = hidden_size
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.position, self.max_positions, self.p, self.fast = position, max_positions, dropout, fast
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         if self.position != "none":
-            self.distance_embedding = nn.Embedding(2 * cfg.max_positions - 1, cfg.head_dim)
+            self.distance_embedding = nn.Embedding(2 * max_positions - 1, self.head_dim)
         self.output = nn.Linear(d, d)
-        self.output_dropout = nn.Dropout(cfg.dropout)
+        self.output_dropout = nn.Dropout(dropout)
         self.output_norm = nn.LayerNorm(d, eps=1e-12)
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -71,16 +83,16 @@ class RelativeSelfAttention(nn.Module):
         return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
 
     def forward(
-        self, x: Tensor, mask: Tensor, impl: str, want_probs: bool, qkv: QKV | None = None
+        self, x: Tensor, mask: Tensor, want_probs: bool, qkv: QKV | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """x [N, T, D], mask [N or 1, 1, T, T] additive, qkv = project(x) if already computed
-        -> (LayerNorm(x + attn), probs [N, H, T, T] or None)."""
+        -> (LayerNorm(x + attn), probs [N, H, T, T]; None on the fast path unless `want_probs`)."""
         self._check_length(x.shape[1])
         q, k, v = qkv if qkv is not None else self.project(x)
-        if impl == "eager":
-            context, probs = self._eager(q, k, v, mask)
-        else:
+        if self.fast:
             context, probs = self._fast(q, k, v, mask, want_probs)
+        else:
+            context, probs = self._eager(q, k, v, mask)
         n, _, t, _ = context.shape
         context = context.transpose(1, 2).reshape(n, t, self.num_heads * self.head_dim)
         return self.output_norm(x + self.output_dropout(self.output(context))), probs
@@ -126,27 +138,45 @@ class RelativeSelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LayerNorm transformer layer: attention block, then GELU feed-forward block (eps 1e-12)."""
+    """Post-LayerNorm transformer layer: attention block, then the feed-forward block (eps 1e-12).
 
-    def __init__(self, cfg: DSAMLConfig) -> None:
+    ffn_size: the feed-forward width; activation: gelu | relu; the other arguments: `RelativeSelfAttention`.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_heads: int = 16,
+        ffn_size: int = 2048,
+        activation: str = "gelu",
+        position: str = "relative_key",
+        max_positions: int = 512,
+        dropout: float = 0.1,
+        fast: bool = True,
+    ) -> None:
         super().__init__()
-        self.attention = RelativeSelfAttention(cfg)
-        self.intermediate = nn.Linear(cfg.hidden_size, cfg.ffn_size)
-        self.activation = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
-        self.output = nn.Linear(cfg.ffn_size, cfg.hidden_size)
-        self.output_dropout = nn.Dropout(cfg.dropout)
-        self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+        self.attention = RelativeSelfAttention(hidden_size, num_heads, position, max_positions, dropout, fast)
+        self.intermediate = nn.Linear(hidden_size, ffn_size)
+        self.activation = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.output = nn.Linear(ffn_size, hidden_size)
+        self.output_dropout = nn.Dropout(dropout)
+        self.output_norm = nn.LayerNorm(hidden_size, eps=1e-12)
 
     def forward(
-        self, x: Tensor, mask: Tensor, impl: str, want_probs: bool, qkv: QKV | None = None
+        self, x: Tensor, mask: Tensor, want_probs: bool, qkv: QKV | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        x, probs = self.attention(x, mask, impl, want_probs, qkv)
+        x, probs = self.attention(x, mask, want_probs, qkv)
         ffn = self.output_dropout(self.output(self.activation(self.intermediate(x))))
         return self.output_norm(x + ffn), probs
 
 
 class DualScaleEncoder(nn.Module):
     """ONE encoder (shared weights) run once per attention pass: local band, global band, or unmasked.
+
+    attention: dual (local then global band) | local | global | full (one unmasked pass); local_radius /
+    global_radius: band half-widths in segments; num_layers: L; fast: stack the passes in one batch and use
+    `scaled_dot_product_attention` (False = the original's computation, pass by pass); the other arguments:
+    `EncoderLayer`.
 
     forward(h [B, T, D]) -> dict with
       "encoded" [B, T, D]: sigmoid(local + global) for dual attention, the single pass's output otherwise;
@@ -155,17 +185,34 @@ class DualScaleEncoder(nn.Module):
       probabilities of layer L - 1 (last layer of the first pass) and of the last layer of the last pass.
     """
 
-    def __init__(self, cfg: DSAMLConfig) -> None:
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_heads: int = 16,
+        num_layers: int = 3,
+        ffn_size: int = 2048,
+        activation: str = "gelu",
+        position: str = "relative_key",
+        max_positions: int = 512,
+        dropout: float = 0.1,
+        attention: str = "dual",
+        local_radius: int = 5,
+        global_radius: int = 30,
+        fast: bool = True,
+    ) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.fast = fast
+        self.layers = nn.ModuleList(
+            EncoderLayer(hidden_size, num_heads, ffn_size, activation, position, max_positions, dropout, fast)
+            for _ in range(num_layers)
+        )
         radii = {
-            "dual": (cfg.local_radius, cfg.global_radius),
-            "local": (cfg.local_radius,),
-            "global": (cfg.global_radius,),
+            "dual": (local_radius, global_radius),
+            "local": (local_radius,),
+            "global": (global_radius,),
             "full": (None,),
         }
-        self.radii: tuple[int | None, ...] = radii[cfg.attention]
+        self.radii: tuple[int | None, ...] = radii[attention]
 
     def forward(
         self,
@@ -178,11 +225,8 @@ class DualScaleEncoder(nn.Module):
         from a whole song's): every pass starts from h, so the first layer's projections serve all passes."""
         b, t, _ = h.shape
         masks = [band_bias(t, r, h.device, h.dtype) for r in self.radii]
-        if self.cfg.impl == "eager":
-            runs = [
-                self._run(h, m[None, None], "eager", return_attention, return_diagonal, first_qkv)
-                for m in masks
-            ]
+        if not self.fast:
+            runs = [self._run(h, m[None, None], return_attention, return_diagonal, first_qkv) for m in masks]
             outs = [o for o, _ in runs]
             maps = [m for _, ms in runs for m in ms]  # pass-major: pass 0 layers, then pass 1 layers
         else:
@@ -190,7 +234,7 @@ class DualScaleEncoder(nn.Module):
             mask = torch.stack(masks).repeat_interleave(b, dim=0)[:, None]  # [passes * B, 1, T, T]
             qkv = first_qkv if first_qkv is not None else self.layers[0].attention.project(h)
             qkv = tuple(p.repeat(len(masks), 1, 1, 1) for p in qkv)  # computed once, shared by the passes
-            out, layer_maps = self._run(stacked, mask, "fast", return_attention, return_diagonal, qkv)
+            out, layer_maps = self._run(stacked, mask, return_attention, return_diagonal, qkv)
             outs = list(out.split(b))
             maps = [
                 m
@@ -198,7 +242,7 @@ class DualScaleEncoder(nn.Module):
                 for m in (lm.split(b)[p] if lm is not None else None for lm in layer_maps)
             ]
         result = {"encoded": torch.sigmoid(outs[0] + outs[1]) if len(outs) == 2 else outs[0]}
-        n_layers = self.cfg.num_layers
+        n_layers = len(self.layers)
         if return_attention:
             result["attention_maps"] = torch.stack(maps, dim=1)
         if return_diagonal:
@@ -209,11 +253,11 @@ class DualScaleEncoder(nn.Module):
         return result
 
     def _run(
-        self, x: Tensor, mask: Tensor, impl: str, all_maps: bool, last_map: bool, first_qkv: QKV | None
+        self, x: Tensor, mask: Tensor, all_maps: bool, last_map: bool, first_qkv: QKV | None
     ) -> tuple[Tensor, list]:
         maps = []
         for i, layer in enumerate(self.layers):
-            want = all_maps or (last_map and i == len(self.layers) - 1) or impl == "eager"
-            x, probs = layer(x, mask, impl, want, first_qkv if i == 0 else None)
+            want = all_maps or (last_map and i == len(self.layers) - 1)
+            x, probs = layer(x, mask, want, first_qkv if i == 0 else None)
             maps.append(probs if (all_maps or (last_map and i == len(self.layers) - 1)) else None)
         return x, maps

@@ -1,4 +1,4 @@
-"""dsaml checkpoints (CONTRACT.md): Lightning-style dicts holding the network under "net." keys.
+"""dsaml checkpoints (docs/checkpoints.md): Lightning-style dicts holding the network under "net." keys.
 
 {"state_dict": {"net.<param>": tensor, ...}, "hyper_parameters": {"model": {...}, "features": {...}, ...},
  "dsaml": {"format": 1, "version": ...}}. Training checkpoints (LightningModule with `self.net` and

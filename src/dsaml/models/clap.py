@@ -2,7 +2,7 @@
 
 A preprocessing encoder (optional dependency: `pip install dsaml[clap]`): it loads a local CLAP checkpoint
 directory (or one already in the Hugging Face cache; nothing is downloaded) and embeds 30 s windows with the
-original's global-vector semantics (spec section 1):
+original's global-vector semantics (docs/method.md, "Features"):
 - a training clip: one vector for the clip's 30 s (15 s .. 45 s of the song) -> [1, D_g];
 - a full song: one vector per segment i for the window [0.5 i, 0.5 i + 30) s -> [T, D_g]; where the window
   runs past the end of the audio it is padded by repeating the last samples, as the original did.

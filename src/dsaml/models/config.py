@@ -1,12 +1,14 @@
-"""`DSAMLConfig`: every option of the DSAML network (spec section 2), validated on construction.
+"""`DSAMLConfig`: every option of the DSAML network (docs/method.md, "Network"), validated on construction.
 
 The field names are the keys of `conf/model/*.yaml`. Defaults are the paper's (D = 1024, H = 16, L = 3).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from dsaml.config import Config, ConfigError, choice, flag, integer, number
 
 ATTENTION_MODES = ("dual", "local", "global", "full")
 POSITION_TYPES = ("relative_key", "relative_key_query", "none")
@@ -18,7 +20,7 @@ GLOBAL_CONTEXT_KINDS = ("learned", "clap", "none")  # plus "precomputed:<name>"
 
 
 @dataclass
-class DSAMLConfig:
+class DSAMLConfig(Config):
     """Hyper-parameters of `DSAMLNet`.
 
     hidden_size: D, the transformer width; also the global-vector width D_g unless `global_dim` is set.
@@ -40,67 +42,44 @@ class DSAMLConfig:
     Eager always uses native.
     """
 
-    hidden_size: int = 1024
-    num_heads: int = 16
-    num_layers: int = 3
-    ffn_size: int = 2048
-    dropout: float = 0.1
-    activation: str = "gelu"
-    max_positions: int = 512
-    position: str = "relative_key"
-    local_radius: int = 5
-    global_radius: int = 30
-    attention: str = "dual"
-    fusion: bool = True
+    SECTION = "model"
+
+    hidden_size: int = integer(1024, low=1)
+    num_heads: int = integer(16, low=1)
+    num_layers: int = integer(3, low=1)
+    ffn_size: int = integer(2048, low=1)
+    dropout: float = number(0.1, low=0.0, high=1.0, high_open=True)
+    activation: str = choice("gelu", ACTIVATIONS)
+    max_positions: int = integer(512, low=1)
+    position: str = choice("relative_key", POSITION_TYPES + tuple(POSITION_ALIASES))
+    local_radius: int = integer(5, low=0)
+    global_radius: int = integer(30, low=0)
+    attention: str = choice("dual", ATTENTION_MODES)
+    fusion: bool = flag(True)
     global_context: str = "learned"
-    global_dim: int | None = None
-    global_window: int = 60
-    n_frames: int = 51
-    n_mels: int = 128
-    impl: str = "fast"
-    cnn_kernel: str = "fused"
+    global_dim: int | None = integer(None, low=1, optional=True)
+    global_window: int = integer(60, low=1)
+    n_frames: int = integer(51, low=1)
+    n_mels: int = integer(128, low=1)
+    impl: str = choice("fast", IMPLS)
+    cnn_kernel: str = choice("fused", CNN_KERNELS)
 
     def __post_init__(self) -> None:
         self.position = POSITION_ALIASES.get(self.position, self.position)
-        _choice("position", self.position, POSITION_TYPES + tuple(POSITION_ALIASES))
-        _choice("attention", self.attention, ATTENTION_MODES)
-        _choice("impl", self.impl, IMPLS)
-        _choice("cnn_kernel", self.cnn_kernel, CNN_KERNELS)
-        _choice("activation", self.activation, ACTIVATIONS)
+        super().__post_init__()
         if not (self.global_context in GLOBAL_CONTEXT_KINDS or self._precomputed_name()):
-            raise ValueError(
+            raise ConfigError(
                 f"model.global_context={self.global_context!r} is not one of "
                 f"{', '.join(GLOBAL_CONTEXT_KINDS)} or 'precomputed:<name>'"
             )
-        for name in (
-            "hidden_size",
-            "num_heads",
-            "num_layers",
-            "ffn_size",
-            "max_positions",
-            "global_window",
-            "n_frames",
-            "n_mels",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name}={value!r}: expected a positive integer")
-        for name in ("local_radius", "global_radius"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"model.{name}={value!r}: expected a non-negative integer")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}"
             )
         if self.hidden_size % 4:
-            raise ValueError(f"model.hidden_size={self.hidden_size} must be divisible by 4 (BiLSTM head D/4)")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"model.dropout={self.dropout!r}: expected a probability in [0, 1)")
-        if self.global_dim is not None and (not isinstance(self.global_dim, int) or self.global_dim < 1):
-            raise ValueError(f"model.global_dim={self.global_dim!r}: expected null or a positive integer")
-        if not isinstance(self.fusion, bool):
-            raise ValueError(f"model.fusion={self.fusion!r}: expected true or false")
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} must be divisible by 4 (BiLSTM head D/4)"
+            )
 
     def _precomputed_name(self) -> str | None:
         prefix = "precomputed:"
@@ -128,19 +107,7 @@ class DSAMLConfig:
     def global_input_dim(self) -> int:
         return self.global_dim or self.hidden_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DSAMLConfig:
-        """Build from a plain mapping (e.g. `conf.model`), rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")
+        """Build from a plain mapping (e.g. `conf.model`, a checkpoint's hyper_parameters["model"])."""
+        return cls.from_mapping(values)

@@ -1,4 +1,4 @@
-"""Global-context sources (spec 1, "global context vector"; issue 4, `model.global_context`).
+"""Global-context sources (docs/method.md, "Features": the global context vector; `model.global_context`).
 
 - `LearnedGlobalContext` ("learned", default, offline): built inside the network from the song's own log-mel.
   The window semantics are the original's: one vector for a whole 30 s training clip, and on a full song one
@@ -27,7 +27,7 @@ class LearnedGlobalContext(nn.Module):
     song(logmel [B, T, F, M]) -> [B, T, D]: one vector per segment, centred window of `window` segments.
     """
 
-    def __init__(self, n_mels: int, hidden_size: int, window: int) -> None:
+    def __init__(self, n_mels: int = 128, hidden_size: int = 1024, window: int = 60) -> None:
         super().__init__()
         self.window = window
         self.norm = nn.LayerNorm(2 * n_mels)

@@ -1,7 +1,7 @@
 """`DSAMLNet`: spectrogram encoder -> fusion with the global vector -> dual-scale encoder -> BiLSTM head.
 
 Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per step), global vectors
-[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See spec section 2.
+[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See docs/method.md, "Network".
 """
 
 from __future__ import annotations
@@ -16,16 +16,26 @@ from dsaml.models.spectrogram import SpectrogramEncoder
 
 
 class Fusion(nn.Module):
-    """h = Linear(D -> D)(sigmoid(Linear(476 -> D)(s) + g)); with fusion off, h = Linear(476 -> D)(s) + g."""
+    """h = Linear(D -> D)(sigmoid(Linear(476 -> D)(s) + g)); with fusion off, h = Linear(476 -> D)(s) + g.
 
-    def __init__(self, cfg: DSAMLConfig, in_features: int) -> None:
+    in_features: CNN features per segment (476); hidden_size: D; global_dim: width of the global vectors g
+    (None or D: used as they are; otherwise a learned Linear(global_dim -> D)); fusion: False = the ablation.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 476,
+        hidden_size: int = 1024,
+        global_dim: int | None = None,
+        fusion: bool = True,
+    ) -> None:
         super().__init__()
-        self.enabled = cfg.fusion
-        self.spectrogram_project = nn.Linear(in_features, cfg.hidden_size)
-        if cfg.fusion:
-            self.fusion_project = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        if cfg.global_dim is not None and cfg.global_dim != cfg.hidden_size:
-            self.global_project = nn.Linear(cfg.global_dim, cfg.hidden_size)
+        self.enabled = fusion
+        self.spectrogram_project = nn.Linear(in_features, hidden_size)
+        if fusion:
+            self.fusion_project = nn.Linear(hidden_size, hidden_size)
+        if global_dim is not None and global_dim != hidden_size:
+            self.global_project = nn.Linear(global_dim, hidden_size)
 
     def forward(self, features: Tensor, global_vectors: Tensor | None) -> Tensor:
         s = self.spectrogram_project(features)
@@ -37,14 +47,15 @@ class Fusion(nn.Module):
 
 
 class EmotionHead(nn.Module):
-    """BiLSTM(D -> D/4 per direction) -> Linear(D/2 -> D/4) -> Dropout -> Linear(D/4 -> 2)."""
+    """BiLSTM(D -> D/4 per direction) -> Linear(D/2 -> D/4) -> Dropout -> Linear(D/4 -> 2):
+    [B, T, D] -> [B, T, 2] (arousal, valence)."""
 
-    def __init__(self, cfg: DSAMLConfig) -> None:
+    def __init__(self, hidden_size: int = 1024, dropout: float = 0.1) -> None:
         super().__init__()
-        d = cfg.hidden_size
+        d = hidden_size
         self.bilstm = nn.LSTM(d, d // 4, batch_first=True, bidirectional=True)
         self.hidden = nn.Linear(d // 2, d // 4)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d // 4, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,14 +77,27 @@ class DSAMLNet(nn.Module):
     def __init__(self, cfg: DSAMLConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.spectrogram = SpectrogramEncoder(
-            cfg.n_frames, cfg.n_mels, fused=cfg.impl == "fast" and cfg.cnn_kernel == "fused"
-        )
+        fast = cfg.impl == "fast"
+        fused = fast and cfg.cnn_kernel == "fused"
+        self.spectrogram = SpectrogramEncoder(cfg.n_frames, cfg.n_mels, fused=fused)
         if cfg.global_context == "learned":
             self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
-        self.fusion = Fusion(cfg, self.spectrogram.out_features)
-        self.encoder = DualScaleEncoder(cfg)
-        self.head = EmotionHead(cfg)
+        self.fusion = Fusion(self.spectrogram.out_features, cfg.hidden_size, cfg.global_dim, cfg.fusion)
+        self.encoder = DualScaleEncoder(
+            hidden_size=cfg.hidden_size,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            ffn_size=cfg.ffn_size,
+            activation=cfg.activation,
+            position=cfg.position,
+            max_positions=cfg.max_positions,
+            dropout=cfg.dropout,
+            attention=cfg.attention,
+            local_radius=cfg.local_radius,
+            global_radius=cfg.global_radius,
+            fast=fast,
+        )
+        self.head = EmotionHead(cfg.hidden_size, cfg.dropout)
 
     def forward(
         self,

@@ -7,9 +7,21 @@ feature store.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dsaml.config import (
+    Config,
+    ConfigError,
+    check_choice,
+    check_keys,
+    check_range,
+    choice,
+    flag,
+    integer,
+    number,
+)
 
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
@@ -40,7 +52,7 @@ TOP_LEVEL_KEYS = (
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(Config):
     """The `task:` group.
 
     name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per
@@ -55,67 +67,36 @@ class TaskConfig:
     arousal off-by-one included). eval_batch_size: windows per forward at evaluation.
     """
 
-    name: str = "dmer"
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    batch_size: int = 15
-    shots: int = 1
-    queries: int = 15
-    tasks: int = 16
-    inner_steps: int = 16
-    inner_lr: float = 5e-3
-    first_order: bool = True
-    steps_per_epoch: int = 10
-    val_fraction: float = 0.1
-    val_tasks: int = 16
-    eval_inner_steps: int | None = None
-    support_segments: int = 60
+    SECTION = "task"
+
+    name: str = choice("dmer", TASKS)
+    lr: float = number(5e-5, low=0, low_open=True)
+    weight_decay: float = number(0.0, low=0)
+    batch_size: int = integer(15, low=1)
+    shots: int = integer(1, low=1)
+    queries: int = integer(15, low=1)
+    tasks: int = integer(16, low=1)
+    inner_steps: int = integer(16, low=0)
+    inner_lr: float = number(5e-3, low=0, low_open=True)
+    first_order: bool = flag(True)
+    steps_per_epoch: int = integer(10, low=1)
+    val_fraction: float = number(0.1, low=0.0, high=1.0, high_open=True)
+    val_tasks: int = integer(16, low=0)
+    eval_inner_steps: int | None = integer(None, low=0, optional=True)
+    support_segments: int = integer(60, low=1)
     monitor: str = "val/average"
-    monitor_mode: str = "max"
+    monitor_mode: str = choice("max", MONITOR_MODES)
     test_protocols: list[str] = field(default_factory=lambda: ["dmer"])
-    stitch: str = "mean"
-    eval_batch_size: int = 32
+    stitch: str = choice("mean", STITCH)
+    eval_batch_size: int = integer(32, low=1)
 
     def __post_init__(self) -> None:
-        _choice("task.name", self.name, TASKS)
-        _choice("task.monitor_mode", self.monitor_mode, MONITOR_MODES)
-        _choice("task.stitch", self.stitch, STITCH)
-        for key in (
-            "batch_size",
-            "shots",
-            "queries",
-            "tasks",
-            "steps_per_epoch",
-            "support_segments",
-            "eval_batch_size",
-        ):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"task.{key}={value!r}: expected an integer >= 1")
-        for key in ("inner_steps", "val_tasks"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"task.{key}={value!r}: expected an integer >= 0")
-        if self.eval_inner_steps is not None and (
-            not isinstance(self.eval_inner_steps, int) or self.eval_inner_steps < 0
-        ):
-            raise ValueError(
-                f"task.eval_inner_steps={self.eval_inner_steps!r}: expected null or an integer >= 0"
-            )
-        for key in ("lr", "inner_lr"):
-            if not float(getattr(self, key)) > 0:
-                raise ValueError(f"task.{key}={getattr(self, key)!r}: expected a positive number")
-        if float(self.weight_decay) < 0:
-            raise ValueError(f"task.weight_decay={self.weight_decay!r}: expected >= 0")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
-            raise ValueError(f"task.val_fraction={self.val_fraction!r}: expected a value in [0, 1)")
-        if not isinstance(self.first_order, bool):
-            raise ValueError(f"task.first_order={self.first_order!r}: expected true or false")
+        super().__post_init__()
         self.test_protocols = list(self.test_protocols)
         for protocol in self.test_protocols:
-            _choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
+            check_choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
         if not self.monitor.startswith("val/"):
-            raise ValueError(
+            raise ConfigError(
                 f"task.monitor={self.monitor!r}: expected a validation metric such as val/average "
                 "(checkpoints are never selected on the test set)"
             )
@@ -124,21 +105,10 @@ class TaskConfig:
     def adapt_steps(self) -> int:
         return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TaskConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown task config key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        """Build from a plain mapping (e.g. `conf.task`, a checkpoint's hyper_parameters["task"])."""
+        return cls.from_mapping(values)
 
 
 def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
@@ -147,14 +117,12 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
 
     from dsaml.models import DSAMLConfig
 
-    unknown = sorted(set(cfg.keys()) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; allowed keys: {list(TOP_LEVEL_KEYS)}")
+    check_keys("dsaml-train", cfg.keys(), TOP_LEVEL_KEYS)
     task = TaskConfig.from_dict(OmegaConf.to_container(cfg.task, resolve=True))
     model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"task=pdmer needs per-rater curves, which data={dataset} does not have; "
             f"allowed data for task=pdmer: {', '.join(PER_RATER_DATASETS)} (use task=dmer for {dataset})"
         )
@@ -171,8 +139,7 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     init_from = cfg.get("init_from")
     if init_from is not None and not Path(str(init_from)).is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
-    if int(cfg.get("num_workers", 0)) < 0:
-        raise ValueError(f"num_workers={cfg.num_workers!r}: expected an integer >= 0")
+    check_range("num_workers", cfg.get("num_workers", 0), integer=True, low=0)
     return task
 
 
@@ -183,13 +150,13 @@ def check_global_vectors(store: Path, name: str, dim: int) -> None:
     with FeatureStore(store) as reader:
         stored = reader.global_names()
         if name not in stored:
-            raise ValueError(
+            raise ConfigError(
                 f"model.global_context needs global vectors {name!r}, but {store} holds {stored or 'none'}; "
                 f"add them with `dsaml-preprocess ... global_vectors=clap|file global_vectors.name={name}`"
             )
         width = reader.global_dim(name)
     if width != dim:
-        raise ValueError(
+        raise ConfigError(
             f"global vectors {name!r} in {store} are {width} wide, but the network expects "
             f"model.global_dim={dim}; set model.global_dim={width}"
         )

@@ -1,4 +1,4 @@
-"""Evaluation protocols (spec section 5) on one test item, returning per-sequence scores.
+"""Evaluation protocols (docs/method.md, "Evaluation") on one test item, returning per-sequence scores.
 
 An item is a whole song: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] (optional), ``arousal`` /
 ``valence`` [T] (rater-averaged for DMER, the rater's own for PDMER), and for the cross-song protocol

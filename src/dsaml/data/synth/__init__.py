@@ -8,8 +8,11 @@ Modules: `curves` (true arousal/valence), `raters` (rater pool and transforms), 
 `deam_tree` (DEAM file formats and layouts), `corpus` (planning, rendering, truth), `config` (presets).
 """
 
-from dsaml.data.synth.config import SynthConfig, SynthConfigError, load_preset, preset_names
+from dsaml.config import ConfigError
+from dsaml.data.synth.config import SynthConfig, load_preset, preset_names
 from dsaml.data.synth.corpus import TRUTH_FILE, CorpusSummary, generate_corpus, is_flat, load_truth
+
+SynthConfigError = ConfigError  # the former name of synth config errors (cli/demo.py imports it)
 
 __all__ = [
     "TRUTH_FILE",

@@ -39,8 +39,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from dsaml.config import ConfigError
 from dsaml.data.synth import deam_tree
-from dsaml.data.synth.config import ID_RANGES, SynthConfig, SynthConfigError, check_run_options, load_preset
+from dsaml.data.synth.config import ID_RANGES, SynthConfig, check_run_options, load_preset
 from dsaml.data.synth.curves import CURVE_RATE_HZ, LABEL_START_INDEX, LABEL_START_S, song_curves
 from dsaml.data.synth.music import render_music
 from dsaml.data.synth.raters import make_pool, pick_raters, rate_song
@@ -391,9 +392,7 @@ def generate_corpus(
     elif isinstance(config, dict):
         cfg = SynthConfig.from_mapping(config)
     else:
-        raise SynthConfigError(
-            f"config must be a preset name, SynthConfig or dict, got {type(config).__name__}"
-        )
+        raise ConfigError(f"config must be a preset name, SynthConfig or dict, got {type(config).__name__}")
     check_run_options(layout, workers, seed)
     root = Path(root).expanduser().resolve()
     truth, annotations = plan_corpus(cfg, seed, layout)

@@ -1,4 +1,4 @@
-"""Write annotations in DEAM's on-disk format, quirks included (see shared/spec/DATASETS.md).
+"""Write annotations in DEAM's on-disk format, quirks included (see docs/datasets.md).
 
 Layouts: "nested" (`DEAM_Annotations/annotations/...`, `DEAM_audio/MEMD_audio/<id>.mp3`, as the original
 DSAML README asks) and "flat" (`annotations/`, `MEMD_audio/` directly under the root, as the official

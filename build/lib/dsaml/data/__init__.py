@@ -1,0 +1,1 @@
+"""Datasets, audio features and the HDF5 feature store."""

@@ -1,0 +1,363 @@
+"""`DSAMLDataModule`: DMER clip batches and PDMER per-rater episodes read from the HDF5 feature store.
+
+Items are dicts of tensors (see `dsaml.meta` for the batch keys):
+- DMER train/val: clips of `segments_per_clip` segments with rater-averaged curves, batched.
+- PDMER train: one item per meta-step = this rank's share of a meta-batch of tasks
+  (``{"step", "tasks": [{"rater", "support": batch, "query": batch, "songs": [...]}, ...]}``).
+- PDMER val: one item per fixed task of a held-out rater.
+- Test (spec section 5): DMER one item per test song (whole song, averaged curve); PDMER one item per
+  (test song, rater) pair (whole song, that rater's curve, plus `shots` clips of the rater's other test
+  songs for the cross-song protocol).
+The store is opened lazily in each process, so DataLoader workers never share an HDF5 handle.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from dsaml.data.episodes import EpisodeSampler, TaskSpec, _rng, holdout, shard
+
+
+class StoreReader:
+    """Per-process lazy `FeatureStore` plus the item builders shared by the datasets below."""
+
+    def __init__(self, store_path: str, global_name: str | None, clip_segments: int) -> None:
+        self.store_path, self.global_name, self.clip_segments = str(store_path), global_name, clip_segments
+        self._store, self._pid = None, None
+
+    @property
+    def store(self):
+        if self._store is None or self._pid != os.getpid():
+            from dsaml.data.store import FeatureStore
+
+            self._store, self._pid = FeatureStore(self.store_path), os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict:  # never pickle an open HDF5 handle into a worker
+        return {**self.__dict__, "_store": None, "_pid": None}
+
+    def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> dict[str, Any]:
+        """Segments [start, stop) of one song with its curves (rater None = averaged), aligned to
+        min(label length, segment count)."""
+        store = self.store
+        arousal, valence = store.curves(song, rater)
+        length = min(len(arousal), store.n_segments(song))
+        stop = length if stop is None else min(stop, length)
+        if stop <= start:
+            raise ValueError(f"song {song!r}: no labelled segments in [{start}, {stop}) (length {length})")
+        out: dict[str, Any] = {
+            "logmel": torch.from_numpy(np.ascontiguousarray(store.logmel(song, start, stop))),
+            "arousal": torch.from_numpy(np.asarray(arousal[start:stop], dtype=np.float32)),
+            "valence": torch.from_numpy(np.asarray(valence[start:stop], dtype=np.float32)),
+            "song": song,
+        }
+        if self.global_name is not None:
+            vectors = np.asarray(store.global_vectors(self.global_name, song), dtype=np.float32)
+            out["global"] = torch.from_numpy(vectors if len(vectors) == 1 else vectors[start:stop])
+        return out
+
+    def clip(self, song: str, rater: str | None = None) -> dict[str, Any]:
+        return self.item(song, rater, 0, self.clip_segments)
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch, cropping every sequence to the shortest one (labels may be a few
+    values shorter than the audio)."""
+    length = min(len(it["arousal"]) for it in items)
+    batch: dict[str, Any] = {
+        key: torch.stack([it[key][:length] for it in items]) for key in ("logmel", "arousal", "valence")
+    }
+    if "global" in items[0]:
+        batch["global"] = torch.stack(
+            [it["global"] if len(it["global"]) == 1 else it["global"][:length] for it in items]
+        )
+    batch["songs"] = [it["song"] for it in items]
+    return batch
+
+
+class ClipDataset(Dataset):
+    """Training/validation clips of songs with rater-averaged curves (DMER)."""
+
+    def __init__(self, reader: StoreReader, songs: Sequence[str]) -> None:
+        self.reader, self.songs = reader, list(songs)
+
+    def __len__(self) -> int:
+        return len(self.songs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.reader.clip(self.songs[index])
+
+
+def _task_item(reader: StoreReader, task: TaskSpec) -> dict[str, Any]:
+    support = collate([reader.clip(s, task.rater) for s in task.support])
+    query = collate([reader.clip(s, task.rater) for s in task.query])
+    return {
+        "rater": task.rater,
+        "support": support,
+        "query": query,
+        "songs": list(task.support) + list(task.query),
+    }
+
+
+class MetaBatchDataset(Dataset):
+    """Index = global meta-step; item = this rank's share of that step's meta-batch. Any step index is
+    valid; the length (`steps_per_epoch`) only matters to samplers that enumerate the dataset (e.g.
+    Lightning's `overfit_batches`, which then replays steps 0, 1, ...)."""
+
+    def __init__(
+        self,
+        reader: StoreReader,
+        sampler: EpisodeSampler,
+        steps_per_epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.reader, self.sampler, self.rank, self.world_size = reader, sampler, rank, world_size
+        self.steps_per_epoch = steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        tasks = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
+        return {
+            "step": step,
+            "n_tasks": self.sampler.tasks,
+            "tasks": [_task_item(self.reader, t) for t in tasks],
+        }
+
+
+class StepSampler(Sampler[int]):
+    """Yields global meta-steps: at each new iterator, `steps_per_epoch` steps from the trainer's current
+    global step on. A run resumed from any checkpoint therefore replays exactly the episodes an
+    uninterrupted run would have seen (Lightning's own `set_epoch` is not reliable after a resume)."""
+
+    def __init__(self, steps_per_epoch: int, first_step: Callable[[], int]) -> None:
+        self.steps_per_epoch, self.first_step = steps_per_epoch, first_step
+
+    def __iter__(self):
+        start = int(self.first_step())
+        return iter(range(start, start + self.steps_per_epoch))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+class ShuffleSampler(Sampler[int]):
+    """A permutation of range(n) drawn from (seed, epoch), this rank's round-robin share (padded by
+    wrapping so every rank gets the same count). The epoch is read from the trainer at each new iterator."""
+
+    def __init__(
+        self, n: int, seed: int, epoch: Callable[[], int], rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.seed, self.epoch, self.rank, self.world_size = n, seed, epoch, rank, world_size
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, 11, int(self.epoch())]).permutation(self.n).tolist()
+        total = -(-self.n // self.world_size) * self.world_size
+        order = (order * (total // max(self.n, 1) + 1))[:total]
+        return iter(order[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)
+
+
+class TaskDataset(Dataset):
+    """Fixed evaluation tasks (PDMER validation on held-out raters)."""
+
+    def __init__(self, reader: StoreReader, tasks: Sequence[TaskSpec]) -> None:
+        self.reader, self.tasks = reader, list(tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": index, **_task_item(self.reader, self.tasks[index])}
+
+
+class SongDataset(Dataset):
+    """Whole test songs (DMER: averaged curves; PDMER: one (song, rater) pair per item, with `shots`
+    support clips from other test songs of the rater for the cross-song protocol)."""
+
+    def __init__(
+        self,
+        reader: StoreReader,
+        pairs: Sequence[tuple[str, str | None]],
+        cross_support: Sequence[tuple[str, ...]] | None = None,
+    ) -> None:
+        self.reader, self.pairs, self.cross_support = reader, list(pairs), cross_support
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        song, rater = self.pairs[index]
+        item = {"index": index, "rater": rater, **self.reader.item(song, rater)}
+        if self.cross_support is not None and self.cross_support[index]:
+            item["cross_support"] = collate([self.reader.clip(s, rater) for s in self.cross_support[index]])
+        return item
+
+
+class DSAMLDataModule(L.LightningDataModule):
+    """Reads the feature store at `store` for `task` ("dmer" | "pdmer").
+
+    batch_size: DMER clips per batch. shots / queries / tasks: PDMER episode shape. val_fraction: share
+    of training songs (DMER) or raters (PDMER) held out for validation (never the test set).
+    steps_per_epoch: PDMER meta-batches per epoch (validation runs after each). val_tasks: PDMER
+    validation tasks. global_name: feature-store vectors passed as the network's global context (None when
+    the network builds its own). seed: the episode stream and the held-out split.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        task: str = "dmer",
+        batch_size: int = 15,
+        shots: int = 1,
+        queries: int = 15,
+        tasks: int = 16,
+        val_fraction: float = 0.1,
+        steps_per_epoch: int = 10,
+        val_tasks: int = 16,
+        global_name: str | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        cross_song: bool = True,
+        limit_test_items: int | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in ("dmer", "pdmer"):
+            raise ValueError(f"task={task!r} is not one of dmer, pdmer")
+        if not Path(store).is_file():
+            raise FileNotFoundError(
+                f"feature store {store} does not exist; build it with `dsaml-preprocess data=<name> "
+                f"paths.store={store}` or set paths.store"
+            )
+        self.store_path, self.task = str(store), task
+        self.batch_size, self.shots, self.queries, self.tasks = batch_size, shots, queries, tasks
+        self.val_fraction, self.steps_per_epoch, self.val_tasks = val_fraction, steps_per_epoch, val_tasks
+        self.global_name, self.seed, self.num_workers = global_name, seed, num_workers
+        self.cross_song, self.limit_test_items = cross_song, limit_test_items
+        self._reader: StoreReader | None = None
+        self.rank, self.world_size = 0, 1
+
+    # ------------------------------------------------------------------ catalogue
+    @property
+    def reader(self) -> StoreReader:
+        if self._reader is None:
+            from dsaml.data.store import FeatureStore
+
+            store = FeatureStore(self.store_path)
+            self._reader = StoreReader(self.store_path, self.global_name, int(store.segments_per_clip))
+        return self._reader
+
+    @property
+    def feature_config(self) -> dict:
+        return dict(self.reader.store.feature_config)
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.reader.store.dataset)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        if stage == "test":  # test items come from the test split alone (`test_dataloader`)
+            return
+        store = self.reader.store
+        if self.task == "dmer":
+            self.train_songs, self.val_songs = holdout(store.song_ids("train"), self.val_fraction, self.seed)
+            if not self.train_songs:
+                raise ValueError(f"feature store {self.store_path} has no training songs")
+        else:
+            raters = store.raters("train")
+            train_raters, val_raters = holdout(raters, self.val_fraction, self.seed)
+            catalogue = {r: store.songs_of_rater(r, "train") for r in train_raters}
+            self.sampler = EpisodeSampler(catalogue, self.tasks, self.shots, self.queries, self.seed)
+            self.val_sampler = None
+            if val_raters and self.val_tasks > 0:
+                val_catalogue = {r: store.songs_of_rater(r, "train") for r in val_raters}
+                self.val_sampler = EpisodeSampler(val_catalogue, 1, self.shots, self.queries, self.seed)
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs
+        )
+
+    def _distributed(self, dataset: Dataset, shuffle: bool) -> DistributedSampler | None:
+        if self.world_size == 1:
+            return None
+        return DistributedSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=self.seed)
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        if self.task == "dmer":
+            dataset = ClipDataset(self.reader, self.train_songs)
+            sampler = ShuffleSampler(
+                len(dataset), self.seed, self._trainer_value("current_epoch"), self.rank, self.world_size
+            )
+            return self._loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate)
+        dataset = MetaBatchDataset(
+            self.reader, self.sampler, self.steps_per_epoch, self.rank, self.world_size
+        )
+        return self._loader(
+            dataset,
+            batch_size=None,
+            sampler=StepSampler(self.steps_per_epoch, self._trainer_value("global_step")),
+        )
+
+    def _trainer_value(self, name: str) -> Callable[[], int]:
+        """Reads trainer.<name> when called (0 without a trainer)."""
+        return lambda: getattr(self.trainer, name, 0) if self.trainer is not None else 0
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.task == "dmer":
+            if not self.val_songs:
+                return []
+            dataset = ClipDataset(self.reader, self.val_songs)
+            return self._loader(
+                dataset,
+                batch_size=self.batch_size,
+                collate_fn=collate,
+                sampler=self._distributed(dataset, shuffle=False),
+            )
+        if self.val_sampler is None:
+            return []
+        dataset = TaskDataset(self.reader, self.val_sampler.fixed_tasks(self.val_tasks))
+        return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
+
+    def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
+        """Test items per spec section 5: DMER (song, None); PDMER (song, rater) with cross-song support."""
+        store = self.reader.store
+        if self.task == "dmer":
+            pairs: list[tuple[str, str | None]] = [(s, None) for s in sorted(store.song_ids("test"))]
+            support = None
+        else:
+            pairs, support = [], []
+            for rater in sorted(store.raters("test")):
+                songs = sorted(store.songs_of_rater(rater, "test"))
+                for song in songs:
+                    others = [s for s in songs if s != song]
+                    rng = _rng(self.seed, "test", len(pairs))
+                    pairs.append((song, rater))
+                    picked = rng.permutation(len(others))[: self.shots] if len(others) >= self.shots else []
+                    support.append(tuple(others[j] for j in sorted(picked)) if self.cross_song else ())
+        if self.limit_test_items is not None:
+            pairs = pairs[: self.limit_test_items]
+            support = support[: self.limit_test_items] if support is not None else None
+        return pairs, support
+
+    def test_dataloader(self) -> DataLoader:
+        pairs, support = self.test_pairs()
+        if not pairs:
+            raise ValueError(f"feature store {self.store_path} has no test items for task={self.task}")
+        dataset = SongDataset(self.reader, pairs, support)
+        return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))

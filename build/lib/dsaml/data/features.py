@@ -1,0 +1,220 @@
+"""Segment log-mel features (spec section 1): mono 44.1 kHz audio -> [T, 51, 128] natural-log mel power.
+
+Segment i covers [start_s + i * segment_s, start_s + (i + 1) * segment_s) seconds. Each segment's
+22 050 samples go through torchaudio's MelSpectrogram (n_fft = win_length = 2646, hop 441, 128 HTK mel
+bands, centred reflect-padded frames, power 2, no filter normalisation) -> 51 frames, then
+log(x + log_eps). All segments of a song are computed in one batched call on the configured device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio
+
+from dsaml.data.audio import load_audio
+from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel settings. Defaults are the original's (spec section 1); times in seconds, rates in Hz."""
+
+    sample_rate: int = 44100
+    start_s: float = 15.0
+    segment_s: float = 0.5
+    n_fft: int = 2646
+    win_length: int | None = None  # None -> n_fft
+    hop_length: int = 441
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None  # None -> Nyquist
+    power: float = 2.0
+    mel_scale: str = "htk"
+    log_eps: float = 1e-6
+    pad_warn_fraction: float = 0.1  # clip mode: warn when more than this fraction had to be zero-padded
+
+    def __post_init__(self) -> None:
+        for key in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            check_positive(f"features.{key}", getattr(self, key), integer=True)
+        for key in ("segment_s", "power", "log_eps"):
+            check_positive(f"features.{key}", getattr(self, key))
+        check_positive("features.start_s", self.start_s, allow_zero=True)
+        check_positive("features.f_min", self.f_min, allow_zero=True)
+        check_positive("features.pad_warn_fraction", self.pad_warn_fraction, allow_zero=True)
+        check_choice("features.mel_scale", self.mel_scale, ["htk", "slaney"])
+        if self.win_length is not None:
+            check_positive("features.win_length", self.win_length, integer=True)
+        if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ConfigError(f"features.f_max={self.f_max}: expected f_min < f_max <= sample_rate / 2")
+        for key, seconds in (("segment_s", self.segment_s), ("start_s", self.start_s)):
+            samples = seconds * self.sample_rate
+            if abs(samples - round(samples)) > 1e-6:
+                raise ConfigError(
+                    f"features.{key}={seconds}: must be a whole number of samples at "
+                    f"sample_rate={self.sample_rate}"
+                )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> FeatureConfig:
+        return from_mapping(cls, mapping, "features")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def segment_samples(self) -> int:
+        return round(self.segment_s * self.sample_rate)
+
+    @property
+    def start_sample(self) -> int:
+        return round(self.start_s * self.sample_rate)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per segment (centred STFT): 1 + segment_samples // hop_length (= 51)."""
+        return 1 + self.segment_samples // self.hop_length
+
+    def n_song_segments(self, n_samples: int) -> int:
+        """Whole segments in a song of `n_samples` samples: floor((dur - start_s) / segment_s), >= 0."""
+        return max(0, (n_samples - self.start_sample) // self.segment_samples)
+
+    def mel_spectrogram(self) -> torchaudio.transforms.MelSpectrogram:
+        return torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            f_min=self.f_min,
+            f_max=self.f_max,
+            n_mels=self.n_mels,
+            power=self.power,
+            center=True,
+            pad_mode="reflect",
+            norm=None,
+            mel_scale=self.mel_scale,
+        )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as torch understands it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return resolved
+
+
+class LogMelExtractor(torch.nn.Module):
+    """Batched segment log-mel: segments [T, segment_samples] -> log-mel [T, n_frames, n_mels] float32."""
+
+    # Measured on 2 CPU cores: chunks of 8 segments keep the STFT in cache and run 1.6x faster than
+    # all 60 segments at once; on CUDA the whole song goes in one call.
+    CPU_CHUNK_SEGMENTS = 8
+
+    def __init__(
+        self, config: FeatureConfig, device: str | torch.device = "cpu", max_batch_segments: int | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.device = resolve_device(device)
+        if max_batch_segments is None and self.device.type == "cpu":
+            max_batch_segments = self.CPU_CHUNK_SEGMENTS
+        self.max_batch_segments = max_batch_segments
+        self.mel = config.mel_spectrogram().to(self.device)
+
+    @torch.inference_mode()
+    def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        if segments.ndim != 2 or segments.shape[1] != self.config.segment_samples:
+            raise ValueError(
+                f"segments: expected [T, {self.config.segment_samples}], got {list(segments.shape)}"
+            )
+        step = self.max_batch_segments or max(1, segments.shape[0])
+        parts = []
+        for begin in range(0, segments.shape[0], step):
+            power = self.mel(
+                segments[begin : begin + step].to(self.device, torch.float32)
+            )  # [t, n_mels, frames]
+            parts.append(torch.log(power + self.config.log_eps).transpose(1, 2))
+        if not parts:
+            return torch.zeros(0, self.config.n_frames, self.config.n_mels, device=self.device)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """A song cut into segments [T, segment_samples]; `missing_fraction` = share that was zero-padded."""
+
+    samples: torch.Tensor
+    missing_fraction: float
+
+
+def cut_segments(samples: torch.Tensor, config: FeatureConfig, n_segments: int | None = None) -> Segments:
+    """Cut mono [n] audio at `config.sample_rate` into segments starting at `config.start_s`.
+
+    `n_segments=None` (song mode) takes every whole segment, floor((dur - start_s) / segment_s).
+    A fixed `n_segments` (clip mode) zero-pads the window when the audio ends early, as the original does.
+    """
+    seg, start = config.segment_samples, config.start_sample
+    if n_segments is None:
+        n_segments = config.n_song_segments(samples.shape[-1])
+    wanted = n_segments * seg
+    window = samples[start : start + wanted]
+    missing = wanted - window.shape[-1]
+    if missing > 0:
+        window = torch.nn.functional.pad(window, (0, missing))
+    return Segments(window.reshape(n_segments, seg), missing / wanted if wanted else 0.0)
+
+
+def min_duration_s(config: FeatureConfig) -> float:
+    """Shortest audio with at least one complete segment: start_s + segment_s (15.5 s by default)."""
+    return config.start_s + config.segment_s
+
+
+def song_logmel(
+    path: str | Path,
+    feature_config: FeatureConfig | Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    mode: str = "song",
+    segments_per_clip: int = 60,
+    extractor: LogMelExtractor | None = None,
+) -> np.ndarray:
+    """Log-mel of any audio file with the spec's segment semantics -> np.float32 [T, n_frames, n_mels].
+
+    `mode="song"`: every whole segment from start_s (T = floor((dur - 15) / 0.5)); `mode="clip"`: exactly
+    `segments_per_clip` segments, zero-padded past the end (warns when more than pad_warn_fraction is
+    missing). Raises AudioDecodeError for unreadable audio and ValueError for audio shorter than
+    start_s + segment_s (15.5 s). Any sample rate, mono or multi-channel.
+    """
+    config = (
+        feature_config
+        if isinstance(feature_config, FeatureConfig)
+        else FeatureConfig.from_mapping(feature_config)
+    )
+    check_choice("mode", mode, ["song", "clip"])
+    audio = load_audio(path, config.sample_rate)
+    if audio.samples.shape[-1] < config.start_sample + config.segment_samples:
+        raise ValueError(
+            f"{path}: audio is {audio.duration_s:.2f} s long; at least "
+            f"{min_duration_s(config):g} s are needed (features start at {config.start_s:g} s)"
+        )
+    segments = cut_segments(audio.samples, config, segments_per_clip if mode == "clip" else None)
+    if segments.missing_fraction > config.pad_warn_fraction:
+        warnings.warn(
+            f"{path}: {segments.missing_fraction:.0%} of the {segments_per_clip}-segment clip lies "
+            "past the end of the audio and was zero-padded",
+            stacklevel=2,
+        )
+    extractor = extractor or LogMelExtractor(config, device)
+    return extractor(segments.samples).cpu().numpy()

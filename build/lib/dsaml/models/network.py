@@ -1,0 +1,165 @@
+"""`DSAMLNet`: spectrogram encoder -> fusion with the global vector -> dual-scale encoder -> BiLSTM head.
+
+Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per step), global vectors
+[B, 1 or T, D_g]; outputs arousal / valence [B, T]. See spec section 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dsaml.models.attention import QKV, DualScaleEncoder
+from dsaml.models.config import DSAMLConfig
+from dsaml.models.global_context import LearnedGlobalContext
+from dsaml.models.spectrogram import SpectrogramEncoder
+
+
+class Fusion(nn.Module):
+    """h = Linear(D -> D)(sigmoid(Linear(476 -> D)(s) + g)); with fusion off, h = Linear(476 -> D)(s) + g."""
+
+    def __init__(self, cfg: DSAMLConfig, in_features: int) -> None:
+        super().__init__()
+        self.enabled = cfg.fusion
+        self.spectrogram_project = nn.Linear(in_features, cfg.hidden_size)
+        if cfg.fusion:
+            self.fusion_project = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        if cfg.global_dim is not None and cfg.global_dim != cfg.hidden_size:
+            self.global_project = nn.Linear(cfg.global_dim, cfg.hidden_size)
+
+    def forward(self, features: Tensor, global_vectors: Tensor | None) -> Tensor:
+        s = self.spectrogram_project(features)
+        if global_vectors is not None:
+            if hasattr(self, "global_project"):
+                global_vectors = self.global_project(global_vectors)
+            s = s + global_vectors
+        return self.fusion_project(torch.sigmoid(s)) if self.enabled else s
+
+
+class EmotionHead(nn.Module):
+    """BiLSTM(D -> D/4 per direction) -> Linear(D/2 -> D/4) -> Dropout -> Linear(D/4 -> 2)."""
+
+    def __init__(self, cfg: DSAMLConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.bilstm = nn.LSTM(d, d // 4, batch_first=True, bidirectional=True)
+        self.hidden = nn.Linear(d // 2, d // 4)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(d // 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.dropout(self.hidden(self.bilstm(x)[0])))
+
+
+class DSAMLNet(nn.Module):
+    """The DSAML network.
+
+    forward(logmel [B, T, 51, 128], global_vectors [B, 1 or T, D_g] or None, return_attention=False,
+    return_diagonal=True) -> dict:
+      "arousal", "valence": [B, T];
+      "attention_diagonal": [B, 2, T] head-averaged diagonal of the attention probabilities of layer L - 1
+          and of the last layer (what the regulariser consumes; skip with return_diagonal=False);
+      "attention_maps": [B, passes * L, H, T, T] only with return_attention=True.
+    With global_context="learned" pass global_vectors=None: one vector per input clip is built from logmel.
+    """
+
+    def __init__(self, cfg: DSAMLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spectrogram = SpectrogramEncoder(
+            cfg.n_frames, cfg.n_mels, fused=cfg.impl == "fast" and cfg.cnn_kernel == "fused"
+        )
+        if cfg.global_context == "learned":
+            self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
+        self.fusion = Fusion(cfg, self.spectrogram.out_features)
+        self.encoder = DualScaleEncoder(cfg)
+        self.head = EmotionHead(cfg)
+
+    def forward(
+        self,
+        logmel: Tensor,
+        global_vectors: Tensor | None = None,
+        return_attention: bool = False,
+        return_diagonal: bool = True,
+    ) -> dict[str, Tensor]:
+        return self.predict_encoded(
+            self.encode_segments(logmel, global_vectors), return_attention, return_diagonal
+        )
+
+    def encode_segments(
+        self,
+        logmel: Tensor,
+        global_vectors: Tensor | None = None,
+        song: bool = False,
+        chunk: int | None = None,
+    ) -> Tensor:
+        """Per-segment part of the network (CNN + fusion): logmel [B, T, F, M] -> h [B, T, D].
+
+        Each output step depends only on its own segment and its global vector, so a song is encoded once and
+        its sliding windows are slices of the result. `song=True` selects the per-segment centred global
+        windows of the learned context (full songs); False, one learned vector per input clip. `chunk` bounds
+        how many segments go through the CNN at once (memory on long songs).
+        """
+        self._check_inputs(logmel, global_vectors)
+        b, t = logmel.shape[:2]
+        images = logmel.reshape(b * t, *logmel.shape[2:])
+        features = torch.cat([self.spectrogram(part) for part in images.split(chunk or b * t)]).view(b, t, -1)
+        if self.cfg.global_context == "learned":
+            global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
+        return self.fusion(features, global_vectors)
+
+    def predict_encoded(
+        self,
+        h: Tensor,
+        return_attention: bool = False,
+        return_diagonal: bool = True,
+        first_qkv: QKV | None = None,
+    ) -> dict[str, Tensor]:
+        """Sequence part: h [B, T, D] -> outputs (see the class docstring). `first_qkv`: the first encoder
+        layer's q, k, v [B, H, T, D/H] of h when already computed (sliding windows slice a song's)."""
+        out = self.encoder(
+            h, return_attention=return_attention, return_diagonal=return_diagonal, first_qkv=first_qkv
+        )
+        emotions = self.head(out.pop("encoded"))
+        return {"arousal": emotions[..., 0], "valence": emotions[..., 1], **out}
+
+    def song_cache(self, h: Tensor) -> QKV:
+        """What sliding windows can share, computed once per song: the first encoder layer's q, k, v of the
+        song's encoding h [T, D] -> [H, T, D/H] each (per-token projections; both passes start from h)."""
+        return tuple(p[0] for p in self.encoder.layers[0].attention.project(h[None]))
+
+    def predict_windows(self, h: Tensor, index: Tensor, cache: QKV) -> dict[str, Tensor]:
+        """Windows of a song: h [T, D] (encode_segments), index [n, W] segment positions,
+        cache = song_cache(h) -> outputs for h[index] ([n, W] each), without the regulariser's diagonal."""
+        qkv = tuple(p[:, index].transpose(0, 1) for p in cache)  # [n, H, W, D/H]
+        return self.predict_encoded(h[index], return_diagonal=False, first_qkv=qkv)
+
+    def _check_inputs(self, logmel: Tensor, global_vectors: Tensor | None) -> None:
+        cfg = self.cfg
+        if logmel.ndim != 4 or tuple(logmel.shape[2:]) != (cfg.n_frames, cfg.n_mels):
+            raise ValueError(
+                f"logmel has shape {tuple(logmel.shape)}, expected [B, T, {cfg.n_frames}, {cfg.n_mels}]"
+            )
+        needs = cfg.global_store_name
+        if needs is None:
+            if global_vectors is not None:
+                raise ValueError(
+                    f"model.global_context={cfg.global_context!r} takes no global vectors; pass None"
+                )
+            return
+        if global_vectors is None:
+            raise ValueError(
+                f"model.global_context={cfg.global_context!r} needs the global vectors "
+                f"{needs!r} ([B, 1 or T, {cfg.global_input_dim}]); got None"
+            )
+        b, t = logmel.shape[:2]
+        if (
+            global_vectors.ndim != 3
+            or global_vectors.shape[0] != b
+            or global_vectors.shape[1] not in (1, t)
+            or global_vectors.shape[2] != cfg.global_input_dim
+        ):
+            raise ValueError(
+                f"global vectors have shape {tuple(global_vectors.shape)}, "
+                f"expected [{b}, 1 or {t}, {cfg.global_input_dim}]"
+            )

@@ -1,0 +1,167 @@
+"""Figures people look at (matplotlib, Agg backend; every function writes one PNG and returns its path).
+
+- `plot_prediction`: one song's predicted arousal/valence over time (dsaml-predict).
+- `plot_curves`: true curves against one or more predictions (e.g. before / after personalisation).
+- `plot_attention`: head-averaged attention maps of every pass and layer of one clip.
+- `plot_rater_gains`: per-rater change of a score after adaptation, sorted, with the mean and spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DIMENSIONS = ("arousal", "valence")
+COLORS = {"true": "black", 0: "tab:blue", 1: "tab:orange", 2: "tab:green", 3: "tab:red"}
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _time_axis(n: int, start_s: float, step_s: float) -> np.ndarray:
+    return start_s + step_s * np.arange(n)
+
+
+def plot_prediction(
+    path: str | Path, time_s: np.ndarray, arousal: np.ndarray, valence: np.ndarray, title: str
+) -> Path:
+    """Predicted arousal and valence [T] against time [T] in seconds; with the valence-arousal path."""
+    fig = plt.figure(figsize=(10, 4.2))
+    grid = fig.add_gridspec(2, 2, width_ratios=(3, 1.2))
+    for row, (name, values) in enumerate(zip(DIMENSIONS, (arousal, valence), strict=True)):
+        ax = fig.add_subplot(grid[row, 0])
+        ax.plot(time_s, values, color=COLORS[row], lw=1.4)
+        ax.axhline(0, color="grey", lw=0.6, ls=":")
+        ax.set_ylabel(name)
+        ax.set_xlim(time_s[0], time_s[-1] if len(time_s) > 1 else time_s[0] + 0.5)
+        ax.grid(alpha=0.3)
+        if row == 1:
+            ax.set_xlabel("time (s)")
+    ax = fig.add_subplot(grid[:, 1])
+    points = ax.scatter(valence, arousal, c=time_s, cmap="viridis", s=6)
+    ax.plot(valence, arousal, color="grey", lw=0.4, alpha=0.6)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    lim = max(1.0, float(np.abs(np.concatenate([arousal, valence])).max()) * 1.05)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("valence")
+    ax.set_ylabel("arousal")
+    fig.colorbar(points, ax=ax, label="time (s)", fraction=0.05)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(
+    path: str | Path,
+    true: tuple[np.ndarray, np.ndarray],
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+    start_s: float = 15.0,
+    step_s: float = 0.5,
+    support_until: int | None = None,
+) -> Path:
+    """True (arousal [T], valence [T]) against each labelled prediction (arousal [T], valence [T]).
+
+    A prediction shorter than the true curves covers their last values (e.g. the within-song query).
+    `start_s` is the time of the first value; `support_until` shades the first segments that the
+    adaptation saw (within-song protocol), so the scored part is the rest.
+    """
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.4), sharex=True)
+    n = len(true[0])
+    time = _time_axis(n, start_s, step_s)
+    for row, (ax, name) in enumerate(zip(axes, DIMENSIONS, strict=True)):
+        ax.plot(time, true[row], color=COLORS["true"], lw=1.8, label="rater (true)")
+        for index, (label, curves) in enumerate(predictions.items()):
+            values = np.asarray(curves[row])
+            ax.plot(time[n - len(values) :], values, color=COLORS[index % 4], lw=1.3, label=label)
+        if support_until:
+            ax.axvspan(
+                time[0], time[min(support_until, n - 1)], color="grey", alpha=0.15, label="adaptation support"
+            )
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].set_xlabel("time (s)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return _save(fig, path)
+
+
+def plot_attention(path: str | Path, maps: np.ndarray, pass_names: Sequence[str], title: str) -> Path:
+    """maps [passes * L, T, T] (head-averaged attention probabilities of one clip), one panel each; rows are
+    passes (e.g. local, global), columns layers. Colour = attention weight (query row -> key column)."""
+    maps = np.asarray(maps)
+    passes = len(pass_names)
+    layers = maps.shape[0] // passes
+    fig, axes = plt.subplots(passes, layers, figsize=(3.2 * layers + 0.8, 3.1 * passes), squeeze=False)
+    for p in range(passes):
+        for layer in range(layers):
+            ax = axes[p, layer]
+            image = ax.imshow(
+                maps[p * layers + layer],
+                cmap="magma",
+                vmin=0,
+                vmax=float(maps[p * layers + layer].max()),
+                interpolation="nearest",
+            )
+            ax.set_title(f"{pass_names[p]} pass, layer {layer + 1}", fontsize=9)
+            ax.set_xlabel("key segment", fontsize=8)
+            ax.set_ylabel("query segment", fontsize=8)
+            ax.tick_params(labelsize=7)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    fig.suptitle(title, fontsize=10, wrap=True)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_rater_gains(
+    path: str | Path,
+    gains: Mapping[str, Mapping[str, float]],
+    metric: str,
+    title: str,
+    labels: Mapping[str, str] | None = None,
+) -> Path:
+    """Per-rater gain of `metric` after adaptation: gains = {comparison: {rater: gain}}, one bar per
+    comparison and rater, raters sorted by the first comparison's gain; dashed lines = mean gain per
+    comparison. `labels`: tick label per rater (default: the id)."""
+    protocols = list(gains)
+    first = gains[protocols[0]]
+    raters = sorted({r for g in gains.values() for r in g}, key=lambda r: (r not in first, first.get(r, 0.0)))
+    width = 0.8 / len(protocols)
+    x = np.arange(len(raters))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(raters) + 2), 4.2))
+    for index, protocol in enumerate(protocols):
+        values = np.array([gains[protocol].get(r, np.nan) for r in raters])
+        ax.bar(
+            x + (index - (len(protocols) - 1) / 2) * width,
+            values,
+            width,
+            color=COLORS[index % 4],
+            label=f"{protocol}: mean {np.nanmean(values):+.3f} ± {np.nanstd(values):.3f}, "
+            f"{int(np.sum(values > 0))}/{int(np.sum(~np.isnan(values)))} raters improve",
+        )
+        ax.axhline(np.nanmean(values), color=COLORS[index % 4], ls="--", lw=1)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [(labels or {}).get(r, r) for r in raters], rotation=90, fontsize=7)
+    ax.set_xlabel("rater")
+    ax.set_ylabel(f"{metric}: adapted - baseline")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Lightning training: the DSAML LightningModule, evaluation protocols, callbacks, results files."""

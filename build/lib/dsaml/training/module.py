@@ -1,0 +1,286 @@
+"""`DSAMLModule`: the LightningModule for DMER (plain training) and PDMER (first/second-order MAML).
+
+The network lives in `self.net` (checkpoints hold ``state_dict["net.*"]`` and ``hyper_parameters["model"]``,
+``["features"]``, ``["task"]``, as `dsaml.models.checkpoint.load_network` expects). PDMER uses manual
+optimisation: per meta-batch, each task's query gradient is accumulated (divided by the meta-batch size),
+summed over DDP processes by hand (`sync_gradients_manually`; the network is not wrapped in
+DistributedDataParallel, see learnables/learn2learn#170), and one Adam step is taken.
+Logged: ``{train,val,test}/loss`` and ``/{arousal,valence}_{ccc,pcc,rmse}``, ``/average``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dsaml import __version__ as dsaml_version
+from dsaml.losses import dsaml_loss
+from dsaml.meta import adapt, batch_loss, maml_wrap, meta_backward
+from dsaml.models import DSAMLConfig, DSAMLNet
+from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from dsaml.training.config import PROTOCOLS, TaskConfig
+from dsaml.training.evaluation import METRIC_KEYS, run_protocols, scores_of
+
+LOG_KEYS = METRIC_KEYS + ("average",)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the message names the step and the batch's songs."""
+
+
+def _metric_dict(scores: dict[str, Tensor | float]) -> dict[str, float]:
+    """Scores keyed like dsaml_loss's ('arousal_CCC', ..., 'average') -> lower-case LOG_KEYS."""
+    return {
+        key.lower(): float(value.detach()) if isinstance(value, Tensor) else float(value)
+        for key, value in scores.items()
+        if key.lower() in LOG_KEYS
+    }
+
+
+class DSAMLModule(L.LightningModule):
+    """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config."""
+
+    def __init__(
+        self, model: dict[str, Any], task: dict[str, Any], features: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.model_cfg = DSAMLConfig.from_dict(dict(model))
+        self.task_cfg = TaskConfig.from_dict(dict(task))
+        self.save_hyperparameters(
+            {
+                "model": self.model_cfg.to_dict(),
+                "task": self.task_cfg.to_dict(),
+                "features": dict(features or {}),
+            }
+        )
+        self.net = DSAMLNet(self.model_cfg)
+        self.meta = self.task_cfg.name == "pdmer"
+        self.automatic_optimization = not self.meta
+        if self.meta:  # not a registered submodule: the weights stay under "net." only
+            self.__dict__["maml"] = maml_wrap(self.net, self.task_cfg.inner_lr, self.task_cfg.first_order)
+        self._eval_rows: list[dict[str, Any]] = []
+        self.test_results: dict[str, list[dict[str, Any]]] | None = None
+        self.examples: list[dict[str, Any]] = []  # a few (song, protocol, curves) for plots
+
+    @property
+    def sync_gradients_manually(self) -> bool:
+        """PDMER reduces gradients itself; `MetaDDPStrategy` then leaves the module unwrapped."""
+        return self.meta
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Mark the file as a dsaml checkpoint (read by `dsaml.models.checkpoint.load_network`)."""
+        checkpoint["dsaml"] = {"format": CHECKPOINT_FORMAT, "version": dsaml_version}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.net.parameters(), lr=self.task_cfg.lr, weight_decay=self.task_cfg.weight_decay
+        )
+
+    # ------------------------------------------------------------------ training
+    def _nonfinite(self, what: str, songs: list[str], where: str) -> None:
+        raise NonFiniteLossError(
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}, {where}); "
+            f"songs in the batch: {', '.join(map(str, songs))}. Lower task.lr/task.inner_lr or check these "
+            "songs' features and labels in the store"
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if self.meta:
+            return self._meta_step(batch)
+        loss, scores = batch_loss(self.net, batch)
+        if not torch.isfinite(loss):
+            self._nonfinite(f"non-finite training loss {loss.item()}", batch["songs"], "DMER batch")
+        self._log_split("train", float(loss.detach()), _metric_dict(scores), len(batch["songs"]))
+        return loss
+
+    def _meta_step(self, batch: dict[str, Any]) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        tasks = batch["tasks"]
+
+        def nonfinite(index: int, message: str) -> None:
+            task = tasks[index]
+            self._nonfinite(
+                message, task["songs"], f"meta-step {batch['step']}, task of rater {task['rater']}"
+            )
+
+        stats = meta_backward(
+            self.maml,
+            tasks,
+            self.task_cfg.inner_steps,
+            int(batch["n_tasks"]),
+            backward=self.manual_backward,
+            on_nonfinite=nonfinite,
+        )
+        if self.trainer.world_size > 1:
+            self._all_reduce_gradients()
+        optimizer.step()
+        if self.trainer.world_size > 1:
+            self._average_buffers()
+        metrics = _metric_dict(stats.query_scores)
+        self._log_split("train", stats.query_loss, metrics, len(tasks), sync=self.trainer.world_size > 1)
+        if stats.adapt_losses and stats.adapt_losses[0]:
+            first = sum(losses[0] for losses in stats.adapt_losses) / len(stats.adapt_losses)
+            self.log("train/support_loss_before", first, batch_size=len(tasks))
+
+    def _all_reduce_gradients(self) -> None:
+        """Sum the meta-gradient over processes (each already divided by the global meta-batch size)."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _average_buffers(self) -> None:
+        """BatchNorm running statistics were updated by different tasks on each process: average them."""
+        for buf in self.net.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf.div_(self.trainer.world_size)
+            else:
+                dist.broadcast(buf, src=0)
+
+    def _log_split(
+        self, split: str, loss: float, metrics: dict[str, float], batch_size: int, sync: bool = False
+    ) -> None:
+        values = {f"{split}/loss": loss, **{f"{split}/{k}": v for k, v in metrics.items()}}
+        on_step = split == "train"
+        self.log_dict(
+            values, on_step=on_step, on_epoch=True, prog_bar=False, batch_size=batch_size, sync_dist=sync
+        )
+        self.log(
+            f"{split}/loss_bar",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=batch_size,
+            logger=False,
+        )
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not self.meta:  # DMER: held-out clips, plain forward
+            out = self.net(batch["logmel"], batch.get("global"))
+            rows = [
+                scores_of(out["arousal"][i], out["valence"][i], batch["arousal"][i], batch["valence"][i])
+                for i in range(len(batch["songs"]))
+            ]
+            loss = float(dsaml_loss(out, batch["arousal"], batch["valence"])[0])
+            self._eval_rows.extend(
+                {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
+            )
+            return
+        # PDMER: held-out raters; adapt on the support clips, score the query clips
+        adaptation = adapt(
+            self.net,
+            batch["support"],
+            self.task_cfg.adapt_steps,
+            lr=self.task_cfg.inner_lr,
+            first_order=self.task_cfg.first_order,
+        )
+        net = adaptation.net.eval()
+        query = batch["query"]
+        out = net(query["logmel"], query.get("global"))
+        loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
+        for i in range(len(query["songs"])):
+            row = scores_of(out["arousal"][i], out["valence"][i], query["arousal"][i], query["valence"][i])
+            self._eval_rows.append({"id": f"{batch['index']}:{i}", "loss": loss, **row})
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._gather_rows(self._eval_rows)
+        if not rows:
+            return
+        means = {k: sum(r[k] for r in rows) / len(rows) for k in ("loss",) + LOG_KEYS}
+        self.log_dict({f"val/{k}": v for k, v in means.items()}, sync_dist=True)
+
+    def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All processes' rows, de-duplicated by id (distributed samplers pad with repeats)."""
+        if self.trainer.world_size == 1 or not dist.is_initialized():
+            return rows
+        gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, rows)
+        unique = {}
+        for part in gathered:
+            for row in part:
+                unique.setdefault(row["id"], row)
+        return [unique[k] for k in sorted(unique)]
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self._eval_rows, self.examples = [], []
+
+    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+        cfg = self.task_cfg
+        results = run_protocols(
+            self.net,
+            item,
+            cfg.test_protocols,
+            window=cfg.support_segments,
+            adapt_steps=cfg.adapt_steps,
+            inner_lr=cfg.inner_lr,
+            first_order=cfg.first_order,
+            stitch=cfg.stitch,
+            batch_size=cfg.eval_batch_size,
+        )
+        for protocol, (scores, curves) in results.items():
+            self._eval_rows.append(
+                {
+                    "id": f"{protocol}:{int(item['index']):08d}",
+                    "protocol": protocol,
+                    "song": item["song"],
+                    "rater": item.get("rater"),
+                    **scores,
+                }
+            )
+            if len(self.examples) < 8 and batch_idx < 3:
+                self.examples.append(
+                    {
+                        "song": item["song"],
+                        "rater": item.get("rater"),
+                        "protocol": protocol,
+                        "curves": [c.detach().cpu() for c in curves],
+                    }
+                )
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._gather_rows(self._eval_rows)
+        self.test_results = summarize_rows(rows, self.task_cfg.test_protocols)
+        primary = PROTOCOLS[self.task_cfg.name][-2 if self.meta else 0]  # pdmer: within_song
+        for row in self.test_results["rows"]:
+            values = {f"test/{row['protocol']}/{k}": row[k] for k in LOG_KEYS}
+            if row["protocol"] == primary:
+                values.update({f"test/{k}": row[k] for k in LOG_KEYS})
+                values["test/loss"] = 1.0 - row["average"]
+            self.log_dict(values, sync_dist=True)
+
+
+def summarize_rows(rows: list[dict[str, Any]], protocols: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per-sequence rows -> results.json content: {"rows": [one per protocol], "per_rater": [...]}.
+    Each value is the mean over sequences (songs or song-rater pairs); "n" counts them."""
+    out: dict[str, list[dict[str, Any]]] = {"rows": [], "per_rater": []}
+    for protocol in protocols:
+        selected = [r for r in rows if r["protocol"] == protocol]
+        if not selected:
+            continue
+        out["rows"].append({"protocol": protocol, **_mean(selected)})
+        raters = sorted({r["rater"] for r in selected if r["rater"] is not None})
+        for rater in raters:
+            mine = [r for r in selected if r["rater"] == rater]
+            out["per_rater"].append({"protocol": protocol, "rater": rater, **_mean(mine)})
+    return out
+
+
+def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**{k: sum(r[k] for r in rows) / len(rows) for k in LOG_KEYS}, "n": len(rows)}

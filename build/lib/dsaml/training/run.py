@@ -1,0 +1,237 @@
+"""Build and run a training job from a composed Hydra config (used by `dsaml-train` and the tests).
+
+`build(cfg)` validates the whole config first (nothing is read or trained before that), then instantiates
+datamodule, LightningModule, callbacks, loggers and Trainer. `run(cfg)` fits, tests the best checkpoint
+and returns the logged metrics (the value of `task.monitor` is what sweepers optimise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dsaml.data.datamodule import DSAMLDataModule
+from dsaml.models import DSAMLConfig
+from dsaml.training.config import TaskConfig, validate_train_config
+from dsaml.training.module import DSAMLModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    task: TaskConfig
+    datamodule: DSAMLDataModule
+    module: DSAMLModule
+    trainer: L.Trainer
+
+
+def configure_wandb_env() -> None:
+    """Offline wandb unless the user configured it (WANDB_MODE or WANDB_API_KEY set); never prompt."""
+    if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _sweep_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    return Path(str(hc.sweep.dir)).name
+
+
+def _has_validation(task: TaskConfig) -> bool:
+    return task.val_fraction > 0 and (task.name == "dmer" or task.val_tasks > 0)
+
+
+def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -> DSAMLDataModule:
+    return DSAMLDataModule(
+        store=str(cfg.paths.store),
+        task=task.name,
+        batch_size=task.batch_size,
+        shots=task.shots,
+        queries=task.queries,
+        tasks=task.tasks,
+        val_fraction=task.val_fraction,
+        steps_per_epoch=task.steps_per_epoch,
+        val_tasks=task.val_tasks,
+        global_name=model_cfg.global_store_name,
+        seed=int(cfg.seed),
+        num_workers=int(cfg.get("num_workers", 0)),
+        cross_song="pdmer_cross_song" in task.test_protocols,
+    )
+
+
+def build_trainer(cfg: DictConfig, with_validation: bool, extra_callbacks: tuple = ()) -> L.Trainer:
+    callbacks_cfg = cfg.get("callbacks") or {}
+    if not with_validation and "model_checkpoint" in callbacks_cfg:
+        with open_dict(cfg):
+            cfg.callbacks.model_checkpoint.monitor = None
+    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c is not None and "_target_" in c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # a progress-bar callback would contradict it
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        if name == "wandb":
+            configure_wandb_env()
+            if logger_cfg.get("group") is None and _sweep_name():
+                with open_dict(logger_cfg):
+                    logger_cfg.group = _sweep_name()
+        loggers.append(instantiate(logger_cfg))
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+
+
+def build(cfg: DictConfig) -> Job:
+    task = validate_train_config(cfg)
+    model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = datamodule_from(cfg, task, model_cfg)
+    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
+    if cfg.get("init_from") is not None:
+        load_initial_weights(module, model_cfg, str(cfg.init_from))
+    trainer = build_trainer(cfg, _has_validation(task))
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.config.update(
+                {"resolved_config": OmegaConf.to_container(cfg, resolve=True)}, allow_val_change=True
+            )
+    return Job(cfg, task, datamodule, module, trainer)
+
+
+# network options that do not change the weights' shapes or meaning
+RUNTIME_MODEL_KEYS = ("impl", "cnn_kernel", "dropout")
+
+
+def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str) -> None:
+    """`init_from`: copy a dsaml checkpoint's network weights into `module.net` (fails, naming the keys,
+    when the checkpoint's network is configured differently)."""
+    from dsaml.models.checkpoint import load_network
+
+    net, source_cfg, _ = load_network(path)
+    ours, theirs = model_cfg.to_dict(), source_cfg.to_dict()
+    differ = sorted(k for k in ours if k not in RUNTIME_MODEL_KEYS and ours[k] != theirs.get(k))
+    if differ:
+        details = ", ".join(f"model.{k}: run {ours[k]!r} vs checkpoint {theirs.get(k)!r}" for k in differ)
+        raise ValueError(f"init_from={path}: the checkpoint's network differs from this run's ({details})")
+    module.net.load_state_dict(net.state_dict())
+    log.info("initial weights from %s", path)
+
+
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: null, "last" (this run directory's checkpoints/last.ckpt) or a file."""
+    value = cfg.get("ckpt_path")
+    if value is None:
+        return None
+    path = (
+        Path(str(cfg.paths.output_dir)) / "checkpoints" / "last.ckpt" if value == "last" else Path(str(value))
+    )
+    if not path.is_file():
+        hint = (
+            " (ckpt_path=last resumes the run in hydra.run.dir: pass hydra.run.dir=<that run's folder>)"
+            if value == "last"
+            else ""
+        )
+        raise FileNotFoundError(f"ckpt_path={value!r}: checkpoint {path} does not exist{hint}")
+    return str(path)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as configured; returns the final logged metrics as floats."""
+    ckpt = resolve_ckpt(cfg)
+    job = build(cfg)
+    trainer = job.trainer
+    if cfg.get("train", True):
+        trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt)
+    elif ckpt is not None:
+        from dsaml.models.checkpoint import load_network
+
+        net, _, _ = load_network(ckpt)
+        job.module.net.load_state_dict(net.state_dict())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
+        trainer.test(job.module, datamodule=job.datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    return metrics
+
+
+EVAL_KEYS = (
+    "data",
+    "trainer",
+    "logger",
+    "paths",
+    "hydra",
+    "task_name",
+    "ckpt_path",
+    "seed",
+    "num_workers",
+    "task",
+    "protocols",
+    "overrides",
+    "callbacks",
+)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
+    """`dsaml-eval`: test the checkpoint `cfg.ckpt_path` with the protocols of its task (or `cfg.protocols`),
+    writing results.json / results.md into paths.output_dir. Returns the results dict."""
+    from dsaml.models.checkpoint import load_network
+    from dsaml.training.callbacks import ResultsWriter
+    from dsaml.training.config import PROTOCOLS
+
+    unknown = sorted(set(cfg.keys()) - set(EVAL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
+    net, model_cfg, hparams = load_network(str(cfg.ckpt_path))
+    task_values = dict(hparams.get("task") or {})
+    requested = cfg.get("task")  # the conf/task group (task=pdmer) or a bare name
+    if requested is not None:
+        name = str(requested.get("name") if isinstance(requested, DictConfig) else requested)
+        if name not in PROTOCOLS:
+            raise ValueError(f"task={name!r} is not one of {', '.join(PROTOCOLS)}")
+        if task_values.get("name") != name:  # another task than trained: its defaults, not the group's
+            task_values = {"name": name}
+    if "name" not in task_values:
+        raise ValueError(
+            f"{cfg.ckpt_path} records no task (e.g. a dsaml-convert file): pass task=dmer or task=pdmer"
+        )
+    task_values.setdefault("test_protocols", list(PROTOCOLS[task_values["name"]]))
+    if cfg.get("protocols") is not None:
+        task_values["test_protocols"] = list(cfg.protocols)
+    if cfg.get("overrides"):
+        task_values.update(OmegaConf.to_container(cfg.overrides, resolve=True))
+    task = TaskConfig.from_dict(task_values)
+    with open_dict(cfg):
+        cfg.task = OmegaConf.create(task.to_dict())
+        cfg.model = OmegaConf.create(model_cfg.to_dict())
+    validate_train_config(_as_train_keys(cfg))
+    datamodule = datamodule_from(cfg, task, model_cfg)
+    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=hparams.get("features"))
+    module.net.load_state_dict(net.state_dict())
+    trainer = build_trainer(
+        cfg, with_validation=False, extra_callbacks=(ResultsWriter(str(cfg.paths.output_dir)),)
+    )
+    trainer.test(module, datamodule=datamodule)
+    return module.test_results
+
+
+def _as_train_keys(cfg: DictConfig) -> DictConfig:
+    """The eval config viewed with only the keys `validate_train_config` knows."""
+    from dsaml.training.config import TOP_LEVEL_KEYS
+
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TOP_LEVEL_KEYS])
