@@ -125,7 +125,7 @@ def test_precomputed_global_context_cannot_run_on_raw_audio(tmp_path):
     ("override", "message"),
     [
         ("format=xml", "format='xml' is not one of csv, json"),
-        ("stitch=median", "stitch='median' is not one of mean, last, original"),
+        ("stitch=median", "stitch='median' is not one of mean, weighted, last, original"),
         ("device=tpu", "device='tpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ("stride=0", "stride=0: expected a positive integer"),
     ],
