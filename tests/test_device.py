@@ -43,8 +43,6 @@ def test_float32_parity_with_the_original_on_the_device(impl):
     torch.testing.assert_close(out["arousal"].cpu(), ref["eval_arousal"], rtol=0, atol=1e-5)
     torch.testing.assert_close(out["valence"].cpu(), ref["eval_valence"], rtol=0, atol=1e-5)
     torch.testing.assert_close(out["attention_maps"].cpu(), ref["eval_attention_maps"], rtol=0, atol=1e-5)
-    loss, _ = dsaml_loss(net.train()(x, g), *(label.to(DEVICE) for label in ref["labels"]))
-    torch.testing.assert_close(loss.cpu(), ref["train_loss"], rtol=1e-4, atol=0)
     long_x, long_g = (
         ref["long_inputs"][k] for k in ("log_mel_spectrogram", "global_imagebind_audio_embedding")
     )
@@ -53,6 +51,9 @@ def test_float32_parity_with_the_original_on_the_device(impl):
     )
     torch.testing.assert_close(arousal, ref["long_arousal"][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(valence, ref["long_valence"][0], rtol=0, atol=1e-5)
+    # last: a training-mode forward moves the BatchNorm running statistics the eval-mode checks use
+    loss, _ = dsaml_loss(net.train()(x, g), *(label.to(DEVICE) for label in ref["labels"]))
+    torch.testing.assert_close(loss.cpu(), ref["train_loss"], rtol=1e-4, atol=0)
 
 
 def test_fused_cnn_equals_the_native_kernels_on_the_device():
@@ -72,9 +73,13 @@ def test_fused_cnn_equals_the_native_kernels_on_the_device():
     assert (out_f - out_n).abs().max() <= 1e-5 * scale
     out_n.square().sum().backward()
     out_f.square().sum().backward()
-    for (name, p_n), p_f in zip(native.named_parameters(), fused.parameters(), strict=True):
-        err = (p_f.grad - p_n.grad).abs().max()
-        assert err <= 1e-3 * p_n.grad.abs().max() + 1e-5, (name, float(err))
+    for block_n, block_f in zip(native.blocks, fused.blocks, strict=True):
+        # measured against the block's largest gradient: a convolution bias before training-mode BatchNorm
+        # has gradient 0 in exact arithmetic (the batch mean removes it), so it holds rounding only
+        scale = max(p.grad.abs().max() for p in block_n.parameters())
+        for (name, p_n), p_f in zip(block_n.named_parameters(), block_f.parameters(), strict=True):
+            err = (p_f.grad - p_n.grad).abs().max()
+            assert err <= 1e-3 * scale, (name, float(err), float(scale))
     with torch.no_grad():
         assert (fused.eval()(x) - native.eval()(x)).abs().max() <= 1e-5 * scale
 
