@@ -67,11 +67,13 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so that load changes on a shared machine hit both alike
         for name, net in (("eager", eager), ("compiled", compiled)):
             best[name] = min(best[name], seconds_of(lambda n=net: predict(n)))
-    diff = max((c - e).abs().max().item() for c, e in zip(results["compiled"], results["eager"], strict=True))
+    pairs = zip(results["compiled"], results["eager"], strict=True)
+    diff = max((c - e).abs().max().item() for c, e in pairs)
 
     length = logmel.shape[0]
     table = Table(
-        title=f"predict a {args.seconds:.0f} s song ({length} segments), stride {args.stride}, stitch=weighted, "
+        title=f"predict a {args.seconds:.0f} s song ({length} segments), stride {args.stride}, "
+        f"stitch=weighted, "
         f"D={args.hidden} H={args.heads} L={args.layers}, float32, cpu, {args.threads} threads, "
         f"torch {torch.__version__}, compile mode={args.mode}"
     )
@@ -87,7 +89,8 @@ def main() -> None:
     console = Console(width=160)
     console.print(table)
     console.print(
-        f"compile time ~ {first['compiled'] - best['compiled']:.1f} s (first compiled run - best compiled run); "
+        f"compile time ~ {first['compiled'] - best['compiled']:.1f} s "
+        "(first compiled run - best compiled run); "
         f"max |compiled - eager| over arousal and valence = {diff:.2e}"
     )
 
