@@ -36,3 +36,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
+
+# Every GPU check in one command (experiments/gpu_check.py): CUDA tests, DMER/PDMER on trainer=gpu and ddp,
+# the benchmarks in float32 and bf16 -> gpu_check.md in $OUT (or outputs/gpu_check/); without CUDA, a dry
+# run at tiny sizes on the CPU. On a machine with its own torch and no venv: make gpu-check STAMP= PY=python3
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) experiments/gpu_check.py

@@ -26,10 +26,16 @@ def tiny_net(seed: int = 0, **overrides) -> DSAMLNet:
     return DSAMLNet(DSAMLConfig(**{**TINY_MODEL, **overrides}))
 
 
-def save_tiny_ckpt(path: Path) -> Path:
+def save_tiny_ckpt(path: Path, window: int = 60) -> Path:
     """A randomly initialised tiny network saved as a dsaml checkpoint with the default feature config and a
-    task config (inner steps / lr) as dsaml-train writes it."""
-    task = {"inner_steps": 4, "eval_inner_steps": None, "inner_lr": 0.05, "first_order": True}
+    task config (inner steps / lr, window length `window`) as dsaml-train writes it."""
+    task = {
+        "inner_steps": 4,
+        "eval_inner_steps": None,
+        "inner_lr": 0.05,
+        "first_order": True,
+        "support_segments": window,
+    }
     return save_network(path, tiny_net(), features=FeatureConfig().to_dict(), task=task)
 
 

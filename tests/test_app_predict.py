@@ -18,7 +18,7 @@ from dsaml.cli.predict import output_names, run
 from dsaml.data.features import FeatureConfig
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network, save_network
-from dsaml.predictor import CheckpointError, Predictor
+from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Predictor
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,9 @@ def test_csv_and_png_match_predict_song(tiny_ckpt, songs, tmp_path):
         assert len(table) == n_segments  # floor((duration - 15 s) / 0.5 s)
         np.testing.assert_allclose(table[:, 0], 15.0 + 0.5 * np.arange(n_segments))
         # independent log-mel (direct torchaudio computation) -> the model's whole-song prediction
-        arousal, valence = predict_song(net, direct_logmel(songs[name]))
+        arousal, valence = predict_song(
+            net, direct_logmel(songs[name]), window=60, stride=DEFAULT_STRIDE, stitch=DEFAULT_STITCH
+        )
         np.testing.assert_allclose(table[:, 1], arousal.numpy(), atol=2e-5)
         np.testing.assert_allclose(table[:, 2], valence.numpy(), atol=2e-5)
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
@@ -76,11 +78,11 @@ def test_folder_input_json_format(tiny_ckpt, songs, tmp_path):
 
 
 def test_ten_minute_song_uses_sliding_windows(tiny_ckpt):
-    """10 minutes = 1170 segments from 15 s: times and values as predict_song with stride 1 and 'mean'."""
+    """10 minutes = 1170 segments from 15 s: times and values as predict_song with the checkpoint's window."""
     predictor = Predictor.load(tiny_ckpt, device="cpu")
     logmel = np.random.default_rng(0).normal(-5, 2, size=(1170, 51, 128)).astype(np.float32)
     curves = predictor.predict(logmel, stride=4)
-    arousal, valence = predict_song(predictor.net, logmel, stride=4)
+    arousal, valence = predict_song(predictor.net, logmel, window=60, stride=4, stitch=DEFAULT_STITCH)
     assert curves.time_s[0] == 15.0 and curves.time_s[-1] == 15.0 + 0.5 * 1169
     np.testing.assert_array_equal(curves.arousal, arousal.numpy())
     np.testing.assert_array_equal(curves.valence, valence.numpy())
@@ -123,7 +125,7 @@ def test_precomputed_global_context_cannot_run_on_raw_audio(tmp_path):
     ("override", "message"),
     [
         ("format=xml", "format='xml' is not one of csv, json"),
-        ("stitch=median", "stitch='median' is not one of mean, last, original"),
+        ("stitch=median", "stitch='median' is not one of mean, weighted, last, original"),
         ("device=tpu", "device='tpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ("stride=0", "stride=0: expected a positive integer"),
     ],
@@ -167,3 +169,43 @@ def test_command_line(tiny_ckpt, songs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(json.loads((tmp_path / "short.json").read_text())["arousal"]) == 10
     assert (tmp_path / "short.png").is_file()
+
+
+def test_a_20_segment_model_is_predicted_with_20_segment_windows(songs, tmp_path):
+    """The checkpoint owns its window: a model trained on 20-segment clips (PMEmo) gets 20-segment windows
+    from dsaml-predict, as dsaml-eval scores it, not 60."""
+    ckpt = save_tiny_ckpt(tmp_path / "pmemo.ckpt", window=20)
+    predictor = Predictor.load(ckpt, device="cpu")
+    assert predictor.window == 20
+    code, text = predict(
+        ckpt, [str(songs["long"])], tmp_path / "out", "plot=false", "stride=1", "stitch=mean"
+    )
+    assert code == 0, text
+    table = read_csv(tmp_path / "out" / "long.csv")
+    logmel = direct_logmel(songs["long"])
+    for window, same in ((20, True), (60, False)):
+        arousal, valence = predict_song(predictor.net, logmel, window=window, stride=1, stitch="mean")
+        assert np.allclose(table[:, 1], arousal.numpy(), atol=2e-5) is same, window
+        assert np.allclose(table[:, 2], valence.numpy(), atol=2e-5) is same, window
+
+
+def test_the_window_comes_from_the_checkpoint_or_it_is_refused(tmp_path):
+    features = FeatureConfig().to_dict()
+    converted = save_network(tmp_path / "c.ckpt", tiny_net(), features=features, converted_from="original")
+    assert Predictor.load(converted, device="cpu").window == 60  # the original's procedure
+    bare = save_network(tmp_path / "b.ckpt", tiny_net(), features=features, task={"inner_steps": 4})
+    with pytest.raises(CheckpointError, match="records no window length.*task.support_segments"):
+        Predictor.load(bare, device="cpu")
+    bad = save_network(tmp_path / "x.ckpt", tiny_net(), features=features, task={"support_segments": 0})
+    with pytest.raises(CheckpointError, match="task.support_segments=0 is not a positive integer"):
+        Predictor.load(bad, device="cpu")
+
+
+def test_progress_advances_per_window_batch(tiny_ckpt):
+    predictor = Predictor.load(tiny_ckpt, device="cpu")
+    logmel = np.random.default_rng(0).normal(-5, 2, size=(200, 51, 128)).astype(np.float32)
+    calls = []
+    predictor.predict(
+        logmel, stride=1, batch_size=50, progress=lambda done, total: calls.append((done, total))
+    )
+    assert calls == [(50, 141), (100, 141), (141, 141)]  # 200 - 60 + 1 windows

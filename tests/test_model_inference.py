@@ -1,4 +1,4 @@
-"""Sliding-window prediction: stitching rules, per-song encoding, short songs."""
+"""Sliding-window prediction: stitching rules, per-song encoding, short songs, window length, progress."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dsaml.inference import predict_song, stitch_windows, window_starts
+from dsaml.inference import edge_weights, predict_song, stitch_windows, window_starts
 from dsaml.models import DSAMLConfig, DSAMLNet
 
 
@@ -41,15 +41,19 @@ def _position_song(length):
 @pytest.mark.parametrize(("length", "stride"), [(100, 1), (183, 1), (150, 7), (61, 4)])
 def test_default_stitching_recovers_a_function_of_position(length, stride):
     position = torch.arange(length, dtype=torch.float32)
-    for rule in ("mean", "last"):
-        arousal, valence = predict_song(PositionNet(), _position_song(length), stride=stride, stitch=rule)
+    for rule in ("mean", "weighted", "last"):
+        arousal, valence = predict_song(
+            PositionNet(), _position_song(length), window=60, stride=stride, stitch=rule
+        )
         torch.testing.assert_close(arousal, torch.sin(position / 7.0), rtol=0, atol=1e-6)
         torch.testing.assert_close(valence, position**2 / 1000.0, rtol=1e-6, atol=1e-6)
 
 
 def test_original_stitching_shifts_arousal_by_one_after_position_59():
     length = 100
-    arousal, valence = predict_song(PositionNet(), _position_song(length), stitch="original")
+    arousal, valence = predict_song(
+        PositionNet(), _position_song(length), window=60, stride=1, stitch="original"
+    )
     position = torch.arange(length, dtype=torch.float32)
     torch.testing.assert_close(valence, position**2 / 1000.0, rtol=0, atol=1e-6)  # valence is aligned
     source = torch.cat([torch.arange(60), torch.arange(61, 96), torch.arange(95, 100)]).float()
@@ -79,7 +83,7 @@ def test_prediction_equals_plain_forwards_of_each_window():
         DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64, global_context="precomputed:x")
     ).eval()
     logmel, g = torch.randn(75, 51, 128), torch.randn(75, 32)
-    arousal, valence = predict_song(net, logmel, g, stride=1, stitch="mean", batch_size=4)
+    arousal, valence = predict_song(net, logmel, g, window=60, stride=1, stitch="mean", batch_size=4)
     with torch.no_grad():
         windows = [net(logmel[None, s : s + 60], g[None, s : s + 60]) for s in range(16)]
     position_sum = torch.zeros(75)
@@ -90,7 +94,7 @@ def test_prediction_equals_plain_forwards_of_each_window():
         count[s : s + 60] += 1
     torch.testing.assert_close(valence, position_sum / count, rtol=0, atol=1e-5)
     assert arousal.shape == (75,) and net.training is False
-    short_a, _ = predict_song(net, logmel[:40], g[:40])  # < 60 segments: one forward
+    short_a, _ = predict_song(net, logmel[:40], g[:40], window=60, stride=1, stitch="mean")  # one forward
     with torch.no_grad():
         torch.testing.assert_close(
             short_a, net(logmel[None, :40], g[None, :40])["arousal"][0], rtol=0, atol=1e-6
@@ -100,16 +104,69 @@ def test_prediction_equals_plain_forwards_of_each_window():
 def test_learned_context_song_prediction_uses_centred_windows():
     torch.manual_seed(0)
     net = DSAMLNet(DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64)).train()
-    arousal, valence = predict_song(net, torch.randn(90, 51, 128), stitch="mean")
+    arousal, valence = predict_song(net, torch.randn(90, 51, 128), window=60, stride=1, stitch="mean")
     assert arousal.shape == valence.shape == (90,) and torch.isfinite(arousal).all()
     assert net.training  # mode restored
 
 
 def test_bad_arguments_fail_with_allowed_values():
     net = PositionNet()
-    with pytest.raises(ValueError, match="mean, last, original"):
-        predict_song(net, _position_song(70), stitch="median")
+    with pytest.raises(ValueError, match="mean, weighted, last, original"):
+        predict_song(net, _position_song(70), window=60, stride=1, stitch="median")
     with pytest.raises(ValueError, match="stride-1 rule"):
-        predict_song(net, _position_song(70), stitch="original", stride=2)
+        predict_song(net, _position_song(70), window=60, stitch="original", stride=2)
     with pytest.raises(ValueError, match=r"expected \[T, 51, 128\]"):
-        predict_song(net, torch.zeros(1, 70, 51, 128))
+        predict_song(net, torch.zeros(1, 70, 51, 128), window=60, stride=1, stitch="mean")
+    with pytest.raises(ValueError, match="window=0"):
+        predict_song(net, _position_song(70), window=0, stride=1, stitch="mean")
+    with pytest.raises(TypeError, match="window"):  # no silent default window
+        predict_song(net, _position_song(70), stride=1, stitch="mean")
+
+
+def test_weighted_stitching_by_hand():
+    """window 4 (weights 1, 2, 2, 1), windows at 0 and 2 of a 6-position song: positions 2 and 3 are covered
+    by window 0 (slots 2, 3: weights 2, 1) and window 1 (slots 0, 1: weights 1, 2)."""
+    torch.testing.assert_close(edge_weights(4), torch.tensor([1.0, 2.0, 2.0, 1.0]))
+    torch.testing.assert_close(edge_weights(5), torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]))
+    outputs = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])
+    stitched = stitch_windows(outputs, [0, 2], 6, "weighted", "arousal")
+    expected = [1.0, 2.0, (2 * 3 + 1 * 10) / 3, (1 * 4 + 2 * 20) / 3, 30.0, 40.0]
+    torch.testing.assert_close(stitched, torch.tensor(expected))
+    mean = stitch_windows(outputs, [0, 2], 6, "mean", "arousal")
+    torch.testing.assert_close(mean, torch.tensor([1.0, 2.0, 6.5, 12.0, 30.0, 40.0]))
+
+
+class WindowSpy(PositionNet):
+    """PositionNet that records the windows it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[torch.Tensor] = []
+
+    def predict_windows(self, h, index, cache):
+        self.windows.append(index)
+        return super().predict_windows(h, index, cache)
+
+
+def test_window_length_is_the_callers_and_progress_counts_window_batches():
+    """A 20-segment model (PMEmo's clip length): 70 segments at stride 10 are windows 0, 10, ..., 50 of 20
+    segments, in batches of 4; progress reports (done, total) after each batch."""
+    net, calls = WindowSpy(), []
+    arousal, _ = predict_song(
+        net,
+        _position_song(70),
+        window=20,
+        stride=10,
+        stitch="mean",
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    index = torch.cat(net.windows)
+    assert index.shape == (6, 20) and index[:, 0].tolist() == [0, 10, 20, 30, 40, 50]
+    assert calls == [(4, 6), (6, 6)]
+    torch.testing.assert_close(arousal, torch.sin(torch.arange(70.0) / 7.0), rtol=0, atol=1e-6)
+    calls.clear()
+    predict_song(
+        net, _position_song(15), window=20, stride=1, stitch="mean", progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(1, 1)]  # shorter than a window: one forward

@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from dsaml.inference import predict_song
+from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.losses import dsaml_loss
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.compat import (
@@ -87,7 +87,9 @@ def test_first_order_maml_through_learn2learn(ref, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_long_song_sliding_windows_with_original_stitching(ref, impl):
     x, g = _inputs(ref, "long_inputs")
-    arousal, valence = predict_song(_net(ref, impl), x[0], g[0], stride=1, stitch="original")
+    arousal, valence = predict_song(
+        _net(ref, impl), x[0], g[0], window=ORIGINAL_WINDOW, stride=1, stitch="original"
+    )
     torch.testing.assert_close(arousal, ref["long_arousal"][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(valence, ref["long_valence"][0], rtol=0, atol=1e-5)
 

@@ -8,6 +8,7 @@ fusion once per song, windows of the encoded sequence batched through the fast p
 
     .venv/bin/python experiments/benchmarks/bench_inference.py                  # 600 s song, paper config
     .venv/bin/python experiments/benchmarks/bench_inference.py --seconds 120 --hidden 64 --heads 4 --layers 2
+    .venv/bin/python experiments/benchmarks/bench_inference.py --device cuda --bf16   # + ours, bf16 autocast
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ from common import add_network_arguments, bench_network
 from rich.console import Console
 from rich.table import Table
 
-WINDOW = 60
+from dsaml.inference import ORIGINAL_WINDOW as WINDOW
 
 
-def _song(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    length = int((args.seconds - 15) / 0.5)  # segments of a full song (docs/method.md, "Features")
+def song_inputs(seconds: float, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random song of `seconds`: logmel [T, 51, 128] and per-segment global vectors [T, hidden], T =
+    floor((seconds - 15) / 0.5) (the segments of a full song from 15 s; docs/method.md, "Features")."""
+    length = int((seconds - 15) / 0.5)
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(length, 51, 128, generator=gen), torch.randn(length, args.hidden, generator=gen)
+    return torch.randn(length, 51, 128, generator=gen), torch.randn(length, hidden, generator=gen)
 
 
-def _net(args: argparse.Namespace, impl: str):
+def trained_like_net(args: argparse.Namespace, impl: str):
+    """`bench_network` in eval mode with non-trivial BatchNorm running statistics (as after training)."""
     net = bench_network(args, impl).eval()
-    with torch.no_grad():  # non-trivial BatchNorm running statistics, as after training
+    with torch.no_grad():
         for block in net.spectrogram.blocks:
             block.bn.running_mean.uniform_(-1, 1)
             block.bn.running_var.uniform_(0.5, 2)
@@ -66,8 +70,8 @@ def _run(args: argparse.Namespace, variant: str) -> dict:
 
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
-    logmel, global_vectors = (x.to(args.device) for x in _song(args))
-    net = _net(args, "eager" if variant == "baseline" else "fast").to(args.device)
+    logmel, global_vectors = (x.to(args.device) for x in song_inputs(args.seconds, args.hidden))
+    net = trained_like_net(args, "eager" if variant == "baseline" else "fast").to(args.device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if cuda:
         torch.cuda.synchronize()
@@ -76,9 +80,16 @@ def _run(args: argparse.Namespace, variant: str) -> dict:
     if variant == "baseline":
         arousal, valence = original_procedure(net, logmel, global_vectors, args.batch_size)
     else:
-        arousal, valence = predict_song(
-            net, logmel, global_vectors, stride=1, stitch="original", batch_size=args.batch_size
-        )
+        with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=variant == "ours+bf16"):
+            arousal, valence = predict_song(
+                net,
+                logmel,
+                global_vectors,
+                window=WINDOW,
+                stride=1,
+                stitch="original",
+                batch_size=args.batch_size,
+            )
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -102,10 +113,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600.0, help="song duration")
     add_network_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true", help="add a row: ours under bf16 autocast")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     results = {}
-    for variant in ("baseline", "ours"):
+    for variant in ("baseline", "ours", "ours+bf16")[: 3 if args.bf16 else 2]:
         with ctx.Pool(1) as pool:
             results[variant] = pool.apply(_run, (args, variant))
     base, ours = results["baseline"], results["ours"]
@@ -126,9 +138,22 @@ def main() -> None:
         f"{base['time'] / ours['time']:.2f}x",
         f"{ours['peak_mib']:.0f}",
     )
+    if args.bf16:
+        fast = results["ours+bf16"]
+        table.add_row(
+            "ours under bf16 autocast",
+            f"{fast['time']:.2f}",
+            f"{base['time'] / fast['time']:.2f}x",
+            f"{fast['peak_mib']:.0f}",
+        )
     console = Console(width=120)
     console.print(table)
     console.print(f"max |ours - original| over arousal and valence = {diff:.2e}")
+    if args.bf16:  # reduced precision: how far it moves the curves (not a parity claim)
+        bf16_diff = max(
+            (results["ours+bf16"][k] - base[k]).abs().max().item() for k in ("arousal", "valence")
+        )
+        console.print(f"bf16: max |ours under bf16 - original| = {bf16_diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,14 @@
 The per-segment part of the network (spectrogram CNN + fusion with the global vector, and the first encoder
 layer's query/key/value projections, shared by both attention passes) is computed once per song; the
 windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a time.
-Stitching rules (windows start at 0, stride, 2 stride, ... and the last one ends at the song's end):
+The window length is the model's training clip length (a checkpoint's `task.support_segments`: 60 on DEAM,
+20 on PMEmo); callers pass it, there is no default. Stitching rules (windows start at 0, stride, 2 stride, ...
+and the last one ends at the song's end):
 
-- "mean" (default, correctly aligned): each position is the mean of the outputs of every window covering it.
+- "mean" (correctly aligned): each position is the mean of the outputs of every window covering it.
+- "weighted": as "mean", but each window's output at window position j (0-based) counts with weight
+  min(j + 1, window - j), its distance from the nearer window edge: positions near an edge, where attention
+  sees one side only, count less (experiments/benchmarks/bench_stride.py measures both).
 - "last": the first window's outputs, then for each later window the outputs at the positions it adds
   (stride 1: its last output) -- the original's valence rule, applied correctly to both channels.
 - "original": the original exactly (stride 1 only): valence as "last"; arousal takes the first window's
@@ -17,14 +22,17 @@ Stitching rules (windows start at 0, stride, 2 stride, ... and the last one ends
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dsaml.models.network import DSAMLNet
 
-STITCH_RULES = ("mean", "last", "original")
-WINDOW = 60  # segments per window (30 s), as in training
+STITCH_RULES = ("mean", "weighted", "last", "original")
+ORIGINAL_WINDOW = 60  # segments per window (30 s) of the original's prediction procedure
 CNN_CHUNK = 512  # segments per spectrogram-encoder call (bounds peak memory on long songs)
 
 
@@ -36,17 +44,22 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def edge_weights(window: int) -> Tensor:
+    """Weight of each window position for stitch="weighted": min(j + 1, window - j), j = 0 .. window - 1."""
+    position = torch.arange(window)
+    return torch.minimum(position + 1, window - position).float()
+
+
 def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, channel: str) -> Tensor:
     """outputs [n_windows, window] of one channel ("arousal" | "valence") -> [length] by `rule`."""
     n, window = outputs.shape
-    if rule == "mean":
-        total = outputs.new_zeros(length)
-        count = outputs.new_zeros(length)
-        index = torch.tensor(starts, device=outputs.device)[:, None] + torch.arange(
-            window, device=outputs.device
-        )
-        total.index_add_(0, index.flatten(), outputs.flatten())
-        count.index_add_(0, index.flatten(), torch.ones_like(outputs).flatten())
+    if rule in ("mean", "weighted"):
+        position = torch.arange(window, device=outputs.device)
+        index = torch.tensor(starts, device=outputs.device)[:, None] + position
+        weight = edge_weights(window) if rule == "weighted" else torch.ones(window)
+        weights = weight.to(outputs).expand(n, window)
+        total = outputs.new_zeros(length).index_add_(0, index.flatten(), (outputs * weights).flatten())
+        count = outputs.new_zeros(length).index_add_(0, index.flatten(), weights.flatten())
         return total / count
     if rule == "last" or (rule == "original" and channel == "valence"):
         pieces = [outputs[0]]
@@ -62,54 +75,109 @@ def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, c
     return torch.cat(pieces)
 
 
-@torch.no_grad()
-def predict_song(
-    net: DSAMLNet,
-    logmel: Tensor | np.ndarray,
-    global_vectors: Tensor | np.ndarray | None = None,
-    stride: int = 1,
-    stitch: str = "mean",
-    batch_size: int = 32,
-    window: int = WINDOW,
-) -> tuple[Tensor, Tensor]:
-    """Predict a whole song: logmel [T, 51, 128], global_vectors [1 or T, D_g] or None (None for the "learned"
-    and "none" global contexts) -> (arousal [T], valence [T]) float32 tensors on the CPU.
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[None]:
+    """Run the block with `net` in eval mode, restoring its mode afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
 
-    Fewer than `window` segments: one forward. Otherwise windows of `window` segments every `stride` segments,
-    stitched by `stitch` (see the module docstring). The network is used in eval mode (restored afterwards).
-    """
-    if stitch not in STITCH_RULES:
-        raise ValueError(f"stitch={stitch!r} is not one of {', '.join(STITCH_RULES)}")
-    if stitch == "original" and stride != 1:
-        raise ValueError(f"stitch='original' reproduces the original's stride-1 rule; got stride={stride}")
-    if stride < 1 or batch_size < 1:
-        raise ValueError(f"stride={stride} and batch_size={batch_size} must be positive integers")
+
+def _song_inputs(
+    net: nn.Module, logmel: Tensor | np.ndarray, global_vectors: Tensor | np.ndarray | None
+) -> tuple[Tensor, Tensor | None]:
+    """logmel [T, 51, 128] and global vectors [1 or T, D_g] as tensors of the network's dtype and device,
+    with a batch axis added: [1, T, 51, 128], [1, 1 or T, D_g]."""
     param = next(net.parameters())
     logmel = torch.as_tensor(logmel, dtype=param.dtype, device=param.device)
     if logmel.ndim != 3:
         raise ValueError(f"logmel has shape {tuple(logmel.shape)}, expected [T, 51, 128] (one song)")
     if global_vectors is not None:
         global_vectors = torch.as_tensor(global_vectors, dtype=param.dtype, device=param.device)[None]
-    was_training = net.training
-    net.eval()
-    try:
-        h = net.encode_segments(logmel[None], global_vectors, song=True, chunk=CNN_CHUNK)[0]  # [T, D]
-        length = h.shape[0]
-        if length <= window:
-            out = net.predict_encoded(h[None], return_diagonal=False)
-            return out["arousal"][0].float().cpu(), out["valence"][0].float().cpu()
-        starts = window_starts(length, window, stride)
+    return logmel[None], global_vectors
+
+
+@torch.no_grad()
+def window_outputs(
+    net: DSAMLNet,
+    logmel: Tensor | np.ndarray,
+    global_vectors: Tensor | np.ndarray | None = None,
+    *,
+    window: int,
+    starts: list[int],
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode outputs of the windows of `window` segments starting at `starts` (each <= T - window) of
+    one song (logmel [T, 51, 128], global_vectors as in `predict_song`) -> (arousal, valence), each
+    [len(starts), window], on the network's device. The song is encoded once; `progress(done, total)` after
+    each batch of windows."""
+    logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
+    with eval_mode(net):
+        h = net.encode_segments(logmel, global_vectors, song=True, chunk=CNN_CHUNK)[0]  # [T, D]
         cache = net.song_cache(h)
         arousal, valence = [], []
+        position = torch.arange(window, device=h.device)
         for first in range(0, len(starts), batch_size):
-            index = torch.tensor(starts[first : first + batch_size], device=h.device)[:, None] + torch.arange(
-                window, device=h.device
-            )  # [n, window]
-            out = net.predict_windows(h, index, cache)
+            index = torch.tensor(starts[first : first + batch_size], device=h.device)[:, None] + position
+            out = net.predict_windows(h, index, cache)  # [n, window] each
             arousal.append(out["arousal"])
             valence.append(out["valence"])
-        a = stitch_windows(torch.cat(arousal), starts, length, stitch, "arousal")
-        v = stitch_windows(torch.cat(valence), starts, length, stitch, "valence")
-        return a.float().cpu(), v.float().cpu()
-    finally:
-        net.train(was_training)
+            if progress is not None:
+                progress(min(first + batch_size, len(starts)), len(starts))
+    return torch.cat(arousal), torch.cat(valence)
+
+
+@torch.no_grad()
+def predict_song(
+    net: DSAMLNet,
+    logmel: Tensor | np.ndarray,
+    global_vectors: Tensor | np.ndarray | None = None,
+    *,
+    window: int,
+    stride: int,
+    stitch: str,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Predict a whole song: logmel [T, 51, 128], global_vectors [1 or T, D_g] or None (None for the "learned"
+    and "none" global contexts) -> (arousal [T], valence [T]) float32 tensors on the CPU.
+
+    Fewer than `window` segments: one forward. Otherwise windows of `window` segments every `stride` segments
+    (`window_outputs`), stitched by `stitch` (see the module docstring); `progress(done, total)` is called
+    with the number of windows done after each batch of `batch_size` windows. The network is used in eval
+    mode (restored afterwards).
+    """
+    if stitch not in STITCH_RULES:
+        raise ValueError(f"stitch={stitch!r} is not one of {', '.join(STITCH_RULES)}")
+    if stitch == "original" and stride != 1:
+        raise ValueError(f"stitch='original' reproduces the original's stride-1 rule; got stride={stride}")
+    if min(window, stride, batch_size) < 1:
+        raise ValueError(
+            f"window={window}, stride={stride} and batch_size={batch_size} must be positive integers"
+        )
+    logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
+    length = logmel.shape[1]
+    if length <= window:
+        with eval_mode(net):
+            h = net.encode_segments(logmel, global_vectors, song=True, chunk=CNN_CHUNK)
+            out = net.predict_encoded(h, return_diagonal=False)
+        if progress is not None:
+            progress(1, 1)
+        return out["arousal"][0].float().cpu(), out["valence"][0].float().cpu()
+    starts = window_starts(length, window, stride)
+    arousal, valence = window_outputs(
+        net,
+        logmel[0],
+        None if global_vectors is None else global_vectors[0],
+        window=window,
+        starts=starts,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    a = stitch_windows(arousal, starts, length, stitch, "arousal")
+    v = stitch_windows(valence, starts, length, stitch, "valence")
+    return a.float().cpu(), v.float().cpu()

@@ -31,7 +31,6 @@ import torch
 from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, read_time_rows
 from dsaml.data.features import FeatureConfig
-from dsaml.inference import WINDOW
 from dsaml.meta import (
     AUTO,
     AdaptationConfig,
@@ -251,17 +250,19 @@ def load_listener(
                 f"{len(logmel)} segments"
             )
         songs.append(
-            AnnotatedSong(song, files[song], logmel[first : first + n], arousal[:n], valence[:n], first)
+            AnnotatedSong(
+                song,
+                files[song],
+                logmel[first : first + n],
+                arousal[:n],
+                valence[:n],
+                first,
+            )
         )
     return songs
 
 
 # ------------------------------------------------------------------ scores
-def window_of(hparams: dict[str, Any]) -> int:
-    """The checkpoint's window (task.support_segments; WINDOW when it records no task)."""
-    return int((hparams.get("task") or {}).get("support_segments") or WINDOW)
-
-
 def song_scores(
     model: Personalized, predictor: Predict, song: AnnotatedSong, device: torch.device | str
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:

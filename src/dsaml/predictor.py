@@ -5,15 +5,18 @@
     curves = predictor.predict(logmel)        # Curves: time_s, arousal, valence [T]
 
 The feature settings come from the checkpoint (`hyper_parameters["features"]`), so a song is featurised
-exactly as the training data was. A personalised checkpoint (dsaml-personalize) may carry a listener's
-output map (`hyper_parameters["personalized"]["calibration"]`), which `predict` applies. Label/prediction i
-belongs to segment i, which starts at start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's
+exactly as the training data was, and so does the sliding-window length (`Predictor.window`: the training
+clip length `task.support_segments`; 60, the original's window, for `dsaml-convert` output). A personalised
+checkpoint (dsaml-personalize) may carry a listener's output map
+(`hyper_parameters["personalized"]["calibration"]`), which `predict` applies. Label/prediction
+i belongs to segment i, which starts at start_s + i * segment_s seconds (15.0, 15.5, ... as DEAM's
 sample_15000ms, sample_15500ms, ...).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,17 @@ import torch
 from dsaml.data.catalogue import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
 from dsaml.data.validation import ConfigError
-from dsaml.inference import predict_song
+from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.meta.calibration import Calibration
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import load_network
+
+# What the user tools (dsaml-predict, dsaml-personalize) use unless told otherwise; chosen from the
+# accuracy/time table of experiments/benchmarks/bench_stride.py (README, "Whole-song prediction stride").
+# Stride 10 + "weighted" scored 0.7380 against stride 1 + "mean"'s 0.7366 on the demo's test songs, with
+# curves 0.0023 (mean |difference|) from stride 1 + "weighted", at a tenth of the windows.
+DEFAULT_STRIDE = 10
+DEFAULT_STITCH = "weighted"
 
 
 class CheckpointError(ValueError):
@@ -44,6 +54,23 @@ class Curves:
 
     def rows(self) -> list[tuple[float, float, float]]:
         return list(zip(self.time_s.tolist(), self.arousal.tolist(), self.valence.tolist(), strict=True))
+
+
+def window_of(hparams: dict[str, Any], path: str | Path) -> int:
+    """The checkpoint's sliding-window length in segments: its training clip length `task.support_segments`,
+    or the original's 60 for a `dsaml-convert` file; CheckpointError when it records neither."""
+    task = hparams.get("task") or {}
+    if "support_segments" in task:
+        window = task["support_segments"]
+        if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+            raise CheckpointError(f"{path}: task.support_segments={window!r} is not a positive integer")
+        return window
+    if "converted_from" in hparams:
+        return ORIGINAL_WINDOW
+    raise CheckpointError(
+        f"{path}: the checkpoint records no window length (hyper_parameters.task.support_segments, the "
+        "training clip length in segments); dsaml-train and dsaml-convert checkpoints have it"
+    )
 
 
 def check_raw_audio_model(cfg: DSAMLConfig, path: str | Path) -> None:
@@ -66,6 +93,7 @@ class Predictor:
     hparams: dict[str, Any]
     device: torch.device
     path: Path
+    window: int  # sliding-window length in segments (window_of)
     calibration: Calibration | None = None  # the listener's output map of a personalised checkpoint
 
     @classmethod
@@ -79,6 +107,7 @@ class Predictor:
         except ValueError as error:  # load_network names what the file is instead
             raise CheckpointError(str(error)) from error
         check_raw_audio_model(cfg, path)
+        window = window_of(hparams, path)
         stored = dict(hparams.get("features") or {})
         if not stored:
             warnings.warn(
@@ -87,7 +116,8 @@ class Predictor:
             )
         personal = hparams.get("personalized") or {}
         calibration = Calibration.from_dict(personal["calibration"]) if personal.get("calibration") else None
-        return cls(net, FeatureConfig.from_mapping(stored), dict(hparams), resolved, path, calibration)
+        features = FeatureConfig.from_mapping(stored)
+        return cls(net, features, dict(hparams), resolved, path, window, calibration)
 
     @property
     def cfg(self) -> DSAMLConfig:
@@ -111,14 +141,23 @@ class Predictor:
         self,
         logmel: np.ndarray,
         net: torch.nn.Module | None = None,
-        stride: int = 1,
-        stitch: str = "mean",
+        stride: int = DEFAULT_STRIDE,
+        stitch: str = DEFAULT_STITCH,
         batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Curves:
-        """Whole-song curves by `predict_song` (sliding windows of 60 segments; one forward if shorter); with
-        the predictor's own network, its calibration map (if any) is applied."""
+        """Whole-song curves by `predict_song` with windows of `self.window` segments (one forward if the song
+        is shorter); with the predictor's own network, its calibration map (if any) is applied.
+        `progress(done, total)` after each batch of windows."""
         arousal, valence = predict_song(
-            net or self.net, logmel, None, stride=stride, stitch=stitch, batch_size=batch_size
+            net or self.net,
+            logmel,
+            None,
+            window=self.window,
+            stride=stride,
+            stitch=stitch,
+            batch_size=batch_size,
+            progress=progress,
         )
         if net is None and self.calibration is not None:
             arousal, valence = self.calibration.apply(arousal, valence)

@@ -29,7 +29,7 @@ from dsaml.data.validation import ConfigError, from_mapping
 from dsaml.meta import AUTO, AdaptationConfig, Personalized, Predict, calibration_prior
 from dsaml.metrics import REPORTED
 from dsaml.models.checkpoint import save_network
-from dsaml.personalize import AnnotationError, holdout_scores, load_listener, personalize_listener, window_of
+from dsaml.personalize import AnnotationError, holdout_scores, load_listener, personalize_listener
 from dsaml.plots import plot_curves
 from dsaml.predictor import CheckpointError, Predictor
 
@@ -137,7 +137,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     if not support:
         return _fail(console, "every annotated song is held out; nothing to adapt on")
     device = predictor.device
-    window = Predict(window_of(predictor.hparams))
+    window = Predict(predictor.window)
     console.print(
         f"dsaml-personalize: {config.ckpt}, method={adaptation.method}, on {len(support)} song(s) "
         f"({sum(len(s.arousal) for s in support)} segments), steps {adaptation.steps}, lr {adaptation.lr:g}, "

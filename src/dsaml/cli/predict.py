@@ -28,7 +28,7 @@ from dsaml.data.features import resolve_device
 from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
 from dsaml.inference import STITCH_RULES
 from dsaml.plots import plot_prediction
-from dsaml.predictor import CheckpointError, Curves, Predictor, collect_audio
+from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Curves, Predictor, collect_audio
 
 FORMATS = ("csv", "json")
 
@@ -43,8 +43,8 @@ class PredictConfig:
     format: str = "csv"
     plot: bool = True
     device: str = "auto"
-    stride: int = 1
-    stitch: str = "mean"
+    stride: int = DEFAULT_STRIDE
+    stitch: str = DEFAULT_STITCH
     batch_size: int = 32
     recursive: bool = False
     trust_checkpoint: bool = False
@@ -107,7 +107,8 @@ def write_curves(curves: Curves, path: Path, fmt: str, meta: dict[str, str]) -> 
 def predict_files(
     predictor: Predictor, config: PredictConfig, console: Console
 ) -> tuple[list[Path], list[str]]:
-    """Predict every input file -> (written files, one error line per failed song)."""
+    """Predict every input file -> (written files, one error line per failed song). Two bars: songs, and the
+    current song's windows (advanced per batch of windows)."""
     out = Path(config.out)
     names = output_names(config.input_files)
     written, failures = [], []
@@ -121,8 +122,16 @@ def predict_files(
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("songs", total=len(names), rate="")
+        windows = progress.add_task("  windows", total=None, rate="", visible=False)
+
+        def on_batch(done: int, total: int) -> None:
+            elapsed = progress.tasks[windows].elapsed or 0.0
+            rate = f"{done / elapsed:.0f} windows/s" if elapsed else ""
+            progress.update(windows, completed=done, total=total, rate=rate)
+
         for path, name in names.items():
             progress.update(task, description=f"{name[:30]:30s}")
+            progress.reset(windows, total=None, visible=True, rate="")
             try:
                 logmel = predictor.logmel(path, extractor)
             except (AudioDecodeError, ValueError) as error:
@@ -131,7 +140,11 @@ def predict_files(
                 progress.advance(task)
                 continue
             curves = predictor.predict(
-                logmel, stride=config.stride, stitch=config.stitch, batch_size=config.batch_size
+                logmel,
+                stride=config.stride,
+                stitch=config.stitch,
+                batch_size=config.batch_size,
+                progress=on_batch,
             )
             meta = {"song": name, "audio": str(path), "checkpoint": str(predictor.path)}
             written.append(write_curves(curves, out / name, config.format, meta))
