@@ -74,7 +74,8 @@ def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):
         for key in ("arousal_ccc", "valence_rmse", "average"):
             assert rows["pdmer_within_song"][key] == pytest.approx(rows["pdmer_unadapted"][key], abs=1e-5)
     for method in ("calibrate", "head_calibrate"):
-        cfg = eval_config(tiny_store, tmp_path / method, ckpt, *base, f"adaptation={method}", "adaptation.steps=2")
+        overrides = [*base, f"adaptation={method}", "adaptation.steps=2"]
+        cfg = eval_config(tiny_store, tmp_path / method, ckpt, *overrides)
         rows = _rows(evaluate(cfg))
         assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"]
         assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
