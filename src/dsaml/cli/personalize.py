@@ -50,6 +50,7 @@ class PersonalizeConfig:
     baseline: str | None = None
     device: str = "auto"
     plot: bool = True
+    trust_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         for key in ("audio", "annotations", "holdout"):
@@ -62,8 +63,9 @@ class PersonalizeConfig:
         for key in ("ckpt", "baseline"):
             if getattr(self, key) is not None and not Path(getattr(self, key)).is_file():
                 raise ConfigError(f"{key}={getattr(self, key)!r}: no such file")
-        if not isinstance(self.plot, bool):
-            raise ConfigError(f"plot={self.plot!r}: expected true or false")
+        for key in ("plot", "trust_checkpoint"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
         resolve_device(self.device)
 
 
@@ -103,8 +105,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         options = plain_options(cfg)
         adaptation = AdaptationConfig.from_dict({k: options.pop(k) for k in ADAPTATION_KEYS if k in options})
         config = from_mapping(PersonalizeConfig, options, "dsaml-personalize")
-        predictor = Predictor.load(config.ckpt, config.device)
-        baseline = Predictor.load(config.baseline, config.device) if config.baseline else predictor
+        trust = config.trust_checkpoint
+        predictor = Predictor.load(config.ckpt, config.device, trust=trust)
+        baseline = predictor
+        if config.baseline:
+            baseline = Predictor.load(config.baseline, config.device, trust=trust)
         adaptation = adaptation.resolve(predictor.hparams.get("task"))
         stored = predictor.hparams.get("calibration_prior")
         if adaptation.method == AUTO and adaptation.prior == "auto" and not stored:
