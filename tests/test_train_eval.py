@@ -133,7 +133,8 @@ def test_cross_song_support_is_a_clip_or_the_whole_song():
     support["arousal"] = support["arousal"] + torch.cat([torch.zeros(60), torch.full((60,), 0.5)])
     target["arousal"] = target["arousal"] + 0.25
     config = AdaptationConfig(method="calibrate", prior=0.0)
-    kwargs = dict(window=60, adaptation=config, stitch="mean", batch_size=8, prior=CalibrationPrior.uniform(0))
+    prior = CalibrationPrior.uniform(0)
+    kwargs = dict(window=60, adaptation=config, stitch="mean", batch_size=8, prior=prior)
     clip = {k: support[k][:60] for k in ("logmel", "arousal", "valence")}
     whole = run_protocols(net, {**target, "cross_support": [support]}, ["pdmer_cross_song"], **kwargs)
     clipped = run_protocols(

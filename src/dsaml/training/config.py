@@ -61,18 +61,18 @@ TOP_LEVEL_KEYS = (
 class TaskConfig(Config):
     """The `task:` group.
 
-    name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per
-    batch. shots / queries / tasks: PDMER episode shape (support clips, query clips, distinct raters per
-    meta-batch; in the cross-song test protocol, the rater's other songs adapted on). cross_support: what
-    of each of those songs the cross-song protocol adapts on: clip (its first support_segments segments) or
-    song (the whole song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is
-    false). steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of
-    training songs (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps
-    at evaluation (None = inner_steps). support_segments: segments of the within-song support and of the
-    sliding windows (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric
-    selecting the best checkpoint. test_protocols: evaluation protocols run by `test`. stitch:
-    sliding-window stitching of predict_song (mean = correct default; original = the original's rule,
-    arousal off-by-one included). eval_batch_size: windows per forward at evaluation.
+    name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per batch.
+    shots / queries / tasks: PDMER episode shape (support clips, query clips, distinct raters per meta-batch;
+    in the cross-song test protocol, the rater's other songs adapted on). cross_support: what of each of those
+    songs the cross-song protocol adapts on: clip (its first support_segments segments) or song (the whole
+    song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is false).
+    steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of training songs
+    (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps at evaluation
+    (None = inner_steps). support_segments: segments of the within-song support and of the sliding windows
+    (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric selecting the best
+    checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of
+    predict_song (mean = correct default; original = the original's rule, arousal off-by-one included).
+    eval_batch_size: windows per forward at evaluation.
     """
 
     SECTION = "task"
