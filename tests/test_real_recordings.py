@@ -94,6 +94,7 @@ def test_personalize_adapts_on_real_tracks(ckpt, tmp_path):
             f"annotations=[{curves}]",
             f"holdout=[{TRACKS[-1].stem}]",
             f"out={out}",
+            "method=maml",  # one fixed method: auto would try every candidate on 5-minute tracks
             "steps=2",
             "plot=false",
             "device=cpu",

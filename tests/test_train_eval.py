@@ -69,12 +69,12 @@ def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):
     prior = hparams["calibration_prior"]
     assert prior["raters"] >= 2 and len(prior["offset"]) == 2 and all(v >= 0 for v in prior["gain"])
     base = ["task=pdmer", "protocols=[pdmer_unadapted,pdmer_within_song]"]
-    for method in (["adaptation=none"], ["adaptation=calibrate", "adaptation.prior=1e12"]):
-        rows = _rows(evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, *method)))
+    for i, method in enumerate((["adaptation=none"], ["adaptation=calibrate", "adaptation.prior=1e12"])):
+        rows = _rows(evaluate(eval_config(tiny_store, tmp_path / f"identity{i}", ckpt, *base, *method)))
         for key in ("arousal_ccc", "valence_rmse", "average"):
             assert rows["pdmer_within_song"][key] == pytest.approx(rows["pdmer_unadapted"][key], abs=1e-5)
     for method in ("calibrate", "head_calibrate"):
-        cfg = eval_config(tiny_store, tmp_path, ckpt, *base, f"adaptation={method}", "adaptation.steps=2")
+        cfg = eval_config(tiny_store, tmp_path / method, ckpt, *base, f"adaptation={method}", "adaptation.steps=2")
         rows = _rows(evaluate(cfg))
         assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"]
         assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
