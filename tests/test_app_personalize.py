@@ -239,10 +239,12 @@ def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
     tried = {(c["method"], c["steps"]) for c in report["candidates"]}
     assert tried == {("none", 0), ("calibrate", 0), ("head_calibrate", 2)}
     assert all(len(c["folds"]) == 2 for c in report["candidates"])
-    best = max(report["candidates"], key=lambda c: c["score"])
     none = next(c for c in report["candidates"] if c["method"] == "none")
-    expected = (best["method"], best["steps"]) if best["score"] > none["score"] else ("none", 0)
-    assert (report["chosen"]["method"], report["chosen"]["steps"]) == expected
+    winners = [  # better on average and on both folds (most of 2)
+        c for c in report["candidates"] if c["score"] > none["score"] and c["wins"] == 2
+    ]
+    best = max(winners, key=lambda c: c["score"], default={"method": "none", "steps": 0})
+    assert report["chosen"] == {"method": best["method"], "steps": best["steps"]}
     _, _, hparams = load_network(out)
     personal = hparams["personalized"]
     assert personal["method"] == report["chosen"]["method"] and personal["candidates"] == report["candidates"]

@@ -22,8 +22,10 @@ from dsaml.meta import (
     adapt,
     adapt_head,
     batch_loss,
+    choose,
     estimate_prior,
     fit_calibration,
+    folds,
     maml_wrap,
     meta_backward,
     personalize_net,
@@ -136,9 +138,7 @@ def test_head_only_meta_step_with_steps_moves_only_the_head_in_the_inner_loop():
 
 
 def test_adaptation_config_is_checked_with_the_allowed_values():
-    with pytest.raises(
-        ConfigError, match=r"adaptation.method='bogus' is not one of none, calibrate, head"
-    ):
+    with pytest.raises(ConfigError, match=r"adaptation.method='bogus' is not one of none, calibrate, head"):
         AdaptationConfig(method="bogus")
     with pytest.raises(ConfigError, match="unknown key"):
         AdaptationConfig.from_dict({"methd": "maml"})
@@ -215,14 +215,66 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     assert isinstance(selection.personalized, Personalized) and selection.personalized.calibration is not None
 
 
-def test_auto_with_one_song_validates_on_its_tail():
+def _one_song_listener(net, predictor: Predict, seed: int, n: int = 90) -> dict:
+    """A song whose listener curves are exactly the network's own prediction of it."""
+    song = _song(seed, n=n)
+    song["arousal"], song["valence"] = predictor(net, song)
+    return song
+
+
+def test_auto_with_one_song_validates_on_contiguous_blocks():
+    """One support song: blocked 3-fold inside it (each third held out in turn, the rest joined as one song);
+    a listener identical to the network keeps it; one who hears an exact affine map of its curves (arousal
+    + 0.2, valence 0.3 - valence) gets the calibration, on every fold; a too-short song validates nothing."""
     net = tiny_net().eval()
     predictor = Predict(window=60)
-    config = AdaptationConfig(method="auto", steps=1, lr=0.1, first_order=True, auto_methods=["calibrate"])
-    selection = select(net, [_song(10, n=45)], config, predictor, CalibrationPrior.uniform(1.0))
-    assert selection.validation == "held-out tail (last 15 of 45 segments)"
-    short = select(net, [_song(11, n=12)], config, predictor, CalibrationPrior.uniform(1.0))
+    config = AdaptationConfig(
+        method="auto",
+        steps=2,
+        lr=0.1,
+        first_order=True,
+        auto_steps=[1, 2],
+        auto_methods=["calibrate", "head", "maml"],
+    )
+    prior = CalibrationPrior.uniform(0.5)
+    same = _one_song_listener(net, predictor, 10)
+    how, splits = folds([same])
+    assert how == "blocked 3-fold within the song (90 segments, blocks of ~30)"
+    held = [torch.cat([v["arousal"] for v in validate]) for _, validate in splits]
+    torch.testing.assert_close(torch.cat(held), same["arousal"])  # the blocks tile the song in order
+    for i, (fit_on, _) in enumerate(splits):  # each fold adapts on the other two blocks, as one song
+        rest = torch.cat([same["arousal"][: 30 * i], same["arousal"][30 * (i + 1) :]])
+        assert len(fit_on) == 1 and torch.equal(fit_on[0]["arousal"], rest)
+    kept = select(net, [same], config, predictor, prior)
+    assert kept.chosen == {"method": "none", "steps": 0} and kept.personalized.net is net
+    affine = dict(same, arousal=same["arousal"] + 0.2, valence=0.3 - same["valence"])
+    chosen = select(net, [affine], config, predictor, prior)
+    assert chosen.chosen == {"method": "calibrate", "steps": 0}
+    calibrate = next(c for c in chosen.candidates if c["method"] == "calibrate")
+    none = next(c for c in chosen.candidates if c["method"] == "none")
+    assert (
+        calibrate["wins"] == 3 and len(calibrate["folds"]) == 3 and calibrate["score"] > none["score"] + 0.1
+    )
+    assert chosen.personalized.calibration.offset[0] == pytest.approx(0.2 / 1.5, abs=2e-3)  # b = n/(n+k) b_ls
+    short = select(net, [_song(11, n=12)], config, predictor, prior)
     assert short.chosen["method"] == "none" and short.candidates == []
+    assert short.validation == "none (the song has 12 segments; validation needs at least 16)"
+
+
+def test_auto_needs_a_win_on_most_folds_not_only_on_average():
+    """`choose`: the best mean among candidates that beat none by more than margin on average AND on more
+    than half of the folds. head is best on average (one big win, two losses) but loses to calibrate."""
+    candidates = [
+        {"method": "none", "steps": 0, "score": 0.50, "wins": 0},
+        {"method": "head", "steps": 2, "score": 0.60, "wins": 1},  # e.g. folds 0.9 / 0.45 / 0.45 vs 0.5
+        {"method": "calibrate", "steps": 0, "score": 0.52, "wins": 2},
+        {"method": "maml", "steps": 1, "score": 0.51, "wins": 3},
+    ]
+    assert choose(candidates, 3, 0.0) == {"method": "calibrate", "steps": 0}
+    assert choose(candidates, 3, 0.015) == {"method": "calibrate", "steps": 0}
+    assert choose(candidates, 3, 0.02) == {"method": "none", "steps": 0}  # 0.52 is not > 0.50 + 0.02
+    assert choose(candidates, 4, 0.0) == {"method": "maml", "steps": 1}  # 2 of 4 folds is not most
+    assert choose(candidates[1:], 3, 0.0) == {"method": "none", "steps": 0}  # no baseline: keep the network
 
 
 def test_user_tools_do_not_import_training():

@@ -106,3 +106,67 @@ def test_command_line(dmer_run, tiny_store, tmp_path):  # noqa: F811
     assert [row["protocol"] for row in json.loads((tmp_path / "results.json").read_text())["rows"]] == [
         "pdmer_unadapted"
     ]
+
+
+def test_cross_song_support_is_a_clip_or_the_whole_song():
+    """run_protocols on hand-made sequences: the support song's listener curve is the model's curve for its
+    first 60 segments (one clip) and the model's + 0.5 for the next 60. Plain least squares (prior 0) on the
+    clip gives offset 0; on the whole song offset 0.25 (the tiny network's arousal is flat, so no gain, only
+    the offset mean(y - x)), which predicts a song heard at model + 0.25 exactly."""
+    import torch
+
+    from app_fixtures import tiny_net
+    from dsaml.data.datamodule import collate
+    from dsaml.meta import AdaptationConfig, CalibrationPrior, Predict
+    from dsaml.training.evaluation import run_protocols
+
+    net = tiny_net().eval()
+    predictor = Predict(window=60)
+    gen = torch.Generator().manual_seed(3)
+
+    def song(n: int) -> dict:
+        seq = {"logmel": torch.randn(n, 51, 128, generator=gen) - 5.0, "global": None}
+        seq["arousal"], seq["valence"] = predictor(net, {**seq, "arousal": torch.zeros(n)})
+        return seq
+
+    support, target = song(120), song(80)
+    assert float(support["arousal"].var()) < 1e-4  # offset only, as the docstring says
+    support["arousal"] = support["arousal"] + torch.cat([torch.zeros(60), torch.full((60,), 0.5)])
+    target["arousal"] = target["arousal"] + 0.25
+    config = AdaptationConfig(method="calibrate", prior=0.0)
+    prior = CalibrationPrior.uniform(0)
+    kwargs = dict(window=60, adaptation=config, stitch="mean", batch_size=8, prior=prior)
+    clip = {k: support[k][:60] for k in ("logmel", "arousal", "valence")}
+    whole = run_protocols(net, {**target, "cross_support": [support]}, ["pdmer_cross_song"], **kwargs)
+    clipped = run_protocols(
+        net, {**target, "cross_support": collate([{**clip, "song": "s"}])}, ["pdmer_cross_song"], **kwargs
+    )
+    predicted = whole["pdmer_cross_song"][1][0]
+    torch.testing.assert_close(predicted, target["arousal"], atol=1e-5, rtol=0)
+    # the clip alone is predicted without the rest of the song's context: its curve differs by ~1e-3
+    torch.testing.assert_close(clipped["pdmer_cross_song"][1][0], target["arousal"] - 0.25, atol=5e-3, rtol=0)
+
+
+def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path):  # noqa: F811
+    """+overrides.cross_support=song: the test items carry the rater's other songs whole (every labelled
+    segment), the protocol runs on them, and a bad value fails before any work with the allowed values."""
+    from dsaml.data.datamodule import DSAMLDataModule
+    from dsaml.data.store import FeatureStore
+
+    module = DSAMLDataModule(str(tiny_store), task="pdmer", cross_support="song")
+    pairs, support = module.test_pairs()
+    index = next(i for i, songs in enumerate(support) if songs)
+    item = module.test_dataloader().dataset[index]
+    store = FeatureStore(str(tiny_store))
+    lengths = [min(len(store.curves(s, pairs[index][1])[0]), store.n_segments(s)) for s in support[index]]
+    assert [len(seq["arousal"]) for seq in item["cross_support"]] == lengths
+    assert max(lengths) > store.segments_per_clip  # longer than the clip the default adapts on
+    ckpt = dmer_run / "checkpoints" / "last.ckpt"
+    base = ["task=pdmer", "protocols=[pdmer_cross_song]", "adaptation=calibrate", "adaptation.prior=0"]
+    clip = _rows(evaluate(eval_config(tiny_store, tmp_path / "clip", ckpt, *base)))["pdmer_cross_song"]
+    song = _rows(
+        evaluate(eval_config(tiny_store, tmp_path / "song", ckpt, *base, "+overrides.cross_support=song"))
+    )["pdmer_cross_song"]
+    assert song["n"] == clip["n"] and song["average"] != clip["average"]
+    with pytest.raises(ValueError, match=r"cross_support='half' is not one of clip, song"):
+        evaluate(eval_config(tiny_store, tmp_path / "bad", ckpt, *base, "+overrides.cross_support=half"))

@@ -192,16 +192,19 @@ class TaskDataset(Dataset):
 
 
 class SongDataset(Dataset):
-    """Whole test songs (DMER: averaged curves; PDMER: one (song, rater) pair per item, with `shots`
-    support clips from other test songs of the rater for the cross-song protocol)."""
+    """Whole test songs (DMER: averaged curves; PDMER: one (song, rater) pair per item, with `shots` other
+    test songs of the rater as the cross-song protocol's support: ``cross_support`` is a collated batch of
+    their first clips (whole_support False) or the list of the whole songs (True))."""
 
     def __init__(
         self,
         reader: StoreReader,
         pairs: Sequence[tuple[str, str | None]],
         cross_support: Sequence[tuple[str, ...]] | None = None,
+        whole_support: bool = False,
     ) -> None:
         self.reader, self.pairs, self.cross_support = reader, list(pairs), cross_support
+        self.whole_support = whole_support
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -210,7 +213,12 @@ class SongDataset(Dataset):
         song, rater = self.pairs[index]
         item = {"index": index, "rater": rater, **self.reader.item(song, rater)}
         if self.cross_support is not None and self.cross_support[index]:
-            item["cross_support"] = collate([self.reader.clip(s, rater) for s in self.cross_support[index]])
+            songs = self.cross_support[index]
+            item["cross_support"] = (
+                [self.reader.item(s, rater) for s in songs]
+                if self.whole_support
+                else collate([self.reader.clip(s, rater) for s in songs])
+            )
         return item
 
 
@@ -221,7 +229,8 @@ class DSAMLDataModule(L.LightningDataModule):
     of training songs (DMER) or raters (PDMER) held out for validation (never the test set).
     steps_per_epoch: PDMER meta-batches per epoch (validation runs after each). val_tasks: PDMER
     validation tasks. global_name: feature-store vectors passed as the network's global context (None when
-    the network builds its own). seed: the episode stream and the held-out split.
+    the network builds its own). seed: the episode stream and the held-out split. cross_support: the
+    cross-song protocol adapts on each support song's first clip ("clip") or the whole song ("song").
     """
 
     def __init__(
@@ -239,6 +248,7 @@ class DSAMLDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cross_song: bool = True,
+        cross_support: str = "clip",
     ) -> None:
         super().__init__()
         if task not in ("dmer", "pdmer"):
@@ -252,7 +262,9 @@ class DSAMLDataModule(L.LightningDataModule):
         self.batch_size, self.shots, self.queries, self.tasks = batch_size, shots, queries, tasks
         self.val_fraction, self.steps_per_epoch, self.val_tasks = val_fraction, steps_per_epoch, val_tasks
         self.global_name, self.seed, self.num_workers = global_name, seed, num_workers
-        self.cross_song = cross_song
+        if cross_support not in ("clip", "song"):
+            raise ValueError(f"cross_support={cross_support!r} is not one of clip, song")
+        self.cross_song, self.cross_support = cross_song, cross_support
         self._reader: StoreReader | None = None
         self.rank, self.world_size = 0, 1
 
@@ -360,5 +372,5 @@ class DSAMLDataModule(L.LightningDataModule):
         pairs, support = self.test_pairs()
         if not pairs:
             raise ValueError(f"feature store {self.store_path} has no test items for task={self.task}")
-        dataset = SongDataset(self.reader, pairs, support)
+        dataset = SongDataset(self.reader, pairs, support, whole_support=self.cross_support == "song")
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))

@@ -35,6 +35,8 @@ from dsaml.meta.methods import (
     Predict,
     Selection,
     calibration_prior,
+    choose,
+    folds,
     personalize_net,
     predict,
     select,
@@ -65,5 +67,7 @@ __all__ = [
     "personalize_net",
     "predict",
     "select",
+    "choose",
+    "folds",
     "windows_batch",
 ]

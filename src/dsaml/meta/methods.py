@@ -10,8 +10,9 @@ None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
   closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
 - head_calibrate / maml_calibrate: the inner loop, then the map fitted on the adapted network's outputs;
 - auto: choose among the above (and among step counts) on the listener's own songs: leave-one-song-out
-  with >= 2 songs, the last third of the song with one; the unadapted network unless a candidate
-  validates better by `margin` (`select`).
+  with >= 2 songs, blocked k-fold inside the song with one (contiguous blocks, each held out in turn); the
+  unadapted network unless a candidate validates better on average by more than `margin` and on most
+  folds (`select`).
 
 `personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
 identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.
@@ -34,8 +35,8 @@ from dsaml.metrics import scores_of
 
 METHODS = ("none", "calibrate", "head", "head_calibrate", "maml", "maml_calibrate")
 AUTO = "auto"
-TAIL_FRACTION = 1 / 3  # one support song under `auto`: the last third validates
-MIN_TAIL = 8  # segments: a shorter tail is too short to validate on (auto then keeps the network)
+BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
+MIN_BLOCK = 8  # segments: a shorter block is too short to validate on
 
 Sequence_ = Mapping[str, Any]
 
@@ -287,8 +288,9 @@ def personalize_net(
 # ------------------------------------------------------------------ auto
 @dataclass
 class Selection:
-    """What `select` tried and chose: candidates = [{"method", "steps", "score", "folds"}] (score: the mean
-    validation "average" over folds), the chosen candidate, and the model refitted on every song."""
+    """What `select` tried and chose: candidates = [{"method", "steps", "score", "folds", "wins"}] (score: the
+    mean validation "average" over folds; folds: per fold; wins: folds where it beats the unadapted network),
+    the chosen candidate, and the model refitted on every song."""
 
     chosen: dict[str, Any]
     candidates: list[dict[str, Any]]
@@ -296,25 +298,41 @@ class Selection:
     personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
 
 
+def _segments(seq: Sequence_, pieces: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence."""
+    out = {
+        k: torch.cat([torch.as_tensor(seq[k])[a:b] for a, b in pieces])
+        for k in ("logmel", "arousal", "valence")
+    }
+    vectors = seq.get("global")
+    if vectors is not None:
+        vectors = torch.as_tensor(vectors)
+        out["global"] = vectors if len(vectors) == 1 else torch.cat([vectors[a:b] for a, b in pieces])
+    else:
+        out["global"] = None
+    return out
+
+
 def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
-    """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs; with one, its first
-    two thirds adapt and the last third validates (none when that tail is under MIN_TAIL segments)."""
+    """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs. With one song, blocked
+    k-fold inside it: k = min(BLOCKS, T // MIN_BLOCK) contiguous blocks; each fold validates on one block and
+    adapts on the rest of the song (the segments before and after it, joined: still one song of evidence for
+    the calibration prior). None when the song has fewer than 2 * MIN_BLOCK segments."""
     if len(support) >= 2:
         return "leave-one-song-out", [
             ([s for j, s in enumerate(support) if j != i], [support[i]]) for i in range(len(support))
         ]
     seq = support[0]
     n = len(seq["arousal"])
-    cut = n - max(MIN_TAIL, round(n * TAIL_FRACTION))
-    if cut < MIN_TAIL:
-        return "none (the song is too short to hold out a tail)", []
-    head = {k: v[:cut] for k, v in seq.items() if k in ("logmel", "arousal", "valence")}
-    tail = {k: v[cut:] for k, v in seq.items() if k in ("logmel", "arousal", "valence")}
-    vectors = seq.get("global")
-    if vectors is not None:
-        head["global"] = vectors if len(vectors) == 1 else vectors[:cut]
-        tail["global"] = vectors if len(vectors) == 1 else vectors[cut:]
-    return f"held-out tail (last {n - cut} of {n} segments)", [([head], [tail])]
+    k = min(BLOCKS, n // MIN_BLOCK)
+    if k < 2:
+        return f"none (the song has {n} segments; validation needs at least {2 * MIN_BLOCK})", []
+    edges = [round(i * n / k) for i in range(k + 1)]
+    splits = []
+    for i in range(k):
+        rest = [(a, b) for a, b in ((0, edges[i]), (edges[i + 1], n)) if b > a]
+        splits.append(([_segments(seq, rest)], [_segments(seq, [(edges[i], edges[i + 1])])]))
+    return f"blocked {k}-fold within the song ({n} segments, blocks of ~{n // k})", splits
 
 
 def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Sequence_]) -> float:
@@ -366,6 +384,22 @@ def _fold_scores(
     return scores
 
 
+def choose(candidates: Sequence[Mapping[str, Any]], n_folds: int, margin: float) -> dict[str, Any]:
+    """{"method", "steps"} of the best-scoring candidate among those whose mean validation score beats the
+    "none" candidate's by more than `margin` and that beat it on more than half of the `n_folds` folds
+    ("wins"); "none" when there is none such."""
+    baseline = next((c["score"] for c in candidates if c["method"] == "none"), None)
+    eligible = [
+        c
+        for c in candidates
+        if baseline is not None and c["score"] > baseline + margin and 2 * c["wins"] > n_folds
+    ]
+    best = max(eligible, key=lambda c: c["score"], default=None)
+    return (
+        {"method": "none", "steps": 0} if best is None else {"method": best["method"], "steps": best["steps"]}
+    )
+
+
 def select(
     net: nn.Module,
     support: Sequence[Sequence_],
@@ -374,30 +408,30 @@ def select(
     prior: CalibrationPrior | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:
-    """method=auto: score every candidate on the validation folds of the listener's songs, choose the best
-    one if it beats the unadapted network by more than `config.margin` (else "none"), and refit it on
-    every song. `config` must be resolved."""
+    """method=auto: score every candidate on the validation folds of the listener's songs (`folds`), choose
+    the best-scoring one among those that beat the unadapted network on average by more than
+    `config.margin` and on more than half of the folds (else "none"), and refit it on every song. `config`
+    must be resolved."""
     how, splits = folds(support)
     per_fold = []
     for index, (fit_on, validate) in enumerate(splits):
         if progress is not None:
             progress(f"validation fold {index + 1}/{len(splits)}")
         per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior))
-    candidates = [
-        {
-            "method": method,
-            "steps": steps,
-            "score": sum(f[(method, steps)] for f in per_fold) / len(per_fold),
-            "folds": [f[(method, steps)] for f in per_fold],
-        }
-        for method, steps in (per_fold[0] if per_fold else {})
-    ]
-    baseline = next((c["score"] for c in candidates if c["method"] == "none"), None)
-    best = max(candidates, key=lambda c: c["score"], default=None)
-    if best is None or baseline is None or best["score"] <= baseline + config.margin:
-        chosen = {"method": "none", "steps": 0}
-    else:
-        chosen = {"method": best["method"], "steps": best["steps"]}
+    candidates = []
+    for method, steps in per_fold[0] if per_fold else {}:
+        scores = [f[(method, steps)] for f in per_fold]
+        wins = sum(f[(method, steps)] > f[("none", 0)] for f in per_fold)
+        candidates.append(
+            {
+                "method": method,
+                "steps": steps,
+                "score": sum(scores) / len(scores),
+                "folds": scores,
+                "wins": wins,
+            }
+        )
+    chosen = choose(candidates, len(per_fold), config.margin)
     final = replace(config, method=chosen["method"])
     personalized = personalize_net(net, support, final, predictor, prior, steps=chosen["steps"])
     return Selection(chosen, candidates, how, personalized)

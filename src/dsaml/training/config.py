@@ -29,6 +29,7 @@ PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song"
 MONITOR_MODES = ("max", "min")
 STITCH = ("mean", "last", "original")
 INNER_LOOPS = ("full", "head")
+CROSS_SUPPORT = ("clip", "song")
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
 TOP_LEVEL_KEYS = (
@@ -60,16 +61,18 @@ TOP_LEVEL_KEYS = (
 class TaskConfig(Config):
     """The `task:` group.
 
-    name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per
-    batch. shots / queries / tasks: PDMER episode shape (support clips, query clips, distinct raters per
-    meta-batch). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is
-    false). steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of
-    training songs (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps
-    at evaluation (None = inner_steps). support_segments: segments of the within-song support and of the
-    sliding windows (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric
-    selecting the best checkpoint. test_protocols: evaluation protocols run by `test`. stitch:
-    sliding-window stitching of predict_song (mean = correct default; original = the original's rule,
-    arousal off-by-one included). eval_batch_size: windows per forward at evaluation.
+    name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per batch.
+    shots / queries / tasks: PDMER episode shape (support clips, query clips, distinct raters per meta-batch;
+    in the cross-song test protocol, the rater's other songs adapted on). cross_support: what of each of those
+    songs the cross-song protocol adapts on: clip (its first support_segments segments) or song (the whole
+    song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is false).
+    steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of training songs
+    (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps at evaluation
+    (None = inner_steps). support_segments: segments of the within-song support and of the sliding windows
+    (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric selecting the best
+    checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of
+    predict_song (mean = correct default; original = the original's rule, arousal off-by-one included).
+    eval_batch_size: windows per forward at evaluation.
     """
 
     SECTION = "task"
@@ -80,6 +83,7 @@ class TaskConfig(Config):
     batch_size: int = integer(15, low=1)
     shots: int = integer(1, low=1)
     queries: int = integer(15, low=1)
+    cross_support: str = choice("clip", CROSS_SUPPORT)
     tasks: int = integer(16, low=1)
     inner_steps: int = integer(16, low=0)
     inner_lr: float = number(5e-3, low=0, low_open=True)

@@ -2,13 +2,15 @@
 
 An item is a whole song: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] (optional), ``arousal`` /
 ``valence`` [T] (rater-averaged for DMER, the rater's own for PDMER), and for the cross-song protocol
-``cross_support`` (a batch of that rater's clips from other test songs).
+``cross_support`` (that rater's other test songs: a collated batch of their first clips, or with
+``task.cross_support=song`` the list of the whole songs).
 
 - dmer: predict the whole song with sliding windows, score against the averaged curve.
 - pdmer_unadapted: the meta-trained network without adaptation, scored on the within-song query region.
 - pdmer_within_song (the original's): adapt on the first `support_segments` segments of the rater's curve,
   predict the rest of the song, score it.
-- pdmer_cross_song: adapt on `shots` clips of the rater's other test songs, predict the whole song.
+- pdmer_cross_song: adapt on `shots` other test songs of the rater (their first clips, or the whole songs
+  with task.cross_support=song), predict the whole song.
 
 "Adapt" is the configured adaptation method (`dsaml.meta.AdaptationConfig`: maml, head, calibrate, none,
 their combinations, or auto), the same code `dsaml-personalize` runs.
@@ -67,15 +69,17 @@ def _clips(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
 def personalize_on(
     net: nn.Module,
     support: list[dict[str, Any]],
-    batch: Mapping[str, Any],
+    batch: Mapping[str, Any] | None,
     adaptation: AdaptationConfig,
     predictor: Predict,
     prior: CalibrationPrior | None,
 ) -> Personalized:
-    """The configured method on one rater's support (sequences, and the same as one inner-loop batch)."""
+    """The configured method on one rater's support (sequences, and the same as one inner-loop batch; None:
+    each sequence cut into windows, see `personalize_net`)."""
     if adaptation.method == AUTO:
         return select(net, support, adaptation, predictor, prior).personalized
-    return personalize_net(net, support, adaptation, predictor, prior, batches=[batch])
+    batches = None if batch is None else [batch]
+    return personalize_net(net, support, adaptation, predictor, prior, batches=batches)
 
 
 def run_protocols(
@@ -114,8 +118,11 @@ def run_protocols(
             model = personalize_on(net, [support], _as_batch(support), adaptation, predictor, prior)
             score(protocol, model, query)
         elif protocol == "pdmer_cross_song" and item.get("cross_support") is not None:
-            batch = item["cross_support"]
-            model = personalize_on(net, _clips(batch), batch, adaptation, predictor, prior)
+            support = item["cross_support"]
+            if isinstance(support, list):  # whole songs of different lengths
+                model = personalize_on(net, support, None, adaptation, predictor, prior)
+            else:
+                model = personalize_on(net, _clips(support), support, adaptation, predictor, prior)
             score(protocol, model, item)
     return results
 

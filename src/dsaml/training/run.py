@@ -89,6 +89,7 @@ def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -
         seed=int(cfg.seed),
         num_workers=int(cfg.get("num_workers", 0)),
         cross_song="pdmer_cross_song" in task.test_protocols,
+        cross_support=task.cross_support,
     )
 
 
