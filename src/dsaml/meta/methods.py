@@ -9,10 +9,15 @@ None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
 - calibrate: a per-dimension affine map (gain, offset, optional lag) of the network's output, fitted in
   closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
 - head_calibrate / maml_calibrate: the inner loop, then the map fitted on the adapted network's outputs;
-- auto: choose among the above (and among step counts) on the listener's own songs: leave-one-song-out
-  with >= 2 songs, blocked k-fold inside the song with one (contiguous blocks, each held out in turn); the
-  unadapted network unless a candidate validates better on average by more than `margin` and on most
-  folds (`select`).
+- auto: choose among the above (and among step counts) on the listener's own songs: with >= 2 songs
+  among `auto_methods`, by leave-one-song-out; with one song among `auto_single` (default: calibrate
+  alone), by blocked k-fold inside the song (contiguous blocks, each held out in turn); the unadapted
+  network unless a candidate validates better on average by more than `margin` and on most folds
+  (`select`). Why one song gets fewer candidates: a listener's deviation from the model that is specific to
+  one song is shared by all of its blocks, so no split of one song measures what transfers to their other
+  songs, and the candidates that fit the song best (the inner loops) are picked and transfer worse
+  (docs/method.md, "Choosing a method"); the calibration's shrinkage is estimated from the training
+  raters' song-to-song spread, the one between-song evidence there is.
 
 `personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
 identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.
@@ -49,7 +54,8 @@ class AdaptationConfig:
     the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order). lag: calibrate: the
     largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
     songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
-    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none. auto_steps: step
+    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
+    gives two or more songs; auto_single: the same with one song. auto_steps: step
     counts it tries for head/maml (None: steps // 2, steps, 2 * steps). margin: how much better (average
     score) a candidate must validate than the unadapted network to be chosen.
     """
@@ -61,14 +67,16 @@ class AdaptationConfig:
     lag: int = 0
     prior: Any = "auto"
     auto_methods: tuple[str, ...] = METHODS[1:]
+    auto_single: tuple[str, ...] = ("calibrate",)
     auto_steps: tuple[int, ...] | None = None
     margin: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("adaptation.method", self.method, METHODS + (AUTO,))
-        object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
-        for method in self.auto_methods:
-            check_choice("adaptation.auto_methods entry", method, METHODS[1:])
+        for key in ("auto_methods", "auto_single"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+            for method in getattr(self, key):
+                check_choice(f"adaptation.{key} entry", method, METHODS[1:])
         if self.steps is not None:
             _integer("adaptation.steps", self.steps, 0)
         if self.lr is not None and not (_number(self.lr) and float(self.lr) > 0):
@@ -97,6 +105,7 @@ class AdaptationConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["auto_methods"] = list(self.auto_methods)
+        out["auto_single"] = list(self.auto_single)
         out["auto_steps"] = None if self.auto_steps is None else list(self.auto_steps)
         return out
 
@@ -151,7 +160,8 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
     """The prior the config asks for: a number, or (prior=auto) the one stored with the checkpoint. None when
     no method needs one; ConfigError when prior=auto and nothing is stored."""
     uses = config.calibrates or (
-        config.method == AUTO and any(m.endswith("calibrate") for m in config.auto_methods)
+        config.method == AUTO
+        and any(m.endswith("calibrate") for m in config.auto_methods + config.auto_single)
     )
     if not uses:
         return None
@@ -170,28 +180,31 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
 # ------------------------------------------------------------------ prediction
 @dataclass(frozen=True)
 class Predict:
-    """How whole sequences are predicted: sliding windows of `window` segments, `stitch`, `batch_size`."""
+    """How whole sequences are predicted: sliding windows of `window` segments every `stride` segments,
+    `stitch`, `batch_size` windows per forward."""
 
     window: int
     stitch: str = "mean"
     batch_size: int = 32
+    stride: int = 1
 
     def __call__(self, net: nn.Module, seq: Sequence_) -> tuple[Tensor, Tensor]:
         """Eval-mode prediction of one sequence -> (arousal [T], valence [T]) on the labels' device."""
-        return predict(net, seq, self.window, self.stitch, self.batch_size)
+        return predict(net, seq, self.window, self.stitch, self.batch_size, self.stride)
 
 
 def predict(
-    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int
+    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int, stride: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments, one
-    plain forward when shorter). Returns (arousal [T], valence [T]) on the labels' device."""
+    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments every
+    `stride` segments, one plain forward when shorter). Returns (arousal [T], valence [T]) on the labels'
+    device."""
     with torch.no_grad():
         arousal, valence = predict_song(
             net,
             seq["logmel"],
             seq.get("global"),
-            stride=1,
+            stride=stride,
             stitch=stitch,
             batch_size=batch_size,
             window=window,
@@ -408,11 +421,13 @@ def select(
     prior: CalibrationPrior | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:
-    """method=auto: score every candidate on the validation folds of the listener's songs (`folds`), choose
-    the best-scoring one among those that beat the unadapted network on average by more than
-    `config.margin` and on more than half of the folds (else "none"), and refit it on every song. `config`
-    must be resolved."""
+    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
+    the validation folds of the listener's songs (`folds`), choose the best-scoring one among those that
+    beat the unadapted network on average by more than `config.margin` and on more than half of the folds
+    (else "none"), and refit it on every song. `config` must be resolved."""
     how, splits = folds(support)
+    if len(support) < 2:
+        config = replace(config, auto_methods=config.auto_single)
     per_fold = []
     for index, (fit_on, validate) in enumerate(splits):
         if progress is not None:
