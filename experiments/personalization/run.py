@@ -7,7 +7,9 @@ per-rater gains paired against the DMER model, and how they grow with meta-train
 Only the project's commands run, each as its own process (`python -m dsaml.cli.<command>`):
 1. `dsaml-synth` / `dsaml-preprocess`: the corpus and its feature store (reused when already there);
 2. per seed: `dsaml-train` of the DMER model (conf/demo.yaml's settings), then one PDMER meta-training run
-   per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights;
+   per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights, with the paper's inner
+   loop over the whole network (`pdmer_<meta-batches>`) and with the head-only one (`anil_<meta-batches>`,
+   task.inner_loop=head, tested with `--anil-methods`);
 3. `dsaml-eval` of every PDMER checkpoint with every method (`--methods`) under the within-song protocol and
    the cross-song protocol with k = `--shots` support songs (`task.shots`; `--cross-support song`: the
    whole songs, as a user of dsaml-personalize gives them, or `clip`: their first 30 s), of the DMER model
@@ -101,11 +103,12 @@ def growth_table(out: Path, shots: list[int]) -> dict[str, list[tuple[float, flo
     for k in shots:
         report = json.loads((out / "report" / f"k{k}" / "report.json").read_text())
         for gain in report["gains"]:
-            match = re.fullmatch(r"pdmer_(\d+)_(\w+)", gain["label"])
+            match = re.fullmatch(r"(pdmer|anil)_(\d+)_(\w+)", gain["label"])
             if match:
                 protocol = "within-song" if gain["protocol"] == WITHIN else f"cross-song k={k}"
-                name = f"{gain['method'] or match.group(2)} {protocol}"
-                series.setdefault(name, []).append((int(match.group(1)), gain["mean"], gain["ci"]))
+                model = "" if match.group(1) == "pdmer" else "ANIL-trained "
+                name = f"{model}{gain['method'] or match.group(3)} {protocol}"
+                series.setdefault(name, []).append((int(match.group(2)), gain["mean"], gain["ci"]))
     return series
 
 
@@ -120,6 +123,13 @@ def main() -> None:
     parser.add_argument("--cross-support", default="song", choices=["song", "clip"])
     parser.add_argument("--eval-stride", type=int, default=10, help="task.eval_stride (1: every window)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")
+    parser.add_argument(
+        "--anil-methods",
+        nargs="*",
+        default=["head", "head_calibrate"],
+        choices=METHODS,
+        help="methods tested on PDMER models meta-trained with the head-only inner loop (none: not trained)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
     args = parser.parse_args()
 
@@ -144,6 +154,12 @@ def main() -> None:
                                   [f"init_from={dmer}", f"trainer.max_epochs={epochs}"])
             for epochs in args.epochs
         }  # fmt: skip
+        head_only = [f"init_from={dmer}", "task.inner_loop=head"]  # ANIL meta-training
+        anil = {
+            length: train("anil", pdmer_settings, seed, store, runs / f"anil_{length}",
+                          [*head_only, f"trainer.max_epochs={length // steps}"])
+            for length in (pdmer if args.anil_methods else {})
+        }  # fmt: skip
         from dsaml.models.checkpoint import load_network
 
         trained = load_network(next(iter(pdmer.values())))[2]["task"]
@@ -159,16 +175,11 @@ def main() -> None:
             evaluate(dmer, task, protocols, "none", store, runs_k / "dmer" / f"seed_{seed}")
             for method in args.dmer_methods:
                 evaluate(dmer, task, protocols, method, store, runs_k / f"dmer_{method}" / f"seed_{seed}")
-            for length, ckpt in pdmer.items():
-                for method in args.methods:
-                    evaluate(
-                        ckpt,
-                        task,
-                        protocols,
-                        method,
-                        store,
-                        runs_k / f"pdmer_{length}_{method}" / f"seed_{seed}",
-                    )
+            for name, models, methods in (("pdmer", pdmer, args.methods), ("anil", anil, args.anil_methods)):
+                for length, ckpt in models.items():
+                    for method in methods:
+                        folder = runs_k / f"{name}_{length}_{method}" / f"seed_{seed}"
+                        evaluate(ckpt, task, protocols, method, store, folder)
     for k in shots:
         report = out / "report" / f"k{k}"
         command("report", [f"runs=[{out / f'k{k}'}]", "baseline=dmer", f"corpus={corpus}", f"out={report}"])
