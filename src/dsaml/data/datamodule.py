@@ -14,7 +14,6 @@ The store is opened lazily in each process, so DataLoader workers never share an
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,26 +24,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
-from dsaml.data.store import StoreError
+from dsaml.data.store import FeatureStore, StoreError
 
 
 class StoreReader:
-    """Per-process lazy `FeatureStore` plus the item builders shared by the datasets below."""
+    """The item builders shared by the datasets below, over one `FeatureStore` (which opens its HDF5 handle
+    lazily in each process, so DataLoader workers never share one)."""
 
-    def __init__(self, store_path: str, global_name: str | None, clip_segments: int) -> None:
-        self.store_path, self.global_name, self.clip_segments = str(store_path), global_name, clip_segments
-        self._store, self._pid = None, None
-
-    @property
-    def store(self):
-        if self._store is None or self._pid != os.getpid():
-            from dsaml.data.store import FeatureStore
-
-            self._store, self._pid = FeatureStore(self.store_path), os.getpid()
-        return self._store
-
-    def __getstate__(self) -> dict:  # never pickle an open HDF5 handle into a worker
-        return {**self.__dict__, "_store": None, "_pid": None}
+    def __init__(self, store: FeatureStore, global_name: str | None) -> None:
+        self.store, self.global_name = store, global_name
+        self.clip_segments = store.segments_per_clip
 
     def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> dict[str, Any]:
         """Segments [start, stop) of one song with its curves (rater None = averaged), aligned to
@@ -272,10 +261,7 @@ class DSAMLDataModule(L.LightningDataModule):
     @property
     def reader(self) -> StoreReader:
         if self._reader is None:
-            from dsaml.data.store import FeatureStore
-
-            store = FeatureStore(self.store_path)
-            self._reader = StoreReader(self.store_path, self.global_name, int(store.segments_per_clip))
+            self._reader = StoreReader(FeatureStore(self.store_path), self.global_name)
         return self._reader
 
     @property
