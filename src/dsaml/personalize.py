@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
+from dsaml.data.annotations import normalise_id, read_csv_rows
+from dsaml.data.catalogue import IssueLog
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.meta import (
