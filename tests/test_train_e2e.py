@@ -113,7 +113,7 @@ def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch)
     monkeypatch.setattr(module_lib, "batch_loss", nan_loss)
     with pytest.raises(NonFiniteLossError, match=r"global step 0 .*DMER batch.*songs in the batch: \d+"):
         run(train_config(tiny_store, tmp_path / "dmer", DMER_TINY))
-    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*meta-step 0, task of rater \w+.*songs"):
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*meta-step 0, episode of rater \w+.*songs"):
         run(train_config(tiny_store, tmp_path / "pdmer", [*PDMER_TINY, "task.inner_lr=1e30"]))
 
 

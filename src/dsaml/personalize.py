@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dsaml.data.annotations import normalise_id, read_csv_rows
+from dsaml.data.batch import SongSequence
 from dsaml.data.catalogue import IssueLog
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, read_time_rows
 from dsaml.data.features import FeatureConfig
@@ -67,7 +68,7 @@ class AnnotatedSong:
         """Time of the first value in seconds."""
         return features.start_s + self.first * features.segment_s
 
-    def sequence(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor | None]:
+    def sequence(self, device: torch.device | str = "cpu") -> SongSequence:
         """The song as a sequence for `dsaml.meta`: logmel [T, 51, 128] on `device`, curves [T] on the CPU."""
         return {
             "logmel": torch.from_numpy(self.logmel).to(device),

@@ -1,14 +1,12 @@
 """`DSAMLDataModule`: DMER clip batches and PDMER per-rater episodes read from the HDF5 feature store.
 
-Items are dicts of tensors (see `dsaml.meta` for the batch keys):
-- DMER train/val: clips of `segments_per_clip` segments with rater-averaged curves, batched.
-- PDMER train: one item per meta-step = this rank's share of a meta-batch of tasks
-  (``{"step", "tasks": [{"rater", "support": batch, "query": batch, "songs": [...]}, ...]}``).
-- PDMER val: one item per fixed task of a held-out rater.
-- Test (docs/method.md, "Evaluation"): DMER one item per test song (whole song, averaged curve); PDMER one
-  item per
-  (test song, rater) pair (whole song, that rater's curve, plus `shots` clips of the rater's other test
-  songs for the cross-song protocol).
+Items are the typed dicts of `dsaml.data.batch`:
+- DMER train/val: `ClipBatch`es of `segments_per_clip` segments with rater-averaged curves.
+- PDMER train: one `MetaBatch` per meta-step = this rank's share of a meta-batch of `Episode`s.
+- PDMER val: one `Episode` per fixed episode of a held-out rater.
+- Test (docs/method.md, "Evaluation"): one `SongItem` per test song (DMER: whole song, averaged curve) or
+  per (test song, rater) pair (PDMER: whole song, that rater's curve, plus `shots` clips of the rater's
+  other test songs for the cross-song protocol).
 The store is opened lazily in each process, so DataLoader workers never share an HDF5 handle.
 """
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from dsaml.data.batch import Episode, MetaBatch, SongItem, collate
 from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
 from dsaml.data.store import FeatureStore, StoreError
 
@@ -35,7 +34,7 @@ class StoreReader:
         self.store, self.global_name = store, global_name
         self.clip_segments = store.segments_per_clip
 
-    def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> dict[str, Any]:
+    def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> SongItem:
         """Segments [start, stop) of one song with its curves (rater None = averaged), aligned to
         min(label length, segment count)."""
         store = self.store
@@ -59,25 +58,10 @@ class StoreReader:
         if self.global_name is not None:
             vectors = np.asarray(store.global_vectors(self.global_name, song), dtype=np.float32)
             out["global"] = torch.from_numpy(vectors if len(vectors) == 1 else vectors[start:stop])
-        return out
+        return out  # type: ignore[return-value]
 
-    def clip(self, song: str, rater: str | None = None) -> dict[str, Any]:
+    def clip(self, song: str, rater: str | None = None) -> SongItem:
         return self.item(song, rater, 0, self.clip_segments)
-
-
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch, cropping every sequence to the shortest one (labels may be a few
-    values shorter than the audio)."""
-    length = min(len(it["arousal"]) for it in items)
-    batch: dict[str, Any] = {
-        key: torch.stack([it[key][:length] for it in items]) for key in ("logmel", "arousal", "valence")
-    }
-    if "global" in items[0]:
-        batch["global"] = torch.stack(
-            [it["global"] if len(it["global"]) == 1 else it["global"][:length] for it in items]
-        )
-    batch["songs"] = [it["song"] for it in items]
-    return batch
 
 
 class ClipDataset(Dataset):
@@ -89,11 +73,11 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.songs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SongItem:
         return self.reader.clip(self.songs[index])
 
 
-def _task_item(reader: StoreReader, task: TaskSpec) -> dict[str, Any]:
+def _episode(reader: StoreReader, task: TaskSpec) -> Episode:
     support = collate([reader.clip(s, task.rater) for s in task.support])
     query = collate([reader.clip(s, task.rater) for s in task.query])
     return {
@@ -123,12 +107,12 @@ class MetaBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def __getitem__(self, step: int) -> dict[str, Any]:
+    def __getitem__(self, step: int) -> MetaBatch:
         tasks = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
         return {
             "step": step,
-            "n_tasks": self.sampler.tasks,
-            "tasks": [_task_item(self.reader, t) for t in tasks],
+            "episodes_per_step": self.sampler.tasks,
+            "episodes": [_episode(self.reader, t) for t in tasks],
         }
 
 
@@ -176,8 +160,8 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, **_task_item(self.reader, self.tasks[index])}
+    def __getitem__(self, index: int) -> Episode:
+        return {"index": index, **_episode(self.reader, self.tasks[index])}
 
 
 class SongDataset(Dataset):
@@ -198,9 +182,9 @@ class SongDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SongItem:
         song, rater = self.pairs[index]
-        item = {"index": index, "rater": rater, **self.reader.item(song, rater)}
+        item: SongItem = {"index": index, "rater": rater, **self.reader.item(song, rater)}
         if self.cross_support is not None and self.cross_support[index]:
             songs = self.cross_support[index]
             item["cross_support"] = (

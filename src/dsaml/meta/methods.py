@@ -1,7 +1,7 @@
 """Adaptation methods (the `adaptation:` config group, conf/adaptation/) and safe automatic selection.
 
-A *sequence* is one song (or clip) of a listener: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] or
-None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
+A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listener: ``logmel``
+[T, 51, 128], ``global`` [1 or T, D_g] or None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
 
 - none: the network as it is;
 - maml: the inner loop over the whole network (`adapt`; the paper's);
@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dsaml.data.batch import SongSequence, windows_batch
+from dsaml.data.batch import join_pieces as _segments
 from dsaml.data.validation import ConfigError, check_choice, from_mapping
-from dsaml.inference import predict_song, window_starts
+from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
 from dsaml.metrics import scores_of
@@ -38,7 +40,7 @@ AUTO = "auto"
 BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
 MIN_BLOCK = 8  # segments: a shorter block is too short to validate on
 
-Sequence_ = Mapping[str, Any]
+Sequence_ = SongSequence
 
 
 @dataclass(frozen=True)
@@ -215,23 +217,6 @@ class Personalized:
 
 
 # ------------------------------------------------------------------ one method
-def windows_batch(seq: Sequence_, window: int) -> dict[str, Tensor | None]:
-    """Windows of `window` segments covering a sequence (the last one ends at its end) -> a support batch
-    [n, min(T, window), ...] (the whole sequence when shorter)."""
-    n = len(seq["arousal"])
-    starts = window_starts(n, window, window) if n > window else [0]
-    size = min(n, window)
-    take = lambda x: torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
-    batch = {k: take(seq[k]) for k in ("logmel", "arousal", "valence")}
-    vectors = seq.get("global")
-    batch["global"] = (
-        None
-        if vectors is None
-        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
-    )
-    return batch
-
-
 def _learn(
     net: nn.Module,
     learner: str | None,
@@ -296,21 +281,6 @@ class Selection:
     candidates: list[dict[str, Any]]
     validation: str
     personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
-
-
-def _segments(seq: Sequence_, pieces: Sequence[tuple[int, int]]) -> dict[str, Any]:
-    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence."""
-    out = {
-        k: torch.cat([torch.as_tensor(seq[k])[a:b] for a, b in pieces])
-        for k in ("logmel", "arousal", "valence")
-    }
-    vectors = seq.get("global")
-    if vectors is not None:
-        vectors = torch.as_tensor(vectors)
-        out["global"] = vectors if len(vectors) == 1 else torch.cat([vectors[a:b] for a, b in pieces])
-    else:
-        out["global"] = None
-    return out
 
 
 def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
