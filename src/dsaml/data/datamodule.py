@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dsaml.data.batch import Episode, MetaBatch, SongItem, collate
-from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
+from dsaml.data.episodes import EpisodeSampler, EpisodeSpec, episode_rng, holdout, shard
 from dsaml.data.store import FeatureStore, StoreError
 
 
@@ -77,14 +77,14 @@ class ClipDataset(Dataset):
         return self.reader.clip(self.songs[index])
 
 
-def _episode(reader: StoreReader, task: TaskSpec) -> Episode:
-    support = collate([reader.clip(s, task.rater) for s in task.support])
-    query = collate([reader.clip(s, task.rater) for s in task.query])
+def _episode(reader: StoreReader, spec: EpisodeSpec) -> Episode:
+    support = collate([reader.clip(s, spec.rater) for s in spec.support])
+    query = collate([reader.clip(s, spec.rater) for s in spec.query])
     return {
-        "rater": task.rater,
+        "rater": spec.rater,
         "support": support,
         "query": query,
-        "songs": list(task.support) + list(task.query),
+        "songs": list(spec.support) + list(spec.query),
     }
 
 
@@ -108,11 +108,11 @@ class MetaBatchDataset(Dataset):
         return self.steps_per_epoch
 
     def __getitem__(self, step: int) -> MetaBatch:
-        tasks = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
+        specs = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
         return {
             "step": step,
-            "episodes_per_step": self.sampler.tasks,
-            "episodes": [_episode(self.reader, t) for t in tasks],
+            "episodes_per_step": self.sampler.episodes,
+            "episodes": [_episode(self.reader, spec) for spec in specs],
         }
 
 
@@ -151,17 +151,17 @@ class ShuffleSampler(Sampler[int]):
         return -(-self.n // self.world_size)
 
 
-class TaskDataset(Dataset):
-    """Fixed evaluation tasks (PDMER validation on held-out raters)."""
+class EpisodeDataset(Dataset):
+    """Fixed evaluation episodes (PDMER validation on held-out raters)."""
 
-    def __init__(self, reader: StoreReader, tasks: Sequence[TaskSpec]) -> None:
-        self.reader, self.tasks = reader, list(tasks)
+    def __init__(self, reader: StoreReader, specs: Sequence[EpisodeSpec]) -> None:
+        self.reader, self.specs = reader, list(specs)
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return len(self.specs)
 
     def __getitem__(self, index: int) -> Episode:
-        return {"index": index, **_episode(self.reader, self.tasks[index])}
+        return {"index": index, **_episode(self.reader, self.specs[index])}
 
 
 class SongDataset(Dataset):
@@ -198,11 +198,12 @@ class SongDataset(Dataset):
 class DSAMLDataModule(L.LightningDataModule):
     """Reads the feature store at `store` for `task` ("dmer" | "pdmer").
 
-    batch_size: DMER clips per batch. shots / queries / tasks: PDMER episode shape. val_fraction: share
-    of training songs (DMER) or raters (PDMER) held out for validation (never the test set).
-    steps_per_epoch: PDMER meta-batches per epoch (validation runs after each). val_tasks: PDMER
-    validation tasks. global_name: feature-store vectors passed as the network's global context (None when
-    the network builds its own). seed: the episode stream and the held-out split. cross_support: the
+    batch_size: DMER clips per batch. shots / queries: PDMER episode shape; episodes: episodes (distinct
+    raters) per meta-batch (config `task.tasks`). val_fraction: share of training songs (DMER) or raters
+    (PDMER) held out for validation (never the test set). steps_per_epoch: PDMER meta-batches per epoch
+    (validation runs after each). val_episodes: PDMER validation episodes (config `task.val_tasks`).
+    global_name: feature-store vectors passed as the network's global context (None when the network
+    builds its own). seed: the episode stream and the held-out split. cross_support: the
     cross-song protocol adapts on each support song's first clip ("clip") or the whole song ("song").
     """
 
@@ -213,10 +214,10 @@ class DSAMLDataModule(L.LightningDataModule):
         batch_size: int = 15,
         shots: int = 1,
         queries: int = 15,
-        tasks: int = 16,
+        episodes: int = 16,
         val_fraction: float = 0.1,
         steps_per_epoch: int = 10,
-        val_tasks: int = 16,
+        val_episodes: int = 16,
         global_name: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -232,8 +233,9 @@ class DSAMLDataModule(L.LightningDataModule):
                 f"paths.store={store}` or set paths.store"
             )
         self.store_path, self.task = str(store), task
-        self.batch_size, self.shots, self.queries, self.tasks = batch_size, shots, queries, tasks
-        self.val_fraction, self.steps_per_epoch, self.val_tasks = val_fraction, steps_per_epoch, val_tasks
+        self.batch_size, self.shots, self.queries, self.episodes = batch_size, shots, queries, episodes
+        self.val_fraction, self.steps_per_epoch = val_fraction, steps_per_epoch
+        self.val_episodes = val_episodes
         self.global_name, self.seed, self.num_workers = global_name, seed, num_workers
         if cross_support not in ("clip", "song"):
             raise ValueError(f"cross_support={cross_support!r} is not one of clip, song")
@@ -266,9 +268,9 @@ class DSAMLDataModule(L.LightningDataModule):
             raters = store.raters("train")
             train_raters, val_raters = holdout(raters, self.val_fraction, self.seed)
             catalogue = {r: store.songs_of_rater(r, "train") for r in train_raters}
-            self.sampler = EpisodeSampler(catalogue, self.tasks, self.shots, self.queries, self.seed)
+            self.sampler = EpisodeSampler(catalogue, self.episodes, self.shots, self.queries, self.seed)
             self.val_sampler = None
-            if val_raters and self.val_tasks > 0:
+            if val_raters and self.val_episodes > 0:
                 val_catalogue = {r: store.songs_of_rater(r, "train") for r in val_raters}
                 self.val_sampler = EpisodeSampler(val_catalogue, 1, self.shots, self.queries, self.seed)
 
@@ -316,7 +318,7 @@ class DSAMLDataModule(L.LightningDataModule):
             )
         if self.val_sampler is None:
             return []
-        dataset = TaskDataset(self.reader, self.val_sampler.fixed_tasks(self.val_tasks))
+        dataset = EpisodeDataset(self.reader, self.val_sampler.fixed_episodes(self.val_episodes))
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
