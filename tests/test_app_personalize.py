@@ -282,7 +282,7 @@ def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
     [
         (["holdout=[s9]"], "holdout=['s9']: not among the annotated songs"),
         (["holdout=[s1,s2,s3]"], "every annotated song is held out"),
-        (["lr=-1"], "adaptation.lr=-1: expected null or a positive number"),
+        (["lr=-1"], "adaptation.lr=-1: expected a positive number or null"),
         (["method=bogus"], "adaptation.method='bogus' is not one of none, calibrate"),
         (["method=calibrate"], "adaptation.prior=auto: this checkpoint holds no calibration prior"),
     ],

@@ -144,8 +144,12 @@ def test_adaptation_config_is_checked_with_the_allowed_values():
         AdaptationConfig.from_dict({"methd": "maml"})
     with pytest.raises(ConfigError, match="adaptation.prior=-1"):
         AdaptationConfig(prior=-1)
-    with pytest.raises(ConfigError, match="auto_methods entry='auto'"):
+    with pytest.raises(ConfigError, match=r"auto_methods\[0\]='auto' is not one of calibrate, head"):
         AdaptationConfig(auto_methods=["auto"])
+    with pytest.raises(ConfigError, match=r"auto_steps=\[\]: expected null or a list of at least 1"):
+        AdaptationConfig(auto_steps=[])
+    with pytest.raises(ConfigError, match=r"adaptation.first_order='yes': expected true, false or null"):
+        AdaptationConfig(first_order="yes")
     resolved = AdaptationConfig(method="head").resolve(
         {"inner_steps": 4, "eval_inner_steps": 7, "inner_lr": 0.1}
     )

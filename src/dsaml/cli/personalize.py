@@ -23,9 +23,9 @@ from rich.table import Table
 
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
+from dsaml.config import Config, ConfigError, existing_file, flag, from_mapping
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
-from dsaml.data.validation import ConfigError, from_mapping
 from dsaml.meta import AUTO, AdaptationConfig, Personalized, Predict, calibration_prior
 from dsaml.metrics import REPORTED
 from dsaml.models.checkpoint import save_network
@@ -38,34 +38,29 @@ REPORT = "personalize_report.json"
 
 
 @dataclass(frozen=True)
-class PersonalizeConfig:
+class PersonalizeConfig(Config):
     """conf/personalize.yaml without `paths` and the adaptation keys (see there for each key)."""
 
-    ckpt: str
+    ckpt: str = existing_file()
     audio: list[str]
     annotations: list[str]
     out: str
     rater: str | None = None
     holdout: list[str] = field(default_factory=list)
-    baseline: str | None = None
+    baseline: str | None = existing_file(None, optional=True)
     device: str = "auto"
-    plot: bool = True
-    trust_checkpoint: bool = False
+    plot: bool = flag(True)
+    trust_checkpoint: bool = flag(False)
 
     def __post_init__(self) -> None:
-        for key in ("audio", "annotations", "holdout"):
+        for key in ("audio", "annotations", "holdout"):  # one path or id may be given without a list
             value = getattr(self, key)
             object.__setattr__(
                 self, key, [str(v) for v in ([value] if isinstance(value, str | int) else value)]
             )
         if self.rater is not None:
             object.__setattr__(self, "rater", str(self.rater))
-        for key in ("ckpt", "baseline"):
-            if getattr(self, key) is not None and not Path(getattr(self, key)).is_file():
-                raise ConfigError(f"{key}={getattr(self, key)!r}: no such file")
-        for key in ("plot", "trust_checkpoint"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
+        super().__post_init__()
         resolve_device(self.device)
 
 

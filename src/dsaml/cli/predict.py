@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dsaml.cli.entry import check_output_folder, hydra_command
+from dsaml.config import Config, ConfigError, choice, existing_file, flag, from_mapping, integer
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
-from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
 from dsaml.inference import STITCH_RULES
 from dsaml.plots import plot_prediction
 from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Curves, Predictor, collect_audio
@@ -34,36 +34,29 @@ FORMATS = ("csv", "json")
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(Config):
     """conf/predict.yaml without `paths` (see there for each key)."""
 
-    ckpt: str
+    ckpt: str = existing_file()
     inputs: list[str]
     out: str
-    format: str = "csv"
-    plot: bool = True
+    format: str = choice("csv", FORMATS)
+    plot: bool = flag(True)
     device: str = "auto"
-    stride: int = DEFAULT_STRIDE
-    stitch: str = DEFAULT_STITCH
-    batch_size: int = 32
-    recursive: bool = False
-    trust_checkpoint: bool = False
+    stride: int = integer(DEFAULT_STRIDE, low=0, low_open=True)
+    stitch: str = choice(DEFAULT_STITCH, STITCH_RULES)
+    batch_size: int = integer(32, low=0, low_open=True)
+    recursive: bool = flag(False)
+    trust_checkpoint: bool = flag(False)
     input_files: list[Path] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        check_choice("format", self.format, FORMATS)
-        check_choice("stitch", self.stitch, STITCH_RULES)
-        check_positive("stride", self.stride, integer=True)
-        check_positive("batch_size", self.batch_size, integer=True)
-        for key in ("plot", "recursive", "trust_checkpoint"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
+        super().__post_init__()
         if self.stitch == "original" and self.stride != 1:
             raise ConfigError("stitch=original reproduces the original's stride-1 rule; set stride=1")
         resolve_device(self.device)
-        if not Path(self.ckpt).is_file():
-            raise ConfigError(f"ckpt={self.ckpt!r}: no such file")
         object.__setattr__(self, "input_files", collect_audio(self.inputs, self.recursive))
+        check_output_folder("out", self.out)
         check_output_folder("out", self.out)
 
 

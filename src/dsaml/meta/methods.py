@@ -27,9 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dsaml.config import (
+    Config,
+    ConfigError,
+    choice,
+    choice_list,
+    flag,
+    from_mapping,
+    integer,
+    integer_list,
+    number,
+)
 from dsaml.data.batch import SongSequence, windows_batch
 from dsaml.data.batch import join_pieces as _segments
-from dsaml.data.validation import ConfigError, check_choice, from_mapping
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
@@ -44,7 +54,7 @@ Sequence_ = SongSequence
 
 
 @dataclass(frozen=True)
-class AdaptationConfig:
+class AdaptationConfig(Config):
     """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
 
     method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
@@ -56,41 +66,31 @@ class AdaptationConfig:
     score) a candidate must validate than the unadapted network to be chosen.
     """
 
-    method: str = "maml"
-    steps: int | None = None
-    lr: float | None = None
-    first_order: bool | None = None
-    lag: int = 0
-    prior: Any = "auto"
-    auto_methods: tuple[str, ...] = METHODS[1:]
-    auto_steps: tuple[int, ...] | None = None
-    margin: float = 0.0
+    SECTION = "adaptation"
+
+    method: str = choice("maml", METHODS + (AUTO,))
+    steps: int | None = integer(None, low=0, optional=True)
+    lr: float | None = number(None, low=0, low_open=True, optional=True)
+    first_order: bool | None = flag(None, optional=True)
+    lag: int = integer(0, low=0)
+    prior: Any = "auto"  # auto or a number >= 0: checked in __post_init__ (two kinds of value)
+    auto_methods: tuple[str, ...] = choice_list(METHODS[1:], METHODS[1:])
+    auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
+    margin: float = number(0.0)
 
     def __post_init__(self) -> None:
-        check_choice("adaptation.method", self.method, METHODS + (AUTO,))
-        object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
-        for method in self.auto_methods:
-            check_choice("adaptation.auto_methods entry", method, METHODS[1:])
-        if self.steps is not None:
-            _integer("adaptation.steps", self.steps, 0)
-        if self.lr is not None and not (_number(self.lr) and float(self.lr) > 0):
-            raise ConfigError(f"adaptation.lr={self.lr!r}: expected null or a positive number")
-        if self.first_order is not None and not isinstance(self.first_order, bool):
-            raise ConfigError(f"adaptation.first_order={self.first_order!r}: expected null, true or false")
-        _integer("adaptation.lag", self.lag, 0)
-        if self.prior != "auto" and not (_number(self.prior) and float(self.prior) >= 0):
+        super().__post_init__()
+        number_ok = (
+            isinstance(self.prior, int | float) and not isinstance(self.prior, bool) and self.prior >= 0
+        )
+        if self.prior != "auto" and not number_ok:
             raise ConfigError(
                 f"adaptation.prior={self.prior!r}: expected auto (from the training raters) or a number >= 0 "
                 "(prior strength in songs)"
             )
+        object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
         if self.auto_steps is not None:
             object.__setattr__(self, "auto_steps", tuple(self.auto_steps))
-            if not self.auto_steps:
-                raise ConfigError("adaptation.auto_steps=[]: expected null or a list of integers >= 1")
-            for steps in self.auto_steps:
-                _integer("adaptation.auto_steps entry", steps, 1)
-        if not _number(self.margin):
-            raise ConfigError(f"adaptation.margin={self.margin!r}: expected a number")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AdaptationConfig:
@@ -138,15 +138,6 @@ class AdaptationConfig:
             return tuple(sorted(set(self.auto_steps)))
         steps = int(self.steps or 1)
         return tuple(sorted({max(1, steps // 2), max(1, steps), 2 * max(1, steps)}))
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(key: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
 
 
 def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None) -> CalibrationPrior | None:
