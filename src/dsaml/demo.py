@@ -396,3 +396,18 @@ def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
             plot_attention(out / f"attention_{run.name}.png", maps.mean(dim=1).numpy(), names, title)
         )
     return paths
+
+
+def figures(
+    dmer: Run, pdmer: Run, report: dict[str, Any], kinds: dict[str, str], config: DemoConfig
+) -> list[Path]:
+    """The results' figures under <out>/plots: the per-rater gains, example curves, attention maps."""
+    from dsaml.plots import plot_rater_gains
+
+    plots = Path(config.out) / "plots"
+    gains, labels = report["per_rater_gains"], {r: f"{r[:6]} ({k})" for r, k in report["rater_kinds"].items()}
+    title = "Per-rater gain of the adapted PDMER model over the unadapted one and over the DMER model"
+    made = [plot_rater_gains(plots / "rater_gains.png", gains, "average score", title, labels=labels)]
+    first = next(iter(gains.values()), {})
+    made += example_curves(dmer, pdmer, first, kinds, config.examples, plots)
+    return made + attention_maps([dmer, pdmer], pdmer, plots)

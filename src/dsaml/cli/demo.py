@@ -55,8 +55,6 @@ def try_the_tools(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, cons
 
 def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict[str, Any]:
     """Stage 5: score the unadapted models on the rater pairs, compare, print the tables, plot."""
-    from dsaml.plots import plot_rater_gains
-
     kinds = reporting.rater_kinds(config.corpus)
     protocols = [p for p in demo.ADAPTED if pdmer.row(p) is not None]
     console.print("dsaml-eval of the DMER and the unadapted PDMER model on the raters' test pairs ...")
@@ -71,14 +69,8 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
         console.print(f"  [bold]{row['model']}[/bold]: {row['meaning']}", highlight=False)
     title = "Adaptation gain per rater (average score: adapted PDMER - baseline on the same pairs)"
     console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"])))
-    plots = Path(config.out) / "plots"
-    console.print(f"plots -> {plots}")
-    gains, labels = report["per_rater_gains"], {r: f"{r[:6]} ({k})" for r, k in report["rater_kinds"].items()}
-    title = "Per-rater gain of the adapted PDMER model over the unadapted one and over the DMER model"
-    made = [plot_rater_gains(plots / "rater_gains.png", gains, "average score", title, labels=labels)]
-    first = next(iter(gains.values()), {})
-    made += demo.example_curves(dmer, pdmer, first, kinds, config.examples, plots)
-    made += demo.attention_maps([dmer, pdmer], pdmer, plots)
+    console.print(f"plots -> {Path(config.out) / 'plots'}")
+    made = demo.figures(dmer, pdmer, report, kinds, config)
     runs = {"dmer": dmer, "pdmer": pdmer, "dmer_on_raters": dmer_on_raters, "pdmer_before": pdmer_before}
     runs["new_listener"] = auto
     report["runs"] = {k: str(r.directory) for k, r in runs.items()}
