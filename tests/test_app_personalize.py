@@ -25,17 +25,7 @@ from dsaml.personalize import (
     read_simple_csv,
 )
 from dsaml.predictor import Predictor
-
-REPORT_SCORES = {
-    "arousal_ccc",
-    "arousal_pcc",
-    "arousal_rmse",
-    "valence_ccc",
-    "valence_pcc",
-    "valence_rmse",
-    "average",
-    "n",
-}
+from train_fixtures import SCORE_ROW_KEYS
 
 FEATURES = FeatureConfig()
 
@@ -197,7 +187,9 @@ def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listen
     report = json.loads((tmp_path / "personalize_report.json").read_text())
     assert set(report) == {"holdout", "chosen", "candidates"}
     assert set(report["holdout"]) == {"baseline", "personalized"}
-    assert set(report["holdout"]["baseline"]) == REPORT_SCORES and report["holdout"]["personalized"]["n"] == 1
+    assert (
+        set(report["holdout"]["baseline"]) == SCORE_ROW_KEYS and report["holdout"]["personalized"]["n"] == 1
+    )
     assert report["chosen"] == {"method": "maml", "steps": 3} and report["candidates"] == []
     adapted, _, hparams = load_network(out)  # weights_only=True
     source, _, _ = load_network(tiny_ckpt)

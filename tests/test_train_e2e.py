@@ -13,19 +13,16 @@ from dsaml.models.checkpoint import load_network
 from dsaml.training import module as module_lib
 from dsaml.training.module import NonFiniteLossError
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, PDMER_TINY, _one_thread, tiny_store, train_config  # noqa: F401
+from train_fixtures import (  # noqa: F401
+    DMER_TINY,
+    PDMER_TINY,
+    SCORE_ROW_KEYS,
+    _one_thread,
+    tiny_store,
+    train_config,
+)
 
-ROW_KEYS = {
-    "protocol",
-    "arousal_ccc",
-    "arousal_pcc",
-    "arousal_rmse",
-    "valence_ccc",
-    "valence_pcc",
-    "valence_rmse",
-    "average",
-    "n",
-}
+ROW_KEYS = SCORE_ROW_KEYS | {"protocol"}
 
 
 def _results(path):

@@ -27,6 +27,17 @@ TINY = [
 ]
 PDMER_TINY = ["experiment=pdmer_synthetic", *PDMER_TINY_EPISODES]
 DMER_TINY = ["experiment=dmer_synthetic", "task.batch_size=4"]
+# the keys of one scores row in results.json and personalize_report.json (written out: the files' format)
+SCORE_ROW_KEYS = {
+    "arousal_ccc",
+    "arousal_pcc",
+    "arousal_rmse",
+    "valence_ccc",
+    "valence_pcc",
+    "valence_rmse",
+    "average",
+    "n",
+}
 
 
 @pytest.fixture(autouse=True)
