@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -42,6 +43,34 @@ def _song(seed: int, n: int = 40) -> dict:
         "valence": (torch.rand(n, generator=gen) - 0.5) * 0.8,
         "global": None,
     }
+
+
+def test_predict_with_a_stride_runs_the_windows_it_names():
+    """Predict(window, stitch="last", stride): windows start at 0, 7, 14 and the last ends at the song's end
+    (40 segments, window 20: 0, 7, 14, 20); "last" takes the first window, then from each later window the
+    positions it adds (20-26, 27-33, 34-39), computed here
+    window by window with the network's plain forward (no learned global context, which a whole song gets per
+    segment)."""
+    net = tiny_net(global_context="none").eval()
+    song = _song(3, n=40)
+    arousal, valence = Predict(window=20, stitch="last", stride=7)(net, song)
+    expected = torch.empty(2, 40)
+    with torch.no_grad():
+        for start, first_new in ((0, 0), (7, 20), (14, 27), (20, 34)):
+            out = net(song["logmel"][None, start : start + 20], None)
+            new = slice(first_new - start, 20)
+            expected[0, first_new : start + 20] = out["arousal"][0, new]
+            expected[1, first_new : start + 20] = out["valence"][0, new]
+    torch.testing.assert_close(torch.stack([arousal, valence]), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_eval_stride_and_weighted_stitch_are_task_settings():
+    from dsaml.training.config import TaskConfig
+
+    task = TaskConfig.from_dict({"eval_stride": 10, "stitch": "weighted"})
+    assert (task.eval_stride, task.stitch) == (10, "weighted")
+    with pytest.raises(ConfigError, match="task.eval_stride=0"):
+        TaskConfig.from_dict({"eval_stride": 0})
 
 
 def test_calibration_is_the_closed_form_ridge_toward_identity():
@@ -227,9 +256,10 @@ def _one_song_listener(net, predictor: Predict, seed: int, n: int = 90) -> dict:
 
 
 def test_auto_with_one_song_validates_on_contiguous_blocks():
-    """One support song: blocked 3-fold inside it (each third held out in turn, the rest joined as one song);
-    a listener identical to the network keeps it; one who hears an exact affine map of its curves (arousal
-    + 0.2, valence 0.3 - valence) gets the calibration, on every fold; a too-short song validates nothing."""
+    """One support song: blocked 3-fold inside it (each third held out in turn, the rest joined as one song)
+    over the `auto_single` candidates only (default: calibrate; auto_methods are for >= 2 songs); a listener
+    identical to the network keeps it; one who hears an exact affine map of its curves (arousal + 0.2,
+    valence 0.3 - valence) gets the calibration, on every fold; a too-short song validates nothing."""
     net = tiny_net().eval()
     predictor = Predict(window=60)
     config = AdaptationConfig(
@@ -251,6 +281,14 @@ def test_auto_with_one_song_validates_on_contiguous_blocks():
         assert len(fit_on) == 1 and torch.equal(fit_on[0]["arousal"], rest)
     kept = select(net, [same], config, predictor, prior)
     assert kept.chosen == {"method": "none", "steps": 0} and kept.personalized.net is net
+    assert {(c["method"], c["steps"]) for c in kept.candidates} == {("none", 0), ("calibrate", 0)}
+    wider = select(net, [same], replace(config, auto_single=("calibrate", "head")), predictor, prior)
+    assert {(c["method"], c["steps"]) for c in wider.candidates} == {
+        ("none", 0),
+        ("calibrate", 0),
+        ("head", 1),
+        ("head", 2),
+    }
     affine = dict(same, arousal=same["arousal"] + 0.2, valence=0.3 - same["valence"])
     chosen = select(net, [affine], config, predictor, prior)
     assert chosen.chosen == {"method": "calibrate", "steps": 0}

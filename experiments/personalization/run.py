@@ -9,9 +9,14 @@ Only the project's commands run, each as its own process (`python -m dsaml.cli.<
 2. per seed: `dsaml-train` of the DMER model (conf/demo.yaml's settings), then one PDMER meta-training run
    per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights;
 3. `dsaml-eval` of every PDMER checkpoint with every method (`--methods`) under the within-song protocol and
-   the cross-song protocol with k = `--shots` support songs (`task.shots`), and of the DMER model with 0
-   adaptation (adaptation=none) under the same protocols (the baseline, same song-rater pairs); `auto` is
-   the selection `dsaml-personalize method=auto` makes, run on each test pair's support;
+   the cross-song protocol with k = `--shots` support songs (`task.shots`; `--cross-support song`: the
+   whole songs, as a user of dsaml-personalize gives them, or `clip`: their first 30 s), of the DMER model
+   with 0 adaptation (adaptation=none) under the same protocols (the baseline, same song-rater pairs), and
+   of the DMER model with `--dmer-methods` (personalising the model that was never meta-trained); `auto` is
+   the selection `dsaml-personalize method=auto` makes, run on each test pair's support. A k that no test
+   rater can give (fewer than k + 1 test songs) is skipped, saying so. Whole songs are predicted with
+   windows every `--eval-stride` segments (task.eval_stride; stitch=weighted when > 1, within 0.002 of
+   every window in the stride benchmark; 1 = the original's protocol);
 4. `dsaml-report` per k: scores with 95% intervals over seeds, per-rater gains vs the DMER model with paired
    tests, split by rater kind (the corpus's truth); then one gain-vs-meta-training-length plot.
 Runs whose results.json exists are kept (a stopped benchmark resumes). Results: <out>/report/k<k>/report.md,
@@ -37,7 +42,7 @@ from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
 METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/adaptation/)
 # the PDMER test settings the DMER checkpoint is scored with (it records a DMER task)
-TASK_KEYS = ("support_segments", "stitch", "eval_batch_size", "inner_steps", "inner_lr", "first_order")
+TASK_KEYS = ("support_segments", "eval_batch_size", "inner_steps", "inner_lr", "first_order")
 TINY = {
     "synth": "tiny",
     "dmer": ["+model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}", "trainer.max_epochs=1"],
@@ -64,22 +69,30 @@ def train(name: str, settings: list[str], seed: int, store: Path, directory: Pat
     return best_checkpoint(directory)
 
 
-def evaluate(
-    ckpt: Path, task: dict, protocols: list[str], shots: int, method: str, store: Path, out: Path
-) -> None:
-    """dsaml-eval of `ckpt` with the PDMER test settings `task`, k = `shots` and `method` into `out`."""
+def evaluate(ckpt: Path, task: dict, protocols: list[str], method: str, store: Path, out: Path) -> None:
+    """dsaml-eval of `ckpt` with the PDMER test settings `task` (TASK_KEYS, shots, cross_support, eval_stride,
+    stitch) and `method` into `out`."""
     if (out / "results.json").is_file():
         return
-    settings = [
-        f"+overrides.{k}={json.dumps(task[k]) if not isinstance(task[k], str) else task[k]}"
-        for k in TASK_KEYS
-    ]
+    settings = [f"+overrides.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in task.items()]
     command(
         "evaluate",
         [f"ckpt_path={ckpt}", "data=synthetic", "task=pdmer", f"protocols=[{','.join(protocols)}]",
-         *settings, f"+overrides.shots={shots}", f"adaptation={method}", f"paths.store={store}",
+         *settings, f"adaptation={method}", f"paths.store={store}",
          f"hydra.run.dir={out}", "hydra.output_subdir=null", "trainer.enable_model_summary=false"],
     )  # fmt: skip
+
+
+def feasible_shots(store: Path, shots: list[int]) -> list[int]:
+    """The k a test rater can give (k + 1 test songs: k to adapt on, one to score); says which are not."""
+    from dsaml.data.store import FeatureStore
+
+    reader = FeatureStore(store)
+    counts = [len(reader.songs_of_rater(r, "test")) for r in reader.raters("test")]
+    for k in shots:
+        raters = sum(n > k for n in counts)
+        print(f"cross-song k={k}: {raters} of {len(counts)} test raters have k + 1 test songs", flush=True)
+    return [k for k in shots if any(n > k for n in counts)]
 
 
 def growth_table(out: Path, shots: list[int]) -> dict[str, list[tuple[float, float, float]]]:
@@ -102,7 +115,10 @@ def main() -> None:
     parser.add_argument("--data", default="data", help="where the corpus and its store go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--dmer-methods", nargs="+", default=["calibrate", "head", AUTO], choices=METHODS)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
+    parser.add_argument("--cross-support", default="song", choices=["song", "clip"])
+    parser.add_argument("--eval-stride", type=int, default=10, help="task.eval_stride (1: every window)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 9], help="PDMER meta-training lengths")
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
     args = parser.parse_args()
@@ -117,6 +133,9 @@ def main() -> None:
     dmer_settings = to_overrides(demo["dmer"]) + (TINY["dmer"] if args.tiny else [])
     pdmer_settings = to_overrides(demo["pdmer"]) + (TINY["pdmer"] if args.tiny else [])
     steps = 2 if args.tiny else int(demo["pdmer"]["task"]["steps_per_epoch"])
+    shots = feasible_shots(store, args.shots)
+    if not shots:
+        sys.exit("no test rater has two test songs: the cross-song protocol has nothing to score")
     for seed in args.seeds:
         runs = out / "train" / f"seed_{seed}"
         dmer = train("dmer", dmer_settings, seed, store, runs / "dmer", [])
@@ -127,22 +146,37 @@ def main() -> None:
         }  # fmt: skip
         from dsaml.models.checkpoint import load_network
 
-        task = load_network(next(iter(pdmer.values())))[2]["task"]
-        for k in args.shots:
-            protocols = [WITHIN, CROSS] if k == args.shots[0] else [CROSS]
-            evaluate(dmer, task, protocols, k, "none", store, out / f"k{k}" / "dmer" / f"seed_{seed}")
+        trained = load_network(next(iter(pdmer.values())))[2]["task"]
+        for k in shots:
+            protocols = [WITHIN, CROSS] if k == shots[0] else [CROSS]
+            task = {key: trained[key] for key in TASK_KEYS} | {
+                "shots": k,
+                "cross_support": args.cross_support,
+                "eval_stride": args.eval_stride,
+                "stitch": "weighted" if args.eval_stride > 1 else trained["stitch"],
+            }
+            runs_k = out / f"k{k}"
+            evaluate(dmer, task, protocols, "none", store, runs_k / "dmer" / f"seed_{seed}")
+            for method in args.dmer_methods:
+                evaluate(dmer, task, protocols, method, store, runs_k / f"dmer_{method}" / f"seed_{seed}")
             for length, ckpt in pdmer.items():
                 for method in args.methods:
-                    folder = out / f"k{k}" / f"pdmer_{length}_{method}" / f"seed_{seed}"
-                    evaluate(ckpt, task, protocols, k, method, store, folder)
-    for k in args.shots:
+                    evaluate(
+                        ckpt,
+                        task,
+                        protocols,
+                        method,
+                        store,
+                        runs_k / f"pdmer_{length}_{method}" / f"seed_{seed}",
+                    )
+    for k in shots:
         report = out / "report" / f"k{k}"
         command("report", [f"runs=[{out / f'k{k}'}]", "baseline=dmer", f"corpus={corpus}", f"out={report}"])
     from dsaml.plots import plot_gain_growth
 
     title = f"Per-rater gain vs the DMER model against meta-training length ({len(args.seeds)} seeds, 95% CI)"
-    plot_gain_growth(out / "growth.png", growth_table(out, args.shots), "PDMER meta-batches", title)
-    parts = [(out / "report" / f"k{k}" / "report.md").read_text() for k in args.shots]
+    plot_gain_growth(out / "growth.png", growth_table(out, shots), "PDMER meta-batches", title)
+    parts = [(out / "report" / f"k{k}" / "report.md").read_text() for k in shots]
     (out / "summary.md").write_text("\n\n".join(parts))
     print(f"benchmark -> {out / 'summary.md'}, {out / 'growth.png'}")
 

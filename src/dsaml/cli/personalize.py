@@ -108,13 +108,16 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         adaptation = adaptation.resolve(predictor.hparams.get("task"))
         stored = predictor.hparams.get("calibration_prior")
         if adaptation.method == AUTO and adaptation.prior == "auto" and not stored:
-            kept = tuple(m for m in adaptation.auto_methods if not m.endswith("calibrate"))
+            kept = {
+                key: [m for m in getattr(adaptation, key) if not m.endswith("calibrate")]
+                for key in ("auto_methods", "auto_single")
+            }
             console.print(
                 f"note: {config.ckpt} holds no calibration prior: method=auto leaves out the calibrate "
                 "methods (set prior=<songs>, e.g. prior=1, to include them)",
                 highlight=False,
             )
-            adaptation = AdaptationConfig.from_dict({**adaptation.to_dict(), "auto_methods": kept})
+            adaptation = AdaptationConfig.from_dict({**adaptation.to_dict(), **kept})
         prior = calibration_prior(adaptation, stored)
         songs = load_listener(predictor, config.audio, config.annotations, config.rater)
     except MissingMandatoryValue as error:

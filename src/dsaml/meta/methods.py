@@ -9,10 +9,15 @@ A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listen
 - calibrate: a per-dimension affine map (gain, offset, optional lag) of the network's output, fitted in
   closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
 - head_calibrate / maml_calibrate: the inner loop, then the map fitted on the adapted network's outputs;
-- auto: choose among the above (and among step counts) on the listener's own songs: leave-one-song-out
-  with >= 2 songs, blocked k-fold inside the song with one (contiguous blocks, each held out in turn); the
-  unadapted network unless a candidate validates better on average by more than `margin` and on most
-  folds (`select`).
+- auto: choose among the above (and among step counts) on the listener's own songs: with >= 2 songs
+  among `auto_methods`, by leave-one-song-out; with one song among `auto_single` (default: calibrate
+  alone), by blocked k-fold inside the song (contiguous blocks, each held out in turn); the unadapted
+  network unless a candidate validates better on average by more than `margin` and on most folds
+  (`select`). Why one song gets fewer candidates: a listener's deviation from the model that is specific to
+  one song is shared by all of its blocks, so no split of one song measures what transfers to their other
+  songs, and the candidates that fit the song best (the inner loops) are picked and transfer worse
+  (docs/method.md, "Choosing a method"); the calibration's shrinkage is estimated from the training
+  raters' song-to-song spread, the one between-song evidence there is.
 
 `personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
 identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.
@@ -39,7 +44,7 @@ from dsaml.config import (
     number,
 )
 from dsaml.data.batch import SongSequence, windows_batch
-from dsaml.data.batch import join_pieces as _segments
+from dsaml.data.batch import join_pieces
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
@@ -61,7 +66,8 @@ class AdaptationConfig(Config):
     the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order). lag: calibrate: the
     largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
     songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
-    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none. auto_steps: step
+    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
+    gives two or more songs; auto_single: the same with one song. auto_steps: step
     counts it tries for head/maml (None: steps // 2, steps, 2 * steps). margin: how much better (average
     score) a candidate must validate than the unadapted network to be chosen.
     """
@@ -75,6 +81,7 @@ class AdaptationConfig(Config):
     lag: int = integer(0, low=0)
     prior: Any = "auto"  # auto or a number >= 0: checked in __post_init__ (two kinds of value)
     auto_methods: tuple[str, ...] = choice_list(METHODS[1:], METHODS[1:])
+    auto_single: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
     auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
     margin: float = number(0.0)
 
@@ -89,6 +96,7 @@ class AdaptationConfig(Config):
                 "(prior strength in songs)"
             )
         object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
+        object.__setattr__(self, "auto_single", tuple(self.auto_single))
         if self.auto_steps is not None:
             object.__setattr__(self, "auto_steps", tuple(self.auto_steps))
 
@@ -99,6 +107,7 @@ class AdaptationConfig(Config):
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["auto_methods"] = list(self.auto_methods)
+        out["auto_single"] = list(self.auto_single)
         out["auto_steps"] = None if self.auto_steps is None else list(self.auto_steps)
         return out
 
@@ -144,7 +153,8 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
     """The prior the config asks for: a number, or (prior=auto) the one stored with the checkpoint. None when
     no method needs one; ConfigError when prior=auto and nothing is stored."""
     uses = config.calibrates or (
-        config.method == AUTO and any(m.endswith("calibrate") for m in config.auto_methods)
+        config.method == AUTO
+        and any(m.endswith("calibrate") for m in config.auto_methods + config.auto_single)
     )
     if not uses:
         return None
@@ -163,28 +173,31 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
 # ------------------------------------------------------------------ prediction
 @dataclass(frozen=True)
 class Predict:
-    """How whole sequences are predicted: sliding windows of `window` segments, `stitch`, `batch_size`."""
+    """How whole sequences are predicted: sliding windows of `window` segments every `stride` segments,
+    `stitch`, `batch_size` windows per forward."""
 
     window: int
     stitch: str = "mean"
     batch_size: int = 32
+    stride: int = 1
 
     def __call__(self, net: nn.Module, seq: Sequence_) -> tuple[Tensor, Tensor]:
         """Eval-mode prediction of one sequence -> (arousal [T], valence [T]) on the labels' device."""
-        return predict(net, seq, self.window, self.stitch, self.batch_size)
+        return predict(net, seq, self.window, self.stitch, self.batch_size, self.stride)
 
 
 def predict(
-    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int
+    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int, stride: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments, one
-    plain forward when shorter). Returns (arousal [T], valence [T]) on the labels' device."""
+    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments every
+    `stride` segments, one plain forward when shorter). Returns (arousal [T], valence [T]) on the labels'
+    device."""
     with torch.no_grad():
         arousal, valence = predict_song(
             net,
             seq["logmel"],
             seq.get("global"),
-            stride=1,
+            stride=stride,
             stitch=stitch,
             batch_size=batch_size,
             window=window,
@@ -292,7 +305,7 @@ def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_]
     splits = []
     for i in range(k):
         rest = [(a, b) for a, b in ((0, edges[i]), (edges[i + 1], n)) if b > a]
-        splits.append(([_segments(seq, rest)], [_segments(seq, [(edges[i], edges[i + 1])])]))
+        splits.append(([join_pieces(seq, rest)], [join_pieces(seq, [(edges[i], edges[i + 1])])]))
     return f"blocked {k}-fold within the song ({n} segments, blocks of ~{n // k})", splits
 
 
@@ -369,11 +382,13 @@ def select(
     prior: CalibrationPrior | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:
-    """method=auto: score every candidate on the validation folds of the listener's songs (`folds`), choose
-    the best-scoring one among those that beat the unadapted network on average by more than
-    `config.margin` and on more than half of the folds (else "none"), and refit it on every song. `config`
-    must be resolved."""
+    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
+    the validation folds of the listener's songs (`folds`), choose the best-scoring one among those that
+    beat the unadapted network on average by more than `config.margin` and on more than half of the folds
+    (else "none"), and refit it on every song. `config` must be resolved."""
     how, splits = folds(support)
+    if len(support) < 2:
+        config = replace(config, auto_methods=config.auto_single)
     per_fold = []
     for index, (fit_on, validate) in enumerate(splits):
         if progress is not None:

@@ -64,13 +64,15 @@ def run_protocols(
     adaptation: AdaptationConfig,
     stitch: str,
     batch_size: int,
+    stride: int = 1,
     prior: CalibrationPrior | None = None,
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
     """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
-    adaptation: resolved (steps, lr, first_order set); prior: the calibration prior when it calibrates.
+    window / stitch / batch_size / stride: whole-song prediction (`Predict`). adaptation: resolved (steps, lr,
+    first_order set); prior: the calibration prior when it calibrates.
     Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped."""
     results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
-    predictor = Predict(window, stitch, batch_size)
+    predictor = Predict(window, stitch, batch_size, stride)
 
     def score(name: str, model: Personalized, seq: SongSequence) -> None:
         pa, pv = model.predict(predictor, seq)

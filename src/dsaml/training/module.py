@@ -262,6 +262,7 @@ class DSAMLModule(L.LightningModule):
             adaptation=self._adaptation,
             stitch=cfg.stitch,
             batch_size=cfg.eval_batch_size,
+            stride=cfg.eval_stride,
             prior=self._prior,
         )
         for protocol, (scores, curves) in results.items():
