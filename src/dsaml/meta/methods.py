@@ -43,8 +43,7 @@ from dsaml.config import (
     integer_list,
     number,
 )
-from dsaml.data.batch import SongSequence, windows_batch
-from dsaml.data.batch import join_pieces
+from dsaml.data.batch import SongSequence, join_pieces, windows_batch
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
