@@ -107,6 +107,21 @@ def check_range(
         )
 
 
+def check_output_folder(key: str, folder: str | Path) -> Path:
+    """Check (before any work, creating nothing) that `folder` is or can become a writable folder:
+    ConfigError naming `key` when it is an existing file, lies under a file, or is not writable."""
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is an existing file" if existing == path else f"lies under the file {existing}"
+        raise ConfigError(f"{key}={str(folder)!r} {where}; expected a folder to write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(folder)!r}: the folder {existing} is not writable")
+    return path
+
+
 def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_open: bool) -> str:
     what = "an integer" if integer else "a number"
     if low == 0 and high is None:
