@@ -73,6 +73,23 @@ def test_eval_stride_and_weighted_stitch_are_task_settings():
         TaskConfig.from_dict({"eval_stride": 0})
 
 
+def test_old_task_keys_are_deprecated_aliases_of_the_episode_keys():
+    """task.tasks / task.val_tasks (old configs and checkpoints) set task.episodes / task.val_episodes, with a
+    FutureWarning naming the new key; a config without them is silent."""
+    import warnings
+
+    from dsaml.training.config import TaskConfig
+
+    with pytest.warns(FutureWarning, match=r"task.tasks=3 is deprecated: use task.episodes"):
+        task = TaskConfig.from_dict({"name": "pdmer", "tasks": 3, "test_protocols": ["pdmer_within_song"]})
+    assert (task.episodes, task.tasks) == (3, None)
+    with pytest.warns(FutureWarning, match=r"task.val_tasks=0 is deprecated: use task.val_episodes"):
+        assert TaskConfig.from_dict({"val_tasks": 0}).val_episodes == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TaskConfig.from_dict({"episodes": 5}).to_dict()["episodes"] == 5
+
+
 def test_calibration_is_the_closed_form_ridge_toward_identity():
     x = torch.tensor([0.0, 0.1, 0.4, 0.2, -0.3, 0.1])
     y = 2.0 * x + 0.3

@@ -35,7 +35,7 @@ def test_deterministic_per_seed_and_step():
 
 
 def test_too_few_raters_names_the_fix():
-    with pytest.raises(ValueError, match="task.tasks"):
+    with pytest.raises(ValueError, match="task.episodes"):
         EpisodeSampler(CATALOGUE, episodes=9, shots=1, queries=3)
 
 

@@ -28,7 +28,7 @@ def _module(ref) -> DSAMLModule:
     cfg = config_from_original(ref["config"])
     task = {
         "name": "pdmer",
-        "tasks": 1,
+        "episodes": 1,
         "shots": 1,
         "queries": 1,
         "inner_steps": int(ref["maml_adapt_steps"]),

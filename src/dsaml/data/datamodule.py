@@ -199,9 +199,9 @@ class DSAMLDataModule(L.LightningDataModule):
     """Reads the feature store at `store` for `task` ("dmer" | "pdmer").
 
     batch_size: DMER clips per batch. shots / queries: PDMER episode shape; episodes: episodes (distinct
-    raters) per meta-batch (config `task.tasks`). val_fraction: share of training songs (DMER) or raters
+    raters) per meta-batch (config `task.episodes`). val_fraction: share of training songs (DMER) or raters
     (PDMER) held out for validation (never the test set). steps_per_epoch: PDMER meta-batches per epoch
-    (validation runs after each). val_episodes: PDMER validation episodes (config `task.val_tasks`).
+    (validation runs after each). val_episodes: PDMER validation episodes (config `task.val_episodes`).
     global_name: feature-store vectors passed as the network's global context (None when the network
     builds its own). seed: the episode stream and the held-out split. cross_support: the
     cross-song protocol adapts on each support song's first clip ("clip") or the whole song ("song").

@@ -2,7 +2,7 @@
 
 An episode is one rater: `shots` support songs and `queries` other query songs of that rater (queries are
 drawn with replacement only when the rater has too few other songs). A meta-batch is `episodes` episodes
-from distinct raters (the config key `task.tasks`; "task" there is dmer/pdmer). Everything is a function
+from distinct raters (the config key `task.episodes`). Everything is a function
 of (seed, step), so a resumed run replays the same stream and every DDP rank can build the same meta-batch
 and keep its own share (`shard`).
 """
@@ -71,8 +71,8 @@ class EpisodeSampler:
         self.raters = sorted(self.catalogue)
         if len(self.raters) < episodes:
             raise ValueError(
-                f"task.tasks={episodes} distinct raters per meta-batch, but only {len(self.raters)} raters "
-                f"have more than shots={shots} songs; lower task.tasks or task.shots"
+                f"task.episodes={episodes} distinct raters per meta-batch, but only {len(self.raters)} "
+                f"raters have more than shots={shots} songs; lower task.episodes or task.shots"
             )
         self.episodes, self.shots, self.queries, self.seed = episodes, shots, queries, seed
 

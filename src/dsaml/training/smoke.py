@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 PDMER_TINY_EPISODES = (
-    "task.tasks=2",
+    "task.episodes=2",
     "task.queries=2",
     "task.inner_steps=2",
     "task.steps_per_epoch=2",
-    "task.val_tasks=2",
+    "task.val_episodes=2",
     "task.eval_inner_steps=1",
 )
