@@ -34,21 +34,14 @@ from pathlib import Path
 
 import torch
 
+from dsaml.training.smoke import PDMER_TINY_EPISODES
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "benchmarks"
 TINY_NET = ["model.hidden_size=16", "model.num_heads=2", "model.num_layers=1", "model.ffn_size=16"]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "~callbacks.progress_bar"]
 DMER = ["experiment=dmer_synthetic", "task.batch_size=4", "trainer.max_epochs=1"]
-PDMER = [
-    "experiment=pdmer_synthetic",
-    "task.tasks=2",
-    "task.queries=2",
-    "task.inner_steps=2",
-    "task.steps_per_epoch=2",
-    "task.val_tasks=2",
-    "task.eval_inner_steps=1",
-    "trainer.max_epochs=1",
-]
+PDMER = ["experiment=pdmer_synthetic", *PDMER_TINY_EPISODES, "trainer.max_epochs=1"]
 
 
 @dataclass

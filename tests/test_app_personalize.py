@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,24 +19,17 @@ from dsaml.meta import AdaptationConfig, Predict, batch_loss, windows_batch
 from dsaml.meta.calibration import Calibration
 from dsaml.models.checkpoint import load_network
 from dsaml.personalize import (
+    AnnotatedSong,
     AnnotationError,
+    adaptation_for,
     load_listener,
     personalize_listener,
     read_deam_rater,
     read_simple_csv,
+    split_holdout,
 )
 from dsaml.predictor import Predictor
-
-REPORT_SCORES = {
-    "arousal_ccc",
-    "arousal_pcc",
-    "arousal_rmse",
-    "valence_ccc",
-    "valence_pcc",
-    "valence_rmse",
-    "average",
-    "n",
-}
+from train_fixtures import SCORE_ROW_KEYS
 
 FEATURES = FeatureConfig()
 
@@ -197,7 +191,9 @@ def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listen
     report = json.loads((tmp_path / "personalize_report.json").read_text())
     assert set(report) == {"holdout", "chosen", "candidates"}
     assert set(report["holdout"]) == {"baseline", "personalized"}
-    assert set(report["holdout"]["baseline"]) == REPORT_SCORES and report["holdout"]["personalized"]["n"] == 1
+    assert (
+        set(report["holdout"]["baseline"]) == SCORE_ROW_KEYS and report["holdout"]["personalized"]["n"] == 1
+    )
     assert report["chosen"] == {"method": "maml", "steps": 3} and report["candidates"] == []
     adapted, _, hparams = load_network(out)  # weights_only=True
     source, _, _ = load_network(tiny_ckpt)
@@ -282,7 +278,7 @@ def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
     [
         (["holdout=[s9]"], "holdout=['s9']: not among the annotated songs"),
         (["holdout=[s1,s2,s3]"], "every annotated song is held out"),
-        (["lr=-1"], "adaptation.lr=-1: expected null or a positive number"),
+        (["lr=-1"], "adaptation.lr=-1: expected a positive number or null"),
         (["method=bogus"], "adaptation.method='bogus' is not one of none, calibrate"),
         (["method=calibrate"], "adaptation.prior=auto: this checkpoint holds no calibration prior"),
     ],
@@ -314,3 +310,28 @@ def test_audio_and_annotations_must_match(tiny_ckpt, listener, tmp_path):
         )
     with pytest.raises(AnnotationError, match=r"annotated but no audio: \['s2', 's3'\]"):
         load_listener(predictor, [str(listener / "audio" / "s1.wav")], [str(listener / "curves")])
+
+
+def test_split_holdout_names_what_cannot_be_held_out() -> None:
+    songs = [
+        AnnotatedSong(name, Path(f"{name}.wav"), np.zeros((2, 51, 128), np.float32), np.zeros(2), np.zeros(2))
+        for name in ("a", "b", "c")
+    ]
+    support, heldout = split_holdout(songs, ["b"])
+    assert [s.song for s in support] == ["a", "c"] and [s.song for s in heldout] == ["b"]
+    with pytest.raises(
+        AnnotationError, match=r"holdout=\['d'\]: not among the annotated songs \['a', 'b', 'c'\]"
+    ):
+        split_holdout(songs, ["d", "a"])
+    with pytest.raises(AnnotationError, match="every annotated song is held out"):
+        split_holdout(songs, ["a", "b", "c"])
+
+
+def test_adaptation_for_leaves_calibrate_out_only_without_any_prior() -> None:
+    task = {"inner_steps": 4, "inner_lr": 0.01, "first_order": True}
+    no_prior = SimpleNamespace(hparams={"task": task})
+    config, prior, narrowed = adaptation_for(no_prior, AdaptationConfig(method="auto"))
+    assert narrowed and prior is None and (config.steps, config.lr) == (4, 0.01)
+    assert config.auto_methods == ("head", "maml") and config.auto_single == ()
+    config, prior, narrowed = adaptation_for(no_prior, AdaptationConfig(method="auto", prior=1))
+    assert not narrowed and prior is not None and "calibrate" in config.auto_methods

@@ -14,7 +14,8 @@ import torch
 
 from app_fixtures import capture, compose_cli, save_tiny_ckpt, tiny_net, write_audio
 from data_fixtures import direct_logmel
-from dsaml.cli.predict import output_names, run
+from dsaml.cli.predict import run
+from dsaml.curve_files import output_names
 from dsaml.data.features import FeatureConfig
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network, save_network

@@ -9,8 +9,9 @@ import pytest
 
 from data_fixtures import data_config, tiny_corpus, write_tone  # noqa: F401
 from dsaml.config import ConfigError
-from dsaml.data.catalogue import Catalogue, DataError, PdmerFilter, Song
+from dsaml.data.catalogue import Catalogue, DataError, Song
 from dsaml.data.readers import DataConfig, read_catalogue
+from dsaml.data.rules import PdmerFilter
 from dsaml.data.synth.corpus import load_truth
 
 AVERAGED = "DEAM_Annotations/annotations/annotations averaged per song/dynamic (per second annotations)"

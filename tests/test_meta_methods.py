@@ -73,6 +73,23 @@ def test_eval_stride_and_weighted_stitch_are_task_settings():
         TaskConfig.from_dict({"eval_stride": 0})
 
 
+def test_old_task_keys_are_deprecated_aliases_of_the_episode_keys():
+    """task.tasks / task.val_tasks (old configs and checkpoints) set task.episodes / task.val_episodes, with a
+    FutureWarning naming the new key; a config without them is silent."""
+    import warnings
+
+    from dsaml.training.config import TaskConfig
+
+    with pytest.warns(FutureWarning, match=r"task.tasks=3 is deprecated: use task.episodes"):
+        task = TaskConfig.from_dict({"name": "pdmer", "tasks": 3, "test_protocols": ["pdmer_within_song"]})
+    assert (task.episodes, task.tasks) == (3, None)
+    with pytest.warns(FutureWarning, match=r"task.val_tasks=0 is deprecated: use task.val_episodes"):
+        assert TaskConfig.from_dict({"val_tasks": 0}).val_episodes == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TaskConfig.from_dict({"episodes": 5}).to_dict()["episodes"] == 5
+
+
 def test_calibration_is_the_closed_form_ridge_toward_identity():
     x = torch.tensor([0.0, 0.1, 0.4, 0.2, -0.3, 0.1])
     y = 2.0 * x + 0.3
@@ -173,8 +190,12 @@ def test_adaptation_config_is_checked_with_the_allowed_values():
         AdaptationConfig.from_dict({"methd": "maml"})
     with pytest.raises(ConfigError, match="adaptation.prior=-1"):
         AdaptationConfig(prior=-1)
-    with pytest.raises(ConfigError, match="auto_methods entry='auto'"):
+    with pytest.raises(ConfigError, match=r"auto_methods\[0\]='auto' is not one of calibrate, head"):
         AdaptationConfig(auto_methods=["auto"])
+    with pytest.raises(ConfigError, match=r"auto_steps=\[\]: expected null or a list of at least 1"):
+        AdaptationConfig(auto_steps=[])
+    with pytest.raises(ConfigError, match=r"adaptation.first_order='yes': expected true, false or null"):
+        AdaptationConfig(first_order="yes")
     resolved = AdaptationConfig(method="head").resolve(
         {"inner_steps": 4, "eval_inner_steps": 7, "inner_lr": 0.1}
     )

@@ -7,10 +7,11 @@ import inspect
 import pytest
 import torch
 
+from dsaml.data.vector_file import load_vector_file
 from dsaml.losses import dsaml_loss
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.attention import DualScaleEncoder
-from dsaml.models.global_context import LearnedGlobalContext, load_vector_file
+from dsaml.models.global_context import LearnedGlobalContext
 from dsaml.models.network import EmotionHead
 from model_fixtures import assert_grads_close
 

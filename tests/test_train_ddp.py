@@ -20,7 +20,7 @@ from train_fixtures import PDMER_TINY, TINY, _one_thread, tiny_store, train_conf
 
 STEPS = [
     "task.steps_per_epoch=3",
-    "task.tasks=2",
+    "task.episodes=2",
     "task.val_fraction=0.0",
     "test=false",
     "callbacks.param_consistency.every_n_steps=1",

@@ -13,19 +13,16 @@ from dsaml.models.checkpoint import load_network
 from dsaml.training import module as module_lib
 from dsaml.training.module import NonFiniteLossError
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, PDMER_TINY, _one_thread, tiny_store, train_config  # noqa: F401
+from train_fixtures import (  # noqa: F401
+    DMER_TINY,
+    PDMER_TINY,
+    SCORE_ROW_KEYS,
+    _one_thread,
+    tiny_store,
+    train_config,
+)
 
-ROW_KEYS = {
-    "protocol",
-    "arousal_ccc",
-    "arousal_pcc",
-    "arousal_rmse",
-    "valence_ccc",
-    "valence_pcc",
-    "valence_rmse",
-    "average",
-    "n",
-}
+ROW_KEYS = SCORE_ROW_KEYS | {"protocol"}
 
 
 def _results(path):
@@ -113,7 +110,7 @@ def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch)
     monkeypatch.setattr(module_lib, "batch_loss", nan_loss)
     with pytest.raises(NonFiniteLossError, match=r"global step 0 .*DMER batch.*songs in the batch: \d+"):
         run(train_config(tiny_store, tmp_path / "dmer", DMER_TINY))
-    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*meta-step 0, task of rater \w+.*songs"):
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*meta-step 0, episode of rater \w+.*songs"):
         run(train_config(tiny_store, tmp_path / "pdmer", [*PDMER_TINY, "task.inner_lr=1e30"]))
 
 

@@ -10,7 +10,7 @@ CATALOGUE = {f"r{i}": [str(1000 + 10 * i + j) for j in range(20 if i % 2 else 6)
 
 
 def test_meta_batch_shape_distinct_raters_and_own_songs():
-    sampler = EpisodeSampler(CATALOGUE, tasks=5, shots=1, queries=15, seed=3)
+    sampler = EpisodeSampler(CATALOGUE, episodes=5, shots=1, queries=15, seed=3)
     for step in range(20):
         batch = sampler.meta_batch(step)
         assert len(batch) == 5 and len({t.rater for t in batch}) == 5
@@ -31,12 +31,12 @@ def test_deterministic_per_seed_and_step():
     assert [a.meta_batch(s) for s in range(5)] == [b.meta_batch(s) for s in range(5)]
     assert a.meta_batch(0) != a.meta_batch(1)
     assert a.meta_batch(0) != EpisodeSampler(CATALOGUE, 4, 2, 3, seed=1).meta_batch(0)
-    assert a.fixed_tasks(6) == a.fixed_tasks(6)
+    assert a.fixed_episodes(6) == a.fixed_episodes(6)
 
 
 def test_too_few_raters_names_the_fix():
-    with pytest.raises(ValueError, match="task.tasks"):
-        EpisodeSampler(CATALOGUE, tasks=9, shots=1, queries=3)
+    with pytest.raises(ValueError, match="task.episodes"):
+        EpisodeSampler(CATALOGUE, episodes=9, shots=1, queries=3)
 
 
 def test_shard_splits_every_task_once():

@@ -116,7 +116,7 @@ def test_cross_song_support_is_a_clip_or_the_whole_song():
     import torch
 
     from app_fixtures import tiny_net
-    from dsaml.data.datamodule import collate
+    from dsaml.data.batch import collate
     from dsaml.meta import AdaptationConfig, CalibrationPrior, Predict
     from dsaml.training.evaluation import run_protocols
 

@@ -28,7 +28,7 @@ def _module(ref) -> DSAMLModule:
     cfg = config_from_original(ref["config"])
     task = {
         "name": "pdmer",
-        "tasks": 1,
+        "episodes": 1,
         "shots": 1,
         "queries": 1,
         "inner_steps": int(ref["maml_adapt_steps"]),
@@ -71,7 +71,7 @@ def _assert_grads(module: DSAMLModule, ref) -> None:
 
 def test_meta_backward_matches_reference(ref):
     module = _module(ref).train()
-    stats = meta_backward(module.maml, [_task(ref)], module.task_cfg.inner_steps, n_total_tasks=1)
+    stats = meta_backward(module.maml, [_task(ref)], module.task_cfg.inner_steps, episodes_in_meta_batch=1)
     torch.testing.assert_close(
         torch.tensor(stats.adapt_losses[0]), ref["maml_adapt_losses"], rtol=1e-5, atol=1e-6
     )
@@ -84,7 +84,7 @@ def test_training_step_through_trainer_matches_reference(ref, tmp_path):
     in .grad equal the reference, and the Adam step moved the weights by about lr."""
     module = _module(ref)
     before = {k: v.detach().clone() for k, v in module.net.named_parameters()}
-    batch = {"step": 0, "n_tasks": 1, "tasks": [_task(ref)]}
+    batch = {"step": 0, "episodes_per_step": 1, "episodes": [_task(ref)]}
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",

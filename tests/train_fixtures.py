@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from dsaml.config import CONFIG_DIR
+from dsaml.training.smoke import PDMER_TINY_EPISODES
 
 # tiny network and episodes: a few seconds per run on 2 cores
 TINY = [
@@ -24,16 +25,19 @@ TINY = [
     "trainer.enable_model_summary=false",
     "~callbacks.progress_bar",
 ]
-PDMER_TINY = [
-    "experiment=pdmer_synthetic",
-    "task.tasks=2",
-    "task.queries=2",
-    "task.inner_steps=2",
-    "task.steps_per_epoch=2",
-    "task.val_tasks=2",
-    "task.eval_inner_steps=1",
-]
+PDMER_TINY = ["experiment=pdmer_synthetic", *PDMER_TINY_EPISODES]
 DMER_TINY = ["experiment=dmer_synthetic", "task.batch_size=4"]
+# the keys of one scores row in results.json and personalize_report.json (written out: the files' format)
+SCORE_ROW_KEYS = {
+    "arousal_ccc",
+    "arousal_pcc",
+    "arousal_rmse",
+    "valence_ccc",
+    "valence_pcc",
+    "valence_rmse",
+    "average",
+    "n",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -90,7 +90,7 @@ def our_meta_step(net, tasks, steps, lr) -> None:
     maml = maml_wrap(net, lr, first_order=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=5e-5)
     optimizer.zero_grad()
-    meta_backward(maml, tasks, steps, n_total_tasks=len(tasks))
+    meta_backward(maml, tasks, steps, episodes_in_meta_batch=len(tasks))
     optimizer.step()
 
 
@@ -99,7 +99,7 @@ def head_meta_step(net, tasks, steps, lr) -> None:
     maml = maml_wrap(net.head, lr, first_order=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=5e-5)
     optimizer.zero_grad()
-    meta_backward(maml, tasks, steps, n_total_tasks=len(tasks), net=net)
+    meta_backward(maml, tasks, steps, episodes_in_meta_batch=len(tasks), net=net)
     optimizer.step()
 
 

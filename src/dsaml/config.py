@@ -12,8 +12,10 @@ as metadata, so that `__post_init__` keeps only the rules that relate several fi
         device: str = choice("cpu", ("cpu", "gpu"))
         epochs: int = integer(10, low=1)           # integer(None, low=0, optional=True): null allowed
         lr: float = number(5e-3, low=0, low_open=True)
-        plot: bool = flag(True)
+        plot: bool = flag(True)                    # flag(None, optional=True): true, false or null
         name: str = text()                         # required: no default, must be a non-empty string
+        methods: tuple = choice_list((), ("a", "b"))  # a list of choices; integer_list(None, low=1, ...)
+        ckpt: str = existing_file()                # the path of an existing file
 
         def __post_init__(self) -> None:
             super().__post_init__()                # the field checks above
@@ -105,6 +107,21 @@ def check_range(
         )
 
 
+def check_output_folder(key: str, folder: str | Path) -> Path:
+    """Check (before any work, creating nothing) that `folder` is or can become a writable folder:
+    ConfigError naming `key` when it is an existing file, lies under a file, or is not writable."""
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is an existing file" if existing == path else f"lies under the file {existing}"
+        raise ConfigError(f"{key}={str(folder)!r} {where}; expected a folder to write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(folder)!r}: the folder {existing} is not writable")
+    return path
+
+
 def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_open: bool) -> str:
     what = "an integer" if integer else "a number"
     if low == 0 and high is None:
@@ -125,22 +142,36 @@ def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_ope
 class FieldCheck:
     """What a field's value must be; stored in the field's metadata under "check"."""
 
-    kind: str  # "choice" | "flag" | "text" | "integer" | "number" | "integer_pair" | "number_pair"
+    kind: str  # "choice" | "flag" | "text" | "file" | "integer" | "number", or "<kind>_pair" / "<kind>_list"
     choices: tuple[Any, ...] = ()
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
+    min_items: int = 0  # lists: the fewest entries allowed
 
     def __call__(self, key: str, value: Any) -> None:
+        if value is None and self.optional and (self.kind in ("flag", "file") or self.kind.endswith("_list")):
+            return
         if self.kind == "choice":
             check_choice(key, value, self.choices)
         elif self.kind == "flag":
-            check_flag(key, value)
+            if not isinstance(value, bool):
+                allowed = "true, false or null" if self.optional else "true or false"
+                raise ConfigError(f"{key}={value!r}: expected {allowed}")
         elif self.kind == "text":
             if not (value is None and self.optional) and not (isinstance(value, str) and value):
                 raise ConfigError(f"{key}={value!r}: expected a non-empty string")
+        elif self.kind == "file":
+            if not (isinstance(value, str) and value and Path(value).is_file()):
+                raise ConfigError(f"{key}={value!r}: no such file")
+        elif self.kind.endswith("_list"):
+            item = dataclasses.replace(self, kind=self.kind[: -len("_list")], optional=False, min_items=0)
+            if not (isinstance(value, (list, tuple)) and len(value) >= self.min_items):
+                raise ConfigError(f"{key}={value!r}: expected {self._describe_list(item)}")
+            for i, entry in enumerate(value):
+                item(f"{key}[{i}]", entry)
         elif self.kind.endswith("_pair"):
             if not (isinstance(value, (list, tuple)) and len(value) == 2):
                 raise ConfigError(f"{key}={value!r}: expected [min, max]")
@@ -158,6 +189,15 @@ class FieldCheck:
                 optional=self.optional,
             )
 
+    def _describe_list(self, item: FieldCheck) -> str:
+        entries = (
+            f"entries among {', '.join(map(str, item.choices))}"
+            if item.kind == "choice"
+            else f"entries each {_describe_range(item.kind == 'integer', item.low, item.high, False, False)}"
+        )
+        size = f"at least {self.min_items} " if self.min_items else ""
+        return ("null or " if self.optional else "") + f"a list of {size}{entries}"
+
 
 def _field(default: Any, check: FieldCheck) -> Any:
     if isinstance(default, (list, dict, set)):
@@ -170,9 +210,28 @@ def choice(default: Any = dataclasses.MISSING, choices: Iterable[Any] = ()) -> A
     return _field(default, FieldCheck("choice", choices=tuple(choices)))
 
 
-def flag(default: Any = dataclasses.MISSING) -> Any:
-    """A true/false field."""
-    return _field(default, FieldCheck("flag"))
+def flag(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
+    """A true/false field (None allowed when `optional`)."""
+    return _field(default, FieldCheck("flag", optional=optional))
+
+
+def existing_file(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
+    """The path of a file that exists (None allowed when `optional`)."""
+    return _field(default, FieldCheck("file", optional=optional))
+
+
+def choice_list(
+    default: Any = dataclasses.MISSING, choices: Iterable[Any] = (), *, optional: bool = False
+) -> Any:
+    """A list whose entries are each one of `choices` (None allowed when `optional`)."""
+    return _field(default, FieldCheck("choice_list", choices=tuple(choices), optional=optional))
+
+
+def integer_list(
+    default: Any = dataclasses.MISSING, *, low: int | None = None, optional: bool = False, min_items: int = 0
+) -> Any:
+    """A list of at least `min_items` integers, each >= low (None allowed when `optional`)."""
+    return _field(default, FieldCheck("integer_list", low=low, optional=optional, min_items=min_items))
 
 
 def text(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
@@ -185,10 +244,11 @@ def integer(
     *,
     low: int | None = None,
     high: int | None = None,
+    low_open: bool = False,
     optional: bool = False,
 ) -> Any:
-    """An integer field in [low, high] (None allowed when `optional`)."""
-    return _field(default, FieldCheck("integer", low=low, high=high, optional=optional))
+    """An integer field in [low, high] (> low when `low_open`; None allowed when `optional`)."""
+    return _field(default, FieldCheck("integer", low=low, high=high, low_open=low_open, optional=optional))
 
 
 def number(

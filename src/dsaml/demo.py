@@ -33,8 +33,11 @@ ROWS = {  # key -> (table label, what it is)
     "dmer_on_raters": ("DMER on raters", "DMER model (not adapted), scored on each rater's own curves"),
     "pdmer_unadapted": ("PDMER before", "meta-trained PDMER model before adaptation, rater curves"),
     "pdmer_within_song": ("PDMER within-song", "adapted on the rater's first 30 s of the song, scored after"),
-    "pdmer_cross_song": ("PDMER cross-song", "adapted on another song of the rater, scored on this song"),
-    "new_listener": ("new listener (auto)", "cross-song with the method dsaml-personalize method=auto picks"),
+    "pdmer_cross_song": ("PDMER cross-song", "adapted (MAML) on another whole song of the rater"),
+    "new_listener": (
+        "new listener (auto)",
+        "the DMER model personalised by dsaml-personalize's method=auto on another whole song of the rater",
+    ),
 }
 ADAPTED = {"pdmer_within_song": "within-song", "pdmer_cross_song": "cross-song"}
 
@@ -262,10 +265,11 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [*header, "avg", "n"], rows
 
 
-def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
-    """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize for the
-    test rater with the most test songs (their DEAM per-rater files, method=auto; the last song held out and
-    scored against the DMER model -> personalize_report.json); dsaml-predict with the adapted checkpoint.
+def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
+    """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize of the
+    DMER model for the test rater with the most test songs (their DEAM per-rater files, method=auto; the last
+    song held out and scored against the model unadapted -> personalize_report.json); dsaml-predict with the
+    adapted checkpoint.
     Returns (what they write, [(command, overrides)])."""
     from dsaml.data.deam import PER_RATER_DIR
     from dsaml.data.synth import deam_tree, load_truth
@@ -278,13 +282,12 @@ def tool_commands(dmer: Run, pdmer: Run, config: DemoConfig) -> tuple[dict[str, 
     songs = sorted(songs_of[rater], key=int)
     out = Path(config.out) / "tools"
     adapted = out / f"personalized_{rater}.ckpt"
-    personalize = [
-        f"ckpt={pdmer.checkpoint}",
+    personalize = [  # the DMER model: the better base for a new listener (README, personalisation benchmark)
+        f"ckpt={dmer.checkpoint}",
         "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
         f'annotations=["{annotations / PER_RATER_DIR}"]',
         f"rater={rater}",
         f"holdout=[{songs[-1]}]",
-        f"baseline={dmer.checkpoint}",
         f"out={adapted}",
     ]
     commands = [
@@ -396,3 +399,18 @@ def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
             plot_attention(out / f"attention_{run.name}.png", maps.mean(dim=1).numpy(), names, title)
         )
     return paths
+
+
+def figures(
+    dmer: Run, pdmer: Run, report: dict[str, Any], kinds: dict[str, str], config: DemoConfig
+) -> list[Path]:
+    """The results' figures under <out>/plots: the per-rater gains, example curves, attention maps."""
+    from dsaml.plots import plot_rater_gains
+
+    plots = Path(config.out) / "plots"
+    gains, labels = report["per_rater_gains"], {r: f"{r[:6]} ({k})" for r, k in report["rater_kinds"].items()}
+    title = "Per-rater gain of the adapted PDMER model over the unadapted one and over the DMER model"
+    made = [plot_rater_gains(plots / "rater_gains.png", gains, "average score", title, labels=labels)]
+    first = next(iter(gains.values()), {})
+    made += example_curves(dmer, pdmer, first, kinds, config.examples, plots)
+    return made + attention_maps([dmer, pdmer], pdmer, plots)

@@ -29,19 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dsaml.data.batch import window_starts
 from dsaml.models.network import DSAMLNet
 
 STITCH_RULES = ("mean", "weighted", "last", "original")
 ORIGINAL_WINDOW = 60  # segments per window (30 s) of the original's prediction procedure
 CNN_CHUNK = 512  # segments per spectrogram-encoder call (bounds peak memory on long songs)
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start positions of the sliding windows; the last window always ends at `length`."""
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
 
 
 def edge_weights(window: int) -> Tensor:

@@ -19,6 +19,7 @@ How the model adapts (maml, head, calibrate, their combinations, auto) is `dsaml
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsaml.data.catalogue import IssueLog, normalise_id, read_csv_rows
+from dsaml.data.annotations import normalise_id, read_csv_rows
+from dsaml.data.batch import SongSequence
+from dsaml.data.catalogue import IssueLog
 from dsaml.data.deam import PER_RATER_DIR, RATER_COLUMN, read_time_rows
 from dsaml.data.features import FeatureConfig
 from dsaml.meta import (
@@ -37,11 +40,14 @@ from dsaml.meta import (
     CalibrationPrior,
     Personalized,
     Predict,
+    calibration_prior,
     personalize_net,
     select,
 )
-from dsaml.metrics import mean_scores, scores_of
-from dsaml.predictor import Predictor, collect_audio
+from dsaml.metrics import REPORTED, mean_scores, scores_of
+from dsaml.models.checkpoint import save_network
+from dsaml.plots import plot_curves
+from dsaml.predictor import CheckpointError, Predictor, collect_audio
 
 Curve = tuple[int, np.ndarray, np.ndarray]  # (first segment, arousal [T], valence [T])
 LABEL_RANGE = (-1.0, 1.0)  # the curves' scale (DEAM's dynamic annotations; PMEmo's [0, 1] lies inside)
@@ -66,7 +72,7 @@ class AnnotatedSong:
         """Time of the first value in seconds."""
         return features.start_s + self.first * features.segment_s
 
-    def sequence(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor | None]:
+    def sequence(self, device: torch.device | str = "cpu") -> SongSequence:
         """The song as a sequence for `dsaml.meta`: logmel [T, 51, 128] on `device`, curves [T] on the CPU."""
         return {
             "logmel": torch.from_numpy(self.logmel).to(device),
@@ -282,6 +288,22 @@ class Outcome:
     candidates: list[dict[str, Any]]
     validation: str
 
+    def describe(self) -> str:
+        """ "method=<m>, steps=<n>" and the output map when there is one."""
+        calibration = self.model.calibration
+        text = f"method={self.chosen['method']}, steps={self.chosen['steps']}"
+        return text + (f", map {calibration.to_dict()}" if calibration else "")
+
+    def candidate_rows(self) -> tuple[list[str], list[list[str]]]:
+        """(header, rows) of auto's candidates, best validation score first; the chosen one marked *."""
+        chosen = (self.chosen["method"], self.chosen["steps"])
+        rows = [
+            [c["method"] + (" *" if (c["method"], c["steps"]) == chosen else ""), str(c["steps"])]
+            + [f"{c['score']:.4f}", " ".join(f"{v:.3f}" for v in c["folds"])]
+            for c in sorted(self.candidates, key=lambda c: -c["score"])
+        ]
+        return ["method", "steps", "score", "per fold"], rows
+
 
 def personalize_listener(
     net: torch.nn.Module,
@@ -316,3 +338,113 @@ def holdout_scores(
         for name, model in models.items()
     }
     return {name: mean_scores([row[1] for row in rows]) for name, rows in per_song.items()}, per_song
+
+
+# ------------------------------------------------------------------ results
+REPORT = "personalize_report.json"
+
+
+def adaptation_for(
+    predictor: Predictor, config: AdaptationConfig
+) -> tuple[AdaptationConfig, CalibrationPrior | None, bool]:
+    """`config` resolved against the checkpoint's task, the calibration prior it uses, and whether the
+    calibrate methods were left out of auto's candidates (method=auto, prior=auto and the checkpoint holds no
+    calibration prior)."""
+    config = config.resolve(predictor.hparams.get("task"))
+    stored = predictor.hparams.get("calibration_prior")
+    narrowed = config.method == AUTO and config.prior == "auto" and not stored
+    if narrowed:
+        kept = {
+            key: [m for m in getattr(config, key) if not m.endswith("calibrate")]
+            for key in ("auto_methods", "auto_single")
+        }
+        config = AdaptationConfig.from_dict({**config.to_dict(), **kept})
+    return config, calibration_prior(config, stored), narrowed
+
+
+def load_baseline(path: str | None, predictor: Predictor, device: str, trust: bool = False) -> Predictor:
+    """The model the personalised one is compared with on held-out songs: the checkpoint `path`, or
+    `predictor` itself when None; CheckpointError when its feature settings differ from `predictor`'s."""
+    if not path:
+        return predictor
+    baseline = Predictor.load(path, device, trust=trust)
+    if baseline.features != predictor.features:
+        raise CheckpointError(f"baseline={path}: its feature settings differ from ckpt={predictor.path}'s")
+    return baseline
+
+
+def split_holdout(
+    songs: Sequence[AnnotatedSong], holdout: Sequence[str]
+) -> tuple[list[AnnotatedSong], list[AnnotatedSong]]:
+    """(support, held-out songs): those named in `holdout` are held out; AnnotationError when one of them is
+    not among `songs` or every song is held out."""
+    unknown = sorted(set(holdout) - {s.song for s in songs})
+    if unknown:
+        raise AnnotationError(f"holdout={unknown}: not among the annotated songs {[s.song for s in songs]}")
+    support = [s for s in songs if s.song not in holdout]
+    if not support:
+        raise AnnotationError("every annotated song is held out; nothing to adapt on")
+    return support, [s for s in songs if s.song in holdout]
+
+
+def save_personalized(
+    out: str | Path,
+    predictor: Predictor,
+    outcome: Outcome,
+    config: AdaptationConfig,
+    rater: str | None,
+    support: Sequence[AnnotatedSong],
+) -> Path:
+    """Write the personalised model as a dsaml checkpoint (dsaml-predict reads it): the adapted weights, the
+    source's features/task/prior, and under `personalized` what was chosen and how (incl. the output map)."""
+    model = outcome.model
+    return save_network(
+        out,
+        model.net,
+        features=predictor.features.to_dict(),
+        task=predictor.hparams.get("task"),
+        calibration_prior=predictor.hparams.get("calibration_prior"),
+        personalized={
+            "source": str(predictor.path),
+            "rater": rater,
+            "songs": [s.song for s in support],
+            **outcome.chosen,
+            "lr": config.lr,
+            "first_order": config.first_order,
+            "calibration": model.calibration.to_dict() if model.calibration else None,
+            "validation": outcome.validation,
+            "candidates": outcome.candidates,
+        },
+    )
+
+
+def report_holdout(
+    baseline: Predictor,
+    outcome: Outcome,
+    window: Predict,
+    heldout: Sequence[AnnotatedSong],
+    out: Path,
+    plot: bool = True,
+) -> tuple[tuple[list[str], list[list[str]]], Path]:
+    """Score `baseline` and the personalised model on the held-out songs; write <out's folder>/REPORT
+    ({"holdout": mean scores per model, "chosen", "candidates"}) and with `plot` <out stem>_<song>.png per
+    song -> ((header, rows) of the scores per song and model, then the means when several songs, report)."""
+    models = {"baseline": Personalized(baseline.net, baseline.calibration), "personalized": outcome.model}
+    means, per_song = holdout_scores(models, window, heldout, baseline.device)
+    labelled = [(f"{song}: {name}", scores) for name in models for song, scores, _ in per_song[name]]
+    labelled += [(f"mean: {name}", means[name]) for name in models] if len(heldout) > 1 else []
+    header = ["song / model", *(key.replace("_", " ") for key in REPORTED)]
+    rows = [[label, *(f"{scores[k]:.3f}" for k in REPORTED)] for label, scores in labelled]
+    report = out.parent / REPORT
+    payload = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
+    report.write_text(json.dumps(payload, indent=2))
+    for index, song in enumerate(heldout if plot else ()):
+        plot_curves(
+            out.parent / f"{out.stem}_{song.song}.png",
+            (song.arousal, song.valence),
+            {name: per_song[name][index][2] for name in models},
+            f"held-out song {song.song}: listener vs model",
+            song.start_s(baseline.features),
+            baseline.features.segment_s,
+        )
+    return (header, rows), report

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsaml.data.catalogue import AUDIO_EXTENSIONS
+from dsaml.data.annotations import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
 from dsaml.data.validation import ConfigError
 from dsaml.inference import ORIGINAL_WINDOW, predict_song

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from dsaml.cli.entry import plain_command, report
+from dsaml.cli.entry import plain_command
+from dsaml.cli.errors import report
 from dsaml.data.validation import ConfigError
 from dsaml.models.checkpoint import read_torch_file, save_network
 from dsaml.models.compat import IGNORED_ORIGINAL_OPTIONS, ORIGINAL_OPTIONS, model_from_original

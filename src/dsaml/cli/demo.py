@@ -6,10 +6,10 @@
 4. PDMER: `dsaml-train experiment=pdmer_synthetic init_from=<the DMER checkpoint>` (first-order MAML over
    raters; tests unadapted, within-song and cross-song adaptation),
 5. results: `dsaml-eval` of the DMER and the PDMER model unadapted on the same (song, rater) pairs, and of
-   the new-listener case (cross-song, the method `dsaml-personalize method=auto` picks); one table, the gain
-   per rater over both baselines with its 95% interval and paired tests (`dsaml.reporting`), plots,
-6. the user tools: `dsaml-predict` on a test song, `dsaml-personalize` for one test rater (a held-out song
-   scored against the DMER model), `dsaml-predict` with the adapted checkpoint.
+   the new-listener case (the DMER model personalised by method=auto on another whole song); one table, the
+   gain per rater over both baselines with its 95% interval and paired tests (`dsaml.reporting`), plots,
+6. the user tools: `dsaml-predict` on a test song, `dsaml-personalize` of the DMER model for one test rater
+   (a held-out song scored against it), `dsaml-predict` with the adapted checkpoint.
 
 dsaml-demo                                  # everything under ./data and ./outputs/demo/<time>/
 dsaml-demo synth=tiny seed=1                # another corpus preset / seed
@@ -45,9 +45,9 @@ def run_tool(name: str, overrides: list[str], console: Console) -> None:
         raise RuntimeError(f"dsaml-{name} failed (see the messages above)")
 
 
-def try_the_tools(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict:
+def try_the_tools(dmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict:
     """Stage 6: the user commands of `demo.tool_commands`, run one after the other."""
-    info, commands = demo.tool_commands(dmer, pdmer, config)
+    info, commands = demo.tool_commands(dmer, config)
     for name, overrides in commands:
         run_tool(name, overrides, console)
     return info
@@ -55,15 +55,13 @@ def try_the_tools(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, cons
 
 def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict[str, Any]:
     """Stage 5: score the unadapted models on the rater pairs, compare, print the tables, plot."""
-    from dsaml.plots import plot_rater_gains
-
     kinds = reporting.rater_kinds(config.corpus)
     protocols = [p for p in demo.ADAPTED if pdmer.row(p) is not None]
     console.print("dsaml-eval of the DMER and the unadapted PDMER model on the raters' test pairs ...")
     dmer_on_raters = demo.evaluate("dmer_on_raters", dmer.checkpoint, pdmer, protocols, config)
     pdmer_before = demo.evaluate("pdmer_before", pdmer.checkpoint, pdmer, protocols, config)
-    console.print("dsaml-eval of the new-listener case: cross-song with the method chosen by method=auto ...")
-    auto = demo.evaluate("new_listener", pdmer.checkpoint, pdmer, ["pdmer_cross_song"], config, "auto")
+    console.print("dsaml-eval of the new-listener case: the DMER model, personalised by method=auto ...")
+    auto = demo.evaluate("new_listener", dmer.checkpoint, pdmer, ["pdmer_cross_song"], config, "auto")
     report = demo.compare(dmer, pdmer, dmer_on_raters, pdmer_before, auto, kinds)
     title = "Test results (mean over songs / song-rater pairs)"
     console.print(reporting.rich_table(title, *demo.results_rows(report)))
@@ -71,14 +69,8 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
         console.print(f"  [bold]{row['model']}[/bold]: {row['meaning']}", highlight=False)
     title = "Adaptation gain per rater (average score: adapted PDMER - baseline on the same pairs)"
     console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"])))
-    plots = Path(config.out) / "plots"
-    console.print(f"plots -> {plots}")
-    gains, labels = report["per_rater_gains"], {r: f"{r[:6]} ({k})" for r, k in report["rater_kinds"].items()}
-    title = "Per-rater gain of the adapted PDMER model over the unadapted one and over the DMER model"
-    made = [plot_rater_gains(plots / "rater_gains.png", gains, "average score", title, labels=labels)]
-    first = next(iter(gains.values()), {})
-    made += demo.example_curves(dmer, pdmer, first, kinds, config.examples, plots)
-    made += demo.attention_maps([dmer, pdmer], pdmer, plots)
+    console.print(f"plots -> {Path(config.out) / 'plots'}")
+    made = demo.figures(dmer, pdmer, report, kinds, config)
     runs = {"dmer": dmer, "pdmer": pdmer, "dmer_on_raters": dmer_on_raters, "pdmer_before": pdmer_before}
     runs["new_listener"] = auto
     report["runs"] = {k: str(r.directory) for k, r in runs.items()}
@@ -118,7 +110,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     stage("results")
     report = results(dmer, pdmer, config, console)
     stage("your own music: dsaml-predict and dsaml-personalize on the demo's test songs")
-    report["tools"] = try_the_tools(dmer, pdmer, config, console)
+    report["tools"] = try_the_tools(dmer, config, console)
     (run_dir / "demo_results.json").write_text(json.dumps(report, indent=2))
     elapsed = time.perf_counter() - started
     console.print(

@@ -3,16 +3,13 @@
 dsaml-predict ckpt=model.ckpt inputs=[song.mp3,music/] out=curves/
 dsaml-predict ckpt=model.ckpt inputs=[song.flac] format=json device=cuda
 
-Per song: <name>.csv with columns time_s, arousal, valence (one row every 0.5 s from 15 s, as DEAM's labels;
-time_s is the start of the segment), or <name>.json ({"song", "audio", "checkpoint", "time_s", "arousal",
-"valence"}), and <name>.png. A song that cannot be read is reported and skipped; the others are written;
+Per song: <name>.csv (time_s, arousal, valence) or <name>.json, and <name>.png (`dsaml.curve_files`).
+A song that cannot be read is reported and skipped; the others are written;
 the exit code is 1 if any failed. A bad checkpoint or configuration fails before any audio is read.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,88 +17,50 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dsaml.cli.entry import check_output_folder, hydra_command
+from dsaml.cli.entry import hydra_command
+from dsaml.config import (
+    Config,
+    ConfigError,
+    check_output_folder,
+    choice,
+    existing_file,
+    flag,
+    from_mapping,
+    integer,
+)
+from dsaml.curve_files import FORMATS, output_names, write_prediction
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
-from dsaml.data.validation import ConfigError, check_choice, check_positive, from_mapping
 from dsaml.inference import STITCH_RULES
-from dsaml.plots import plot_prediction
-from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Curves, Predictor, collect_audio
-
-FORMATS = ("csv", "json")
+from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Predictor, collect_audio
+from dsaml.progress import progress_bar
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(Config):
     """conf/predict.yaml without `paths` (see there for each key)."""
 
-    ckpt: str
+    ckpt: str = existing_file()
     inputs: list[str]
     out: str
-    format: str = "csv"
-    plot: bool = True
+    format: str = choice("csv", FORMATS)
+    plot: bool = flag(True)
     device: str = "auto"
-    stride: int = DEFAULT_STRIDE
-    stitch: str = DEFAULT_STITCH
-    batch_size: int = 32
-    recursive: bool = False
-    trust_checkpoint: bool = False
+    stride: int = integer(DEFAULT_STRIDE, low=0, low_open=True)
+    stitch: str = choice(DEFAULT_STITCH, STITCH_RULES)
+    batch_size: int = integer(32, low=0, low_open=True)
+    recursive: bool = flag(False)
+    trust_checkpoint: bool = flag(False)
     input_files: list[Path] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        check_choice("format", self.format, FORMATS)
-        check_choice("stitch", self.stitch, STITCH_RULES)
-        check_positive("stride", self.stride, integer=True)
-        check_positive("batch_size", self.batch_size, integer=True)
-        for key in ("plot", "recursive", "trust_checkpoint"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}={getattr(self, key)!r}: expected true or false")
+        super().__post_init__()
         if self.stitch == "original" and self.stride != 1:
             raise ConfigError("stitch=original reproduces the original's stride-1 rule; set stride=1")
         resolve_device(self.device)
-        if not Path(self.ckpt).is_file():
-            raise ConfigError(f"ckpt={self.ckpt!r}: no such file")
         object.__setattr__(self, "input_files", collect_audio(self.inputs, self.recursive))
         check_output_folder("out", self.out)
-
-
-def output_names(files: list[Path]) -> dict[Path, str]:
-    """A distinct output name per file: its stem, or stem_<ext> / stem_<n> when stems collide."""
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for path in files:
-        name = path.stem
-        if name in used:
-            name = f"{path.stem}_{path.suffix.lstrip('.').lower()}"
-        count = 2
-        while name in used:
-            name, count = f"{path.stem}_{count}", count + 1
-        used.add(name)
-        names[path] = name
-    return names
-
-
-def write_curves(curves: Curves, path: Path, fmt: str, meta: dict[str, str]) -> Path:
-    """Write curves as <path>.csv (time_s, arousal, valence) or <path>.json (meta + the three lists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        target = path.with_suffix(".csv")
-        with target.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["time_s", "arousal", "valence"])
-            writer.writerows((f"{t:.1f}", f"{a:.6f}", f"{v:.6f}") for t, a, v in curves.rows())
-        return target
-    target = path.with_suffix(".json")
-    payload = {
-        **meta,
-        "time_s": curves.time_s.round(3).tolist(),
-        "arousal": curves.arousal.tolist(),
-        "valence": curves.valence.tolist(),
-    }
-    target.write_text(json.dumps(payload, indent=1))
-    return target
 
 
 def predict_files(
@@ -109,59 +68,34 @@ def predict_files(
 ) -> tuple[list[Path], list[str]]:
     """Predict every input file -> (written files, one error line per failed song). Two bars: songs, and the
     current song's windows (advanced per batch of windows)."""
-    out = Path(config.out)
-    names = output_names(config.input_files)
     written, failures = [], []
     extractor = predictor.extractor()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("songs", total=len(names), rate="")
-        windows = progress.add_task("  windows", total=None, rate="", visible=False)
-
-        def on_batch(done: int, total: int) -> None:
-            elapsed = progress.tasks[windows].elapsed or 0.0
-            rate = f"{done / elapsed:.0f} windows/s" if elapsed else ""
-            progress.update(windows, completed=done, total=total, rate=rate)
-
-        for path, name in names.items():
-            progress.update(task, description=f"{name[:30]:30s}")
-            progress.reset(windows, total=None, visible=True, rate="")
+    with progress_bar(console) as progress:
+        songs = progress.add_task("songs", total=len(config.input_files), digits=2)
+        windows = progress.add_task("  windows", total=None, visible=False, unit="windows", digits=0)
+        for path, name in output_names(config.input_files).items():
+            progress.update(songs, description=f"{name[:30]:30s}")
+            progress.reset(windows, total=None, visible=True)
             try:
                 logmel = predictor.logmel(path, extractor)
             except (AudioDecodeError, ValueError) as error:
                 failures.append(str(error))
                 progress.console.print(f"[red]skipped[/red] {error}")
-                progress.advance(task)
+                progress.advance(songs)
                 continue
-            curves = predictor.predict(
+            written += write_prediction(
+                predictor,
                 logmel,
+                path,
+                Path(config.out) / name,
+                config.format,
+                config.plot,
                 stride=config.stride,
                 stitch=config.stitch,
                 batch_size=config.batch_size,
-                progress=on_batch,
+                progress=lambda done, total: progress.update(windows, completed=done, total=total),
             )
-            meta = {"song": name, "audio": str(path), "checkpoint": str(predictor.path)}
-            written.append(write_curves(curves, out / name, config.format, meta))
-            if config.plot:
-                written.append(
-                    plot_prediction(
-                        out / f"{name}.png",
-                        curves.time_s,
-                        curves.arousal,
-                        curves.valence,
-                        f"{path.name}  ({len(curves.time_s)} x 0.5 s)",
-                    )
-                )
-            progress.advance(task)
-            elapsed = progress.tasks[0].elapsed or 0.0
-            done = progress.tasks[0].completed
-            progress.update(task, rate=f"{done / elapsed:.2f} songs/s" if elapsed else "")
+            progress.advance(songs)
     return written, failures
 
 

@@ -9,75 +9,22 @@ dsaml-preprocess data=deam data.root=/path/DEAM global_vectors=clap global_vecto
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from dsaml.cli.entry import check_output_folder, hydra_command
-from dsaml.config import ConfigError
+from dsaml.cli.entry import hydra_command
+from dsaml.config import ConfigError, check_output_folder
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
 from dsaml.data.store import StoreError, store_lock
+from dsaml.progress import progress_bar, song_events
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
-
-
-class RateColumn(ProgressColumn):
-    """songs/s and the real-time factor (decoded audio seconds per wall second)."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        if not elapsed or not task.completed:
-            return Text("-- songs/s --x real-time", style="progress.data.speed")
-        rate = task.completed / elapsed
-        audio = task.fields.get("audio", 0.0)
-        realtime = f" {audio / elapsed:.0f}x real-time" if audio else ""
-        return Text(f"{rate:.1f} songs/s{realtime}", style="progress.data.speed")
-
-
-def progress_bar(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
-
-
-def progress_callback(progress: Progress, label: str) -> Callable[[str, dict[str, Any]], None]:
-    """`on_progress` for preprocess / add_global_vectors: a bar from ("start", {"todo", "resumed"}) on,
-    advanced by each ("song", {"duration_s", ...})."""
-    task_id = None
-
-    def on_progress(event: str, info: dict[str, Any]) -> None:
-        nonlocal task_id
-        if event == "start":  # the catalogue is read: show the bar from here on
-            resumed = f" (+{info['resumed']} resumed)" if info["resumed"] else ""
-            task_id = progress.add_task(f"{label}{resumed}", total=info["todo"], audio=0.0)
-        else:
-            audio = progress.tasks[task_id].fields["audio"] + info.get("duration_s", 0.0)
-            progress.update(task_id, advance=1, audio=audio)
-
-    return on_progress
 
 
 def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
@@ -117,7 +64,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     console.print(f"dsaml-preprocess: {data.name} from {data.root} -> {store}")
     with progress_bar(console, options.progress) as progress:
         try:
-            summary = preprocess(data, options, store, on_progress=progress_callback(progress, "songs"))
+            summary = preprocess(data, options, store, on_progress=song_events(progress, "songs"))
         except (ConfigError, DataError, StoreError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             if data.name == "synthetic" and not Path(data.root).exists():
@@ -147,7 +94,7 @@ def run_global_vectors(
         try:
             with store_lock(store, "dsaml-preprocess global vectors"):
                 summary = add_global_vectors(
-                    store, vectors, on_progress=progress_callback(progress, f"global vectors {vectors.name}")
+                    store, vectors, on_progress=song_events(progress, f"global vectors {vectors.name}")
                 )
         except (ConfigError, DataError, StoreError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)

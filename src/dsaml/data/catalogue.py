@@ -1,13 +1,13 @@
-"""The normalised catalogue every dataset reader produces, and the rules applied to it.
+"""The normalised catalogue every dataset reader produces, and the input problems found on the way.
 
 A `Catalogue` holds songs (id, audio path, split, how features are stored), rater-averaged curves and
 per-rater curves, all as float32 arrays on the 2 Hz label grid that starts at the feature start time
-(label i belongs to segment i). Split rules and the original's PDMER rater filters live here too.
+(label i belongs to segment i). The readers' CSV parsing is in `dsaml.data.annotations`; the split rules and
+the original's PDMER rater filters applied to a catalogue are in `dsaml.data.rules`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from collections import defaultdict
@@ -16,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dsaml.config import Config, choice, flag, integer, number
-
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 STORE_MODES = ("clip", "song")
 Curve = tuple[np.ndarray, np.ndarray]  # (arousal [T], valence [T]) float32
-_SAMPLE_COLUMN = re.compile(r"^sample_(\d+)ms$")
 
 
 class DataError(ValueError):
@@ -94,199 +91,6 @@ class Catalogue:
 def song_sort_key(song_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then anything else alphabetically."""
     return (0, int(song_id)) if song_id.isdigit() else (1, song_id)
-
-
-def normalise_id(value: str) -> str:
-    """'1001', ' 1001 ', '1001.0' -> '1001'; other text is kept stripped."""
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
-def sample_column_ms(name: str) -> int | None:
-    """'sample_15000ms' (spaces allowed around) -> 15000; anything else -> None."""
-    match = _SAMPLE_COLUMN.match(name.strip())
-    return int(match.group(1)) if match else None
-
-
-def parse_cell(text: str, issues: IssueLog, file: Path, row: int, column: str) -> float:
-    """A numeric cell -> float; empty / NaN -> nan; anything else is reported and read as nan."""
-    text = text.strip()
-    if text == "" or text.lower() == "nan":
-        return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        issues.report(file, f"non-numeric value {text!r}", row, column)
-        return float("nan")
-
-
-def read_csv_rows(path: Path, issues: IssueLog, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
-    """Header (stripped) and rows of a CSV file; a missing file is always a DataError."""
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = [cell.strip() for cell in next(reader, [])]
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
-    if not header:
-        raise DataError(f"{path}: empty file (no header row)")
-    for line, row in enumerate(rows, start=2):
-        if len(row) > len(header):
-            issues.report(
-                path, f"{len(row)} cells but the header has {len(header)}; extra cells ignored", line
-            )
-    return header, rows
-
-
-def leading_run(
-    values: dict[int, float], start_ms: int, step_ms: int, where: tuple[Path, int | None], issues: IssueLog
-) -> np.ndarray:
-    """Time-indexed values {ms: value} -> float32 [T] on the grid start_ms + step_ms * i.
-
-    The curve is the leading run of non-empty values (trailing NaN trimmed). Values off the grid, or
-    present after the first gap, are reported (never dropped silently).
-    """
-    file, row = where
-    grid: dict[int, float] = {}
-    for ms, value in values.items():
-        index, remainder = divmod(ms - start_ms, step_ms)
-        if remainder or index < 0:
-            if not np.isnan(value):
-                issues.report(
-                    file, f"label time {ms} ms is not on the {step_ms} ms grid from {start_ms} ms", row
-                )
-            continue
-        grid[index] = value
-    length = 0
-    while length in grid and not np.isnan(grid[length]):
-        length += 1
-    dropped = sum(1 for index, value in grid.items() if index > length and not np.isnan(value))
-    if dropped:
-        issues.report(
-            file, f"{dropped} value(s) after the gap at {start_ms + step_ms * length} ms ignored", row
-        )
-    return np.array([grid[i] for i in range(length)], dtype=np.float32)
-
-
-def pair_curves(arousal: np.ndarray, valence: np.ndarray, where: str, issues: IssueLog) -> Curve:
-    """Check arousal/valence lengths agree; unequal lengths are reported and cut to the shorter."""
-    if len(arousal) != len(valence):
-        issues.report(
-            where,
-            f"unequal curve lengths: arousal {len(arousal)}, valence {len(valence)} values; "
-            "both cut to the shorter",
-        )
-        n = min(len(arousal), len(valence))
-        arousal, valence = arousal[:n], valence[:n]
-    return arousal, valence
-
-
-def match_ids(
-    audio: dict[str, Path], labelled: set[str], audio_where: str, label_where: str, issues: IssueLog
-) -> list[str]:
-    """Song ids with both audio and labels; the others are reported (strict: error)."""
-    for song in sorted(set(audio) - labelled, key=song_sort_key):
-        issues.report(audio[song], f"song {song} has audio but no labels in {label_where}; skipped")
-    for song in sorted(labelled - set(audio), key=song_sort_key):
-        issues.report(label_where, f"song {song} has labels but no audio file in {audio_where}; skipped")
-    return sorted(set(audio) & labelled, key=song_sort_key)
-
-
-AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
-
-
-def find_audio(directory: Path) -> dict[str, Path]:
-    """<directory>/<id>.<mp3|wav|flac|ogg> -> {id: path}; two files for one id is a DataError."""
-    if not directory.is_dir():
-        raise DataError(f"audio directory not found: {directory}")
-    found: dict[str, Path] = {}
-    for path in sorted(directory.iterdir()):
-        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
-            song = normalise_id(path.stem)
-            if song in found:
-                raise DataError(f"two audio files for song {song}: {found[song]} and {path}")
-            found[song] = path
-    return found
-
-
-@dataclass(frozen=True)
-class SplitRule(Config):
-    """How songs are split. 'id_threshold': id >= test_min_id is test (DEAM: full songs 2001..2058).
-    'random': a seeded share `test_fraction` of the songs is test (PMEmo has no official split)."""
-
-    SECTION = "data.split"
-
-    method: str = choice("id_threshold", ("id_threshold", "random"))
-    test_min_id: int = 2001
-    test_fraction: float = number(0.2, low=0.0, high=1.0, low_open=True, high_open=True)
-    seed: int = 0
-
-    def assign(self, song_ids: list[str]) -> dict[str, str]:
-        if self.method == "id_threshold":
-            bad = [s for s in song_ids if not s.isdigit()]
-            if bad:
-                raise DataError(f"split.method=id_threshold needs numeric song ids; got {bad[:5]}")
-            return {s: "test" if int(s) >= self.test_min_id else "train" for s in song_ids}
-        order = np.random.default_rng(self.seed).permutation(len(song_ids))
-        n_test = max(1, round(self.test_fraction * len(song_ids)))
-        test = {song_ids[i] for i in order[:n_test]}
-        return {s: "test" if s in test else "train" for s in song_ids}
-
-
-@dataclass(frozen=True)
-class PdmerFilter(Config):
-    """The original's PDMER rater filters (docs/method.md, "Training"), configurable.
-
-    Training ratings come only from songs with ids in [train_min_id, train_max_id]; a (rater, song) curve
-    whose mean absolute deviation from its own mean over the first `flat_window` values is below
-    `flat_threshold` is dropped (flat slider); then raters with fewer than `min_songs` songs are dropped.
-    `apply_to_test` also applies the flat-curve filter to test ratings.
-    """
-
-    SECTION = "data.pdmer"
-
-    train_min_id: int | None = 1001
-    train_max_id: int | None = 2000
-    flat_threshold: float = number(0.01, low=0)
-    flat_window: int = integer(60, low=1)
-    min_songs: int = integer(16, low=1)
-    apply_to_test: bool = flag(False)
-
-    def is_flat(self, arousal: np.ndarray, valence: np.ndarray) -> bool:
-        """True when arousal or valence barely moves: mean |x - mean(x)| < threshold over the first window."""
-        for curve in (arousal, valence):
-            head = curve[: self.flat_window].astype(np.float64)
-            if head.size == 0 or np.mean(np.abs(head - head.mean())) < self.flat_threshold:
-                return True
-        return False
-
-    def _in_train_range(self, song_id: str) -> bool:
-        if not song_id.isdigit():
-            return self.train_min_id is None and self.train_max_id is None
-        number = int(song_id)
-        return (self.train_min_id is None or number >= self.train_min_id) and (
-            self.train_max_id is None or number <= self.train_max_id
-        )
-
-    def select(self, catalogue: Catalogue) -> set[tuple[str, str]]:
-        """The (rater, song) pairs used for PDMER, per the rules above."""
-        kept: set[tuple[str, str]] = set()
-        per_rater: dict[str, list[str]] = defaultdict(list)
-        for (rater, song_id), (arousal, valence) in catalogue.ratings.items():
-            split = catalogue.songs[song_id].split
-            if split == "train":
-                if self._in_train_range(song_id) and not self.is_flat(arousal, valence):
-                    per_rater[rater].append(song_id)
-            elif not (self.apply_to_test and self.is_flat(arousal, valence)):
-                kept.add((rater, song_id))
-        for rater, songs in per_rater.items():
-            if len(songs) >= self.min_songs:
-                kept.update((rater, s) for s in songs)
-        return kept
 
 
 def summarise_issues(issues: list[str], limit: int = 5) -> list[str]:

@@ -1,20 +1,17 @@
 """`DSAMLDataModule`: DMER clip batches and PDMER per-rater episodes read from the HDF5 feature store.
 
-Items are dicts of tensors (see `dsaml.meta` for the batch keys):
-- DMER train/val: clips of `segments_per_clip` segments with rater-averaged curves, batched.
-- PDMER train: one item per meta-step = this rank's share of a meta-batch of tasks
-  (``{"step", "tasks": [{"rater", "support": batch, "query": batch, "songs": [...]}, ...]}``).
-- PDMER val: one item per fixed task of a held-out rater.
-- Test (docs/method.md, "Evaluation"): DMER one item per test song (whole song, averaged curve); PDMER one
-  item per
-  (test song, rater) pair (whole song, that rater's curve, plus `shots` clips of the rater's other test
-  songs for the cross-song protocol).
+Items are the typed dicts of `dsaml.data.batch`:
+- DMER train/val: `ClipBatch`es of `segments_per_clip` segments with rater-averaged curves.
+- PDMER train: one `MetaBatch` per meta-step = this rank's share of a meta-batch of `Episode`s.
+- PDMER val: one `Episode` per fixed episode of a held-out rater.
+- Test (docs/method.md, "Evaluation"): one `SongItem` per test song (DMER: whole song, averaged curve) or
+  per (test song, rater) pair (PDMER: whole song, that rater's curve, plus `shots` clips of the rater's
+  other test songs for the cross-song protocol).
 The store is opened lazily in each process, so DataLoader workers never share an HDF5 handle.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,29 +21,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from dsaml.data.episodes import EpisodeSampler, TaskSpec, episode_rng, holdout, shard
-from dsaml.data.store import StoreError
+from dsaml.data.batch import Episode, MetaBatch, SongItem, collate
+from dsaml.data.episodes import EpisodeSampler, EpisodeSpec, episode_rng, holdout, shard
+from dsaml.data.store import FeatureStore, StoreError
 
 
 class StoreReader:
-    """Per-process lazy `FeatureStore` plus the item builders shared by the datasets below."""
+    """The item builders shared by the datasets below, over one `FeatureStore` (which opens its HDF5 handle
+    lazily in each process, so DataLoader workers never share one)."""
 
-    def __init__(self, store_path: str, global_name: str | None, clip_segments: int) -> None:
-        self.store_path, self.global_name, self.clip_segments = str(store_path), global_name, clip_segments
-        self._store, self._pid = None, None
+    def __init__(self, store: FeatureStore, global_name: str | None) -> None:
+        self.store, self.global_name = store, global_name
+        self.clip_segments = store.segments_per_clip
 
-    @property
-    def store(self):
-        if self._store is None or self._pid != os.getpid():
-            from dsaml.data.store import FeatureStore
-
-            self._store, self._pid = FeatureStore(self.store_path), os.getpid()
-        return self._store
-
-    def __getstate__(self) -> dict:  # never pickle an open HDF5 handle into a worker
-        return {**self.__dict__, "_store": None, "_pid": None}
-
-    def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> dict[str, Any]:
+    def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> SongItem:
         """Segments [start, stop) of one song with its curves (rater None = averaged), aligned to
         min(label length, segment count)."""
         store = self.store
@@ -70,25 +58,10 @@ class StoreReader:
         if self.global_name is not None:
             vectors = np.asarray(store.global_vectors(self.global_name, song), dtype=np.float32)
             out["global"] = torch.from_numpy(vectors if len(vectors) == 1 else vectors[start:stop])
-        return out
+        return out  # type: ignore[return-value]
 
-    def clip(self, song: str, rater: str | None = None) -> dict[str, Any]:
+    def clip(self, song: str, rater: str | None = None) -> SongItem:
         return self.item(song, rater, 0, self.clip_segments)
-
-
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch, cropping every sequence to the shortest one (labels may be a few
-    values shorter than the audio)."""
-    length = min(len(it["arousal"]) for it in items)
-    batch: dict[str, Any] = {
-        key: torch.stack([it[key][:length] for it in items]) for key in ("logmel", "arousal", "valence")
-    }
-    if "global" in items[0]:
-        batch["global"] = torch.stack(
-            [it["global"] if len(it["global"]) == 1 else it["global"][:length] for it in items]
-        )
-    batch["songs"] = [it["song"] for it in items]
-    return batch
 
 
 class ClipDataset(Dataset):
@@ -100,18 +73,18 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.songs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SongItem:
         return self.reader.clip(self.songs[index])
 
 
-def _task_item(reader: StoreReader, task: TaskSpec) -> dict[str, Any]:
-    support = collate([reader.clip(s, task.rater) for s in task.support])
-    query = collate([reader.clip(s, task.rater) for s in task.query])
+def _episode(reader: StoreReader, spec: EpisodeSpec) -> Episode:
+    support = collate([reader.clip(s, spec.rater) for s in spec.support])
+    query = collate([reader.clip(s, spec.rater) for s in spec.query])
     return {
-        "rater": task.rater,
+        "rater": spec.rater,
         "support": support,
         "query": query,
-        "songs": list(task.support) + list(task.query),
+        "songs": list(spec.support) + list(spec.query),
     }
 
 
@@ -134,12 +107,12 @@ class MetaBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def __getitem__(self, step: int) -> dict[str, Any]:
-        tasks = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
+    def __getitem__(self, step: int) -> MetaBatch:
+        specs = shard(self.sampler.meta_batch(step), self.rank, self.world_size)
         return {
             "step": step,
-            "n_tasks": self.sampler.tasks,
-            "tasks": [_task_item(self.reader, t) for t in tasks],
+            "episodes_per_step": self.sampler.episodes,
+            "episodes": [_episode(self.reader, spec) for spec in specs],
         }
 
 
@@ -178,17 +151,17 @@ class ShuffleSampler(Sampler[int]):
         return -(-self.n // self.world_size)
 
 
-class TaskDataset(Dataset):
-    """Fixed evaluation tasks (PDMER validation on held-out raters)."""
+class EpisodeDataset(Dataset):
+    """Fixed evaluation episodes (PDMER validation on held-out raters)."""
 
-    def __init__(self, reader: StoreReader, tasks: Sequence[TaskSpec]) -> None:
-        self.reader, self.tasks = reader, list(tasks)
+    def __init__(self, reader: StoreReader, specs: Sequence[EpisodeSpec]) -> None:
+        self.reader, self.specs = reader, list(specs)
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return len(self.specs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, **_task_item(self.reader, self.tasks[index])}
+    def __getitem__(self, index: int) -> Episode:
+        return {"index": index, **_episode(self.reader, self.specs[index])}
 
 
 class SongDataset(Dataset):
@@ -209,9 +182,9 @@ class SongDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SongItem:
         song, rater = self.pairs[index]
-        item = {"index": index, "rater": rater, **self.reader.item(song, rater)}
+        item: SongItem = {"index": index, "rater": rater, **self.reader.item(song, rater)}
         if self.cross_support is not None and self.cross_support[index]:
             songs = self.cross_support[index]
             item["cross_support"] = (
@@ -225,11 +198,12 @@ class SongDataset(Dataset):
 class DSAMLDataModule(L.LightningDataModule):
     """Reads the feature store at `store` for `task` ("dmer" | "pdmer").
 
-    batch_size: DMER clips per batch. shots / queries / tasks: PDMER episode shape. val_fraction: share
-    of training songs (DMER) or raters (PDMER) held out for validation (never the test set).
-    steps_per_epoch: PDMER meta-batches per epoch (validation runs after each). val_tasks: PDMER
-    validation tasks. global_name: feature-store vectors passed as the network's global context (None when
-    the network builds its own). seed: the episode stream and the held-out split. cross_support: the
+    batch_size: DMER clips per batch. shots / queries: PDMER episode shape; episodes: episodes (distinct
+    raters) per meta-batch (config `task.episodes`). val_fraction: share of training songs (DMER) or raters
+    (PDMER) held out for validation (never the test set). steps_per_epoch: PDMER meta-batches per epoch
+    (validation runs after each). val_episodes: PDMER validation episodes (config `task.val_episodes`).
+    global_name: feature-store vectors passed as the network's global context (None when the network
+    builds its own). seed: the episode stream and the held-out split. cross_support: the
     cross-song protocol adapts on each support song's first clip ("clip") or the whole song ("song").
     """
 
@@ -240,10 +214,10 @@ class DSAMLDataModule(L.LightningDataModule):
         batch_size: int = 15,
         shots: int = 1,
         queries: int = 15,
-        tasks: int = 16,
+        episodes: int = 16,
         val_fraction: float = 0.1,
         steps_per_epoch: int = 10,
-        val_tasks: int = 16,
+        val_episodes: int = 16,
         global_name: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -259,8 +233,9 @@ class DSAMLDataModule(L.LightningDataModule):
                 f"paths.store={store}` or set paths.store"
             )
         self.store_path, self.task = str(store), task
-        self.batch_size, self.shots, self.queries, self.tasks = batch_size, shots, queries, tasks
-        self.val_fraction, self.steps_per_epoch, self.val_tasks = val_fraction, steps_per_epoch, val_tasks
+        self.batch_size, self.shots, self.queries, self.episodes = batch_size, shots, queries, episodes
+        self.val_fraction, self.steps_per_epoch = val_fraction, steps_per_epoch
+        self.val_episodes = val_episodes
         self.global_name, self.seed, self.num_workers = global_name, seed, num_workers
         if cross_support not in ("clip", "song"):
             raise ValueError(f"cross_support={cross_support!r} is not one of clip, song")
@@ -272,10 +247,7 @@ class DSAMLDataModule(L.LightningDataModule):
     @property
     def reader(self) -> StoreReader:
         if self._reader is None:
-            from dsaml.data.store import FeatureStore
-
-            store = FeatureStore(self.store_path)
-            self._reader = StoreReader(self.store_path, self.global_name, int(store.segments_per_clip))
+            self._reader = StoreReader(FeatureStore(self.store_path), self.global_name)
         return self._reader
 
     @property
@@ -296,9 +268,9 @@ class DSAMLDataModule(L.LightningDataModule):
             raters = store.raters("train")
             train_raters, val_raters = holdout(raters, self.val_fraction, self.seed)
             catalogue = {r: store.songs_of_rater(r, "train") for r in train_raters}
-            self.sampler = EpisodeSampler(catalogue, self.tasks, self.shots, self.queries, self.seed)
+            self.sampler = EpisodeSampler(catalogue, self.episodes, self.shots, self.queries, self.seed)
             self.val_sampler = None
-            if val_raters and self.val_tasks > 0:
+            if val_raters and self.val_episodes > 0:
                 val_catalogue = {r: store.songs_of_rater(r, "train") for r in val_raters}
                 self.val_sampler = EpisodeSampler(val_catalogue, 1, self.shots, self.queries, self.seed)
 
@@ -346,7 +318,7 @@ class DSAMLDataModule(L.LightningDataModule):
             )
         if self.val_sampler is None:
             return []
-        dataset = TaskDataset(self.reader, self.val_sampler.fixed_tasks(self.val_tasks))
+        dataset = EpisodeDataset(self.reader, self.val_sampler.fixed_episodes(self.val_episodes))
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:

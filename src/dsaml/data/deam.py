@@ -13,13 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsaml.data.catalogue import (
-    Catalogue,
-    Curve,
-    DataError,
-    IssueLog,
-    Song,
-    SplitRule,
+from dsaml.data.annotations import (
     find_audio,
     leading_run,
     match_ids,
@@ -29,6 +23,8 @@ from dsaml.data.catalogue import (
     read_csv_rows,
     sample_column_ms,
 )
+from dsaml.data.catalogue import Catalogue, Curve, DataError, IssueLog, Song
+from dsaml.data.rules import SplitRule
 
 LAYOUTS = {
     "nested": ("DEAM_Annotations/annotations", "DEAM_audio/MEMD_audio"),

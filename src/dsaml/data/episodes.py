@@ -1,9 +1,10 @@
 """Per-rater few-shot episodes (PDMER) and held-out splits, as pure index logic over song/rater ids.
 
-A task is one rater: `shots` support songs and `queries` other query songs of that rater (queries are
-drawn with replacement only when the rater has too few other songs). A meta-batch is `tasks` tasks from
-distinct raters. Everything is a function of (seed, step), so a resumed run replays the same stream and
-every DDP rank can build the same meta-batch and keep its own share (`shard`).
+An episode is one rater: `shots` support songs and `queries` other query songs of that rater (queries are
+drawn with replacement only when the rater has too few other songs). A meta-batch is `episodes` episodes
+from distinct raters (the config key `task.episodes`). Everything is a function
+of (seed, step), so a resumed run replays the same stream and every DDP rank can build the same meta-batch
+and keep its own share (`shard`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _STREAMS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class EpisodeSpec:
     """One rater's episode: song ids of the support and query clips."""
 
     rater: str
@@ -30,9 +31,9 @@ def episode_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _STREAMS[stream], int(index)])
 
 
-def sample_task(
+def sample_episode(
     rater: str, songs: Sequence[str], shots: int, queries: int, rng: np.random.Generator
-) -> TaskSpec:
+) -> EpisodeSpec:
     """Draw `shots` support songs and `queries` other query songs of one rater."""
     if len(songs) <= shots:
         raise ValueError(f"rater {rater!r} has {len(songs)} songs; an episode needs more than shots={shots}")
@@ -42,46 +43,51 @@ def sample_task(
         query = rest[:queries]
     else:  # too few songs: with replacement (docs/method.md, "Training")
         query = rng.choice(rest, size=queries, replace=True)
-    return TaskSpec(rater, tuple(songs[i] for i in support), tuple(songs[i] for i in query))
+    return EpisodeSpec(rater, tuple(songs[i] for i in support), tuple(songs[i] for i in query))
 
 
 class EpisodeSampler:
-    """Meta-batches of `tasks` distinct raters, deterministic in (seed, step).
+    """Meta-batches of `episodes` distinct raters, deterministic in (seed, step).
 
     songs_by_rater: rater id -> song ids that rater annotated (only raters with more than `shots` songs
-    are eligible). `meta_batch(step)` costs O(tasks * songs per rater) index work, no I/O.
+    are eligible). `meta_batch(step)` costs O(episodes * songs per rater) index work, no I/O.
     """
 
     def __init__(
-        self, songs_by_rater: Mapping[str, Sequence[str]], tasks: int, shots: int, queries: int, seed: int = 0
+        self,
+        songs_by_rater: Mapping[str, Sequence[str]],
+        episodes: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
     ) -> None:
-        if tasks < 1 or shots < 1 or queries < 1:
-            raise ValueError(f"tasks={tasks}, shots={shots}, queries={queries}: each must be >= 1")
+        if episodes < 1 or shots < 1 or queries < 1:
+            raise ValueError(f"episodes={episodes}, shots={shots}, queries={queries}: each must be >= 1")
         self.catalogue = {
             str(r): sorted(str(s) for s in songs)
             for r, songs in sorted(songs_by_rater.items())
             if len(songs) > shots
         }
         self.raters = sorted(self.catalogue)
-        if len(self.raters) < tasks:
+        if len(self.raters) < episodes:
             raise ValueError(
-                f"tasks={tasks} distinct raters per meta-batch, but only {len(self.raters)} raters have more "
-                f"than shots={shots} songs; lower task.tasks or task.shots"
+                f"task.episodes={episodes} distinct raters per meta-batch, but only {len(self.raters)} "
+                f"raters have more than shots={shots} songs; lower task.episodes or task.shots"
             )
-        self.tasks, self.shots, self.queries, self.seed = tasks, shots, queries, seed
+        self.episodes, self.shots, self.queries, self.seed = episodes, shots, queries, seed
 
-    def meta_batch(self, step: int, stream: str = "train") -> list[TaskSpec]:
+    def meta_batch(self, step: int, stream: str = "train") -> list[EpisodeSpec]:
         rng = episode_rng(self.seed, stream, step)
-        chosen = rng.choice(len(self.raters), size=self.tasks, replace=False)
+        chosen = rng.choice(len(self.raters), size=self.episodes, replace=False)
         return [
-            sample_task(self.raters[i], self.catalogue[self.raters[i]], self.shots, self.queries, rng)
+            sample_episode(self.raters[i], self.catalogue[self.raters[i]], self.shots, self.queries, rng)
             for i in chosen
         ]
 
-    def fixed_tasks(self, n: int, stream: str = "val") -> list[TaskSpec]:
-        """`n` evaluation tasks cycling over the raters in a fixed order (same for every call)."""
+    def fixed_episodes(self, n: int, stream: str = "val") -> list[EpisodeSpec]:
+        """`n` evaluation episodes cycling over the raters in a fixed order (same for every call)."""
         return [
-            sample_task(
+            sample_episode(
                 self.raters[i % len(self.raters)],
                 self.catalogue[self.raters[i % len(self.raters)]],
                 self.shots,

@@ -5,7 +5,8 @@ Sources (`conf/global_vectors/`, window semantics of docs/method.md, "Features")
   a clip gets one vector for its 30 s from `start_s` -> [1, D]; a full song one vector per segment window
   [0.5 i, 0.5 i + 30) s -> [T, D], T = the song's n_segments.
 - `file`: vectors computed elsewhere (e.g. ImageBind with the original pipeline), imported with
-  `load_vector_file` (.npz / .h5 keyed by song id); checked against the store before anything is written.
+  `dsaml.data.vector_file.load_vector_file` (.npz / .h5 keyed by song id); checked against the store
+  before anything is written.
 
 Resumable: each finished song goes to `<store>.global-<name>.parts/<id>.npy` (atomic rename) while the
 store itself is left alone, so an interrupted run cannot damage the log-mel; when every song is done the
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -27,14 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, decode_mono, fingerprint_file
 from dsaml.data.catalogue import DataError
 from dsaml.data.features import resolve_device
+from dsaml.data.parts import failure_lines, open_parts, write_part
 from dsaml.data.store import FeatureStore, FeatureStoreWriter
+from dsaml.data.vector_file import load_vector_file
 
 SOURCES = ("none", "clap", "file")
 VECTOR_FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
@@ -150,10 +150,8 @@ def _read_store(store: Path, name: str) -> tuple[list[_Song], dict[str, Any], di
             "job": hashlib.blake2b(str(reader.attrs.get("job", "")).encode(), digest_size=16).hexdigest(),
             "failed": {f["id"] for f in reader.failures},
         }
-    with h5py.File(store, "r") as handle:
-        group = handle.get(f"global/{name}")
-        existing = {"attrs": dict(group.attrs), "songs": set(group.keys())} if group is not None else None
-    return songs, facts, existing or {}
+        entry = reader.global_entry(name)
+    return songs, facts, {"attrs": entry[0], "songs": entry[1]} if entry is not None else {}
 
 
 # --- sources -------------------------------------------------------------------------------------------
@@ -213,8 +211,6 @@ class _FileSource:
     decodes_audio = False
 
     def __init__(self, config: GlobalVectorsConfig, songs: list[_Song], failed: set[str]) -> None:
-        from dsaml.models.global_context import load_vector_file
-
         path = Path(config.path)
         try:
             self.table = load_vector_file(path)
@@ -281,36 +277,20 @@ def parts_dir(store: str | Path, name: str) -> Path:
 
 def _prepare_parts(parts: Path, description: dict[str, Any], overwrite: bool) -> set[str]:
     """Reuse the parts of an interrupted run of the same job (-> their song ids), else start empty."""
-    job_file = parts / "job.json"
-    if job_file.is_file() and not overwrite:
-        previous = json.loads(job_file.read_text())
-        if previous != description:
-            changed = sorted(
-                k for k in set(description) | set(previous) if description.get(k) != previous.get(k)
-            )
-            raise ConfigError(
-                f"{parts} holds an unfinished run from a different source or store (differs in {changed}); "
-                "set global_vectors.overwrite=true to discard it, or choose another global_vectors.name"
-            )
-        return {p.stem for p in parts.glob("*.npy")}
-    if parts.exists():
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True)
-    job_file.write_text(json.dumps(description, sort_keys=True))
-    return set()
+    open_parts(
+        parts,
+        description,
+        overwrite,
+        "from a different source or store (differs in %s); set global_vectors.overwrite=true to discard "
+        "it, or choose another global_vectors.name",
+    )
+    return {p.stem for p in parts.glob("*.npy")}
 
 
 def _write_part(parts: Path, song_id: str, vectors: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(vectors, dtype=np.float32))
-    tmp = parts / f".{song_id}.npy.tmp"
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, parts / f"{song_id}.npy")
-
-
-def _delete_group(store: Path, name: str) -> None:
-    with h5py.File(store, "r+") as handle:
-        del handle[f"global/{name}"]
+    write_part(parts / f"{song_id}.npy", buffer.getvalue())
 
 
 def _commit(store: Path, parts: Path, name: str, attrs: dict[str, Any]) -> None:
@@ -363,7 +343,8 @@ def add_global_vectors(
     resumed = _prepare_parts(parts, {"attrs": attrs, "store_job": facts["job"]}, config.overwrite)
     in_store = existing.get("songs", set())
     if existing and config.overwrite:  # recompute all; an interrupted run resumes without overwrite
-        _delete_group(store, config.name)
+        with FeatureStoreWriter(store) as writer:
+            writer.delete_global_vectors(config.name)
         in_store = set()
     summary = GlobalVectorsSummary(
         str(store),
@@ -408,7 +389,7 @@ def format_global_summary(summary: GlobalVectorsSummary) -> list[str]:
         f"stored, {summary.resumed} resumed from an interrupted run, {len(summary.failures)} failed",
         f"speed: {summary.songs_per_s:.2f} songs/s ({summary.seconds:.1f} s)",
     ]
-    if summary.failures:
-        lines.append("failed songs (id, path, reason): run again after fixing them")
-        lines.extend(f"  {f['id']}  {f['path']}  {f['reason']}" for f in summary.failures)
+    lines.extend(
+        failure_lines(summary.failures, "failed songs (id, path, reason): run again after fixing them")
+    )
     return lines

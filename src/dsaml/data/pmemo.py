@@ -11,12 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from dsaml.data.catalogue import (
-    Catalogue,
-    DataError,
-    IssueLog,
-    Song,
-    SplitRule,
+from dsaml.data.annotations import (
     find_audio,
     leading_run,
     match_ids,
@@ -25,6 +20,8 @@ from dsaml.data.catalogue import (
     parse_cell,
     read_csv_rows,
 )
+from dsaml.data.catalogue import Catalogue, DataError, IssueLog, Song
+from dsaml.data.rules import SplitRule
 
 ANNOTATIONS = "annotations/dynamic_annotations.csv"
 AUDIO_DIR = "chorus"

@@ -30,7 +30,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
@@ -39,6 +38,7 @@ from dsaml.config import Config, ConfigError, choice, flag, integer
 from dsaml.data.audio import AudioDecodeError, fingerprint_file, load_audio
 from dsaml.data.catalogue import Catalogue, Song, summarise_issues
 from dsaml.data.features import FeatureConfig, LogMelExtractor, cut_segments, min_duration_s, resolve_device
+from dsaml.data.parts import changed_keys, failure_lines, open_parts, write_part
 from dsaml.data.readers import DataConfig, read_catalogue
 from dsaml.data.store import (
     COMPRESSIONS,
@@ -47,6 +47,7 @@ from dsaml.data.store import (
     FeatureStoreWriter,
     SongRecord,
     StoreError,
+    completed_job,
     store_lock,
 )
 
@@ -165,9 +166,7 @@ def _write_part(parts: Path, result: dict[str, Any]) -> None:
     meta = {k: v for k, v in result.items() if k not in ("logmel", "ok")}
     buffer = io.BytesIO()
     np.savez(buffer, logmel=result["logmel"], meta=np.array(json.dumps(meta)))
-    tmp = parts / f".{result['id']}.npz.tmp"
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, _part_path(parts, result["id"]))
+    write_part(_part_path(parts, result["id"]), buffer.getvalue())
 
 
 def _read_part(path: Path) -> tuple[dict[str, Any], np.ndarray]:
@@ -198,19 +197,13 @@ def job_description(data: DataConfig, config: PreprocessConfig, catalogue: Catal
 
 def _prepare_parts(store: Path, job: dict[str, Any], overwrite: bool) -> Path:
     parts = store.with_name(store.name + ".parts")
-    job_file = parts / "job.json"
-    if parts.is_dir() and job_file.is_file() and not overwrite:
-        previous = json.loads(job_file.read_text())
-        if previous != job:
-            changed = sorted(k for k in set(job) | set(previous) if job.get(k) != previous.get(k))
-            raise ConfigError(
-                f"{parts} holds an unfinished run with a different configuration (differs in "
-                f"{changed}); set overwrite=true to discard it, or choose another paths.store"
-            )
-    elif parts.exists():
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    job_file.write_text(json.dumps(job, sort_keys=True))
+    open_parts(
+        parts,
+        job,
+        overwrite,
+        "with a different configuration (differs in %s); set overwrite=true to discard it, or choose "
+        "another paths.store",
+    )
     return parts
 
 
@@ -218,11 +211,7 @@ def _store_is_current(store: Path, job: dict[str, Any], overwrite: bool) -> bool
     """True if `store` is complete and made by the same job; a different job needs overwrite=true."""
     if not store.is_file() or overwrite:
         return False
-    try:
-        with h5py.File(store, "r") as handle:
-            previous = json.loads(handle.attrs.get("job", "{}")) if handle.attrs.get("complete") else None
-    except OSError:
-        previous = None  # not readable as HDF5: rebuilt from scratch
+    previous = completed_job(store)  # None when incomplete or not HDF5: rebuilt from scratch
     if previous == job:
         try:
             with FeatureStore(store) as existing:
@@ -232,9 +221,9 @@ def _store_is_current(store: Path, job: dict[str, Any], overwrite: bool) -> bool
             return False
         return True
     if previous is not None:
-        changed = sorted(k for k in set(job) | set(previous) if job.get(k) != previous.get(k))
         raise ConfigError(
-            f"{store} was made with a different configuration or input (differs in {changed}); "
+            f"{store} was made with a different configuration or input (differs in "
+            f"{changed_keys(job, previous)}); "
             "set overwrite=true to replace it, or choose another paths.store"
         )
     return False
@@ -451,9 +440,7 @@ def format_summary(summary: Summary) -> list[str]:
         f"({summary.seconds:.1f} s){checked}",
         *summary.notes,
     ]
-    if summary.failures:
-        lines.append("failed songs (id, path, reason):")
-        lines.extend(f"  {f['id']}  {f['path']}  {f['reason']}" for f in summary.failures)
+    lines.extend(failure_lines(summary.failures))
     if summary.issues:
         lines.append(f"input issues ({len(summary.issues)}):")
         lines.extend("  " + line for line in summarise_issues(summary.issues))

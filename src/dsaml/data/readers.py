@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from dsaml.config import Config, ConfigError, check_choice, choice, flag, integer, text
-from dsaml.data.catalogue import STORE_MODES, Catalogue, PdmerFilter, SplitRule
+from dsaml.data.catalogue import STORE_MODES, Catalogue
 from dsaml.data.deam import read_deam
 from dsaml.data.features import FeatureConfig
 from dsaml.data.pmemo import FRAME_TIMES, read_pmemo
+from dsaml.data.rules import PdmerFilter, SplitRule
 
 READERS = ("deam", "pmemo")
 LAYOUTS = ("auto", "nested", "flat")

@@ -288,6 +288,10 @@ class FeatureStoreWriter:
             del group[song_id]
         group.create_dataset(song_id, data=array)
 
+    def delete_global_vectors(self, name: str) -> None:
+        """Remove /global/<name> and every song's vectors under it."""
+        del self._file[f"global/{name}"]
+
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()
@@ -297,6 +301,16 @@ class FeatureStoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def completed_job(path: str | Path) -> dict[str, Any] | None:
+    """The job description (the `job` attribute) a complete store at `path` was made from; None when the
+    file is incomplete or not readable as HDF5. Structure is not checked (`FeatureStore.verify` does)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return json.loads(handle.attrs.get("job", "{}")) if handle.attrs.get("complete") else None
+    except OSError:
+        return None
 
 
 def _write_curves(group: h5py.Group, curves: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -571,6 +585,11 @@ class FeatureStore:
         if name not in self.global_names():
             raise KeyError(f"no global vectors named {name!r} in {self.path}; stored: {self.global_names()}")
         return int(self._h5()["global"][name].attrs["dim"])
+
+    def global_entry(self, name: str) -> tuple[dict[str, Any], set[str]] | None:
+        """Attributes (as stored) and song ids of /global/<name>; None when the store has no such name."""
+        group = self._h5().get(f"global/{name}")
+        return None if group is None else (dict(group.attrs), set(group.keys()))
 
     def global_vectors(
         self, name: str, song_id: str | int, start: int = 0, stop: int | None = None

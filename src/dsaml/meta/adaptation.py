@@ -1,11 +1,11 @@
 """MAML inner loop (adaptation to one rater), its head-only variant (ANIL) and the meta-gradient.
 
-A *batch* is a dict: ``logmel`` [B, T, 51, 128] float32, ``global`` [B, 1 or T, D_g] or None,
-``arousal`` / ``valence`` [B, T] in the dataset's label range. A *task* is ``{"support": batch,
-"query": batch}`` (one rater). `adapt` is shared by the Lightning module's evaluation protocols and by
-`dsaml-personalize`; `adapt_head` adapts only the head (BiLSTM + regressor) on body features computed once
-per support batch (Raghu et al., ICLR 2020); `meta_backward` is the outer step of PDMER training (full or
-head-only inner loop).
+A *batch* (`dsaml.data.batch.ClipBatch`): ``logmel`` [B, T, 51, 128] float32, ``global`` [B, 1 or T, D_g]
+or None, ``arousal`` / ``valence`` [B, T] in the dataset's label range. An *episode*
+(`dsaml.data.batch.Episode`) is ``{"support": batch, "query": batch}`` of one rater. `adapt` is shared by
+the Lightning module's evaluation protocols and by `dsaml-personalize`; `adapt_head` adapts only the head
+(BiLSTM + regressor) on body features computed once per support batch (Raghu et al., ICLR 2020);
+`meta_backward` is the outer step of PDMER training (full or head-only inner loop).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from dsaml.data.batch import ClipBatch
 from dsaml.losses import attention_regularizer, dsaml_loss
 from dsaml.meta.l2l import learn2learn
 from dsaml.models.network import DSAMLNet
 
-Batch = Mapping[str, Tensor | None]
+Batch = ClipBatch
 
 
 def maml_wrap(net: nn.Module, lr: float, first_order: bool = True) -> nn.Module:
@@ -231,7 +232,7 @@ def _first_order_step(learner: nn.Module, loss: Tensor) -> None:
 
 @dataclass
 class MetaStepStats:
-    """What one outer step saw: mean query loss/scores over this process's tasks, the inner losses."""
+    """What one outer step saw: mean query loss/scores over this process's episodes, the inner losses."""
 
     query_loss: float
     query_scores: dict[str, float]
@@ -240,43 +241,44 @@ class MetaStepStats:
 
 def meta_backward(
     maml: nn.Module,
-    tasks: Sequence[Mapping[str, Batch]],
+    episodes: Sequence[Mapping[str, Batch]],
     steps: int,
-    n_total_tasks: int,
+    episodes_in_meta_batch: int,
     backward: Callable[[Tensor], None] = Tensor.backward,
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict]] = batch_loss,
     on_nonfinite: Callable[[int, str], None] | None = None,
     net: DSAMLNet | None = None,
 ) -> MetaStepStats:
-    """Accumulate the meta-gradient of `tasks` into the `.grad` of `maml`'s parameters.
+    """Accumulate the meta-gradient of `episodes` into the `.grad` of `maml`'s parameters.
 
-    For each task: clone, adapt `steps` inner steps on the support, then backpropagate
-    query_loss / n_total_tasks to the un-adapted parameters (first or second order as `maml` is set up).
-    With several processes each passes its share of the meta-batch and the same `n_total_tasks`; the
-    caller then sums the gradients over processes. `backward` lets Lightning's `manual_backward` be used.
-    on_nonfinite(task_index, message) is called (and should raise) when a support or query loss is NaN/inf.
+    For each episode: clone, adapt `steps` inner steps on the support, then backpropagate
+    query_loss / episodes_in_meta_batch to the un-adapted parameters (first or second order as `maml` is set
+    up). With several processes each passes its share of the meta-batch and the same
+    `episodes_in_meta_batch`; the caller then sums the gradients over processes. `backward` lets Lightning's
+    `manual_backward` be used. on_nonfinite(episode_index, message) is called (and should raise) when a
+    support or query loss is NaN/inf.
     net: the whole network when `maml` wraps only its head (head-only inner loop, `adapt_head`): the query
     loss then reaches the body directly and the head through its adapted copy.
     """
     q_losses: list[float] = []
     q_scores: list[dict[str, Tensor]] = []
     inner: list[list[float]] = []
-    for index, task in enumerate(tasks):
+    for index, episode in enumerate(episodes):
         try:
             if net is None:
                 adaptation = adapt(
-                    maml, task["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
+                    maml, episode["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
                 )
             else:
-                adaptation = adapt_head(net, task["support"], steps, head=maml, train_mode=None)
-            loss, scores = loss_fn(adaptation.learner, task["query"])
+                adaptation = adapt_head(net, episode["support"], steps, head=maml, train_mode=None)
+            loss, scores = loss_fn(adaptation.learner, episode["query"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite query loss {loss.item()}")
         except FloatingPointError as error:
             if on_nonfinite is not None:
                 on_nonfinite(index, str(error))
-            raise FloatingPointError(f"meta_backward: task {index}: {error}") from error
-        backward(loss / n_total_tasks)
+            raise FloatingPointError(f"meta_backward: episode {index}: {error}") from error
+        backward(loss / episodes_in_meta_batch)
         q_losses.append(float(loss.detach()))
         q_scores.append({k: float(v.detach()) for k, v in scores.items()})
         inner.append(adaptation.losses)

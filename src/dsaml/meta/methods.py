@@ -1,7 +1,7 @@
 """Adaptation methods (the `adaptation:` config group, conf/adaptation/) and safe automatic selection.
 
-A *sequence* is one song (or clip) of a listener: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] or
-None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
+A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listener: ``logmel``
+[T, 51, 128], ``global`` [1 or T, D_g] or None, ``arousal`` / ``valence`` [T]. Methods (`METHODS`):
 
 - none: the network as it is;
 - maml: the inner loop over the whole network (`adapt`; the paper's);
@@ -32,8 +32,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsaml.data.validation import ConfigError, check_choice, from_mapping
-from dsaml.inference import predict_song, window_starts
+from dsaml.config import (
+    Config,
+    ConfigError,
+    choice,
+    choice_list,
+    flag,
+    from_mapping,
+    integer,
+    integer_list,
+    number,
+)
+from dsaml.data.batch import SongSequence, join_pieces, windows_batch
+from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
 from dsaml.metrics import scores_of
@@ -43,11 +54,11 @@ AUTO = "auto"
 BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
 MIN_BLOCK = 8  # segments: a shorter block is too short to validate on
 
-Sequence_ = Mapping[str, Any]
+Sequence_ = SongSequence
 
 
 @dataclass(frozen=True)
-class AdaptationConfig:
+class AdaptationConfig(Config):
     """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
 
     method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
@@ -60,43 +71,33 @@ class AdaptationConfig:
     score) a candidate must validate than the unadapted network to be chosen.
     """
 
-    method: str = "maml"
-    steps: int | None = None
-    lr: float | None = None
-    first_order: bool | None = None
-    lag: int = 0
-    prior: Any = "auto"
-    auto_methods: tuple[str, ...] = METHODS[1:]
-    auto_single: tuple[str, ...] = ("calibrate",)
-    auto_steps: tuple[int, ...] | None = None
-    margin: float = 0.0
+    SECTION = "adaptation"
+
+    method: str = choice("maml", METHODS + (AUTO,))
+    steps: int | None = integer(None, low=0, optional=True)
+    lr: float | None = number(None, low=0, low_open=True, optional=True)
+    first_order: bool | None = flag(None, optional=True)
+    lag: int = integer(0, low=0)
+    prior: Any = "auto"  # auto or a number >= 0: checked in __post_init__ (two kinds of value)
+    auto_methods: tuple[str, ...] = choice_list(METHODS[1:], METHODS[1:])
+    auto_single: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
+    auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
+    margin: float = number(0.0)
 
     def __post_init__(self) -> None:
-        check_choice("adaptation.method", self.method, METHODS + (AUTO,))
-        for key in ("auto_methods", "auto_single"):
-            object.__setattr__(self, key, tuple(getattr(self, key)))
-            for method in getattr(self, key):
-                check_choice(f"adaptation.{key} entry", method, METHODS[1:])
-        if self.steps is not None:
-            _integer("adaptation.steps", self.steps, 0)
-        if self.lr is not None and not (_number(self.lr) and float(self.lr) > 0):
-            raise ConfigError(f"adaptation.lr={self.lr!r}: expected null or a positive number")
-        if self.first_order is not None and not isinstance(self.first_order, bool):
-            raise ConfigError(f"adaptation.first_order={self.first_order!r}: expected null, true or false")
-        _integer("adaptation.lag", self.lag, 0)
-        if self.prior != "auto" and not (_number(self.prior) and float(self.prior) >= 0):
+        super().__post_init__()
+        number_ok = (
+            isinstance(self.prior, int | float) and not isinstance(self.prior, bool) and self.prior >= 0
+        )
+        if self.prior != "auto" and not number_ok:
             raise ConfigError(
                 f"adaptation.prior={self.prior!r}: expected auto (from the training raters) or a number >= 0 "
                 "(prior strength in songs)"
             )
+        object.__setattr__(self, "auto_methods", tuple(self.auto_methods))
+        object.__setattr__(self, "auto_single", tuple(self.auto_single))
         if self.auto_steps is not None:
             object.__setattr__(self, "auto_steps", tuple(self.auto_steps))
-            if not self.auto_steps:
-                raise ConfigError("adaptation.auto_steps=[]: expected null or a list of integers >= 1")
-            for steps in self.auto_steps:
-                _integer("adaptation.auto_steps entry", steps, 1)
-        if not _number(self.margin):
-            raise ConfigError(f"adaptation.margin={self.margin!r}: expected a number")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AdaptationConfig:
@@ -145,15 +146,6 @@ class AdaptationConfig:
             return tuple(sorted(set(self.auto_steps)))
         steps = int(self.steps or 1)
         return tuple(sorted({max(1, steps // 2), max(1, steps), 2 * max(1, steps)}))
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(key: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
 
 
 def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None) -> CalibrationPrior | None:
@@ -228,23 +220,6 @@ class Personalized:
 
 
 # ------------------------------------------------------------------ one method
-def windows_batch(seq: Sequence_, window: int) -> dict[str, Tensor | None]:
-    """Windows of `window` segments covering a sequence (the last one ends at its end) -> a support batch
-    [n, min(T, window), ...] (the whole sequence when shorter)."""
-    n = len(seq["arousal"])
-    starts = window_starts(n, window, window) if n > window else [0]
-    size = min(n, window)
-    take = lambda x: torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
-    batch = {k: take(seq[k]) for k in ("logmel", "arousal", "valence")}
-    vectors = seq.get("global")
-    batch["global"] = (
-        None
-        if vectors is None
-        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
-    )
-    return batch
-
-
 def _learn(
     net: nn.Module,
     learner: str | None,
@@ -311,21 +286,6 @@ class Selection:
     personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
 
 
-def _segments(seq: Sequence_, pieces: Sequence[tuple[int, int]]) -> dict[str, Any]:
-    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence."""
-    out = {
-        k: torch.cat([torch.as_tensor(seq[k])[a:b] for a, b in pieces])
-        for k in ("logmel", "arousal", "valence")
-    }
-    vectors = seq.get("global")
-    if vectors is not None:
-        vectors = torch.as_tensor(vectors)
-        out["global"] = vectors if len(vectors) == 1 else torch.cat([vectors[a:b] for a, b in pieces])
-    else:
-        out["global"] = None
-    return out
-
-
 def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
     """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs. With one song, blocked
     k-fold inside it: k = min(BLOCKS, T // MIN_BLOCK) contiguous blocks; each fold validates on one block and
@@ -344,7 +304,7 @@ def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_]
     splits = []
     for i in range(k):
         rest = [(a, b) for a, b in ((0, edges[i]), (edges[i + 1], n)) if b > a]
-        splits.append(([_segments(seq, rest)], [_segments(seq, [(edges[i], edges[i + 1])])]))
+        splits.append(([join_pieces(seq, rest)], [join_pieces(seq, [(edges[i], edges[i + 1])])]))
     return f"blocked {k}-fold within the song ({n} segments, blocks of ~{n // k})", splits
 
 

@@ -5,17 +5,15 @@
   vector per segment for the 30 s window centred on it (segments i - 30 .. i + 29, clipped to the song; the
   log-mel starts at 15 s, so the part of the window before it is not available). Window statistics come from
   running sums over segments, so a song costs O(T), not one recomputation per window.
-- "precomputed:<name>" / "clap": the caller passes vectors stored in the feature store; `load_vector_file`
-  imports them from a .npz / .h5 keyed by song id (e.g. ImageBind embeddings computed with the original
-  pipeline) and `ClapAudioEncoder` (in `dsaml.models.clap`) produces them during preprocessing.
+- "precomputed:<name>" / "clap": the caller passes vectors stored in the feature store;
+  `dsaml.data.vector_file` imports them from a .npz / .h5 keyed by song id (e.g. ImageBind embeddings
+  computed with the original pipeline) and `ClapAudioEncoder` (in `dsaml.models.clap`)
+  produces them during preprocessing.
 - "none": no global term.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,41 +55,3 @@ class LearnedGlobalContext(nn.Module):
 
     def _embed(self, mean: Tensor, std: Tensor) -> Tensor:
         return self.project(self.norm(torch.cat([mean, std], dim=-1)))
-
-
-def load_vector_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read global vectors keyed by song id from a .npz or .h5/.hdf5 file -> {song_id: float32 [1 or T, D_g]}.
-
-    Each entry is one song: a [D_g] vector (stored as [1, D_g]), or [T, D_g] per-segment vectors. Keys are
-    song ids (HDF5: top-level dataset names, or datasets inside a "global" group).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"global-vector file {path} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            raw = {key: archive[key] for key in archive.files}
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(path, "r") as handle:
-            group = handle["global"] if "global" in handle else handle
-            raw = {key: group[key][()] for key in group if isinstance(group[key], h5py.Dataset)}
-    else:
-        raise ValueError(f"global-vector file {path}: expected a .npz, .h5 or .hdf5 file")
-    if not raw:
-        raise ValueError(f"global-vector file {path} holds no vectors (expected one array per song id)")
-    vectors = {}
-    for key, value in raw.items():
-        array = np.asarray(value, dtype=np.float32)
-        if array.ndim == 1:
-            array = array[None]
-        if array.ndim != 2:
-            raise ValueError(
-                f"global-vector file {path}, key {key!r}: shape {value.shape}, expected [D] or [T, D]"
-            )
-        vectors[str(key)] = array
-    widths = {v.shape[1] for v in vectors.values()}
-    if len(widths) != 1:
-        raise ValueError(f"global-vector file {path}: vectors have different widths {sorted(widths)}")
-    return vectors

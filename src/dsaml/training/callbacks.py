@@ -82,7 +82,7 @@ class WandbMedia(L.Callback):
             or trainer.current_epoch % self.every_n_epochs
         ):
             return
-        clip = batch["query"] if "query" in batch else batch
+        clip = batch["query"] if pl_module.meta else batch  # PDMER validation: an Episode, else a ClipBatch
         glob = clip.get("global")
         with torch.no_grad():
             out = pl_module.net(clip["logmel"][:1], None if glob is None else glob[:1], return_attention=True)

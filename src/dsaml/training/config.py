@@ -7,6 +7,7 @@ feature store.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song"
 MONITOR_MODES = ("max", "min")
 INNER_LOOPS = ("full", "head")
 CROSS_SUPPORT = ("clip", "song")
+DEPRECATED_KEYS = {"tasks": "episodes", "val_tasks": "val_episodes"}  # old key -> new key
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
 TOP_LEVEL_KEYS = (
@@ -62,20 +64,20 @@ class TaskConfig(Config):
     """The `task:` group.
 
     name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per batch.
-    shots / queries / tasks: PDMER episode shape (support clips, query clips, distinct raters per meta-batch;
-    in the cross-song test protocol, the rater's other songs adapted on). cross_support: what of each of those
-    songs the cross-song protocol adapts on: clip (its first support_segments segments) or song (the whole
-    song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is false).
-    steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of training songs
-    (DMER) or raters (PDMER). val_tasks: PDMER validation tasks. eval_inner_steps: inner steps at evaluation
-    (None = inner_steps). support_segments: segments of the within-song support and of the sliding windows
-    (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric selecting the best
-    checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of
+    shots / queries / episodes: PDMER episode shape (support clips, query clips, distinct raters per
+    meta-batch; in the cross-song test protocol, the rater's other songs adapted on). cross_support: what of
+    each of those songs the cross-song protocol adapts on: clip (its first support_segments segments) or song
+    (the whole song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is
+    false). steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of training
+    songs (DMER) or raters (PDMER). val_episodes: PDMER validation episodes. tasks / val_tasks: deprecated
+    aliases of episodes / val_episodes (a FutureWarning names the new key). eval_inner_steps: inner steps at
+    evaluation (None = inner_steps). support_segments: segments of the within-song support and of the sliding
+    windows (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric selecting the
+    best checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of
     predict_song (mean = correct default; weighted = window edges count less; original = the original's rule,
-    arousal off-by-one included).
-    eval_stride: segments between the sliding windows that predict a whole test song (1 = every window, the
-    original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x cheaper, see the README's
-    stride benchmark). eval_batch_size: windows per forward at evaluation.
+    arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
+    song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
+    cheaper, see the README's stride benchmark). eval_batch_size: windows per forward at evaluation.
     """
 
     SECTION = "task"
@@ -87,13 +89,15 @@ class TaskConfig(Config):
     shots: int = integer(1, low=1)
     queries: int = integer(15, low=1)
     cross_support: str = choice("clip", CROSS_SUPPORT)
-    tasks: int = integer(16, low=1)
+    episodes: int = integer(16, low=1)
     inner_steps: int = integer(16, low=0)
     inner_lr: float = number(5e-3, low=0, low_open=True)
     first_order: bool = flag(True)
     steps_per_epoch: int = integer(10, low=1)
     val_fraction: float = number(0.1, low=0.0, high=1.0, high_open=True)
-    val_tasks: int = integer(16, low=0)
+    val_episodes: int = integer(16, low=0)
+    tasks: int | None = integer(None, low=1, optional=True)  # deprecated alias of episodes
+    val_tasks: int | None = integer(None, low=0, optional=True)  # deprecated alias of val_episodes
     eval_inner_steps: int | None = integer(None, low=0, optional=True)
     support_segments: int = integer(60, low=1)
     monitor: str = "val/average"
@@ -107,6 +111,17 @@ class TaskConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for old, new in DEPRECATED_KEYS.items():
+            value = getattr(self, old)
+            if value is not None:  # an old config or checkpoint: the alias sets the new key
+                warnings.warn(
+                    f"task.{old}={value} is deprecated: use task.{new} (the same setting, renamed because "
+                    '"task" also names dmer/pdmer)',
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                setattr(self, new, value)
+                setattr(self, old, None)
         if not isinstance(self.adaptation, AdaptationConfig):
             self.adaptation = AdaptationConfig.from_dict(self.adaptation)
         self.test_protocols = list(self.test_protocols)

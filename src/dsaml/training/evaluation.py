@@ -1,9 +1,9 @@
 """Evaluation protocols (docs/method.md, "Evaluation") on one test item, returning per-sequence scores.
 
-An item is a whole song: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] (optional), ``arousal`` /
-``valence`` [T] (rater-averaged for DMER, the rater's own for PDMER), and for the cross-song protocol
-``cross_support`` (that rater's other test songs: a collated batch of their first clips, or with
-``task.cross_support=song`` the list of the whole songs).
+An item is a whole song (`dsaml.data.batch.SongItem`): ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g]
+(optional), ``arousal`` / ``valence`` [T] (rater-averaged for DMER, the rater's own for PDMER), and for the
+cross-song protocol ``cross_support`` (that rater's other test songs: a `ClipBatch` of their first clips, or
+with ``task.cross_support=song`` the list of the whole songs).
 
 - dmer: predict the whole song with sliding windows, score against the averaged curve.
 - pdmer_unadapted: the meta-trained network without adaptation, scored on the within-song query region.
@@ -18,11 +18,11 @@ their combinations, or auto), the same code `dsaml-personalize` runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from dsaml.data.batch import ClipBatch, SongItem, SongSequence, as_batch, clips_of, slice_sequence
 from dsaml.meta import (
     AUTO,
     AdaptationConfig,
@@ -39,37 +39,10 @@ from dsaml.metrics import METRIC_KEYS, scores_of
 __all__ = ["METRIC_KEYS", "predict", "run_protocols", "scores_of"]
 
 
-def _slice(item: Mapping[str, Any], start: int, stop: int | None) -> dict[str, Any]:
-    out = {k: item[k][start:stop] for k in ("logmel", "arousal", "valence")}
-    if item.get("global") is not None:
-        vectors = item["global"]
-        out["global"] = vectors if len(vectors) == 1 else vectors[start:stop]
-    return out
-
-
-def _as_batch(seq: Mapping[str, Any]) -> dict[str, Any]:
-    batch = {k: seq[k][None] for k in ("logmel", "arousal", "valence")}
-    batch["global"] = None if seq.get("global") is None else seq["global"][None]
-    return batch
-
-
-def _clips(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A collated support batch [n, W, ...] -> its n clips as sequences."""
-    return [
-        {
-            "logmel": batch["logmel"][i],
-            "arousal": batch["arousal"][i],
-            "valence": batch["valence"][i],
-            "global": None if batch.get("global") is None else batch["global"][i],
-        }
-        for i in range(len(batch["arousal"]))
-    ]
-
-
 def personalize_on(
     net: nn.Module,
-    support: list[dict[str, Any]],
-    batch: Mapping[str, Any] | None,
+    support: list[SongSequence],
+    batch: ClipBatch | None,
     adaptation: AdaptationConfig,
     predictor: Predict,
     prior: CalibrationPrior | None,
@@ -84,7 +57,7 @@ def personalize_on(
 
 def run_protocols(
     net: nn.Module,
-    item: Mapping[str, Any],
+    item: SongItem,
     protocols: list[str],
     *,
     window: int,
@@ -101,7 +74,7 @@ def run_protocols(
     results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
     predictor = Predict(window, stitch, batch_size, stride)
 
-    def score(name: str, model: Personalized, seq: Mapping[str, Any]) -> None:
+    def score(name: str, model: Personalized, seq: SongSequence) -> None:
         pa, pv = model.predict(predictor, seq)
         results[name] = (
             scores_of(pa, pv, seq["arousal"], seq["valence"]),
@@ -109,22 +82,22 @@ def run_protocols(
         )
 
     n = len(item["arousal"])
-    query = _slice(item, window, None) if n > window else None
+    query = slice_sequence(item, window, None) if n > window else None
     for protocol in protocols:
         if protocol == "dmer":
             score(protocol, Personalized(net), item)
         elif protocol == "pdmer_unadapted" and query is not None:
             score(protocol, Personalized(net), query)
         elif protocol == "pdmer_within_song" and query is not None:
-            support = _slice(item, 0, window)
-            model = personalize_on(net, [support], _as_batch(support), adaptation, predictor, prior)
+            support = slice_sequence(item, 0, window)
+            model = personalize_on(net, [support], as_batch(support), adaptation, predictor, prior)
             score(protocol, model, query)
         elif protocol == "pdmer_cross_song" and item.get("cross_support") is not None:
             support = item["cross_support"]
             if isinstance(support, list):  # whole songs of different lengths
                 model = personalize_on(net, support, None, adaptation, predictor, prior)
             else:
-                model = personalize_on(net, _clips(support), support, adaptation, predictor, prior)
+                model = personalize_on(net, clips_of(support), support, adaptation, predictor, prior)
             score(protocol, model, item)
     return results
 

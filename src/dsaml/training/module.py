@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dsaml import __version__ as dsaml_version
+from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
 from dsaml.meta import CalibrationPrior, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
 from dsaml.metrics import REPORTED, mean_scores, scores_of
@@ -110,31 +111,31 @@ class DSAMLModule(L.LightningModule):
             "songs' features and labels in the store"
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: ClipBatch | MetaBatch, batch_idx: int) -> Tensor | None:
         if self.meta:
-            return self._meta_step(batch)
+            return self._meta_step(batch)  # type: ignore[arg-type]
         loss, scores = batch_loss(self.net, batch)
         if not torch.isfinite(loss):
             self._nonfinite(f"non-finite training loss {loss.item()}", batch["songs"], "DMER batch")
         self._log_split("train", float(loss.detach()), _metric_dict(scores), len(batch["songs"]))
         return loss
 
-    def _meta_step(self, batch: dict[str, Any]) -> None:
+    def _meta_step(self, batch: MetaBatch) -> None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        tasks = batch["tasks"]
+        episodes = batch["episodes"]
 
         def nonfinite(index: int, message: str) -> None:
-            task = tasks[index]
+            episode = episodes[index]
             self._nonfinite(
-                message, task["songs"], f"meta-step {batch['step']}, task of rater {task['rater']}"
+                message, episode["songs"], f"meta-step {batch['step']}, episode of rater {episode['rater']}"
             )
 
         stats = meta_backward(
             self.maml,
-            tasks,
+            episodes,
             self.task_cfg.inner_steps,
-            int(batch["n_tasks"]),
+            int(batch["episodes_per_step"]),
             backward=self.manual_backward,
             on_nonfinite=nonfinite,
             net=self.net if self.head_only else None,
@@ -145,10 +146,10 @@ class DSAMLModule(L.LightningModule):
         if self.trainer.world_size > 1:
             self._average_buffers()
         metrics = _metric_dict(stats.query_scores)
-        self._log_split("train", stats.query_loss, metrics, len(tasks), sync=self.trainer.world_size > 1)
+        self._log_split("train", stats.query_loss, metrics, len(episodes), sync=self.trainer.world_size > 1)
         if stats.adapt_losses and stats.adapt_losses[0]:
             first = sum(losses[0] for losses in stats.adapt_losses) / len(stats.adapt_losses)
-            self.log("train/support_loss_before", first, batch_size=len(tasks))
+            self.log("train/support_loss_before", first, batch_size=len(episodes))
 
     def _all_reduce_gradients(self) -> None:
         """Sum the meta-gradient over processes (each already divided by the global meta-batch size)."""
@@ -193,7 +194,7 @@ class DSAMLModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._eval_rows = []
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: ClipBatch | Episode, batch_idx: int) -> None:
         if not self.meta:  # DMER: held-out clips, plain forward
             out = self.net(batch["logmel"], batch.get("global"))
             rows = [
@@ -251,7 +252,7 @@ class DSAMLModule(L.LightningModule):
         self._adaptation = self.task_cfg.resolved_adaptation
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
 
-    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, item: SongItem, batch_idx: int) -> None:
         cfg = self.task_cfg
         results = run_protocols(
             self.net,

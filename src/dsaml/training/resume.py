@@ -25,6 +25,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from dsaml.config import check_output_folder
+
 RUN_OUTPUTS = ("checkpoints", "csv", "results.json", "results.md", "wandb")
 
 
@@ -52,8 +54,6 @@ def refuse_taken_run_directory(cfg: Any) -> None:
     """`dsaml-train`/`dsaml-eval` before Hydra starts (it would rewrite <run dir>/.hydra/config.yaml): the
     run folder must be writable (ConfigError), and RunDirectoryError when it already holds a run's results
     and the job neither resumes it (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
-    from dsaml.cli.entry import check_output_folder
-
     out = check_output_folder("hydra.run.dir", str(cfg.hydra.run.dir))
     resuming = cfg.get("train", None) is not None and cfg.get("ckpt_path") is not None
     if cfg.get("overwrite", False) or resuming:

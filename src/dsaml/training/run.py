@@ -71,7 +71,7 @@ def _sweep_name() -> str | None:
 
 
 def _has_validation(task: TaskConfig) -> bool:
-    return task.val_fraction > 0 and (task.name == "dmer" or task.val_tasks > 0)
+    return task.val_fraction > 0 and (task.name == "dmer" or task.val_episodes > 0)
 
 
 def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -> DSAMLDataModule:
@@ -81,10 +81,10 @@ def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -
         batch_size=task.batch_size,
         shots=task.shots,
         queries=task.queries,
-        tasks=task.tasks,
+        episodes=task.episodes,
         val_fraction=task.val_fraction,
         steps_per_epoch=task.steps_per_epoch,
-        val_tasks=task.val_tasks,
+        val_episodes=task.val_episodes,
         global_name=model_cfg.global_store_name,
         seed=int(cfg.seed),
         num_workers=int(cfg.get("num_workers", 0)),

@@ -28,16 +28,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from dsaml.config import ConfigError
 from dsaml.data.synth import deam_tree
@@ -45,6 +35,7 @@ from dsaml.data.synth.config import ID_RANGES, SynthConfig, check_run_options, l
 from dsaml.data.synth.curves import CURVE_RATE_HZ, LABEL_START_INDEX, LABEL_START_S, song_curves
 from dsaml.data.synth.music import render_music
 from dsaml.data.synth.raters import make_pool, pick_raters, rate_song
+from dsaml.progress import progress_bar
 
 TRUTH_FILE = "synth_truth.json"
 INCOMPLETE_MARK = ".synth_incomplete"
@@ -105,14 +96,6 @@ class CorpusSummary:
             ("ground truth", self.truth_path),
             ("time", "reused an identical existing corpus" if self.reused else f"{self.seconds:.1f} s"),
         ] + ([("replaced", self.replaced)] if self.replaced else [])
-
-
-class RateColumn(ProgressColumn):
-    """Songs per second."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- songs/s" if speed is None else f"{speed:.2f} songs/s", style="progress.data.speed")
 
 
 def _choose_ids(n: int, key: str, rng: np.random.Generator) -> list[int]:
@@ -251,16 +234,8 @@ def _render_all(root: Path, truth: dict, workers: int, progress: bool, console: 
         )
         for _, s in jobs
     ]
-    columns = [
-        TextColumn("[bold]rendering MP3"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("render", total=len(args))
+    with progress_bar(console, progress) as bar:
+        task = bar.add_task("[bold]rendering MP3", total=len(args), digits=2)
         if workers == 1:
             for a in args:
                 _render_to_file(*a)

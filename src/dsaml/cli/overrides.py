@@ -1,0 +1,70 @@
+"""Hydra's override errors caught before a job starts: one line naming the keys or options allowed, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from dsaml.cli.errors import EXIT_USAGE, run_guarded
+from dsaml.config import CONFIG_DIR
+
+
+def check_overrides(
+    config_name: str,
+    command: str,
+    args: Sequence[str],
+    before_start: Callable[[DictConfig], None] | None = None,
+) -> None:
+    """Compose `config_name` with the command line's overrides before Hydra runs the job; a Hydra
+    composition error (unknown key, unknown option of a group, bad syntax) exits 2 naming what is allowed.
+    `before_start(cfg)` (cfg with its `hydra` node) may refuse the job the same way (an expected error)
+    before Hydra writes anything. Skipped for multirun sweeps and Hydra's own flags (--help, --cfg, ...)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    if any(arg.startswith("-") for arg in args):
+        return
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=list(args), return_hydra_config=before_start is not None)
+            except HydraException as error:
+                message = _explain_override_error(config_name, list(args), error, compose)
+                print(f"{command}: error: {message}", file=sys.stderr)
+                sys.exit(EXIT_USAGE)
+            if before_start is not None:
+                run_guarded(command, lambda: before_start(cfg))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _explain_override_error(
+    config_name: str, args: list[str], error: BaseException, compose: Callable[..., DictConfig]
+) -> str:
+    """Hydra's message in one or two lines, with the allowed keys where it could not override one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        parent, _, _ = key.rpartition(".")
+        rest = [a for a in args if a.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            node = compose(config_name, overrides=rest, return_hydra_config=parent.startswith("hydra"))
+            node = OmegaConf.select(node, parent) if parent else node
+        except Exception:  # the other overrides fail too: Hydra's message alone
+            node = None
+        if isinstance(node, DictConfig):
+            where = f"keys of '{parent}'" if parent else "top-level keys"
+            return (
+                f"{first} {where}: {', '.join(sorted(map(str, node.keys())))} (add a new one with +{key}=...)"
+            )
+        return f"{first} (add a new key with +{key}=...)"
+    if "Available options in" in str(error):
+        after = str(error).split("Available options in", 1)[1].split("Config search path", 1)[0]
+        available = [line.strip() for line in after.splitlines()[1:] if line.strip()]
+        return f"{first}; available: {', '.join(available)}"
+    return " ".join(lines[:2])

@@ -1,0 +1,166 @@
+"""What the network is fed: the typed dicts of tensors every part of dsaml passes around, and the helpers
+that cut, window and batch them.
+
+Shapes: B items, T segments of 0.5 s, F = 51 frames, M = 128 mel bands, D the global-vector width. Curves
+are in the dataset's label range, label i belongs to segment i. ``global`` is None (or absent) when the
+network builds its own global context; one row ([1, D]) is a per-clip vector that holds for every segment.
+
+- `SongSequence`: one song, clip or part of one: logmel [T, F, M], arousal / valence [T], global [1 or T, D].
+- `SongItem`: a `SongSequence` read from the store, with its song id (and for test items the rater,
+  the item's index and the cross-song protocol's support).
+- `ClipBatch`: B clips of one length: logmel [B, T, F, M], arousal / valence [B, T], global [B, 1 or T, D],
+  songs [B] when read from the store.
+- `Episode`: one rater's MAML episode: a support and a query `ClipBatch` (PDMER training and validation).
+- `MetaBatch`: one meta-step's episodes (this rank's share of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import torch
+from torch import Tensor
+
+Array = Any  # a Tensor, or a NumPy array where a caller still holds one
+
+# "global" is a keyword, so the optional key is declared in the functional form
+_GlobalVectors = TypedDict("_GlobalVectors", {"global": Tensor | None}, total=False)
+
+
+class SongSequence(_GlobalVectors):
+    """One song, clip or part of one (see the module docstring for the shapes)."""
+
+    logmel: Tensor
+    arousal: Tensor
+    valence: Tensor
+
+
+class _SongItemExtras(TypedDict, total=False):
+    index: int  # test items: position in the test set
+    rater: str | None  # test items: whose curve (None: rater-averaged)
+    cross_support: ClipBatch | list[SongItem]  # PDMER test: the rater's other songs (clips, or whole songs)
+
+
+class SongItem(SongSequence, _SongItemExtras):
+    """A sequence read from the store: segments [start, stop) of song `song` and its curves."""
+
+    song: str
+
+
+class _ClipBatchExtras(TypedDict, total=False):
+    songs: list[str]  # read from the store: the song of each row
+
+
+class ClipBatch(_GlobalVectors, _ClipBatchExtras):
+    """B clips of one length (see the module docstring for the shapes)."""
+
+    logmel: Tensor
+    arousal: Tensor
+    valence: Tensor
+
+
+class _EpisodeExtras(TypedDict, total=False):
+    index: int  # validation episodes: position in the fixed list
+
+
+class Episode(_EpisodeExtras):
+    """One rater's episode: adapt on `support`, score on `query`; songs = support songs then query songs."""
+
+    rater: str
+    support: ClipBatch
+    query: ClipBatch
+    songs: list[str]
+
+
+class MetaBatch(TypedDict):
+    """One meta-step: its index, the meta-batch size over all ranks, and this rank's episodes."""
+
+    step: int
+    episodes_per_step: int
+    episodes: list[Episode]
+
+
+CURVE_KEYS = ("logmel", "arousal", "valence")  # the per-segment keys every sequence and batch holds
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start positions of the sliding windows; the last window always ends at `length`."""
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def _global_rows(vectors: Array, start: int, stop: int | None) -> Array:
+    """Rows [start, stop) of per-segment vectors; a per-clip vector (one row) holds for any range."""
+    return vectors if len(vectors) == 1 else vectors[start:stop]
+
+
+def slice_sequence(seq: Mapping[str, Any], start: int, stop: int | None) -> SongSequence:
+    """Segments [start, stop) of a sequence (``global`` only when it has vectors)."""
+    out: dict[str, Any] = {k: seq[k][start:stop] for k in CURVE_KEYS}
+    if seq.get("global") is not None:
+        out["global"] = _global_rows(seq["global"], start, stop)
+    return out  # type: ignore[return-value]
+
+
+def as_batch(seq: Mapping[str, Any]) -> ClipBatch:
+    """One sequence as a batch of one: [1, T, ...] (``global`` None when it has no vectors)."""
+    batch: dict[str, Any] = {k: seq[k][None] for k in CURVE_KEYS}
+    batch["global"] = None if seq.get("global") is None else seq["global"][None]
+    return batch  # type: ignore[return-value]
+
+
+def clips_of(batch: Mapping[str, Any]) -> list[SongSequence]:
+    """A batch [B, T, ...] -> its B clips as sequences."""
+    glob = batch.get("global")
+    return [
+        {**{k: batch[k][i] for k in CURVE_KEYS}, "global": None if glob is None else glob[i]}  # type: ignore[misc]
+        for i in range(len(batch["arousal"]))
+    ]
+
+
+def collate(items: Sequence[SongItem]) -> ClipBatch:
+    """Stack store items into a batch, cropping every sequence to the shortest one (labels may be a few
+    values shorter than the audio)."""
+    length = min(len(it["arousal"]) for it in items)
+    batch: dict[str, Any] = {key: torch.stack([it[key][:length] for it in items]) for key in CURVE_KEYS}
+    if "global" in items[0]:
+        batch["global"] = torch.stack([_global_rows(it["global"], 0, length) for it in items])
+    batch["songs"] = [it["song"] for it in items]
+    return batch  # type: ignore[return-value]
+
+
+def windows_batch(seq: Mapping[str, Any], window: int) -> ClipBatch:
+    """Windows of `window` segments covering a sequence (the last one ends at its end) -> a support batch
+    [n, min(T, window), ...] float32 (the whole sequence when shorter)."""
+    n = len(seq["arousal"])
+    starts = window_starts(n, window, window) if n > window else [0]
+    size = min(n, window)
+
+    def take(x: Array) -> Tensor:
+        return torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
+
+    batch: dict[str, Any] = {k: take(seq[k]) for k in CURVE_KEYS}
+    vectors = seq.get("global")
+    batch["global"] = (
+        None
+        if vectors is None
+        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
+    )
+    return batch  # type: ignore[return-value]
+
+
+def join_pieces(seq: Mapping[str, Any], pieces: Sequence[tuple[int, int]]) -> SongSequence:
+    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence."""
+    out: dict[str, Any] = {
+        k: torch.cat([torch.as_tensor(seq[k])[a:b] for a, b in pieces]) for k in CURVE_KEYS
+    }
+    vectors = seq.get("global")
+    if vectors is not None:
+        vectors = torch.as_tensor(vectors)
+        out["global"] = vectors if len(vectors) == 1 else torch.cat([vectors[a:b] for a, b in pieces])
+    else:
+        out["global"] = None
+    return out  # type: ignore[return-value]
