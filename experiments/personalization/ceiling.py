@@ -58,15 +58,12 @@ def main() -> None:
         return predicted[song_id], (torch.as_tensor(item["arousal"]), torch.as_tensor(item["valence"]))
 
     exact = CalibrationPrior.uniform(0)  # no pull toward identity: least squares
-
-    def fit(name: str, support: list[tuple], scored: tuple) -> Calibration:
-        """The map `name` for one pair: support / scored = (prediction, curves) of the songs."""
-        lag = args.lag if "lag" in name else 0
-        if name.startswith("calibrate"):
-            return fit_calibration([p for p, _ in support], [c for _, c in support], prior, lag)
-        return fit_calibration([scored[0]], [scored[1]], exact, lag) if name != "none" else Calibration()
-
-    maps = ["calibrate", f"calibrate, lag <= {args.lag}", "ceiling", f"ceiling, lag <= {args.lag}"]
+    maps = {  # name -> (fitted on the support songs (else on the scored song), prior, largest lag)
+        "calibrate": (True, prior, 0),
+        f"calibrate, lag <= {args.lag}": (True, prior, args.lag),
+        "ceiling": (False, exact, 0),
+        f"ceiling, lag <= {args.lag}": (False, exact, args.lag),
+    }
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in ["none", *maps]}
     pairs, supports = data.test_pairs()
     for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
@@ -75,7 +72,12 @@ def main() -> None:
         scored = song(song_id, rater)
         support = [song(s, rater) for s in support_ids]
         for name in scores:
-            arousal, valence = fit(name, support, scored).apply(*scored[0])
+            calibration = Calibration()  # none: identity
+            if name in maps:
+                on_support, strength, lag = maps[name]
+                fit_on = support if on_support else [scored]
+                calibration = fit_calibration([p for p, _ in fit_on], [c for _, c in fit_on], strength, lag)
+            arousal, valence = calibration.apply(*scored[0])
             value = scores_of(arousal, valence, *scored[1])["average"]
             scores[name].setdefault(rater, []).append(value)
     kinds = rater_kinds(args.corpus) if args.corpus else {}

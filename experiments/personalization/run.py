@@ -60,7 +60,7 @@ def command(name: str, overrides: list[str]) -> None:
         sys.exit(f"dsaml-{name} failed (see above); the finished runs are kept")
 
 
-def train(name: str, settings: list[str], seed: int, store: Path, directory: Path, extra: list[str]) -> Path:
+def train(settings: list[str], seed: int, store: Path, directory: Path, extra: list[str]) -> Path:
     """A dsaml-train run (fit only) into `directory`; returns its selected checkpoint."""
     if not (directory / "checkpoints").is_dir():
         command(
@@ -146,23 +146,24 @@ def main() -> None:
     shots = feasible_shots(store, args.shots)
     if not shots:
         sys.exit("no test rater has two test songs: the cross-song protocol has nothing to score")
+    meta_trained = {  # PDMER models: name -> (methods tested, meta-training settings)
+        "pdmer": (args.methods, []),
+        "anil": (args.anil_methods, ["task.inner_loop=head"]),  # the head-only inner loop
+    }
     for seed in args.seeds:
         runs = out / "train" / f"seed_{seed}"
-        dmer = train("dmer", dmer_settings, seed, store, runs / "dmer", [])
-        pdmer = {
-            epochs * steps: train("pdmer", pdmer_settings, seed, store, runs / f"pdmer_{epochs * steps}",
-                                  [f"init_from={dmer}", f"trainer.max_epochs={epochs}"])
-            for epochs in args.epochs
-        }  # fmt: skip
-        head_only = [f"init_from={dmer}", "task.inner_loop=head"]  # ANIL meta-training
-        anil = {
-            length: train("anil", pdmer_settings, seed, store, runs / f"anil_{length}",
-                          [*head_only, f"trainer.max_epochs={length // steps}"])
-            for length in (pdmer if args.anil_methods else {})
+        dmer = train(dmer_settings, seed, store, runs / "dmer", [])
+        models = {  # name -> {meta-batches: checkpoint} of the PDMER runs `<name>_<meta-batches>`
+            name: {
+                epochs * steps: train(pdmer_settings, seed, store, runs / f"{name}_{epochs * steps}",
+                                      [f"init_from={dmer}", f"trainer.max_epochs={epochs}", *extra])
+                for epochs in args.epochs
+            }
+            for name, (methods, extra) in meta_trained.items() if methods
         }  # fmt: skip
         from dsaml.models.checkpoint import load_network
 
-        trained = load_network(next(iter(pdmer.values())))[2]["task"]
+        trained = load_network(next(iter(models["pdmer"].values())))[2]["task"]
         for k in shots:
             protocols = [WITHIN, CROSS] if k == shots[0] else [CROSS]
             task = {key: trained[key] for key in TASK_KEYS} | {
@@ -175,9 +176,9 @@ def main() -> None:
             evaluate(dmer, task, protocols, "none", store, runs_k / "dmer" / f"seed_{seed}")
             for method in args.dmer_methods:
                 evaluate(dmer, task, protocols, method, store, runs_k / f"dmer_{method}" / f"seed_{seed}")
-            for name, models, methods in (("pdmer", pdmer, args.methods), ("anil", anil, args.anil_methods)):
-                for length, ckpt in models.items():
-                    for method in methods:
+            for name, checkpoints in models.items():
+                for length, ckpt in checkpoints.items():
+                    for method in meta_trained[name][0]:
                         folder = runs_k / f"{name}_{length}_{method}" / f"seed_{seed}"
                         evaluate(ckpt, task, protocols, method, store, folder)
     for k in shots:

@@ -327,11 +327,12 @@ def _fold_scores(
     config: AdaptationConfig,
     predictor: Predict,
     prior: CalibrationPrior | None,
+    candidates: Sequence[str],
 ) -> dict[tuple[str, int], float]:
-    """Validation score of every candidate (method, steps) on one fold; each inner loop runs once to the
-    largest step count and is scored at every count of the grid on the way."""
+    """Validation score of none and of every candidate method (at every step count of the grid) on one fold;
+    each inner loop runs once to the largest step count and is scored at every count on the way."""
     scores: dict[tuple[str, int], float] = {}
-    methods = set(config.auto_methods)
+    methods = set(candidates)
 
     def score_all(adapted: nn.Module, learner: str | None, steps: int) -> None:
         plain = learner or "none"
@@ -386,13 +387,12 @@ def select(
     beat the unadapted network on average by more than `config.margin` and on more than half of the folds
     (else "none"), and refit it on every song. `config` must be resolved."""
     how, splits = folds(support)
-    if len(support) < 2:
-        config = replace(config, auto_methods=config.auto_single)
+    methods = config.auto_methods if len(support) >= 2 else config.auto_single
     per_fold = []
     for index, (fit_on, validate) in enumerate(splits):
         if progress is not None:
             progress(f"validation fold {index + 1}/{len(splits)}")
-        per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior))
+        per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior, methods))
     candidates = []
     for method, steps in per_fold[0] if per_fold else {}:
         scores = [f[(method, steps)] for f in per_fold]
