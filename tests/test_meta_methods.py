@@ -123,19 +123,81 @@ def test_calibration_finds_a_lag_and_round_trips_as_plain_values():
 
 def test_empirical_bayes_prior_from_the_spread_of_rater_maps():
     """Two raters, two songs each, offsets only (y = x + offset): per-song offsets A 0.1, 0.3; B -0.2, -0.4.
-    s^2 = 4 * 0.1^2 / 2 = 0.02; tau^2 = mean(0.2^2, 0.3^2) - 0.02 * mean(1/2, 1/2) = 0.055;
-    kappa = s^2 / tau^2. Gains are exactly 1 (c = 0 everywhere): s^2 = 0 -> kappa 0."""
+    sigma^2 = 4 * 0.1^2 / 2 = 0.02; tau^2 = mean(0.2^2, 0.3^2) - 0.02 * mean(1/2, 1/2) = 0.055. Gains are
+    exactly 1 with no residual (c = 0, v = 0): phi = 0 and tau_c^2 at its floor."""
     x = np.sin(np.arange(30) / 4.0)
     rows = [
         (rater, (x, x), (x + offset, x + offset))
         for rater, offset in (("A", 0.1), ("A", 0.3), ("B", -0.2), ("B", -0.4))
     ]
     prior = estimate_prior(rows)
-    assert prior.offset == pytest.approx((0.02 / 0.055,) * 2, rel=1e-6)
-    assert prior.gain == pytest.approx((0.0, 0.0), abs=1e-9)
-    assert (prior.raters, prior.songs) == (2, 4)
-    with pytest.raises(ValueError, match="no training rater has two songs"):
+    assert prior.offset_noise == pytest.approx((0.02, 0.02), rel=1e-6)
+    assert prior.offset_tau2 == pytest.approx((0.055, 0.055), rel=1e-6)
+    assert prior.gain_scale == pytest.approx((0.0, 0.0), abs=1e-9) and prior.gain_tau2 == (1e-6, 1e-6)
+    assert (prior.raters, prior.songs, prior.source) == (2, 4, "averaged")
+    with pytest.raises(ValueError, match="no held-out rater has two songs"):
         estimate_prior(rows[:1] + rows[2:3])
+
+
+def _gain_song(change: float, noise: float, t: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """x with var(x) = 1 and y = x + change * x + e, e orthogonal to x and to constants with var(e) = noise:
+    the song's least-squares c is exactly `change` and its noise-to-signal ratio v exactly `noise`."""
+    phase = 2 * np.pi * np.arange(t) / t
+    x = np.sqrt(2) * np.cos(2 * phase)
+    return x, x + change * x + np.sqrt(2 * noise) * np.cos(5 * phase)
+
+
+def test_empirical_bayes_gain_noise_scales_with_the_songs_noise_to_signal_ratio():
+    """Gains c: A 0.1, 0.3; B -0.2, -0.4, every song with v = 0.5. phi = sum of squared deviations from the
+    rater means / sum_r (1 - 1/n_r) sum_s v = 0.04 / (0.5 + 0.5) = 0.04; tau_c^2 = mean(0.2^2, 0.3^2) -
+    phi * mean(0.5 / 2, 0.5 / 2) = 0.055."""
+    rows = []
+    for rater, change in (("A", 0.1), ("A", 0.3), ("B", -0.2), ("B", -0.4)):
+        x, y = _gain_song(change, 0.5)
+        rows.append((rater, (x, x), (y, y)))
+    prior = estimate_prior(rows, source="model")
+    assert prior.gain_scale == pytest.approx((0.04, 0.04), rel=1e-6)
+    assert prior.gain_tau2 == pytest.approx((0.055, 0.055), rel=1e-6)
+    assert prior.gain_noise == (0.0, 0.0) and prior.source == "model"
+    assert CalibrationPrior.from_dict(prior.to_dict()) == prior
+
+
+def test_calibration_trusts_a_songs_gain_by_how_well_the_prediction_explains_it():
+    """Posterior of c with tau^2 = 0.1, phi = 0.04: a song with v = 0.5 keeps tau^2 / (tau^2 + phi v) = 5/6 of
+    its least-squares change; one with v = 50 (the prediction barely explains the curve) keeps 1/21. Two songs
+    combine by precision: (c1 / w1 + c2 / w2) / (1 / tau^2 + 1 / w1 + 1 / w2)."""
+    prior = CalibrationPrior((0.1, 0.1), (0.02, 0.02), (0.1, 0.1), (0.0, 0.0), (0.04, 0.04), "model")
+    songs = {v: _gain_song(0.6, v) for v in (0.5, 50.0)}
+    fitted = {}
+    for v, (x, y) in songs.items():
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        fitted[v] = fit_calibration([(x, x)], [(y, y)], prior).gain[0] - 1.0
+    assert fitted[0.5] == pytest.approx(0.6 * 5 / 6) and fitted[50.0] == pytest.approx(0.6 / 21)
+    both = [tuple(torch.from_numpy(z) for z in (x, x)) for x, _ in songs.values()]
+    targets = [tuple(torch.from_numpy(z) for z in (y, y)) for _, y in songs.values()]
+    w1, w2 = 0.04 * 0.5, 0.04 * 50.0
+    expected = (0.6 / w1 + 0.6 / w2) / (1 / 0.1 + 1 / w1 + 1 / w2)
+    assert fit_calibration(both, targets, prior).gain[0] - 1.0 == pytest.approx(expected)
+
+
+def test_a_prior_stored_before_the_model_aware_one_still_loads():
+    """Old checkpoints hold strengths in songs ({"offset": [k_a, k_v], "gain": [...]}): the same map as a
+    fixed prior of that strength."""
+    old = CalibrationPrior.from_dict({"offset": [1.0, 2.0], "gain": [0.5, 3.0], "raters": 4, "songs": 9})
+    assert (old.offset_noise, old.gain_noise, old.offset_tau2, old.gain_scale) == (
+        (1.0, 2.0),
+        (0.5, 3.0),
+        (1.0, 1.0),
+        (0.0, 0.0),
+    )
+    assert (old.raters, old.songs, old.source) == (4, 9, "averaged")
+    x = torch.tensor([0.0, 0.1, 0.4, 0.2, -0.3, 0.1])
+    y = 2.0 * x + 0.3
+    fitted = fit_calibration([(x, x)], [(y, y)], old)
+    # arousal: b = b_ls / (1 + 1), c = c_ls / (1 + 0.5) with c_ls = 1 in f(x) = x + b + c (x - mean x)
+    b, c = float((y - x).mean()) / 2, 1.0 / 1.5
+    assert fitted.gain[0] == pytest.approx(1.0 + c)
+    assert fitted.offset[0] == pytest.approx(b - c * float(x.mean()))
 
 
 def test_head_only_adaptation_changes_the_head_alone():

@@ -116,11 +116,12 @@ def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch)
 
 def test_pdmer_head_only_meta_training(tiny_store, tmp_path):  # noqa: F811
     """task.inner_loop=head (ANIL) meta-trains end to end; adaptation=head tests with the same inner loop; the
-    checkpoint records both and carries the training raters' calibration prior."""
+    checkpoint records both and carries the calibration prior estimated from the network's predictions for the
+    validation raters' songs."""
     run(train_config(tiny_store, tmp_path, [*PDMER_TINY, "task.inner_loop=head", "adaptation=head"]))
     rows = {row["protocol"]: row for row in _results(tmp_path)["rows"]}
     assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"] >= 1
     assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
     _, _, hparams = load_network(tmp_path / "checkpoints" / "last.ckpt")
     assert hparams["task"]["inner_loop"] == "head" and hparams["task"]["adaptation"]["method"] == "head"
-    assert hparams["calibration_prior"]["songs"] > 0
+    assert hparams["calibration_prior"]["songs"] > 0 and hparams["calibration_prior"]["source"] == "model"

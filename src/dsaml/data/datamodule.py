@@ -266,12 +266,12 @@ class DSAMLDataModule(L.LightningDataModule):
                 raise ValueError(f"feature store {self.store_path} has no training songs")
         else:
             raters = store.raters("train")
-            train_raters, val_raters = holdout(raters, self.val_fraction, self.seed)
+            train_raters, self.val_raters = holdout(raters, self.val_fraction, self.seed)
             catalogue = {r: store.songs_of_rater(r, "train") for r in train_raters}
             self.sampler = EpisodeSampler(catalogue, self.episodes, self.shots, self.queries, self.seed)
             self.val_sampler = None
-            if val_raters and self.val_episodes > 0:
-                val_catalogue = {r: store.songs_of_rater(r, "train") for r in val_raters}
+            if self.val_raters and self.val_episodes > 0:
+                val_catalogue = {r: store.songs_of_rater(r, "train") for r in self.val_raters}
                 self.val_sampler = EpisodeSampler(val_catalogue, 1, self.shots, self.queries, self.seed)
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
@@ -320,6 +320,20 @@ class DSAMLDataModule(L.LightningDataModule):
             return []
         dataset = EpisodeDataset(self.reader, self.val_sampler.fixed_episodes(self.val_episodes))
         return self._loader(dataset, batch_size=None, sampler=self._distributed(dataset, shuffle=False))
+
+    def prior_pairs(self) -> list[tuple[str, str]]:
+        """(rater, song) pairs held out from training, for the model's calibration prior: DMER, every training
+        rater of each validation song; PDMER, every training song of each validation rater. Empty without a
+        validation split or per-rater curves."""
+        store = self.reader.store
+        try:
+            raters = store.raters("train")
+        except StoreError:
+            return []
+        if self.task == "dmer":
+            held_out = set(self.val_songs)
+            return [(r, s) for r in raters for s in store.songs_of_rater(r, "train") if s in held_out]
+        return [(r, s) for r in self.val_raters for s in store.songs_of_rater(r, "train")]
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
         """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song

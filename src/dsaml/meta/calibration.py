@@ -4,30 +4,42 @@ The map (per dimension: arousal, valence) sends a predicted curve x [T] to
 
     f(x)_t = gain * x_{t - lag} + offset        (x clamped at the song's edges when shifted)
 
-Fit on the support songs (x: the model's predictions, y: the listener's curves, pooled over the n songs),
-in the centred form f(x) = x + b + c (x - mean(x)), i.e. gain = 1 + c, offset = b - c mean(x):
+**One song.** On a support song (x: the model's prediction, y: the listener's curve) the least-squares map in
+the centred form y ~ x + b + c (x - mean x) is
 
-    least squares      b_ls = mean(y - x),    c_ls = sum((x - mean x)(y - x)) / sum((x - mean x)^2)
-    ridge to identity  b = n / (n + kappa_b) * b_ls,    c = n / (n + kappa_c) * c_ls
+    b_s = mean(y - x),    c_s = sum((x - mean x)(y - x)) / sum((x - mean x)^2)    (None when x is flat),
 
-(the ridge penalties lambda_b = N kappa_b / n and lambda_c = S_xx kappa_c / n on b^2 and c^2, N segments,
-S_xx = sum((x - mean x)^2), give exactly these). kappa is the prior strength in songs: identity counts as
-kappa songs of evidence. With lag > 0 every shift in [-lag, lag] is fitted and the one with the smallest
-support error kept.
+and the song's noise-to-signal ratio v_s = var(residual) / var(x) says how unreliable c_s is: a prediction
+that barely moves, or misses the listener's curve, gives a gain estimate that is mostly noise.
 
-Empirical Bayes (`estimate_prior`): from the training raters' curves, with the rater-averaged curve of each
-song as the prediction x. For each rater r and song s, the single-song least-squares map theta_rs = (b_ls,
-c_ls) per dimension. Model: theta_rs = theta_r + e_rs, e_rs ~ N(0, s^2) (how far one song's fit is from the
-rater's own map), theta_r ~ N(0, tau^2) (raters around identity). Moment estimates:
-    s^2   = sum_r sum_s (theta_rs - mean_s theta_rs)^2 / sum_r (n_r - 1)       (raters with >= 2 songs)
-    tau^2 = mean_r (mean_s theta_rs)^2 - s^2 mean_r (1 / n_r)                  (floored at 1e-6)
-    kappa = s^2 / tau^2   (then the ridge above is the posterior mean of theta_r given n songs).
-The averaged curve includes the rater's own, which pulls the maps slightly toward identity; songs whose
-averaged curve is flat (variance < 1e-4) give no gain estimate.
+**Shrinkage (posterior mean).** Each song's estimate is the listener's own value plus song noise:
+b_s = b + N(0, sigma_b^2), c_s = c + N(0, sigma_c^2 + phi v_s); the listener's (b, c) ~ N(0, tau^2) around
+identity. Given n songs the posterior mean is the precision-weighted mean pulled toward 0,
+
+    b = sum_s b_s / sigma_b^2 / (1 / tau_b^2 + n / sigma_b^2),
+    c = sum_s c_s / w_s / (1 / tau_c^2 + sum_s 1 / w_s),     w_s = sigma_c^2 + phi v_s,
+
+and gain = 1 + c, offset = b - c * mean_s(mean x_s). With lag > 0 every shift in [-lag, lag] is fitted and the
+one with the smallest support error kept.
+
+**Empirical Bayes** (`estimate_prior`) from held-out rater-songs (rater, x, y): per rater the single-song
+estimates, then moment estimates over raters with >= 2 songs (n_r songs each):
+
+    sigma_b^2 = sum_r sum_s (b_rs - mean_s b_rs)^2 / sum_r (n_r - 1)
+    phi       = sum_r sum_s (c_rs - mean_s c_rs)^2 / sum_r (1 - 1/n_r) sum_s v_rs        (sigma_c^2 = 0)
+    tau_b^2   = mean_r (mean_s b_rs)^2 - sigma_b^2 mean_r(1/n_r)
+    tau_c^2   = mean_r (mean_s c_rs)^2 - phi mean_r(mean_s v_rs / n_r)                    (floored at 1e-6)
+
+`dsaml-train` estimates it with x = the trained model's own predictions on songs or raters it did not train
+on (`source="model"`), so the song noise includes the model's errors on unseen songs; without a validation
+split, with x = each song's rater-averaged curve (`source="averaged"`). A fixed prior strength k (songs, from
+the config; or a checkpoint written before the model-aware prior) is tau^2 = 1, sigma^2 = k, phi = 0: then
+b = n / (n + k) mean_s b_s, and likewise c.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,40 +50,56 @@ from torch import Tensor
 DIMENSIONS = ("arousal", "valence")
 FLAT = 1e-4  # variance below which a curve has no usable slope
 TAU2_FLOOR = 1e-6
-KAPPA_MAX = 1e6
+SOURCES = ("model", "averaged", "fixed")
+
+Pair = tuple[float, float]  # (arousal, valence)
 
 
 @dataclass(frozen=True)
 class CalibrationPrior:
-    """Prior strength toward identity in songs, per dimension (arousal, valence), for the offset and the gain;
-    `raters` / `songs`: how many training raters / rater-songs it was estimated from (0 when set by hand)."""
+    """The prior of the listener's map and the noise of one song's estimate, per dimension (arousal,
+    valence): offset_tau2 / gain_tau2 (variance of listeners around identity), offset_noise / gain_noise
+    (variance of one song's estimate), gain_scale (phi: extra gain variance per unit of the song's
+    noise-to-signal ratio). source: "model" | "averaged" | "fixed" (see the module docstring); raters / songs:
+    how many held-out raters / rater-songs it was estimated from (0 when fixed)."""
 
-    offset: tuple[float, float]
-    gain: tuple[float, float]
+    offset_tau2: Pair
+    offset_noise: Pair
+    gain_tau2: Pair
+    gain_noise: Pair
+    gain_scale: Pair = (0.0, 0.0)
+    source: str = "fixed"
     raters: int = 0
     songs: int = 0
 
     @classmethod
     def uniform(cls, strength: float) -> CalibrationPrior:
-        """The same strength for every parameter (a number given in the config)."""
-        return cls((float(strength),) * 2, (float(strength),) * 2)
+        """Identity counts as `strength` songs of evidence for every parameter (a number from the config)."""
+        ones, k = (1.0, 1.0), (float(strength),) * 2
+        return cls(ones, k, ones, k)  # type: ignore[arg-type]
 
-    def to_dict(self) -> dict[str, list[float] | int]:
+    def to_dict(self) -> dict[str, list[float] | int | str]:
         return {
-            "offset": list(self.offset),
-            "gain": list(self.gain),
+            **{name: list(getattr(self, name)) for name in _PAIRS},
+            "source": self.source,
             "raters": self.raters,
             "songs": self.songs,
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> CalibrationPrior:
-        return cls(
-            tuple(map(float, values["offset"])),
-            tuple(map(float, values["gain"])),
-            int(values.get("raters", 0)),
-            int(values.get("songs", 0)),
-        )
+        """Also reads the form checkpoints stored before the model-aware prior: strengths in songs, {"offset":
+        [k_a, k_v], "gain": [k_a, k_v]} (tau^2 = 1, noise = k)."""
+        counts = (int(values.get("raters", 0)), int(values.get("songs", 0)))
+        if "offset_tau2" not in values:
+            ones = (1.0, 1.0)
+            offset, gain = (tuple(map(float, values[key])) for key in ("offset", "gain"))
+            return cls(ones, offset, ones, gain, (0.0, 0.0), "averaged", *counts)  # type: ignore[arg-type]
+        pairs = [tuple(map(float, values[name])) for name in _PAIRS]
+        return cls(*pairs, str(values.get("source", "fixed")), *counts)  # type: ignore[arg-type]
+
+
+_PAIRS = ("offset_tau2", "offset_noise", "gain_tau2", "gain_noise", "gain_scale")
 
 
 @dataclass(frozen=True)
@@ -110,12 +138,37 @@ def shift(x: Tensor, lag: int) -> Tensor:
     return torch.cat([x[..., -lag:], x[..., -1:].expand(*x.shape[:-1], -lag)], dim=-1)
 
 
-def least_squares_map(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
-    """(b_ls, c_ls) of the centred map y ~ x + b + c (x - mean x); c is None when x is flat."""
+@dataclass(frozen=True)
+class SongFit:
+    """One song's least-squares map y ~ x + b + c (x - mean x): b, c (None when x is flat), the
+    noise-to-signal ratio v = var(residual) / var(x) (0 when flat) and mean(x)."""
+
+    b: float
+    c: float | None
+    v: float
+    mean: float
+
+
+def song_fit(x: np.ndarray, y: np.ndarray) -> SongFit:
+    """The single-song map of prediction x [T] to curve y [T] (float64 arrays)."""
     residual = y - x
     xc = x - x.mean()
-    sxx = float(xc @ xc)
-    return float(residual.mean()), (float(xc @ residual) / sxx if sxx / len(x) > FLAT else None)
+    x_var = float(xc @ xc) / len(x)
+    b = float(residual.mean())
+    if x_var <= FLAT:
+        return SongFit(b, None, 0.0, float(x.mean()))
+    c = float(xc @ residual) / (x_var * len(x))
+    return SongFit(b, c, float(np.var(residual - b - c * xc)) / x_var, float(x.mean()))
+
+
+def posterior_mean(estimates: Sequence[float], variances: Sequence[float], tau2: float) -> float:
+    """Mean of N(0, tau2) updated with independent estimates of given sampling variances (an estimate of
+    variance 0 is exact: the mean of those)."""
+    exact = [e for e, var in zip(estimates, variances, strict=True) if var <= 0]
+    if exact:
+        return float(np.mean(exact))
+    weights = [1.0 / var for var in variances]
+    return float(sum(w * e for w, e in zip(weights, estimates, strict=True)) / (1.0 / tau2 + sum(weights)))
 
 
 def fit_calibration(
@@ -127,18 +180,19 @@ def fit_calibration(
     """Fit the map on support songs: predictions / targets = [(arousal [T_i], valence [T_i]) per song]."""
     if not predictions or len(predictions) != len(targets):
         raise ValueError("fit_calibration: need one target pair per predicted song (and at least one song)")
-    n = len(predictions)
     gains, offsets, lags = [], [], []
     for d in range(len(DIMENSIONS)):
-        y = torch.cat([t[d].double().cpu() for t in targets]).numpy()
+        ys = [t[d].double().cpu().numpy() for t in targets]
         best = None
         for lag in range(-max_lag, max_lag + 1):
-            x = torch.cat([shift(p[d].double().cpu(), lag) for p in predictions]).numpy()
-            b_ls, c_ls = least_squares_map(x, y)
-            b = n / (n + prior.offset[d]) * b_ls
-            c = 0.0 if c_ls is None else n / (n + prior.gain[d]) * c_ls
-            gain, offset = 1.0 + c, b - c * float(x.mean())
-            error = float(np.square(gain * x + offset - y).sum())
+            xs = [shift(p[d].double().cpu(), lag).numpy() for p in predictions]
+            fits = [song_fit(x, y) for x, y in zip(xs, ys, strict=True)]
+            b = posterior_mean([f.b for f in fits], [prior.offset_noise[d]] * len(fits), prior.offset_tau2[d])
+            usable = [f for f in fits if f.c is not None]
+            noise = [prior.gain_noise[d] + prior.gain_scale[d] * f.v for f in usable]
+            c = posterior_mean([f.c for f in usable], noise, prior.gain_tau2[d]) if usable else 0.0
+            gain, offset = 1.0 + c, b - c * float(np.mean([f.mean for f in fits]))
+            error = sum(float(np.square(gain * x + offset - y).sum()) for x, y in zip(xs, ys, strict=True))
             if best is None or error < best[0] - 1e-12:
                 best = (error, gain, offset, lag)
         gains.append(best[1])
@@ -149,41 +203,64 @@ def fit_calibration(
 
 def estimate_prior(
     curves: Iterable[tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+    source: str = "averaged",
 ) -> CalibrationPrior:
-    """Empirical-Bayes prior strengths (see the module docstring) from (rater, (averaged arousal, valence),
-    (rater's arousal, valence)) per training rater-song. ValueError when no rater has two songs."""
-    maps: dict[str, list[list[tuple[float, float | None]]]] = {}
+    """Empirical-Bayes prior (see the module docstring) from (rater, (predicted arousal, valence), (rater's
+    arousal, valence)) per held-out rater-song; `source` names what the predictions are. ValueError when no
+    rater has two songs."""
+    if source not in SOURCES:
+        raise ValueError(f"calibration prior source {source!r}: expected one of {', '.join(SOURCES)}")
+    fits: dict[str, list[list[SongFit]]] = {}
     n_songs = 0
     for rater, reference, own in curves:
-        per_dim = []
-        for d in range(len(DIMENSIONS)):
-            length = min(len(reference[d]), len(own[d]))
-            if length < 2:
-                break
-            x = np.asarray(reference[d][:length], dtype=np.float64)
-            per_dim.append(least_squares_map(x, np.asarray(own[d][:length], dtype=np.float64)))
-        else:
-            maps.setdefault(str(rater), []).append(per_dim)
-            n_songs += 1
-    strengths = {"offset": [], "gain": []}
-    for d in range(len(DIMENSIONS)):
-        for index, name in enumerate(("offset", "gain")):
-            per_rater = [
-                np.array([song[d][index] for song in songs if song[d][index] is not None])
-                for songs in maps.values()
+        length = min(len(reference[0]), len(reference[1]), len(own[0]), len(own[1]))
+        if length < 2:
+            continue
+        fits.setdefault(str(rater), []).append(
+            [
+                song_fit(*(np.asarray(z[d][:length], dtype=np.float64) for z in (reference, own)))
+                for d in (0, 1)
             ]
-            per_rater = [values for values in per_rater if len(values)]
-            within = [values for values in per_rater if len(values) >= 2]
-            if not within:
-                raise ValueError(
-                    "calibration prior: no training rater has two songs with usable curves; set "
-                    "adaptation.prior to a number (prior strength in songs)"
-                )
-            s2 = sum(float(np.square(v - v.mean()).sum()) for v in within) / sum(len(v) - 1 for v in within)
-            tau2 = float(np.mean([v.mean() ** 2 for v in per_rater])) - s2 * float(
-                np.mean([1.0 / len(v) for v in per_rater])
-            )
-            strengths[name].append(float(min(s2 / max(tau2, TAU2_FLOOR), KAPPA_MAX)))
+        )
+        n_songs += 1
+    values: dict[str, list[float]] = {name: [] for name in _PAIRS}
+    for d in range(len(DIMENSIONS)):
+        offsets = [np.array([song[d].b for song in songs]) for songs in fits.values()]
+        sigma2 = _within_variance(offsets, [np.ones(len(b)) for b in offsets])
+        tau2 = _between_variance(offsets, [np.full(len(b), sigma2) for b in offsets])
+        usable = [[song[d] for song in songs if song[d].c is not None] for songs in fits.values()]
+        usable = [songs for songs in usable if songs]
+        changes = [np.array([f.c for f in songs]) for songs in usable]
+        ratios = [np.array([f.v for f in songs]) for songs in usable]
+        phi = _within_variance(changes, ratios) if changes else 0.0
+        gain_tau2 = _between_variance(changes, [phi * v for v in ratios]) if changes else TAU2_FLOOR
+        for name, value in zip(_PAIRS, (tau2, sigma2, gain_tau2, 0.0, phi), strict=True):
+            values[name].append(value)
     return CalibrationPrior(
-        tuple(strengths["offset"]), tuple(strengths["gain"]), raters=len(maps), songs=n_songs
+        *(tuple(values[name]) for name in _PAIRS),  # type: ignore[arg-type]
+        source=source,
+        raters=len(fits),
+        songs=n_songs,
     )
+
+
+def _within_variance(estimates: list[np.ndarray], ratios: list[np.ndarray]) -> float:
+    """Moment estimate of the scale s in Var(estimate_s) = s * ratio_s, from the spread of each rater's
+    estimates around their own mean (raters with >= 2 songs). ValueError when there are none."""
+    within = [(e, r) for e, r in zip(estimates, ratios, strict=True) if len(e) >= 2]
+    if not within:
+        raise ValueError(
+            "calibration prior: no held-out rater has two songs with usable curves; set adaptation.prior to "
+            "a number (prior strength in songs)"
+        )
+    spread = sum(float(np.square(e - e.mean()).sum()) for e, _ in within)
+    expected = sum(float(r.sum()) * (1.0 - 1.0 / len(r)) for _, r in within)
+    return spread / expected if expected > 1e-12 else 0.0  # no residual: exact estimates
+
+
+def _between_variance(estimates: list[np.ndarray], variances: list[np.ndarray]) -> float:
+    """tau^2: the mean squared rater mean minus the part its sampling noise explains (floored)."""
+    squares = np.mean([e.mean() ** 2 for e in estimates])
+    noise = np.mean([v.sum() / len(v) ** 2 for v in variances])
+    value = float(squares - noise)
+    return value if math.isfinite(value) and value > TAU2_FLOOR else TAU2_FLOOR

@@ -103,9 +103,10 @@ def run_protocols(
 
 
 def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
-    """The empirical-Bayes calibration prior (`dsaml.meta.estimate_prior`) from the training raters of a
-    `FeatureStore` (their curves vs each song's rater-averaged curve); None when the store has no per-rater
-    curves or no training rater has two songs."""
+    """The empirical-Bayes calibration prior (`dsaml.meta.estimate_prior`, source "averaged") from the
+    training raters of a `FeatureStore` (their curves vs each song's rater-averaged curve); None when the
+    store has no per-rater curves or no training rater has two songs. Used until the model's own is
+    estimated."""
     from dsaml.data.store import StoreError
 
     try:
@@ -119,5 +120,24 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
     )
     try:
         return estimate_prior(pairs)
+    except ValueError:
+        return None
+
+
+def estimate_model_prior(
+    net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: Predict
+) -> CalibrationPrior | None:
+    """The calibration prior (source "model") from the network's own predictions on held-out (rater, song)
+    pairs (songs or raters it did not train on; `reader`: a `StoreReader`), each song predicted once; None
+    when no rater has two songs."""
+    predictions: dict[str, tuple] = {}  # song -> (arousal, valence) float64 arrays
+    rows = []
+    for rater, song in pairs:
+        if song not in predictions:
+            item = reader.item(song, None)
+            predictions[song] = tuple(p.double().cpu().numpy() for p in predictor(net, item))
+        rows.append((rater, predictions[song], reader.store.curves(song, rater)))
+    try:
+        return estimate_prior(rows, source="model")
     except ValueError:
         return None

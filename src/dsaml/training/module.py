@@ -20,12 +20,12 @@ from torch import Tensor
 from dsaml import __version__ as dsaml_version
 from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
-from dsaml.meta import CalibrationPrior, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
-from dsaml.training.evaluation import estimate_calibration_prior, run_protocols
+from dsaml.training.evaluation import estimate_calibration_prior, estimate_model_prior, run_protocols
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,8 +43,9 @@ def _metric_dict(scores: dict[str, Tensor | float]) -> dict[str, float]:
 
 class DSAMLModule(L.LightningModule):
     """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config;
-    calibration_prior: the training raters' calibration prior (`CalibrationPrior.to_dict()`; estimated from
-    the datamodule's store at setup when None, and saved with every checkpoint)."""
+    calibration_prior: the calibration prior (`CalibrationPrior.to_dict()`; when None, estimated at setup from
+    the training raters' curves vs the averaged ones, then after every validation epoch from the network's own
+    predictions on the held-out songs or raters; saved with every checkpoint)."""
 
     def __init__(
         self,
@@ -228,6 +229,22 @@ class DSAMLModule(L.LightningModule):
             return
         means = {k: sum(r[k] for r in rows) / len(rows) for k in ("loss",) + REPORTED}
         self.log_dict({f"val/{k}": v for k, v in means.items()}, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self._estimate_model_prior()
+
+    def _estimate_model_prior(self) -> None:
+        """The calibration prior of the current weights, from their predictions on the held-out raters' songs
+        (`estimate_model_prior`); saved with the checkpoints of this epoch. Kept as it was when the
+        datamodule holds nothing to estimate it from."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        pairs = datamodule.prior_pairs() if datamodule is not None else []
+        if not pairs:
+            return
+        cfg = self.task_cfg
+        predictor = Predict(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
+        prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor)
+        if prior is not None:
+            self.hparams.calibration_prior = prior.to_dict()
 
     def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All processes' rows, de-duplicated by id (distributed samplers pad with repeats)."""
