@@ -150,6 +150,56 @@ def test_cross_song_support_is_a_clip_or_the_whole_song():
     torch.testing.assert_close(clipped["pdmer_cross_song"][1][0], target["arousal"] - 0.25, atol=5e-3, rtol=0)
 
 
+def test_step_seeds_differ_by_run_seed_in_what_torch_keeps():
+    """torch's CPU generator keeps only the low 32 bits of a seed: the seeds of two runs' step 5 (and of a
+    training step and a test item) must draw different numbers."""
+    import torch
+
+    from dsaml.training.resume import TEST_ITEM, step_seed
+
+    def draws(seed: int) -> list[float]:
+        torch.manual_seed(seed)
+        return torch.rand(3).tolist()
+
+    seeds = [step_seed(0, 5), step_seed(1, 5), step_seed(0, 5, stream=TEST_ITEM)]
+    assert len({tuple(draws(s)) for s in seeds}) == 3 and len({s % 2**32 for s in seeds}) == 3
+    assert step_seed(0, 5) == step_seed(0, 5) and 0 <= step_seed(7, 2**40) < 2**62
+
+
+def test_a_protocols_dropout_draws_do_not_depend_on_the_other_protocols():
+    """The test-time inner loop runs in train mode (dropout). Within-song scores are the same whether the
+    cross-song protocol (whole support songs: many more draws) runs before it or not, and differ with the
+    RNG state the item starts from (so the draws are real, and reseeded per item by StepSeed)."""
+    import torch
+
+    from app_fixtures import tiny_net
+    from dsaml.meta import AdaptationConfig
+    from dsaml.training.evaluation import run_protocols
+
+    net = tiny_net(dropout=0.5)
+    gen = torch.Generator().manual_seed(5)
+
+    def song(n: int) -> dict:
+        return {
+            "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
+            "global": None,
+            "arousal": torch.rand(n, generator=gen) - 0.5,
+            "valence": torch.rand(n, generator=gen) - 0.5,
+        }
+
+    item = {**song(100), "cross_support": [song(90)]}
+    config = AdaptationConfig(method="maml", steps=3, lr=0.05, first_order=True)
+    kwargs = dict(window=60, adaptation=config, stitch="mean", batch_size=8)
+
+    def within(protocols: list[str], seed: int) -> dict:
+        torch.manual_seed(seed)
+        return run_protocols(net, item, protocols, **kwargs)["pdmer_within_song"][0]
+
+    alone = within(["pdmer_within_song"], 1)
+    assert within(["pdmer_cross_song", "pdmer_within_song"], 1) == alone
+    assert within(["pdmer_within_song"], 2) != alone
+
+
 def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path):  # noqa: F811
     """+overrides.cross_support=song: the test items carry the rater's other songs whole (every labelled
     segment), the protocol runs on them, and a bad value fails before any work with the allowed values."""

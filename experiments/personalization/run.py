@@ -97,9 +97,10 @@ def feasible_shots(store: Path, shots: list[int]) -> list[int]:
     return [k for k in shots if any(n > k for n in counts)]
 
 
-def growth_table(out: Path, shots: list[int]) -> dict[str, list[tuple[float, float, float]]]:
-    """{"<method> <protocol> k=<k>": [(meta-batches, mean gain, 95% half-width)]} from the reports."""
-    series: dict[str, list[tuple[float, float, float]]] = {}
+def growth_table(out: Path, shots: list[int]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """{protocol: {"<method>" or "ANIL-trained <method>": [(meta-batches, mean gain, 95% half-width)]}} from
+    the reports (protocols: within-song, cross-song k=<k>)."""
+    panels: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     for k in shots:
         report = json.loads((out / "report" / f"k{k}" / "report.json").read_text())
         for gain in report["gains"]:
@@ -107,9 +108,11 @@ def growth_table(out: Path, shots: list[int]) -> dict[str, list[tuple[float, flo
             if match:
                 protocol = "within-song" if gain["protocol"] == WITHIN else f"cross-song k={k}"
                 model = "" if match.group(1) == "pdmer" else "ANIL-trained "
-                name = f"{model}{gain['method'] or match.group(3)} {protocol}"
-                series.setdefault(name, []).append((int(match.group(2)), gain["mean"], gain["ci"]))
-    return series
+                name = f"{model}{gain['method'] or match.group(3)}"
+                panels.setdefault(protocol, {}).setdefault(name, []).append(
+                    (int(match.group(2)), gain["mean"], gain["ci"])
+                )
+    return panels
 
 
 def main() -> None:

@@ -201,21 +201,32 @@ def plot_gain_intervals(path: str | Path, summaries: Sequence[Mapping], title: s
 
 
 def plot_gain_growth(
-    path: str | Path, series: Mapping[str, Sequence[tuple[float, float, float]]], xlabel: str, title: str
+    path: str | Path,
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]],
+    xlabel: str,
+    title: str,
 ) -> Path:
-    """Mean gain with its 95% interval (shaded) against a setting: series = {label: [(x, mean, half-width
-    of the interval)]}, e.g. the gain over the DMER model against the number of meta-training steps."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for index, (label, points) in enumerate(series.items()):
-        x, mean, half = (np.array(v, dtype=float) for v in zip(*sorted(points), strict=True))
-        half = np.nan_to_num(half)
-        ax.plot(x, mean, "o-", color=COLORS[index % 4], label=label)
-        ax.fill_between(x, mean - half, mean + half, color=COLORS[index % 4], alpha=0.15)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("gain in the average score")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    """Mean gain with its 95% interval (shaded) against a setting, one panel per protocol: panels = {panel:
+    {label: [(x, mean, half-width of the interval)]}}, e.g. the gain over the DMER model against the number
+    of meta-training steps. A label keeps its colour across panels."""
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        for label, points in series.items():
+            x, mean, half = (np.array(v, dtype=float) for v in zip(*sorted(points), strict=True))
+            half = np.nan_to_num(half)
+            ax.plot(x, mean, "o-", color=colors[label], label=label)
+            ax.fill_between(x, mean - half, mean + half, color=colors[label], alpha=0.12)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("gain in the average score")
+    handles = {}  # one legend entry per label, from whichever panel has it
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05 * (1 + (len(handles) - 1) // 4), 1, 1))
     return _save(fig, path)

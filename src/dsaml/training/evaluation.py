@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dsaml.data.batch import ClipBatch, SongItem, SongSequence, as_batch, clips_of, slice_sequence
@@ -35,6 +36,10 @@ from dsaml.meta import (
 )
 from dsaml.meta.methods import predict
 from dsaml.metrics import METRIC_KEYS, scores_of
+from dsaml.training.config import PROTOCOLS
+from dsaml.training.resume import TEST_PROTOCOL, step_seed
+
+ALL_PROTOCOLS = tuple(p for names in PROTOCOLS.values() for p in names)
 
 __all__ = ["METRIC_KEYS", "predict", "run_protocols", "scores_of"]
 
@@ -70,9 +75,13 @@ def run_protocols(
     """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
     window / stitch / batch_size / stride: whole-song prediction (`Predict`). adaptation: resolved (steps, lr,
     first_order set); prior: the calibration prior when it calibrates.
-    Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped."""
+    Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
+    Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
+    made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
+    per item, so neither on which items ran before)."""
     results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
     predictor = Predict(window, stitch, batch_size, stride)
+    item_seed = int(torch.randint(0, 2**62, (1,)))  # each protocol's draws: a stream of its own
 
     def score(name: str, model: Personalized, seq: SongSequence) -> None:
         pa, pv = model.predict(predictor, seq)
@@ -84,6 +93,7 @@ def run_protocols(
     n = len(item["arousal"])
     query = slice_sequence(item, window, None) if n > window else None
     for protocol in protocols:
+        torch.manual_seed(step_seed(item_seed, ALL_PROTOCOLS.index(protocol), stream=TEST_PROTOCOL))
         if protocol == "dmer":
             score(protocol, Personalized(net), item)
         elif protocol == "pdmer_unadapted" and query is not None:

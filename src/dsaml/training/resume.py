@@ -10,7 +10,8 @@
   step, so step s draws the same numbers whether or not the run was interrupted before it (the data order is
   already a function of (seed, epoch/step), see dsaml.data.datamodule). Reseeding per epoch is not enough:
   Lightning creates the first epoch's DataLoader iterator (which draws from the global RNG) before the
-  epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order.
+  epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order. Test items
+  are reseeded from (seed, item index) the same way.
 - `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from dsaml.config import check_output_folder
@@ -107,7 +109,9 @@ def _epoch_of(row: dict[str, str]) -> float:
 
 
 class StepSeed(L.Callback):
-    """Reseed torch's global RNG (all devices) from (seed, global step) before every training step."""
+    """Reseed torch's global RNG (all devices) from (seed, global step) before every training step, and from
+    (seed, item index) before every test item, so that a test item's dropout draws depend on neither the
+    items before it nor how they were split over processes."""
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
@@ -117,11 +121,21 @@ class StepSeed(L.Callback):
     ) -> None:
         torch.manual_seed(step_seed(self.seed, trainer.global_step))
 
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int, dataloader_idx: int = 0
+    ) -> None:
+        torch.manual_seed(step_seed(self.seed, int(batch["index"]), stream=TEST_ITEM))
 
-def step_seed(seed: int, step: int) -> int:
-    """A 62-bit seed for (seed, step), different for every pair (a seeded draw, not a sum)."""
-    generator = torch.Generator().manual_seed((int(seed) << 32) ^ int(step))
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+TRAIN_STEP, TEST_ITEM, TEST_PROTOCOL = 0, 1, 2  # streams of `step_seed`
+
+
+def step_seed(seed: int, step: int, stream: int = TRAIN_STEP) -> int:
+    """A 62-bit torch seed for (seed, stream, step), a pure function of the three and different for every
+    triple in its low 32 bits too (torch's CPU generator keeps only those: a seed built as (seed << 32) ^ step
+    would ignore `seed`)."""
+    entropy = [int(value) % 2**64 for value in (seed, stream, step)]
+    return int(np.random.default_rng(entropy).integers(0, 2**62))
 
 
 def checkpoint_in_run(path: str | Path, output_dir: str | Path) -> Path:

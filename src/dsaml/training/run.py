@@ -305,7 +305,9 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     )
     module.net.load_state_dict(net.state_dict())
     trainer = build_trainer(
-        cfg, with_validation=False, extra_callbacks=(ResultsWriter(str(cfg.paths.output_dir)),)
+        cfg,
+        with_validation=False,
+        extra_callbacks=(ResultsWriter(str(cfg.paths.output_dir)), StepSeed(int(cfg.get("seed", 0)))),
     )
     trainer.test(module, datamodule=datamodule)
     return module.test_results
