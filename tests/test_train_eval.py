@@ -111,6 +111,23 @@ def test_command_line(dmer_run, tiny_store, tmp_path):  # noqa: F811
     ]
 
 
+def test_the_tested_weights_bring_their_own_calibration_prior(dmer_run):
+    """The prior is re-estimated after every validation epoch, so the module in memory holds the last
+    epoch's; the test stage (best checkpoint) and a resumed run take the one stored with their weights."""
+    from dsaml.training.module import DSAMLModule
+    from dsaml.training.run import load_tested_weights
+
+    ckpt = dmer_run / "checkpoints" / "last.ckpt"
+    _, _, hparams = load_network(ckpt)
+    stale = {**hparams["calibration_prior"], "offset_tau2": [9.0, 9.0]}
+    module = DSAMLModule(hparams["model"], hparams["task"], calibration_prior=stale)
+    load_tested_weights(module, ckpt)
+    assert module.hparams.calibration_prior == hparams["calibration_prior"]
+    module.hparams.calibration_prior = stale
+    module.on_load_checkpoint({"hyper_parameters": hparams})
+    assert module.calibration_prior.offset_tau2 == tuple(hparams["calibration_prior"]["offset_tau2"])
+
+
 def test_cross_song_support_is_a_clip_or_the_whole_song():
     """run_protocols on hand-made sequences: the support song's listener curve is the model's curve for its
     first 60 segments (one clip) and the model's + 0.5 for the next 60. Plain least squares (prior 0) on the

@@ -86,6 +86,12 @@ class DSAMLModule(L.LightningModule):
         checkpoint["dsaml"] = {"format": CHECKPOINT_FORMAT, "version": dsaml_version}
         checkpoint.setdefault("hyper_parameters", {})["calibration_prior"] = self.hparams.calibration_prior
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run continues with the calibration prior of the weights it resumes from."""
+        stored = checkpoint.get("hyper_parameters", {}).get("calibration_prior")
+        if stored is not None:
+            self.hparams.calibration_prior = stored
+
     def setup(self, stage: str) -> None:
         """Estimate the calibration prior from the training raters of the datamodule's store (once; kept
         when the module was built with one)."""

@@ -190,6 +190,15 @@ def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str,
     log.info("initial weights from %s", path)
 
 
+def load_tested_weights(module: DSAMLModule, path: str | Path, trust: bool = False) -> None:
+    """The network weights of checkpoint `path` and the calibration prior estimated for them, into `module`
+    (its in-memory prior belongs to the last validated weights, not necessarily these)."""
+    net, _, hparams = load_network(path, trust=trust)
+    module.net.load_state_dict(net.state_dict())
+    if hparams.get("calibration_prior") is not None:
+        module.hparams.calibration_prior = hparams["calibration_prior"]
+
+
 def resolve_ckpt(cfg: DictConfig) -> str | None:
     """`ckpt_path`: null, "last" (this run directory's checkpoints/last.ckpt) or a file."""
     value = cfg.get("ckpt_path")
@@ -224,14 +233,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 preserve_metrics_csv(trainer, checkpoint_epoch(resume))
             trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=not trusted(cfg))
     elif ckpt is not None:
-        net, _, _ = load_network(ckpt, trust=trusted(cfg))
-        job.module.net.load_state_dict(net.state_dict())
+        load_tested_weights(job.module, ckpt, trusted(cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if fit else ""
         if best:  # only a checkpoint this run wrote, read like any other (no unpickling)
-            net, _, _ = load_network(checkpoint_in_run(best, output_dir), trust=trusted(cfg))
-            job.module.net.load_state_dict(net.state_dict())
+            load_tested_weights(job.module, checkpoint_in_run(best, output_dir), trusted(cfg))
         trainer.test(job.module, datamodule=job.datamodule)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     return metrics
