@@ -41,6 +41,14 @@ def test_contract_api_and_catalogue(tiny_corpus, tiny_store):  # noqa: F811
     rater = raters[0]
     songs = store.songs_of_rater(rater, "train")
     assert len(songs) >= 16
+    # every pair in one pass: the catalogue's training pairs, by rater, each rater's songs as songs_of_rater
+    pairs = store.rater_songs("train")
+    assert sorted(pairs) == sorted(
+        (r, s) for r, s in catalogue.pdmer_pairs if catalogue.songs[s].split == "train"
+    )
+    assert [s for r, s in pairs if r == rater] == songs and [r for r, _ in pairs] == sorted(
+        r for r, _ in pairs
+    )
     np.testing.assert_array_equal(store.curves(songs[0], rater)[1], catalogue.ratings[(rater, songs[0])][1])
     with pytest.raises(KeyError, match="rater 'nobody' has no curves for song"):
         store.curves(songs[0], "nobody")

@@ -327,12 +327,12 @@ class DSAMLDataModule(L.LightningDataModule):
         validation split or per-rater curves."""
         store = self.reader.store
         try:
-            raters = store.raters("train")
+            pairs = store.rater_songs("train")
         except StoreError:
             return []
         if self.task == "dmer":
             held_out = set(self.val_songs)
-            return [(r, s) for r in raters for s in store.songs_of_rater(r, "train") if s in held_out]
+            return [(r, s) for r, s in pairs if s in held_out]
         return [(r, s) for r in self.val_raters for s in store.songs_of_rater(r, "train")]
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:

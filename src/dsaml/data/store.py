@@ -534,6 +534,13 @@ class FeatureStore:
         order = self._t["row"]
         return sorted((s for r, s in self._pdmer_pairs(split) if r == str(rater)), key=order.__getitem__)
 
+    def rater_songs(self, split: str | None = None) -> list[tuple[str, str]]:
+        """Every (rater, song) pair with a per-rater curve kept by the PDMER filters, in that split: by rater,
+        then in store order (what `raters` x `songs_of_rater` give, in one pass over the pairs)."""
+        self._require_raters()
+        order = self._t["row"]
+        return sorted(self._pdmer_pairs(split), key=lambda pair: (pair[0], order[pair[1]]))
+
     def _pdmer_pairs(self, split: str | None) -> list[tuple[str, str]]:
         if split is not None:
             _check_split(split)

@@ -53,6 +53,8 @@ TAU2_FLOOR = 1e-6
 SOURCES = ("model", "averaged", "fixed")
 
 Pair = tuple[float, float]  # (arousal, valence)
+# the Pair fields of CalibrationPrior
+_PAIRS = ("offset_tau2", "offset_noise", "gain_tau2", "gain_noise", "gain_scale")
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,6 @@ class CalibrationPrior:
             return cls(ones, offset, ones, gain, (0.0, 0.0), "averaged", *counts)  # type: ignore[arg-type]
         pairs = [tuple(map(float, values[name])) for name in _PAIRS]
         return cls(*pairs, str(values.get("source", "fixed")), *counts)  # type: ignore[arg-type]
-
-
-_PAIRS = ("offset_tau2", "offset_noise", "gain_tau2", "gain_noise", "gain_scale")
 
 
 @dataclass(frozen=True)

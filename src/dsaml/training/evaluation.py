@@ -120,16 +120,11 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
     from dsaml.data.store import StoreError
 
     try:
-        raters = store.raters("train")
+        pairs = store.rater_songs("train")
     except StoreError:
         return None
-    pairs = (
-        (rater, store.curves(song), store.curves(song, rater))
-        for rater in raters
-        for song in store.songs_of_rater(rater, "train")
-    )
     try:
-        return estimate_prior(pairs)
+        return estimate_prior((rater, store.curves(song), store.curves(song, rater)) for rater, song in pairs)
     except ValueError:
         return None
 
