@@ -121,6 +121,31 @@ def test_calibration_finds_a_lag_and_round_trips_as_plain_values():
     assert Calibration.from_dict(values) == fitted
 
 
+def _walk(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.cumsum(torch.randn(n, generator=gen), 0) / 10 for _ in range(2))
+
+
+def test_calibration_without_prior_is_pooled_least_squares_with_its_lag():
+    songs = [_walk(1, 50), _walk(2, 70)]
+    truth = ((1.5, 0.2, 2), (-0.8, -0.1, -1))  # per dimension: gain, offset, lag
+    targets = [tuple(g * shift(x[d], lag) + o for d, (g, o, lag) in enumerate(truth)) for x in songs]
+    found = fit_calibration(songs, targets, None, max_lag=3)
+    assert found.lag == (2, -1)
+    assert found.gain == pytest.approx((1.5, -0.8), abs=1e-6)
+    assert found.offset == pytest.approx((0.2, -0.1), abs=1e-6)
+    # two songs with different maps: the pooled fit is numpy's line through all points, not the mean of
+    # the songs' own maps (the prior's precision-weighted form without shrinkage)
+    a, b = _walk(3, 40), _walk(4, 120)
+    ys = [(a[0] + 0.5, a[1]), (2.0 * b[0], b[1])]
+    pooled = fit_calibration([a, b], ys, None)
+    x, y = (torch.cat([a[0], b[0]]).double().numpy(), torch.cat([ys[0][0], ys[1][0]]).double().numpy())
+    assert (pooled.gain[0], pooled.offset[0]) == pytest.approx(tuple(np.polyfit(x, y, 1)), abs=1e-9)
+    averaged = fit_calibration([a, b], ys, CalibrationPrior.uniform(0))
+    error = lambda m: float(np.square(m.gain[0] * x + m.offset[0] - y).sum())  # noqa: E731
+    assert error(pooled) < error(averaged) - 1e-3
+
+
 def test_empirical_bayes_prior_from_the_spread_of_rater_maps():
     """Two raters, two songs each, offsets only (y = x + offset): per-song offsets A 0.1, 0.3; B -0.2, -0.4.
     sigma^2 = 4 * 0.1^2 / 2 = 0.02; tau^2 = mean(0.2^2, 0.3^2) - 0.02 * mean(1/2, 1/2) = 0.055. Gains are

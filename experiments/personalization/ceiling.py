@@ -1,25 +1,36 @@
 """How much of a listener's deviation from a model an output map can capture: cross-song calibration against
-its ceiling, per rater, on the test pairs of a store.
+its ceilings, per rater, on the test pairs of a store.
 
     python experiments/personalization/ceiling.py --ckpt <dmer.ckpt> --store data/stores/synthetic_demo.h5 \
         --corpus data/synthetic/demo
+    python experiments/personalization/ceiling.py --ckpt <seed0.ckpt> <seed1.ckpt> <seed2.ckpt> \
+        --seed 0 1 2 --scan --store data/stores/synthetic_demo.h5 --corpus data/synthetic/demo
 
 For every (test song, rater) pair with `--shots` other test songs of the rater (the cross-song protocol's
 pairs and support songs, `DSAMLDataModule.test_pairs`, whole songs), the model's prediction of each song
 (`dsaml.meta.Predict`, every window, stitch=mean) and, per rater, the mean average score of:
 - none: the model as it is;
 - calibrate: the map fitted on the support songs with the checkpoint's empirical-Bayes prior (what
-  `adaptation=calibrate` does), with lag 0 and with lags up to `--lag`;
-- ceiling: the least-squares map fitted on the scored song itself (no prior; lag 0 and up to `--lag`): no
-  method that changes only the output's gain, offset and delay per listener can do better on that song.
-Printed: per-rater gains over none (mean, std, raters improved, typical raters when the corpus is a
-dsaml-synth one). If the ceiling sits far above calibrate, what separates them is song-specific (the
-model's error on each song and the listener's noise), which no per-listener fit from other songs recovers.
+  `adaptation=calibrate` does), with lag 0 and with lags up to `--lag`; with `--scan` also the prior's
+  tau^2 scaled by 0.25 .. 4 (offset and gain apart), printing the scaling that did best with hindsight;
+- listener ceiling: one least-squares map per listener fitted with hindsight, without prior, on every test
+  song of theirs pooled, the scored one included (lag 0 and up to `--lag`): what a per-listener output map
+  (gain, offset, delay) could reach if it knew the listener exactly;
+- song ceiling: the least-squares map fitted on the scored song itself (lag 0 and up to `--lag`): no output
+  map can do better on that song.
+Printed: per-rater gains over none (mean ± 95% interval, std, raters improved, raters not worse by more
+than 0.01, worst, typical raters when the corpus is a dsaml-synth one); with several checkpoints (one per
+seed, `--seed` giving each one's support draw) a rater's gain is the mean over seeds, as in the benchmark.
+What separates the listener ceiling from the song ceiling is specific to each song (the model's error on it
+and the listener's noise), which no per-listener map recovers; what separates calibrate from the listener
+ceiling is what k support songs cannot tell about the listener.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 
 import numpy as np
 import torch
@@ -30,24 +41,20 @@ from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import rater_kinds, summarize_gains
 
+SCAN_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # --scan: multiples of the estimated tau^2 (offset, gain)
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a dsaml checkpoint with a calibration prior")
-    parser.add_argument("--store", required=True, help="the feature store with per-rater test curves")
-    parser.add_argument("--corpus", default=None, help="a dsaml-synth corpus: gains per rater kind")
-    parser.add_argument("--shots", type=int, default=1, help="support songs per pair (cross-song k)")
-    parser.add_argument("--lag", type=int, default=4, help="largest delay tried, segments")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="which other songs are the support (as dsaml-eval)"
-    )
-    args = parser.parse_args()
 
-    net, _, hparams = load_network(args.ckpt)
+def rater_scores(
+    ckpt: str, store: str, shots: int, lag: int, seed: int, scan: bool
+) -> dict[str, dict[str, float]]:
+    """{map name: {rater: mean average score over their test pairs}} of one checkpoint, with the support
+    songs dsaml-eval draws for `seed`; with `scan`, also calibrate under the prior's tau^2 scaled by every
+    (offset, gain) pair of SCAN_FACTORS (names "scan <offset factor> <gain factor>")."""
+    net, _, hparams = load_network(ckpt)
     net.eval()
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
     window = int(hparams.get("task", {}).get("support_segments", 60))
-    data = DSAMLDataModule(args.store, task="pdmer", shots=args.shots, cross_support="song", seed=args.seed)
+    data = DSAMLDataModule(store, task="pdmer", shots=shots, cross_support="song", seed=seed)
     predict, predicted = Predict(window), {}
 
     def song(song_id: str, rater: str) -> tuple[tuple, tuple]:
@@ -57,40 +64,96 @@ def main() -> None:
             predicted[song_id] = predict(net, item)
         return predicted[song_id], (torch.as_tensor(item["arousal"]), torch.as_tensor(item["valence"]))
 
-    exact = CalibrationPrior.uniform(0)  # no pull toward identity: least squares
-    maps = {  # name -> (fitted on the support songs (else on the scored song), prior, largest lag)
-        "calibrate": (True, prior, 0),
-        f"calibrate, lag <= {args.lag}": (True, prior, args.lag),
-        "ceiling": (False, exact, 0),
-        f"ceiling, lag <= {args.lag}": (False, exact, args.lag),
+    # name -> (fitted on: "support" | "listener" (all their test songs) | "scored", prior, largest lag);
+    # prior None: pooled least squares
+    maps = {
+        "calibrate": ("support", prior, 0),
+        "calibrate, lag": ("support", prior, lag),
+        "listener ceiling": ("listener", None, 0),
+        "listener ceiling, lag": ("listener", None, lag),
+        "song ceiling": ("scored", None, 0),
+        "song ceiling, lag": ("scored", None, lag),
     }
+    if scan:
+        for offset_factor, gain_factor in itertools.product(SCAN_FACTORS, SCAN_FACTORS):
+            scaled = dataclasses.replace(
+                prior,
+                offset_tau2=tuple(offset_factor * t for t in prior.offset_tau2),
+                gain_tau2=tuple(gain_factor * t for t in prior.gain_tau2),
+            )
+            maps[f"scan {offset_factor:g} {gain_factor:g}"] = ("support", scaled, 0)
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in ["none", *maps]}
     pairs, supports = data.test_pairs()
     for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
         if not support_ids:
             continue
         scored = song(song_id, rater)
-        support = [song(s, rater) for s in support_ids]
+        fit_sets = {
+            "support": [song(s, rater) for s in support_ids],
+            "listener": [song(s, rater) for s in sorted(data.reader.store.songs_of_rater(rater, "test"))],
+            "scored": [scored],
+        }
         for name in scores:
             calibration = Calibration()  # none: identity
             if name in maps:
-                on_support, strength, lag = maps[name]
-                fit_on = support if on_support else [scored]
-                calibration = fit_calibration([p for p, _ in fit_on], [c for _, c in fit_on], strength, lag)
+                fit_name, strength, max_lag = maps[name]
+                fit_on = fit_sets[fit_name]
+                calibration = fit_calibration(
+                    [p for p, _ in fit_on], [c for _, c in fit_on], strength, max_lag
+                )
             arousal, valence = calibration.apply(*scored[0])
-            value = scores_of(arousal, valence, *scored[1])["average"]
-            scores[name].setdefault(rater, []).append(value)
+            scores[name].setdefault(rater, []).append(scores_of(arousal, valence, *scored[1])["average"])
+    return {name: {rater: float(np.mean(v)) for rater, v in per.items()} for name, per in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", nargs="+", required=True, help="dsaml checkpoints with a calibration prior")
+    parser.add_argument("--store", required=True, help="the feature store with per-rater test curves")
+    parser.add_argument("--corpus", default=None, help="a dsaml-synth corpus: gains per rater kind")
+    parser.add_argument("--shots", type=int, default=1, help="support songs per pair (cross-song k)")
+    parser.add_argument("--lag", type=int, default=4, help="largest delay tried, segments")
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="per checkpoint: which other songs are the support"
+    )
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="also calibrate with the prior's tau^2 scaled (x0.25 .. x4, offset and gain apart) and print "
+        "the scaling that did best with hindsight: how far the estimated prior is from the best shrinkage",
+    )
+    args = parser.parse_args()
+    if len(args.seed) != len(args.ckpt):
+        parser.error(f"--seed: give one per --ckpt ({len(args.ckpt)}), got {len(args.seed)}")
+
+    runs = [
+        rater_scores(c, args.store, args.shots, args.lag, s, args.scan)
+        for c, s in zip(args.ckpt, args.seed, strict=True)
+    ]
     kinds = rater_kinds(args.corpus) if args.corpus else {}
-    base = {rater: float(np.mean(v)) for rater, v in scores["none"].items()}
-    print(f"{sum(len(v) for v in scores['none'].values())} pairs, {len(base)} raters, k = {args.shots}")
-    for name in maps:
-        gains = {rater: float(np.mean(v)) - base[rater] for rater, v in scores[name].items()}
-        summary = summarize_gains(gains, kinds)
+    base = runs[0]["none"]
+    gains = {
+        name: {r: float(np.mean([run[name][r] - run["none"][r] for run in runs])) for r in base}
+        for name in runs[0]
+        if name != "none"
+    }
+    scanned = [name for name in gains if name.startswith("scan ")]
+    if scanned:
+        best = max(scanned, key=lambda name: np.mean(list(gains[name].values())))
+        factors = best.split()[1:]
+        gains[f"calibrate, tau2 x{factors[0]}/x{factors[1]}*"] = gains[best]
+    print(f"{len(base)} raters, k = {args.shots}, {len(runs)} checkpoint(s); largest lag {args.lag} segments")
+    for name, per_rater in gains.items():
+        if name in scanned:
+            continue
+        summary = summarize_gains(per_rater, kinds)
         typical = summary["by_kind"].get("typical", {}).get("mean")
+        not_worse = sum(g > -0.01 for g in per_rater.values())
         print(
-            f"{name:22s} gain {summary['mean']:+.3f} ± {summary['ci']:.3f} (95% CI), "
+            f"{name:24s} gain {summary['mean']:+.3f} ± {summary['ci']:.3f} (95% CI), "
             f"std {summary['std']:.3f}, improve {summary['improved']}/{summary['n']}, "
-            f"worst {summary['worst']:+.3f}" + ("" if typical is None else f", typical {typical:+.3f}")
+            f"not worse by 0.01 {not_worse}/{summary['n']}, worst {summary['worst']:+.3f}"
+            + ("" if typical is None else f", typical {typical:+.3f}")
         )
 
 

@@ -21,6 +21,7 @@ identity. Given n songs the posterior mean is the precision-weighted mean pulled
 
 and gain = 1 + c, offset = b - c * mean_s(mean x_s). With lag > 0 every shift in [-lag, lag] is fitted and the
 one with the smallest support error kept.
+Without a prior (a hindsight ceiling's map) it is the least-squares line through all support songs pooled.
 
 **Empirical Bayes** (`estimate_prior`) from held-out rater-songs (rater, x, y): per rater the single-song
 estimates, then moment estimates over raters with >= 2 songs (n_r songs each):
@@ -173,10 +174,11 @@ def posterior_mean(estimates: Sequence[float], variances: Sequence[float], tau2:
 def fit_calibration(
     predictions: Sequence[tuple[Tensor, Tensor]],
     targets: Sequence[tuple[Tensor, Tensor]],
-    prior: CalibrationPrior,
+    prior: CalibrationPrior | None,
     max_lag: int = 0,
 ) -> Calibration:
-    """Fit the map on support songs: predictions / targets = [(arousal [T_i], valence [T_i]) per song]."""
+    """Fit the map on support songs: predictions / targets = [(arousal [T_i], valence [T_i]) per song].
+    prior None: no shrinkage, the least-squares map over the songs pooled (a hindsight ceiling's map)."""
     if not predictions or len(predictions) != len(targets):
         raise ValueError("fit_calibration: need one target pair per predicted song (and at least one song)")
     gains, offsets, lags = [], [], []
@@ -185,12 +187,10 @@ def fit_calibration(
         best = None
         for lag in range(-max_lag, max_lag + 1):
             xs = [shift(p[d].double().cpu(), lag).numpy() for p in predictions]
-            fits = [song_fit(x, y) for x, y in zip(xs, ys, strict=True)]
-            b = posterior_mean([f.b for f in fits], [prior.offset_noise[d]] * len(fits), prior.offset_tau2[d])
-            usable = [f for f in fits if f.c is not None]
-            noise = [prior.gain_noise[d] + prior.gain_scale[d] * f.v for f in usable]
-            c = posterior_mean([f.c for f in usable], noise, prior.gain_tau2[d]) if usable else 0.0
-            gain, offset = 1.0 + c, b - c * float(np.mean([f.mean for f in fits]))
+            if prior is None:
+                gain, offset = _pooled_least_squares(np.concatenate(xs), np.concatenate(ys))
+            else:
+                gain, offset = _posterior_map([song_fit(x, y) for x, y in zip(xs, ys, strict=True)], prior, d)
             error = sum(float(np.square(gain * x + offset - y).sum()) for x, y in zip(xs, ys, strict=True))
             if best is None or error < best[0] - 1e-12:
                 best = (error, gain, offset, lag)
@@ -198,6 +198,23 @@ def fit_calibration(
         offsets.append(best[2])
         lags.append(best[3])
     return Calibration(tuple(gains), tuple(offsets), tuple(lags))
+
+
+def _posterior_map(fits: list[SongFit], prior: CalibrationPrior, d: int) -> tuple[float, float]:
+    """(gain, offset) of dimension d: the posterior means of b and c given the songs' fits."""
+    b = posterior_mean([f.b for f in fits], [prior.offset_noise[d]] * len(fits), prior.offset_tau2[d])
+    usable = [f for f in fits if f.c is not None]
+    noise = [prior.gain_noise[d] + prior.gain_scale[d] * f.v for f in usable]
+    c = posterior_mean([f.c for f in usable], noise, prior.gain_tau2[d]) if usable else 0.0
+    return 1.0 + c, b - c * float(np.mean([f.mean for f in fits]))
+
+
+def _pooled_least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(gain, offset) minimising sum (gain x + offset - y)^2; gain 1 when x is flat."""
+    if np.var(x) <= FLAT:
+        return 1.0, float(np.mean(y - x))
+    gain, offset = np.polyfit(x, y, 1)
+    return float(gain), float(offset)
 
 
 def estimate_prior(
