@@ -49,6 +49,7 @@ def test_contract_api_and_catalogue(tiny_corpus, tiny_store):  # noqa: F811
     assert [s for r, s in pairs if r == rater] == songs and [r for r, _ in pairs] == sorted(
         r for r, _ in pairs
     )
+    assert store.songs_by_rater("test") == {r: store.songs_of_rater(r, "test") for r in store.raters("test")}
     np.testing.assert_array_equal(store.curves(songs[0], rater)[1], catalogue.ratings[(rater, songs[0])][1])
     with pytest.raises(KeyError, match="rater 'nobody' has no curves for song"):
         store.curves(songs[0], "nobody")

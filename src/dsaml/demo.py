@@ -306,7 +306,7 @@ def test_songs_of_raters(store: str | Path) -> dict[str, list[str]]:
     from dsaml.data.store import FeatureStore
 
     with FeatureStore(store) as reader:
-        return {r: sorted(reader.songs_of_rater(r, "test")) for r in reader.raters("test")}
+        return {r: sorted(songs) for r, songs in reader.songs_by_rater("test").items()}
 
 
 def test_dataset(pdmer: Run) -> Any:

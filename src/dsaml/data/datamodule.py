@@ -265,13 +265,13 @@ class DSAMLDataModule(L.LightningDataModule):
             if not self.train_songs:
                 raise ValueError(f"feature store {self.store_path} has no training songs")
         else:
-            raters = store.raters("train")
-            train_raters, self.val_raters = holdout(raters, self.val_fraction, self.seed)
-            catalogue = {r: store.songs_of_rater(r, "train") for r in train_raters}
+            songs_of = store.songs_by_rater("train")
+            train_raters, self.val_raters = holdout(list(songs_of), self.val_fraction, self.seed)
+            catalogue = {r: songs_of[r] for r in train_raters}
             self.sampler = EpisodeSampler(catalogue, self.episodes, self.shots, self.queries, self.seed)
             self.val_sampler = None
             if self.val_raters and self.val_episodes > 0:
-                val_catalogue = {r: store.songs_of_rater(r, "train") for r in self.val_raters}
+                val_catalogue = {r: songs_of[r] for r in self.val_raters}
                 self.val_sampler = EpisodeSampler(val_catalogue, 1, self.shots, self.queries, self.seed)
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
@@ -333,7 +333,8 @@ class DSAMLDataModule(L.LightningDataModule):
         if self.task == "dmer":
             held_out = set(self.val_songs)
             return [(r, s) for r, s in pairs if s in held_out]
-        return [(r, s) for r in self.val_raters for s in store.songs_of_rater(r, "train")]
+        held_out = set(self.val_raters)
+        return [(r, s) for r, s in pairs if r in held_out]
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
         """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song
@@ -344,8 +345,8 @@ class DSAMLDataModule(L.LightningDataModule):
             support = None
         else:
             pairs, support = [], []
-            for rater in sorted(store.raters("test")):
-                songs = sorted(store.songs_of_rater(rater, "test"))
+            for rater, songs_in_store_order in store.songs_by_rater("test").items():
+                songs = sorted(songs_in_store_order)
                 for song in songs:
                     others = [s for s in songs if s != song]
                     rng = episode_rng(self.seed, "test", len(pairs))

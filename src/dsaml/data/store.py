@@ -541,6 +541,14 @@ class FeatureStore:
         order = self._t["row"]
         return sorted(self._pdmer_pairs(split), key=lambda pair: (pair[0], order[pair[1]]))
 
+    def songs_by_rater(self, split: str | None = None) -> dict[str, list[str]]:
+        """{rater: their songs} of that split, raters sorted, songs in store order (what `raters` and
+        `songs_of_rater` give per rater, in one pass)."""
+        by_rater: dict[str, list[str]] = {}
+        for rater, song in self.rater_songs(split):
+            by_rater.setdefault(rater, []).append(song)
+        return by_rater
+
     def _pdmer_pairs(self, split: str | None) -> list[tuple[str, str]]:
         if split is not None:
             _check_split(split)
