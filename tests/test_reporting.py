@@ -81,6 +81,9 @@ def test_paired_gains_pair_raters_by_protocol_seed_and_pair_count():
     assert set(summary["by_kind"]) == {"typical", "inverted"} and summary["by_kind"]["typical"]["n"] == 1
     header, rows = reporting.gain_rows(summaries)
     assert header[-2:] == ["inverted", "typical"] and rows[0][1].startswith("+0.100") and rows[0][2] == "2/2"
+    assert header[3] == "not worse by > 0.01" and rows[0][3] == "2/2"
+    margins = reporting.summarize_gains({"a": -0.02, "b": -0.005, "c": 0.0, "d": 0.3})
+    assert (margins["improved"], margins["not_worse"], margins["worst"]) == (1, 3, -0.02)
     with pytest.raises(
         ValueError, match=r"baseline='nope' is not a run label; the runs are: \['dmer', 'maml'\]"
     ):
@@ -159,7 +162,8 @@ def test_dsaml_report_command_writes_tables_json_and_plot(tmp_path):
     # dmer: [0.5, 0.4] -> mean 0.45 ± t(0.975, 1) * 0.05 = 12.706 * 0.05
     assert scores["dmer cross"]["average_ci"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| maml cross | +0.150 ± 0.000 | 2/2 | +0.150 |  | 0.5 |" in text and "| dmer cross |" in text
+    assert "| maml cross | +0.150 ± 0.000 | 2/2 | 2/2 | +0.150 |  | 0.5 |" in text
+    assert "| dmer cross |" in text
     assert (tmp_path / "out" / "gains.png").read_bytes()[:4] == b"\x89PNG"
 
     code, text = run(f"runs=[{tmp_path / 'runs'}]", "baseline=nope")

@@ -39,7 +39,7 @@ from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.meta import Calibration, CalibrationPrior, Predict, fit_calibration
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
-from dsaml.reporting import rater_kinds, summarize_gains
+from dsaml.reporting import gain_rows, markdown, rater_kinds, summarize_gains
 
 SCAN_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # --scan: multiples of the estimated tau^2 (offset, gain)
 
@@ -106,6 +106,42 @@ def rater_scores(
     return {name: {rater: float(np.mean(v)) for rater, v in per.items()} for name, per in scores.items()}
 
 
+def ceiling_table(
+    checkpoints: list[str],
+    seeds: list[int],
+    store: str,
+    corpus: str | None,
+    shots: int,
+    lag: int = 4,
+    scan: bool = False,
+) -> str:
+    """The markdown table of every map's per-rater gain over the unadapted model (`dsaml.reporting`'s gain
+    columns; a rater's gain is its mean over the checkpoints, one per seed, each with its seed's support)."""
+    runs = [rater_scores(c, store, shots, lag, s, scan) for c, s in zip(checkpoints, seeds, strict=True)]
+    kinds = rater_kinds(corpus) if corpus else {}
+    base = runs[0]["none"]
+    gains = {
+        name: {r: float(np.mean([run[name][r] - run["none"][r] for run in runs])) for r in base}
+        for name in runs[0]
+        if name != "none"
+    }
+    scanned = [name for name in gains if name.startswith("scan ")]
+    if scanned:
+        best = max(scanned, key=lambda name: np.mean(list(gains[name].values())))
+        factors = best.split()[1:]
+        gains[f"calibrate, prior tau^2 x{factors[0]} / x{factors[1]} (best with hindsight)"] = gains[best]
+    summaries = [
+        {"condition": name, **summarize_gains(per_rater, kinds)}
+        for name, per_rater in gains.items()
+        if name not in scanned
+    ]
+    title = (
+        f"{len(base)} raters, k = {shots}, {len(runs)} checkpoint(s) (seeds {', '.join(map(str, seeds))}); "
+        f"lag: delays up to {lag} segments"
+    )
+    return title + "\n\n" + markdown(*gain_rows(summaries))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", nargs="+", required=True, help="dsaml checkpoints with a calibration prior")
@@ -125,36 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.seed) != len(args.ckpt):
         parser.error(f"--seed: give one per --ckpt ({len(args.ckpt)}), got {len(args.seed)}")
-
-    runs = [
-        rater_scores(c, args.store, args.shots, args.lag, s, args.scan)
-        for c, s in zip(args.ckpt, args.seed, strict=True)
-    ]
-    kinds = rater_kinds(args.corpus) if args.corpus else {}
-    base = runs[0]["none"]
-    gains = {
-        name: {r: float(np.mean([run[name][r] - run["none"][r] for run in runs])) for r in base}
-        for name in runs[0]
-        if name != "none"
-    }
-    scanned = [name for name in gains if name.startswith("scan ")]
-    if scanned:
-        best = max(scanned, key=lambda name: np.mean(list(gains[name].values())))
-        factors = best.split()[1:]
-        gains[f"calibrate, tau2 x{factors[0]}/x{factors[1]}*"] = gains[best]
-    print(f"{len(base)} raters, k = {args.shots}, {len(runs)} checkpoint(s); largest lag {args.lag} segments")
-    for name, per_rater in gains.items():
-        if name in scanned:
-            continue
-        summary = summarize_gains(per_rater, kinds)
-        typical = summary["by_kind"].get("typical", {}).get("mean")
-        not_worse = sum(g > -0.01 for g in per_rater.values())
-        print(
-            f"{name:24s} gain {summary['mean']:+.3f} ± {summary['ci']:.3f} (95% CI), "
-            f"std {summary['std']:.3f}, improve {summary['improved']}/{summary['n']}, "
-            f"not worse by 0.01 {not_worse}/{summary['n']}, worst {summary['worst']:+.3f}"
-            + ("" if typical is None else f", typical {typical:+.3f}")
-        )
+    print(ceiling_table(args.ckpt, args.seed, args.store, args.corpus, args.shots, args.lag, args.scan))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ Only the project's commands run, each as its own process (`python -m dsaml.cli.<
    windows every `--eval-stride` segments (task.eval_stride; stitch=weighted when > 1, within 0.002 of
    every window in the stride benchmark; 1 = the original's protocol);
 4. `dsaml-report` per k: scores with 95% intervals over seeds, per-rater gains vs the DMER model with paired
-   tests, split by rater kind (the corpus's truth); then one gain-vs-meta-training-length plot.
+   tests, split by rater kind (the corpus's truth); then one gain-vs-meta-training-length plot;
+5. per k, `ceiling.py`'s table for the DMER models: calibrate against the best per-listener and per-song
+   output maps fitted with hindsight (what no gain, offset and delay per listener can exceed).
 Runs whose results.json exists are kept (a stopped benchmark resumes). Results: <out>/report/k<k>/report.md,
 <out>/growth.png, <out>/summary.md.
 """
@@ -34,6 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ceiling import ceiling_table  # this folder's ceiling.py
 from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
@@ -192,6 +195,10 @@ def main() -> None:
     title = f"Per-rater gain vs the DMER model against meta-training length ({len(args.seeds)} seeds, 95% CI)"
     plot_gain_growth(out / "growth.png", growth_table(out, shots), "PDMER meta-batches", title)
     parts = [(out / "report" / f"k{k}" / "report.md").read_text() for k in shots]
+    dmer_models = [str(best_checkpoint(out / "train" / f"seed_{seed}" / "dmer")) for seed in args.seeds]
+    for k in shots:  # what a per-listener output map could reach on the same pairs (ceiling.py)
+        table = ceiling_table(dmer_models, args.seeds, str(store), str(corpus), k, scan=True)
+        parts.append(f"## The DMER model's output-map ceilings, k = {k} (ceiling.py)\n\n{table}\n")
     (out / "summary.md").write_text("\n\n".join(parts))
     print(f"benchmark -> {out / 'summary.md'}, {out / 'growth.png'}")
 

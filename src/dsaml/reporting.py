@@ -28,6 +28,7 @@ METRICS = ("arousal_ccc", "arousal_pcc", "arousal_rmse", "valence_ccc", "valence
 SCORES = METRICS + ("average",)
 RESULTS_FILE = "results.json"
 SEED_FOLDER = re.compile(r"seed[_=-]?(\d+)")  # a run folder named after its seed: seed_0, seed=1
+NOT_WORSE_MARGIN = 0.01  # a rater is "not worse" when their gain exceeds -NOT_WORSE_MARGIN
 
 
 # ------------------------------------------------------------------ statistics (scipy.stats)
@@ -119,8 +120,9 @@ def gains_between(candidate: Mapping[str, tuple], baseline: Mapping[str, tuple])
 
 
 def summarize_gains(gains: Mapping[str, float], kinds: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Per-rater gains -> {"n", "mean", "ci" (95% half-width), "std", "improved", "worst", "t_p",
-    "wilcoxon_p", "by_kind": {kind: the same without by_kind}} (kinds: rater -> kind, when known)."""
+    """Per-rater gains -> {"n", "mean", "ci" (95% half-width), "std", "improved" (gain > 0), "not_worse"
+    (gain > -NOT_WORSE_MARGIN), "worst", "t_p", "wilcoxon_p", "by_kind": {kind: the same without by_kind}}
+    (kinds: rater -> kind, when known)."""
 
     def stats(values: list[float]) -> dict[str, Any]:
         mean, ci = t_interval(values)
@@ -130,6 +132,7 @@ def summarize_gains(gains: Mapping[str, float], kinds: Mapping[str, str] | None 
             "ci": ci,
             "std": float(np.std(values)),
             "improved": int(sum(v > 0 for v in values)),
+            "not_worse": int(sum(v > -NOT_WORSE_MARGIN for v in values)),
             "worst": float(min(values)),
             "t_p": t_test(values),
             "wilcoxon_p": wilcoxon(values),
@@ -273,10 +276,12 @@ def score_rows(table: Sequence[Mapping[str, Any]], scores: Sequence[str] = SCORE
 
 
 def gain_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
-    """(header, rows of strings) of gain summaries: mean ± 95% interval over raters, raters improved, the
-    worst rater, the paired tests, then the mean ± interval per rater kind."""
+    """(header, rows of strings) of gain summaries: mean ± 95% interval over raters, raters improved, raters
+    not worse by more than NOT_WORSE_MARGIN, the worst rater, the paired tests, then the mean ± interval
+    per rater kind."""
     kinds = sorted({k for s in summaries for k in s.get("by_kind", {})})
-    header = ["comparison", "gain (95% CI)", "improve", "worst", "t-test p", "Wilcoxon p", *kinds]
+    not_worse = f"not worse by > {NOT_WORSE_MARGIN:g}"
+    header = ["comparison", "gain (95% CI)", "improve", not_worse, "worst", "t-test p", "Wilcoxon p", *kinds]
     rows = []
     for s in summaries:
         per_kind = [s["by_kind"].get(k) for k in kinds]
@@ -285,6 +290,7 @@ def gain_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
                 s["condition"],
                 _cell(s["mean"], s["ci"], signed=True),
                 f"{s['improved']}/{s['n']}",
+                f"{s['not_worse']}/{s['n']}",
                 f"{s['worst']:+.3f}",
                 _p(s["t_p"]),
                 _p(s["wilcoxon_p"]),
