@@ -3,13 +3,16 @@ per-rater gains paired against the DMER model, and how they grow with meta-train
 
     python experiments/personalization/run.py                      # demo corpus, 3 seeds (long: CPU hours)
     python experiments/personalization/run.py --tiny --out /tmp/pb # the harness at tiny size (minutes)
+    python experiments/personalization/run.py --synth personal --shots 1 2 3 --methods --anil-methods \
+        --out outputs/personalization_k     # the DMER model alone on a corpus where k = 3 can be run
 
 Only the project's commands run, each as its own process (`python -m dsaml.cli.<command>`):
-1. `dsaml-synth` / `dsaml-preprocess`: the corpus and its feature store (reused when already there);
+1. `dsaml-synth` / `dsaml-preprocess`: the corpus (`--synth` preset) and its feature store (reused when
+   already there);
 2. per seed: `dsaml-train` of the DMER model (conf/demo.yaml's settings), then one PDMER meta-training run
    per length (`--epochs`, x `steps_per_epoch` meta-batches) from the DMER weights, with the paper's inner
    loop over the whole network (`pdmer_<meta-batches>`) and with the head-only one (`anil_<meta-batches>`,
-   task.inner_loop=head, tested with `--anil-methods`);
+   task.inner_loop=head, tested with `--anil-methods`); none trained when their methods are empty;
 3. `dsaml-eval` of every PDMER checkpoint with every method (`--methods`) under the within-song protocol and
    the cross-song protocol with k = `--shots` support songs (`task.shots`; `--cross-support song`: the
    whole songs, as a user of dsaml-personalize gives them, or `clip`: their first 30 s), of the DMER model
@@ -37,6 +40,7 @@ import sys
 from pathlib import Path
 
 from ceiling import ceiling_table  # this folder's ceiling.py
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
@@ -44,6 +48,7 @@ from dsaml.demo import best_checkpoint, to_overrides
 from dsaml.meta.methods import AUTO
 from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
 
+SYNTH_PRESETS = sorted(path.stem for path in (CONFIG_DIR / "synth").glob("*.yaml"))
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
 METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/adaptation/)
 # the PDMER test settings the DMER checkpoint is scored with (it records a DMER task)
@@ -61,6 +66,12 @@ def command(name: str, overrides: list[str]) -> None:
     print("$ dsaml-" + " ".join([name, *overrides]), flush=True)
     if subprocess.run(args).returncode:
         sys.exit(f"dsaml-{name} failed (see above); the finished runs are kept")
+
+
+def pdmer_task(settings: list[str]) -> dict:
+    """The task section of the dsaml-train config that the PDMER `settings` compose to."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return OmegaConf.to_container(compose("train", overrides=settings).task, resolve=True)
 
 
 def train(settings: list[str], seed: int, store: Path, directory: Path, extra: list[str]) -> Path:
@@ -123,7 +134,13 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/personalization", help="benchmark folder")
     parser.add_argument("--data", default="data", help="where the corpus and its store go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(METHODS),
+        choices=METHODS,
+        help="methods tested on the PDMER models (none given: no PDMER model is trained)",
+    )
     parser.add_argument("--dmer-methods", nargs="+", default=["calibrate", "head", AUTO], choices=METHODS)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
     parser.add_argument("--cross-support", default="song", choices=["song", "clip"])
@@ -136,11 +153,17 @@ def main() -> None:
         choices=METHODS,
         help="methods tested on PDMER models meta-trained with the head-only inner loop (none: not trained)",
     )
+    parser.add_argument(
+        "--synth",
+        default="demo",
+        choices=SYNTH_PRESETS,
+        help="dsaml-synth corpus preset (conf/synth/): demo, or personal (more test songs per listener)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
     args = parser.parse_args()
 
     demo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "demo.yaml"))
-    preset = TINY["synth"] if args.tiny else "demo"
+    preset = TINY["synth"] if args.tiny else args.synth
     out, corpus = Path(args.out), Path(args.data) / "synthetic" / preset
     store = Path(args.data) / "stores" / f"synthetic_{preset}.h5"
     command("synth", [f"synth={preset}", f"out={corpus}", "seed=0"])
@@ -169,7 +192,10 @@ def main() -> None:
         }  # fmt: skip
         from dsaml.models.checkpoint import load_network
 
-        trained = load_network(next(iter(models["pdmer"].values())))[2]["task"]
+        trained = (  # the PDMER test settings: the meta-trained model's, else those it would have had
+            load_network(next(iter(models["pdmer"].values())))[2]["task"] if "pdmer" in models
+            else pdmer_task(pdmer_settings)
+        )  # fmt: skip
         for k in shots:
             protocols = [WITHIN, CROSS] if k == shots[0] else [CROSS]
             task = {key: trained[key] for key in TASK_KEYS} | {
@@ -190,17 +216,21 @@ def main() -> None:
     for k in shots:
         report = out / "report" / f"k{k}"
         command("report", [f"runs=[{out / f'k{k}'}]", "baseline=dmer", f"corpus={corpus}", f"out={report}"])
-    from dsaml.plots import plot_gain_growth
+    growth = growth_table(out, shots)
+    if growth:  # PDMER models were meta-trained
+        from dsaml.plots import plot_gain_growth
 
-    title = f"Per-rater gain vs the DMER model against meta-training length ({len(args.seeds)} seeds, 95% CI)"
-    plot_gain_growth(out / "growth.png", growth_table(out, shots), "PDMER meta-batches", title)
+        title = (
+            f"Per-rater gain vs the DMER model against meta-training length ({len(args.seeds)} seeds, 95% CI)"
+        )
+        plot_gain_growth(out / "growth.png", growth, "PDMER meta-batches", title)
     parts = [(out / "report" / f"k{k}" / "report.md").read_text() for k in shots]
     dmer_models = [str(best_checkpoint(out / "train" / f"seed_{seed}" / "dmer")) for seed in args.seeds]
     for k in shots:  # what a per-listener output map could reach on the same pairs (ceiling.py)
         table = ceiling_table(dmer_models, args.seeds, str(store), str(corpus), k, scan=True)
         parts.append(f"## The DMER model's output-map ceilings, k = {k} (ceiling.py)\n\n{table}\n")
     (out / "summary.md").write_text("\n\n".join(parts))
-    print(f"benchmark -> {out / 'summary.md'}, {out / 'growth.png'}")
+    print(f"benchmark -> {out / 'summary.md'}" + (f", {out / 'growth.png'}" if growth else ""))
 
 
 if __name__ == "__main__":
