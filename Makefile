@@ -23,7 +23,7 @@ lock:
 	bash tools/lock.sh
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(VENV)/bin/dsaml-demo
