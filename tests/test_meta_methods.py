@@ -29,6 +29,7 @@ from dsaml.meta import (
     folds,
     maml_wrap,
     meta_backward,
+    moving,
     personalize_net,
     select,
 )
@@ -309,27 +310,65 @@ def test_none_is_the_network_and_maml_matches_adapt():
 def test_calibrate_recovers_an_affine_listener():
     """A listener who reads the model's valence upside down and higher: 0.3 - prediction. With prior 0 the
     map is exact (gain -1, offset 0.3) and a held-out song is predicted perfectly. The tiny network's arousal
-    is almost flat (variance under 1e-4): no gain is estimated from it, only the offset."""
+    is almost flat (variance under 1e-4): no gain is estimated from it, only the offset (the listener's
+    arousal moves around it by +-0.02, zero-mean)."""
     net = tiny_net().eval()
     predictor = Predict(window=60)
     songs = [_song(s) for s in (6, 7)]
+    wiggle = 0.02 * (-1.0) ** torch.arange(40)
     for song in songs:
         a, v = predictor(net, song)
-        song["arousal"], song["valence"] = a + 0.2, 0.3 - v
+        song["arousal"], song["valence"] = a + 0.2 + wiggle, 0.3 - v
     assert float(predictor(net, songs[0])[0].var()) < 1e-4 < float(predictor(net, songs[0])[1].var())
     config = AdaptationConfig(method="calibrate", prior=0.0)
     model = personalize_net(net, songs[:1], config, predictor, CalibrationPrior.uniform(0.0))
     assert model.calibration.gain == pytest.approx((1.0, -1.0), abs=1e-4)
     assert model.calibration.offset[0] == pytest.approx(0.2, abs=1e-5)
     a, v = model.predict(predictor, songs[1])
-    torch.testing.assert_close(a, songs[1]["arousal"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a, songs[1]["arousal"] - wiggle, atol=1e-4, rtol=0)
     torch.testing.assert_close(v, songs[1]["valence"], atol=1e-4, rtol=0)
+
+
+def test_a_support_song_whose_slider_never_moves_is_left_out():
+    """An untouched slider (a constant curve) would give calibration a gain of 0 and teach a head to predict
+    a constant: every method leaves it out (skip_flat, the default); with nothing else the model stays
+    as it is. skip_flat=false adapts on it as the original does; calibration then takes only its offset."""
+    net = tiny_net().eval()
+    predictor = Predict(window=60)
+    moving_song, flat_song = _song(8), _song(9)
+    flat_song["arousal"], flat_song["valence"] = torch.full((40,), 0.4), torch.full((40,), -0.1)
+    assert moving([moving_song, flat_song]) == [moving_song]
+    prior = CalibrationPrior.uniform(1.0)
+    for method in ("calibrate", "head", "maml_calibrate"):
+        config = AdaptationConfig(method=method, prior=1.0, steps=2, lr=0.05, first_order=True)
+        alone = personalize_net(net, [moving_song], config, predictor, prior)
+        both = personalize_net(net, [moving_song, flat_song], config, predictor, prior)
+        assert both.calibration == alone.calibration
+        for p, q in zip(both.net.parameters(), alone.net.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+        unadapted = personalize_net(net, [flat_song], config, predictor, prior)
+        assert (unadapted.net, unadapted.calibration, unadapted.method) == (net, None, "none")
+    auto = select(
+        net,
+        [flat_song],
+        AdaptationConfig(method="auto", steps=2, lr=0.05, first_order=True),
+        predictor,
+        prior,
+    )
+    assert (auto.chosen["method"], auto.candidates, auto.personalized.net) == ("none", [], net)
+    kept = personalize_net(
+        net, [flat_song], AdaptationConfig(method="calibrate", skip_flat=False), predictor, prior
+    )
+    assert kept.calibration.gain == (1.0, 1.0) and kept.calibration.offset != (0.0, 0.0)
 
 
 def test_auto_keeps_the_network_unless_something_validates_better():
     net = tiny_net().eval()
     predictor = Predict(window=60)
-    config = AdaptationConfig(method="auto", steps=2, lr=0.1, first_order=True, auto_steps=[1, 2])
+    # the tiny network's arousal barely moves, and so do these listeners' (skip_flat would leave them out)
+    config = AdaptationConfig(
+        method="auto", steps=2, lr=0.1, first_order=True, auto_steps=[1, 2], skip_flat=False
+    )
     prior = CalibrationPrior.uniform(0.5)
     own = [_song(s, n=24) for s in (8, 9)]
     for song in own:  # the listener hears exactly what the model predicts: nothing can validate better
@@ -373,6 +412,7 @@ def test_auto_with_one_song_validates_on_contiguous_blocks():
         first_order=True,
         auto_steps=[1, 2],
         auto_methods=["calibrate", "head", "maml"],
+        skip_flat=False,  # the listener's arousal is the tiny network's, which barely moves
     )
     prior = CalibrationPrior.uniform(0.5)
     same = _one_song_listener(net, predictor, 10)

@@ -41,6 +41,7 @@ from dsaml.meta import (
     Personalized,
     Predict,
     calibration_prior,
+    moving,
     personalize_net,
     select,
 )
@@ -318,11 +319,20 @@ def personalize_listener(
     if not support:
         raise ValueError("personalize: no support songs (every annotated song was held out)")
     sequences = [song.sequence(device) for song in support]
+    flat = [
+        song.song
+        for song, seq in zip(support, sequences, strict=True)
+        if config.skip_flat and not moving([seq])
+    ]
+    left_out = f"; left out, arousal or valence never moves: {', '.join(flat)}" if flat else ""
     if config.method == AUTO:
         selection = select(net, sequences, config, predictor, prior, progress)
-        return Outcome(selection.personalized, selection.chosen, selection.candidates, selection.validation)
+        chosen, candidates = selection.chosen, selection.candidates
+        return Outcome(selection.personalized, chosen, candidates, selection.validation + left_out)
     model = personalize_net(net, sequences, config, predictor, prior)
-    return Outcome(model, {"method": model.method, "steps": model.steps}, [], "none (fixed method)")
+    return Outcome(
+        model, {"method": model.method, "steps": model.steps}, [], "none (fixed method)" + left_out
+    )
 
 
 def holdout_scores(

@@ -7,7 +7,7 @@ The map (per dimension: arousal, valence) sends a predicted curve x [T] to
 **One song.** On a support song (x: the model's prediction, y: the listener's curve) the least-squares map in
 the centred form y ~ x + b + c (x - mean x) is
 
-    b_s = mean(y - x),    c_s = sum((x - mean x)(y - x)) / sum((x - mean x)^2)    (None when x is flat),
+    b_s = mean(y - x),    c_s = sum((x - mean x)(y - x)) / sum((x - mean x)^2)    (None when x or y is flat),
 
 and the song's noise-to-signal ratio v_s = var(residual) / var(x) says how unreliable c_s is: a prediction
 that barely moves, or misses the listener's curve, gives a gain estimate that is mostly noise.
@@ -140,7 +140,7 @@ def shift(x: Tensor, lag: int) -> Tensor:
 
 @dataclass(frozen=True)
 class SongFit:
-    """One song's least-squares map y ~ x + b + c (x - mean x): b, c (None when x is flat), the
+    """One song's least-squares map y ~ x + b + c (x - mean x): b, c (None when x or y is flat), the
     noise-to-signal ratio v = var(residual) / var(x) (0 when flat) and mean(x)."""
 
     b: float
@@ -155,7 +155,7 @@ def song_fit(x: np.ndarray, y: np.ndarray) -> SongFit:
     xc = x - x.mean()
     x_var = float(xc @ xc) / len(x)
     b = float(residual.mean())
-    if x_var <= FLAT:
+    if x_var <= FLAT or np.var(y) <= FLAT:  # no slope to see, or an untouched slider: no gain information
         return SongFit(b, None, 0.0, float(x.mean()))
     c = float(xc @ residual) / (x_var * len(x))
     return SongFit(b, c, float(np.var(residual - b - c * xc)) / x_var, float(x.mean()))

@@ -46,7 +46,7 @@ from dsaml.config import (
 from dsaml.data.batch import SongSequence, join_pieces, windows_batch
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
-from dsaml.meta.calibration import Calibration, CalibrationPrior, fit_calibration
+from dsaml.meta.calibration import DIMENSIONS, FLAT, Calibration, CalibrationPrior, fit_calibration
 from dsaml.metrics import scores_of
 
 METHODS = ("none", "calibrate", "head", "head_calibrate", "maml", "maml_calibrate")
@@ -68,7 +68,8 @@ class AdaptationConfig(Config):
     number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
     gives two or more songs; auto_single: the same with one song. auto_steps: step
     counts it tries for head/maml (None: steps // 2, steps, 2 * steps). margin: how much better (average
-    score) a candidate must validate than the unadapted network to be chosen.
+    score) a candidate must validate than the unadapted network to be chosen. skip_flat: leave out support
+    songs whose arousal or valence never moves (see `moving`); false: adapt on them, as the original does.
     """
 
     SECTION = "adaptation"
@@ -83,6 +84,7 @@ class AdaptationConfig(Config):
     auto_single: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
     auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
     margin: float = number(0.0)
+    skip_flat: bool = flag(True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -220,6 +222,20 @@ class Personalized:
 
 
 # ------------------------------------------------------------------ one method
+def moving(support: Sequence[Sequence_]) -> list[Sequence_]:
+    """The support sequences whose arousal and valence curves both move (variance above FLAT). A curve that
+    never moves is an untouched slider: it says nothing about how the listener hears the music, and fitting
+    to it flattens the output (a calibration gain of 0, a head that predicts a constant)."""
+    return [
+        seq
+        for seq in support
+        if all(
+            float(torch.as_tensor(seq[key], dtype=torch.float64).var(unbiased=False)) > FLAT
+            for key in DIMENSIONS
+        )
+    ]
+
+
 def _learn(
     net: nn.Module,
     learner: str | None,
@@ -266,6 +282,10 @@ def personalize_net(
         raise ValueError("personalize_net: method=auto is chosen by `select`")
     if not support:
         raise ValueError("personalize_net: no support sequences")
+    if config.skip_flat and len(kept := moving(support)) < len(support):
+        if not kept:
+            return Personalized(net)
+        support, batches = kept, None
     steps = int(config.steps if steps is None else steps) if config.learner else 0
     batches = list(batches) if batches is not None else [windows_batch(s, predictor.window) for s in support]
     adapted = _learn(net, config.learner, batches, config, steps)
@@ -386,6 +406,10 @@ def select(
     the validation folds of the listener's songs (`folds`), choose the best-scoring one among those that
     beat the unadapted network on average by more than `config.margin` and on more than half of the folds
     (else "none"), and refit it on every song. `config` must be resolved."""
+    if config.skip_flat and len(kept := moving(support)) < len(support):
+        if not kept:
+            return Selection({"method": "none", "steps": 0}, [], "no song moves", Personalized(net))
+        support = kept
     how, splits = folds(support)
     methods = config.auto_methods if len(support) >= 2 else config.auto_single
     per_fold = []
