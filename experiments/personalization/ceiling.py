@@ -18,9 +18,11 @@ pairs and support songs, `DSAMLDataModule.test_pairs`, whole songs), the model's
   (gain, offset, delay) could reach if it knew the listener exactly;
 - song ceiling: the least-squares map fitted on the scored song itself (lag 0 and up to `--lag`): no output
   map can do better on that song.
-Printed: per-rater gains over none (mean ± 95% interval, std, raters improved, raters not worse by more
-than 0.01, worst, typical raters when the corpus is a dsaml-synth one); with several checkpoints (one per
-seed, `--seed` giving each one's support draw) a rater's gain is the mean over seeds, as in the benchmark.
+Untouched sliders (a curve that never moves) are not scored and not fitted on, as the adaptation methods leave
+them out (`adaptation.skip_flat`). Printed: per-rater gains over none (mean ± 95% interval, std, raters
+improved, raters not worse by more than 0.01, worst, typical raters when the corpus is a dsaml-synth one);
+with several checkpoints (one per seed, `--seed` giving each one's support draw) a rater's gain is the mean
+over seeds, as in the benchmark.
 What separates the listener ceiling from the song ceiling is specific to each song (the model's error on it
 and the listener's noise), which no per-listener map recovers; what separates calibrate from the listener
 ceiling is what k support songs cannot tell about the listener.
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from dsaml.data.datamodule import DSAMLDataModule
-from dsaml.meta import Calibration, CalibrationPrior, Predict, fit_calibration
+from dsaml.meta import Calibration, CalibrationPrior, Predict, fit_calibration, moving
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import gain_rows, markdown, rater_kinds, summarize_gains
@@ -56,6 +58,10 @@ def rater_scores(
     window = int(hparams.get("task", {}).get("support_segments", 60))
     data = DSAMLDataModule(store, task="pdmer", shots=shots, cross_support="song", seed=seed)
     predict, predicted = Predict(window), {}
+
+    def moves(fit: tuple[tuple, tuple]) -> bool:
+        """Whether the rater's curves of a song both move (`dsaml.meta.moving`)."""
+        return bool(moving([dict(zip(("arousal", "valence"), fit[1], strict=True))]))
 
     def song(song_id: str, rater: str) -> tuple[tuple, tuple]:
         """(prediction, the rater's curves) of one song, each (arousal [T], valence [T])."""
@@ -88,14 +94,17 @@ def rater_scores(
         if not support_ids:
             continue
         scored = song(song_id, rater)
-        fit_sets = {
-            "support": [song(s, rater) for s in support_ids],
-            "listener": [song(s, rater) for s in sorted(data.reader.store.songs_of_rater(rater, "test"))],
+        if not moves(scored):  # an untouched slider: nothing to score a curve against
+            continue
+        listener = sorted(data.reader.store.songs_of_rater(rater, "test"))
+        fit_sets = {  # untouched sliders left out, as the adaptation methods do (skip_flat)
+            "support": [fit for fit in (song(s, rater) for s in support_ids) if moves(fit)],
+            "listener": [fit for fit in (song(s, rater) for s in listener) if moves(fit)],
             "scored": [scored],
         }
         for name in scores:
-            calibration = Calibration()  # none: identity
-            if name in maps:
+            calibration = Calibration()  # none (or nothing to fit on): identity
+            if name in maps and fit_sets[maps[name][0]]:
                 fit_name, strength, max_lag = maps[name]
                 fit_on = fit_sets[fit_name]
                 calibration = fit_calibration(
