@@ -14,6 +14,7 @@ import torch
 from app_fixtures import tiny_net
 from dsaml.data.validation import ConfigError
 from dsaml.meta import (
+    METHODS,
     AdaptationConfig,
     Calibration,
     CalibrationPrior,
@@ -366,13 +367,24 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     net = tiny_net().eval()
     predictor = Predict(window=60)
     # the tiny network's arousal barely moves, and so do these listeners' (skip_flat would leave them out)
+    every = list(METHODS[1:])
     config = AdaptationConfig(
-        method="auto", steps=2, lr=0.1, first_order=True, auto_steps=[1, 2], skip_flat=False
+        method="auto",
+        steps=2,
+        lr=0.1,
+        first_order=True,
+        auto_steps=[1, 2],
+        skip_flat=False,
+        auto_methods=every,
     )
     prior = CalibrationPrior.uniform(0.5)
     own = [_song(s, n=24) for s in (8, 9)]
     for song in own:  # the listener hears exactly what the model predicts: nothing can validate better
         song["arousal"], song["valence"] = predictor(net, song)
+    narrow = replace(config, auto_methods=AdaptationConfig().auto_methods)  # the default: calibrate alone
+    default = select(net, own, narrow, predictor, prior)
+    assert {(c["method"], c["steps"]) for c in default.candidates} == {("none", 0), ("calibrate", 0)}
+    assert default.chosen == {"method": "none", "steps": 0}
     selection = select(net, own, config, predictor, prior)
     assert selection.chosen == {"method": "none", "steps": 0} and selection.personalized.net is net
     assert selection.validation == "leave-one-song-out"
@@ -461,6 +473,35 @@ def test_auto_needs_a_win_on_most_folds_not_only_on_average():
     assert choose(candidates, 3, 0.02) == {"method": "none", "steps": 0}  # 0.52 is not > 0.50 + 0.02
     assert choose(candidates, 4, 0.0) == {"method": "maml", "steps": 1}  # 2 of 4 folds is not most
     assert choose(candidates[1:], 3, 0.0) == {"method": "none", "steps": 0}  # no baseline: keep the network
+
+
+def test_auto_rule_simplest_needs_each_step_up_to_validate_better_than_the_step_below():
+    """choose(rule="simplest"): in the order none < calibrate < head < head_calibrate (fewer steps first), a
+    candidate replaces the one chosen so far only when it beats it on average (by more than margin) and on
+    most folds. Here head_calibrate has the best mean (one lucky fold) but beats calibrate on one of three
+    folds: "best" takes it, "simplest" keeps calibrate; head 2 beats none but not calibrate."""
+
+    def candidate(method: str, steps: int, folds: list[float]) -> dict:
+        wins = sum(f > n for f, n in zip(folds, none_folds, strict=True))
+        return {"method": method, "steps": steps, "score": sum(folds) / 3, "folds": folds, "wins": wins}
+
+    none_folds = [0.50, 0.50, 0.50]
+    candidates = [
+        candidate("head_calibrate", 5, [0.90, 0.55, 0.55]),
+        candidate("head", 2, [0.55, 0.55, 0.52]),
+        candidate("none", 0, none_folds),
+        candidate("calibrate", 0, [0.58, 0.58, 0.58]),
+    ]
+    assert choose(candidates, 3, 0.0, "best") == {"method": "head_calibrate", "steps": 5}
+    assert choose(candidates, 3, 0.0, "simplest") == {"method": "calibrate", "steps": 0}
+    candidates.append(candidate("head_calibrate", 10, [0.62, 0.62, 0.52]))  # beats calibrate on 2 of 3
+    assert choose(candidates, 3, 0.0, "simplest") == {"method": "head_calibrate", "steps": 10}
+    # 0.587 does not beat 0.58 by more than 0.02
+    assert choose(candidates, 3, 0.02, "simplest") == {"method": "calibrate", "steps": 0}
+    # without calibrate: head 2 beats none, then head_calibrate 5 beats head 2 on 2 of 3 folds
+    assert choose(candidates[:3], 3, 0.0, "simplest") == {"method": "head_calibrate", "steps": 5}
+    assert choose(candidates[1:3], 3, 0.0, "simplest") == {"method": "head", "steps": 2}
+    assert choose([candidate("head", 2, [0.55, 0.55, 0.52])], 3, 0.0, "simplest")["method"] == "none"
 
 
 def test_user_tools_do_not_import_training():

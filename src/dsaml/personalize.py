@@ -352,6 +352,7 @@ def holdout_scores(
 
 # ------------------------------------------------------------------ results
 REPORT = "personalize_report.json"
+NO_PRIOR_CANDIDATES = ("head", "maml")  # auto without a calibration prior and with no other candidate left
 
 
 def adaptation_for(
@@ -359,15 +360,17 @@ def adaptation_for(
 ) -> tuple[AdaptationConfig, CalibrationPrior | None, bool]:
     """`config` resolved against the checkpoint's task, the calibration prior it uses, and whether the
     calibrate methods were left out of auto's candidates (method=auto, prior=auto and the checkpoint holds no
-    calibration prior)."""
+    calibration prior; with two or more songs the inner loops `NO_PRIOR_CANDIDATES` are then tried when no
+    other candidate is left)."""
     config = config.resolve(predictor.hparams.get("task"))
     stored = predictor.hparams.get("calibration_prior")
     narrowed = config.method == AUTO and config.prior == "auto" and not stored
-    if narrowed:
+    if narrowed:  # the candidates that need no prior; with more than one song the inner loops at least
         kept = {
             key: [m for m in getattr(config, key) if not m.endswith("calibrate")]
             for key in ("auto_methods", "auto_single")
         }
+        kept["auto_methods"] = kept["auto_methods"] or list(NO_PRIOR_CANDIDATES)
         config = AdaptationConfig.from_dict({**config.to_dict(), **kept})
     return config, calibration_prior(config, stored), narrowed
 

@@ -30,23 +30,27 @@ from dsaml.meta.l2l import learn2learn
 from dsaml.meta.methods import (
     AUTO,
     METHODS,
+    SELECTION_RULES,
     AdaptationConfig,
     Personalized,
     Predict,
     Selection,
     calibration_prior,
+    candidate_scores,
     choose,
     folds,
     moving,
     personalize_net,
     predict,
     select,
+    tabulate,
     windows_batch,
 )
 
 __all__ = [
     "AUTO",
     "METHODS",
+    "SELECTION_RULES",
     "Adaptation",
     "AdaptationConfig",
     "Calibration",
@@ -69,7 +73,9 @@ __all__ = [
     "personalize_net",
     "predict",
     "select",
+    "candidate_scores",
     "choose",
     "folds",
+    "tabulate",
     "windows_batch",
 ]

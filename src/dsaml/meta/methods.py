@@ -51,6 +51,7 @@ from dsaml.metrics import scores_of
 
 METHODS = ("none", "calibrate", "head", "head_calibrate", "maml", "maml_calibrate")
 AUTO = "auto"
+SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
 BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
 MIN_BLOCK = 8  # segments: a shorter block is too short to validate on
 
@@ -67,7 +68,8 @@ class AdaptationConfig(Config):
     songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
     number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
     gives two or more songs; auto_single: the same with one song. auto_steps: step
-    counts it tries for head/maml (None: steps // 2, steps, 2 * steps). margin: how much better (average
+    counts it tries for head/maml (None: steps // 2, steps, 2 * steps). auto_rule: how it chooses among the
+    validated candidates (`choose`). margin: how much better (average
     score) a candidate must validate than the unadapted network to be chosen. skip_flat: leave out support
     songs whose arousal or valence never moves (see `moving`); false: adapt on them, as the original does.
     """
@@ -80,9 +82,10 @@ class AdaptationConfig(Config):
     first_order: bool | None = flag(None, optional=True)
     lag: int = integer(0, low=0)
     prior: Any = "auto"  # auto or a number >= 0: checked in __post_init__ (two kinds of value)
-    auto_methods: tuple[str, ...] = choice_list(METHODS[1:], METHODS[1:])
+    auto_methods: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
     auto_single: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
     auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
+    auto_rule: str = choice("simplest", SELECTION_RULES)
     margin: float = number(0.0)
     skip_flat: bool = flag(True)
 
@@ -340,7 +343,7 @@ def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Seque
     return sum(values) / len(values)
 
 
-def _fold_scores(
+def candidate_scores(
     net: nn.Module,
     support: Sequence[Sequence_],
     validate: Sequence[Sequence_],
@@ -378,45 +381,9 @@ def _fold_scores(
     return scores
 
 
-def choose(candidates: Sequence[Mapping[str, Any]], n_folds: int, margin: float) -> dict[str, Any]:
-    """{"method", "steps"} of the best-scoring candidate among those whose mean validation score beats the
-    "none" candidate's by more than `margin` and that beat it on more than half of the `n_folds` folds
-    ("wins"); "none" when there is none such."""
-    baseline = next((c["score"] for c in candidates if c["method"] == "none"), None)
-    eligible = [
-        c
-        for c in candidates
-        if baseline is not None and c["score"] > baseline + margin and 2 * c["wins"] > n_folds
-    ]
-    best = max(eligible, key=lambda c: c["score"], default=None)
-    return (
-        {"method": "none", "steps": 0} if best is None else {"method": best["method"], "steps": best["steps"]}
-    )
-
-
-def select(
-    net: nn.Module,
-    support: Sequence[Sequence_],
-    config: AdaptationConfig,
-    predictor: Predict,
-    prior: CalibrationPrior | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Selection:
-    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
-    the validation folds of the listener's songs (`folds`), choose the best-scoring one among those that
-    beat the unadapted network on average by more than `config.margin` and on more than half of the folds
-    (else "none"), and refit it on every song. `config` must be resolved."""
-    if config.skip_flat and len(kept := moving(support)) < len(support):
-        if not kept:
-            return Selection({"method": "none", "steps": 0}, [], "no song moves", Personalized(net))
-        support = kept
-    how, splits = folds(support)
-    methods = config.auto_methods if len(support) >= 2 else config.auto_single
-    per_fold = []
-    for index, (fit_on, validate) in enumerate(splits):
-        if progress is not None:
-            progress(f"validation fold {index + 1}/{len(splits)}")
-        per_fold.append(_fold_scores(net, fit_on, validate, config, predictor, prior, methods))
+def tabulate(per_fold: Sequence[Mapping[tuple[str, int], float]]) -> list[dict[str, Any]]:
+    """Candidates from per-fold scores ({(method, steps): score} per fold, `candidate_scores`):
+    [{"method", "steps", "score" (mean over folds), "folds", "wins" (folds where it beats none)}]."""
     candidates = []
     for method, steps in per_fold[0] if per_fold else {}:
         scores = [f[(method, steps)] for f in per_fold]
@@ -430,7 +397,73 @@ def select(
                 "wins": wins,
             }
         )
-    chosen = choose(candidates, len(per_fold), config.margin)
+    return candidates
+
+
+def beats(candidate: Mapping[str, Any], other: Mapping[str, Any], margin: float) -> bool:
+    """Whether `candidate` validates better than `other`: by more than `margin` on average and on more than
+    half of the folds (both carry per-fold "folds" scores and their mean "score")."""
+    wins = sum(a > b for a, b in zip(candidate["folds"], other["folds"], strict=True))
+    return candidate["score"] > other["score"] + margin and 2 * wins > len(candidate["folds"])
+
+
+def complexity(candidate: Mapping[str, Any]) -> tuple[int, int]:
+    """Order of how much a candidate adapts: none < calibrate < head < head_calibrate < maml < maml_calibrate
+    (METHODS' order), then fewer steps first."""
+    return METHODS.index(candidate["method"]), int(candidate["steps"])
+
+
+def choose(
+    candidates: Sequence[Mapping[str, Any]], n_folds: int, margin: float, rule: str = "best"
+) -> dict[str, Any]:
+    """{"method", "steps"} of the chosen candidate; "none" when none qualifies (or no "none" candidate).
+
+    rule "best": the best-scoring candidate among those whose mean validation score beats the "none"
+    candidate's by more than `margin` and that beat it on more than half of the `n_folds` folds ("wins").
+    rule "simplest": in order of `complexity`, a candidate replaces the one chosen so far (first: none) only
+    when it `beats` it: more adaptation must validate better than the less it replaces, on average and on
+    most folds."""
+    baseline = next((c for c in candidates if c["method"] == "none"), None)
+    if baseline is None:
+        return {"method": "none", "steps": 0}
+    if rule == "simplest":
+        chosen = baseline
+        for candidate in sorted(candidates, key=complexity):
+            if candidate is not baseline and beats(candidate, chosen, margin):
+                chosen = candidate
+    else:
+        eligible = [
+            c for c in candidates if c["score"] > baseline["score"] + margin and 2 * c["wins"] > n_folds
+        ]
+        chosen = max(eligible, key=lambda c: c["score"], default=baseline)
+    return {"method": chosen["method"], "steps": chosen["steps"]}
+
+
+def select(
+    net: nn.Module,
+    support: Sequence[Sequence_],
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Selection:
+    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
+    the validation folds of the listener's songs (`folds`), choose one by `config.auto_rule` (`choose`; the
+    unadapted network unless a candidate validates better by more than `config.margin` on average and on
+    more than half of the folds), and refit it on every song. `config` must be resolved."""
+    if config.skip_flat and len(kept := moving(support)) < len(support):
+        if not kept:
+            return Selection({"method": "none", "steps": 0}, [], "no song moves", Personalized(net))
+        support = kept
+    how, splits = folds(support)
+    methods = config.auto_methods if len(support) >= 2 else config.auto_single
+    per_fold = []
+    for index, (fit_on, validate) in enumerate(splits):
+        if progress is not None:
+            progress(f"validation fold {index + 1}/{len(splits)}")
+        per_fold.append(candidate_scores(net, fit_on, validate, config, predictor, prior, methods))
+    candidates = tabulate(per_fold)
+    chosen = choose(candidates, len(per_fold), config.margin, config.auto_rule)
     final = replace(config, method=chosen["method"])
     personalized = personalize_net(net, support, final, predictor, prior, steps=chosen["steps"])
     return Selection(chosen, candidates, how, personalized)
