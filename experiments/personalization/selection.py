@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
+from rich.console import Console
 from run import pdmer_task  # this folder's run.py
 
 from dsaml.config import CONFIG_DIR
@@ -50,6 +50,7 @@ from dsaml.meta import (
     tabulate,
 )
 from dsaml.models.checkpoint import load_network
+from dsaml.progress import progress_bar
 from dsaml.reporting import NOT_WORSE_MARGIN
 
 
@@ -90,29 +91,29 @@ def audit(
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
     task = pdmer_task(to_overrides(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "demo.yaml"))["pdmer"]))
     predictor = Predict(int(task["support_segments"]), "weighted", int(task["eval_batch_size"]), stride)
-    config = AdaptationConfig(method="auto").resolve(task)
-    config = dataclasses.replace(config, auto_methods=tuple(methods), auto_single=tuple(methods))
+    config = AdaptationConfig(method="auto").resolve(task)  # the inner loops' steps and lr, the step grid
     data = DSAMLDataModule(store, task="pdmer" if split == "test" else "dmer", shots=shots,
                            cross_support="song", seed=seed)  # fmt: skip
     pairs, supports = data.test_pairs() if split == "test" else val_pairs(data, shots, seed)
     rows = []
-    for (song, rater), support_ids in zip(pairs, supports, strict=True):
-        scored = data.reader.item(song, rater)
-        support = moving([data.reader.item(s, rater) for s in support_ids or ()])
-        if not support or not moving([scored]):
-            continue
-        methods = config.auto_methods if len(support) >= 2 else config.auto_single
-        _, splits = folds(support)
-        fold_scores = [
-            candidate_scores(net, fit, val, config, predictor, prior, methods) for fit, val in splits
-        ]
-        held_out = candidate_scores(net, support, [scored], config, predictor, prior, methods)
-        rows.append({
-            "rater": rater, "song": song,
-            "folds": [{f"{m} {s}": v for (m, s), v in f.items()} for f in fold_scores],
-            "held_out": {f"{m} {s}": v for (m, s), v in held_out.items()},
-        })  # fmt: skip
-        print(f"{len(rows)}/{len(pairs)} {rater} {song}", flush=True)
+    with progress_bar(Console(stderr=True)) as progress:
+        bar = progress.add_task(f"{split} pairs, k = {shots}", total=len(pairs), digits=2)
+        for (song, rater), support_ids in zip(pairs, supports, strict=True):
+            progress.advance(bar)
+            scored = data.reader.item(song, rater)
+            support = moving([data.reader.item(s, rater) for s in support_ids or ()])
+            if not support or not moving([scored]):  # nothing to adapt on, or an untouched slider to score
+                continue
+            splits = folds(support)[1]
+            per_fold = [
+                candidate_scores(net, fit, val, config, predictor, prior, methods) for fit, val in splits
+            ]
+            held_out = candidate_scores(net, support, [scored], config, predictor, prior, methods)
+            rows.append({
+                "rater": rater, "song": song,
+                "folds": [{f"{m} {s}": v for (m, s), v in f.items()} for f in per_fold],
+                "held_out": {f"{m} {s}": v for (m, s), v in held_out.items()},
+            })  # fmt: skip
     return rows
 
 
