@@ -30,12 +30,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 from run import pdmer_task  # this folder's run.py
 
 from dsaml.config import CONFIG_DIR
-from dsaml.data.datamodule import DSAMLDataModule, episode_rng
+from dsaml.data.datamodule import DSAMLDataModule
+from dsaml.data.episodes import cross_song_pairs
 from dsaml.demo import to_overrides
 from dsaml.meta import (
     METHODS,
@@ -55,25 +57,15 @@ from dsaml.reporting import NOT_WORSE_MARGIN
 
 
 def val_pairs(data: DSAMLDataModule, shots: int, seed: int) -> tuple[list, list]:
-    """(song, rater) pairs and their support songs over the DMER validation songs, as `test_pairs` draws
-    them over the test songs."""
+    """(song, rater) pairs and their support songs over the DMER validation songs, drawn as `test_pairs`
+    draws them over the test songs (`cross_song_pairs`; support () when the rater has too few songs)."""
     data.setup("fit")
     held_out = set(data.val_songs)
     by_rater: dict[str, list[str]] = collections.defaultdict(list)
     for rater, song in data.reader.store.rater_songs("train"):
         if song in held_out:
             by_rater[rater].append(song)
-    pairs, supports = [], []
-    for rater in sorted(by_rater):
-        songs = sorted(by_rater[rater])
-        for song in songs:
-            others = [s for s in songs if s != song]
-            if len(others) < shots:
-                continue
-            rng = episode_rng(seed, "val", len(pairs))
-            pairs.append((song, rater))
-            supports.append(tuple(others[i] for i in rng.permutation(len(others))[:shots]))
-    return pairs, supports
+    return cross_song_pairs(dict(sorted(by_rater.items())), shots, seed, "val")
 
 
 def audit(
@@ -98,8 +90,9 @@ def audit(
     rows = []
     with progress_bar(Console(stderr=True)) as progress:
         bar = progress.add_task(f"{split} pairs, k = {shots}", total=len(pairs), digits=2)
-        for (song, rater), support_ids in zip(pairs, supports, strict=True):
+        for index, ((song, rater), support_ids) in enumerate(zip(pairs, supports, strict=True)):
             progress.advance(bar)
+            torch.manual_seed(index)  # the inner loops' dropout: each pair's own draws, whatever ran before
             scored = data.reader.item(song, rater)
             support = moving([data.reader.item(s, rater) for s in support_ids or ()])
             if not support or not moving([scored]):  # nothing to adapt on, or an untouched slider to score

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dsaml.data.batch import Episode, MetaBatch, SongItem, collate
-from dsaml.data.episodes import EpisodeSampler, EpisodeSpec, episode_rng, holdout, shard
+from dsaml.data.episodes import EpisodeSampler, EpisodeSpec, cross_song_pairs, holdout, shard
 from dsaml.data.store import FeatureStore, StoreError
 
 
@@ -344,15 +344,9 @@ class DSAMLDataModule(L.LightningDataModule):
             pairs: list[tuple[str, str | None]] = [(s, None) for s in sorted(store.song_ids("test"))]
             support = None
         else:
-            pairs, support = [], []
-            for rater, songs_in_store_order in store.songs_by_rater("test").items():
-                songs = sorted(songs_in_store_order)
-                for song in songs:
-                    others = [s for s in songs if s != song]
-                    rng = episode_rng(self.seed, "test", len(pairs))
-                    pairs.append((song, rater))
-                    picked = rng.permutation(len(others))[: self.shots] if len(others) >= self.shots else []
-                    support.append(tuple(others[j] for j in sorted(picked)) if self.cross_song else ())
+            pairs, support = cross_song_pairs(store.songs_by_rater("test"), self.shots, self.seed, "test")
+            if not self.cross_song:
+                support = [() for _ in pairs]
         return pairs, support
 
     def test_dataloader(self) -> DataLoader:

@@ -98,6 +98,25 @@ class EpisodeSampler:
         ]
 
 
+def cross_song_pairs(
+    songs_by_rater: Mapping[str, Sequence[str]], shots: int, seed: int, stream: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
+    """Every (song, rater) pair of `songs_by_rater` (raters in its order, songs sorted) with `shots` other
+    songs of the rater as its support, drawn by `episode_rng(seed, stream, pair index)` and kept in sorted
+    order; () when the rater has fewer than `shots` other songs. Returns (pairs, supports)."""
+    pairs: list[tuple[str, str]] = []
+    supports: list[tuple[str, ...]] = []
+    for rater, rater_songs in songs_by_rater.items():
+        songs = sorted(rater_songs)
+        for song in songs:
+            others = [s for s in songs if s != song]
+            rng = episode_rng(seed, stream, len(pairs))
+            pairs.append((song, rater))
+            picked = rng.permutation(len(others))[:shots] if len(others) >= shots else []
+            supports.append(tuple(others[j] for j in sorted(picked)))
+    return pairs, supports
+
+
 def shard(items: Sequence, rank: int, world_size: int) -> list:
     """This process's share of a meta-batch (round-robin; every item is used by exactly one rank)."""
     return list(items[rank::world_size])
