@@ -335,3 +335,47 @@ def test_adaptation_for_leaves_calibrate_out_only_without_any_prior() -> None:
     assert config.auto_methods == ("head", "maml") and config.auto_single == ()
     config, prior, narrowed = adaptation_for(no_prior, AdaptationConfig(method="auto", prior=1))
     assert not narrowed and prior is not None and "calibrate" in config.auto_methods
+
+
+def test_out_may_not_be_the_checkpoint_it_reads(listener, tmp_path):
+    """out=ckpt used to replace the meta-trained model with its personalisation (naming itself as source)."""
+    victim = save_tiny_ckpt(tmp_path / "victim.ckpt")
+    before = victim.read_bytes()
+    console, buffer = capture()
+    assert run(_cli(victim, listener, victim, "method=none", "overwrite=true"), console) == 2
+    assert "out=" in buffer.getvalue() and "is also the input ckpt" in buffer.getvalue()
+    assert victim.read_bytes() == before
+
+
+def test_out_may_not_replace_an_unrelated_file(tiny_ckpt, listener, tmp_path):
+    """An existing file that is not a dsaml-personalize checkpoint is refused before any work (a meta-trained
+    checkpoint too); a personalised checkpoint of an earlier run is replaced; overwrite=true opts in."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    other_model = save_tiny_ckpt(tmp_path / "other.ckpt")
+    for target in (notes, other_model):
+        before = target.read_bytes()
+        console, buffer = capture()
+        assert run(_cli(tiny_ckpt, listener, target, "method=none"), console) == 2
+        assert "exists and is not a dsaml-personalize checkpoint; pass overwrite=true" in buffer.getvalue()
+        assert target.read_bytes() == before
+    out = tmp_path / "me.ckpt"
+    for _ in range(2):  # the second run replaces the first's checkpoint
+        console, buffer = capture()
+        assert run(_cli(tiny_ckpt, listener, out, "method=none"), console) == 0, buffer.getvalue()
+    console, buffer = capture()
+    assert run(_cli(tiny_ckpt, listener, notes, "method=none", "overwrite=true"), console) == 0
+    assert load_network(notes)[2]["personalized"]["method"] == "none"
+
+
+def test_an_unwritable_out_is_found_before_any_work(tiny_ckpt, listener, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    console, buffer = capture()
+    assert run(_cli(tiny_ckpt, listener, blocker / "me.ckpt", "method=maml", "steps=50"), console) == 2
+    text = buffer.getvalue()
+    assert (
+        "file' is an existing file; expected a folder" in text
+        and "personalising" not in text
+        and "chosen" not in text
+    )

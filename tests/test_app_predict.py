@@ -19,6 +19,7 @@ from dsaml.curve_files import output_names
 from dsaml.data.features import FeatureConfig
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network, save_network
+from dsaml.outputs import RECORD
 from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Predictor
 
 
@@ -71,7 +72,7 @@ def test_csv_and_png_match_predict_song(tiny_ckpt, songs, tmp_path):
 def test_folder_input_json_format(tiny_ckpt, songs, tmp_path):
     code, text = predict(tiny_ckpt, [str(songs["long"].parent)], tmp_path, "format=json", "plot=false")
     assert code == 0, text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "short.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD, "long.json", "short.json"]
     payload = json.loads((tmp_path / "short.json").read_text())
     assert payload["song"] == "short" and payload["audio"] == str(songs["short"])
     assert payload["time_s"] == [15.0 + 0.5 * i for i in range(10)]
@@ -100,7 +101,7 @@ def test_bad_songs_are_reported_and_the_rest_written(tiny_ckpt, songs, tmp_path)
     assert "2 song(s) failed" in text
     assert f"{broken}: cannot decode audio" in text
     assert f"{too_short}: audio is 12.00 s long; at least 15.5 s are needed" in text
-    assert sorted(p.name for p in out.iterdir()) == ["short.csv", "short.png"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "short.csv", "short.png"]
 
 
 def test_not_a_dsaml_checkpoint(songs, tmp_path):
@@ -210,3 +211,78 @@ def test_progress_advances_per_window_batch(tiny_ckpt):
         logmel, stride=1, batch_size=50, progress=lambda done, total: calls.append((done, total))
     )
     assert calls == [(50, 141), (100, 141), (141, 141)]  # 200 - 60 + 1 windows
+
+
+def test_an_annotation_folder_is_never_overwritten_by_predictions(tiny_ckpt, songs, tmp_path):
+    """Predictions into the folder of a listener's hand-made curves (same names, same columns as the
+    predictions) are refused before any audio is read; overwrite=true is the explicit opt-in."""
+    curves = tmp_path / "curves"
+    curves.mkdir()
+    handmade = curves / "short.csv"
+    handmade.write_text("time,arousal,valence\n15.0,0.5,0.5\n")
+    code, text = predict(tiny_ckpt, [str(songs["short"])], curves)
+    assert code == 2, text
+    assert "short.csv' exists and is not a dsaml-predict output; pass overwrite=true" in text
+    assert handmade.read_text() == "time,arousal,valence\n15.0,0.5,0.5\n"
+    assert sorted(p.name for p in curves.iterdir()) == ["short.csv"]  # nothing written, not even the plot
+    code, text = predict(tiny_ckpt, [str(songs["short"])], curves, "overwrite=true")
+    assert code == 0, text
+    assert len(read_csv(handmade)) == 10
+
+
+def test_an_output_may_not_be_an_input(tiny_ckpt, songs, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    audio = folder / "song.png"  # an audio file whose name is the plot's name
+    audio.write_bytes(songs["short"].read_bytes())
+    code, text = predict(tiny_ckpt, [str(audio)], folder, "overwrite=true")
+    assert code == 2 and "is also the input inputs (song.png)" in text
+    assert audio.read_bytes() == songs["short"].read_bytes()
+
+
+def test_a_stride_longer_than_the_window_is_refused(tiny_ckpt, songs, tmp_path):
+    """Stride 100 with a 60-segment window leaves segments 60..69 of the long song in no window (they were
+    NaN, and the JSON invalid)."""
+    code, text = predict(tiny_ckpt, [str(songs["long"])], tmp_path / "out", "stride=100")
+    assert code == 2
+    assert "stride=100 is longer than the model's window (60 segments)" in text
+    assert not (tmp_path / "out").exists()
+    net, _, _ = load_network(tiny_ckpt)
+    with pytest.raises(ValueError, match="stride=100 > window=60"):
+        predict_song(net, np.zeros((70, 51, 128), np.float32), window=60, stride=100, stitch="mean")
+    code, text = predict(tiny_ckpt, [str(songs["long"])], tmp_path / "out", "stride=60", "format=json")
+    assert code == 0, text
+    payload = json.loads((tmp_path / "out" / "long.json").read_text())  # strict JSON: no NaN
+    assert len(payload["arousal"]) == 70 and np.isfinite(payload["arousal"]).all()
+
+
+def test_a_second_model_replaces_every_output_of_the_song(tiny_ckpt, songs, tmp_path):
+    """A second run with another checkpoint and plot=false must not leave the first model's plot beside the
+    second model's curves."""
+    other = save_network(
+        tmp_path / "other.ckpt",
+        tiny_net(seed=1),
+        features=FeatureConfig().to_dict(),
+        task={"support_segments": 60},
+    )
+    out = tmp_path / "out"
+    assert predict(tiny_ckpt, [str(songs["short"])], out)[0] == 0
+    assert (out / "short.png").is_file()
+    code, text = predict(other, [str(songs["short"])], out, "plot=false")
+    assert code == 0, text
+    assert "replacing every output of 1 song(s)" in text and "short" in text
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "short.csv"]
+    net, _, _ = load_network(other)
+    arousal, _ = predict_song(net, direct_logmel(songs["short"]), window=60, stride=10, stitch="weighted")
+    np.testing.assert_allclose(read_csv(out / "short.csv")[:, 1], arousal.numpy(), atol=2e-5)
+
+
+def test_an_interrupted_write_keeps_the_old_file(tmp_path):
+    from dsaml.outputs import atomic_output
+
+    target = tmp_path / "model.ckpt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]

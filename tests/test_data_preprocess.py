@@ -163,3 +163,28 @@ def test_configuration_errors_stop_before_any_work(tmp_path):
         PreprocessConfig(workers=-1)
     with pytest.raises(StoreError, match="feature store not found"):
         FeatureStore(store)
+
+
+def test_an_existing_file_that_is_not_a_store_is_never_replaced(tiny_corpus, tmp_path):  # noqa: F811
+    """paths.store=<a text file> or <someone's own HDF5 results> used to be replaced, exit 0; now refused
+    before any work, the file intact; overwrite=true replaces it with the store."""
+    root = subset_tree(tiny_corpus, tmp_path / "corpus", _songs(tiny_corpus, 1)[:1])
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    results = tmp_path / "results.h5"
+    with h5py.File(results, "w") as handle:
+        handle["scores"] = np.arange(5.0)
+    overrides = [f"data.root={root}", "workers=0", "progress=false"]
+    for target in (text, results):
+        before = target.read_bytes()
+        log = tmp_path / "log.txt"
+        with log.open("w") as handle:
+            assert run(_compose(*overrides, f"paths.store={target}"), Console(file=handle, width=300)) == 2
+        assert f"paths.store='{target}' exists and is not a dsaml feature store; pass overwrite=true" in (
+            log.read_text().replace("\n", "")
+        )
+        assert target.read_bytes() == before
+    quiet = Console(file=open(os.devnull, "w"))
+    assert run(_compose(*overrides, f"paths.store={results}", "overwrite=true"), quiet) == 0
+    assert FeatureStore(results).song_ids() == _songs(tiny_corpus, 1)[:1]
+    assert run(_compose(*overrides, f"paths.store={results}"), quiet) == 0  # its own store: up to date

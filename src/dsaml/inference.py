@@ -154,6 +154,10 @@ def predict_song(
         )
     logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
     length = logmel.shape[1]
+    if stride > window and length > window:
+        raise ValueError(
+            f"stride={stride} > window={window}: the segments between windows would be predicted by none"
+        )
     if length <= window:
         with eval_mode(net):
             h = net.encode_segments(logmel, global_vectors, song=True, chunk=CNN_CHUNK)

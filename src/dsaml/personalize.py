@@ -47,6 +47,7 @@ from dsaml.meta import (
 )
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models.checkpoint import save_network
+from dsaml.outputs import atomic_output, record_output
 from dsaml.plots import plot_curves
 from dsaml.predictor import CheckpointError, Predictor, collect_audio
 
@@ -450,14 +451,23 @@ def report_holdout(
     rows = [[label, *(f"{scores[k]:.3f}" for k in REPORTED)] for label, scores in labelled]
     report = out.parent / REPORT
     payload = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
-    report.write_text(json.dumps(payload, indent=2))
+    with atomic_output(report) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))
+    record_output(report, "personalize", checkpoint=str(out))
     for index, song in enumerate(heldout if plot else ()):
+        png = holdout_plot(out, song.song)
         plot_curves(
-            out.parent / f"{out.stem}_{song.song}.png",
+            png,
             (song.arousal, song.valence),
             {name: per_song[name][index][2] for name in models},
             f"held-out song {song.song}: listener vs model",
             song.start_s(baseline.features),
             baseline.features.segment_s,
         )
+        record_output(png, "personalize", checkpoint=str(out))
     return (header, rows), report
+
+
+def holdout_plot(out: Path, song: str) -> Path:
+    """The plot of the held-out song `song` written beside the personalised checkpoint `out`."""
+    return out.parent / f"{out.stem}_{song}.png"

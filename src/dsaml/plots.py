@@ -20,15 +20,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dsaml.outputs import atomic_output  # noqa: E402
+
 DIMENSIONS = ("arousal", "valence")
 COLORS = {"true": "black", 0: "tab:blue", 1: "tab:orange", 2: "tab:green", 3: "tab:red"}
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

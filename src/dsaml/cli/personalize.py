@@ -13,6 +13,7 @@ songs also the scores of `baseline` and of the personalised model, `personalize_
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -24,9 +25,12 @@ from dsaml.config import Config, ConfigError, existing_file, flag, from_mapping
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
 from dsaml.meta import AdaptationConfig, Predict
+from dsaml.outputs import check_output
 from dsaml.personalize import (
+    REPORT,
     AnnotationError,
     adaptation_for,
+    holdout_plot,
     load_baseline,
     load_listener,
     personalize_listener,
@@ -54,6 +58,7 @@ class PersonalizeConfig(Config):
     device: str = "auto"
     plot: bool = flag(True)
     trust_checkpoint: bool = flag(False)
+    overwrite: bool = flag(False)
 
     def __post_init__(self) -> None:
         for key in ("audio", "annotations", "holdout"):  # one path or id may be given without a list
@@ -65,6 +70,19 @@ class PersonalizeConfig(Config):
             object.__setattr__(self, "rater", str(self.rater))
         super().__post_init__()
         resolve_device(self.device)
+        self.check_outputs()
+
+    def check_outputs(self) -> None:
+        """Before any work: `out` (and the report and plots beside it) may be written, and none of them is
+        an input (ckpt, baseline, a named audio or annotation file)."""
+        inputs = {"ckpt": self.ckpt, "baseline": self.baseline}
+        for key in ("audio", "annotations"):
+            inputs.update({f"{key} ({path})": path for path in getattr(self, key) if Path(path).is_file()})
+        out = check_output("out", self.out, "personalized", inputs, self.overwrite)
+        if self.holdout:
+            extra = [out.parent / REPORT, *(holdout_plot(out, song) for song in self.holdout if self.plot)]
+            for path in extra:
+                check_output("out", path, "personalize", inputs, self.overwrite)
 
 
 def _fail(console: Console, message: str) -> int:

@@ -4,6 +4,8 @@ dsaml-predict ckpt=model.ckpt inputs=[song.mp3,music/] out=curves/
 dsaml-predict ckpt=model.ckpt inputs=[song.flac] format=json device=cuda
 
 Per song: <name>.csv (time_s, arousal, valence) or <name>.json, and <name>.png (`dsaml.curve_files`).
+An existing file there that an earlier dsaml-predict did not write (e.g. a listener's annotation CSV) is
+refused before any work unless overwrite=true; a song predicted earlier has all its outputs replaced.
 A song that cannot be read is reported and skipped; the others are written;
 the exit code is 1 if any failed. A bad checkpoint or configuration fails before any audio is read.
 """
@@ -29,10 +31,11 @@ from dsaml.config import (
     from_mapping,
     integer,
 )
-from dsaml.curve_files import FORMATS, output_names, write_prediction
+from dsaml.curve_files import FORMATS, earlier_outputs, output_files, output_names, write_prediction
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
 from dsaml.inference import STITCH_RULES
+from dsaml.outputs import check_output
 from dsaml.predictor import DEFAULT_STITCH, DEFAULT_STRIDE, CheckpointError, Predictor, collect_audio
 from dsaml.progress import progress_bar
 
@@ -52,6 +55,7 @@ class PredictConfig(Config):
     batch_size: int = integer(32, low=0, low_open=True)
     recursive: bool = flag(False)
     trust_checkpoint: bool = flag(False)
+    overwrite: bool = flag(False)
     input_files: list[Path] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,18 @@ class PredictConfig(Config):
         resolve_device(self.device)
         object.__setattr__(self, "input_files", collect_audio(self.inputs, self.recursive))
         check_output_folder("out", self.out)
+        inputs = {"ckpt": self.ckpt, **{f"inputs ({path.name})": path for path in self.input_files}}
+        for name in output_names(self.input_files).values():
+            for path in output_files(Path(self.out), name, self.format, self.plot):
+                check_output("out", path, "prediction", inputs, self.overwrite)
+
+    def replaced(self) -> list[str]:
+        """The songs whose outputs in `out` an earlier run made with another checkpoint (replaced now)."""
+        return [
+            name
+            for name in output_names(self.input_files).values()
+            if set(earlier_outputs(Path(self.out), name).values()) - {str(Path(self.ckpt))}
+        ]
 
 
 def predict_files(
@@ -117,6 +133,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     try:
         config = from_mapping(PredictConfig, plain_options(cfg), "dsaml-predict")
         predictor = Predictor.load(config.ckpt, config.device, trust=config.trust_checkpoint)
+        if config.stride > predictor.window:
+            raise ConfigError(
+                f"stride={config.stride} is longer than the model's window ({predictor.window} segments): "
+                "the segments between windows would get no prediction; use stride <= {predictor.window}"
+            )
     except MissingMandatoryValue as error:
         console.print(
             f"[red]dsaml-predict:[/red] {error.full_key} is required, e.g. dsaml-predict "
@@ -132,6 +153,13 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         f" -> {config.out}",
         highlight=False,
     )
+    replaced = config.replaced()
+    if replaced:
+        console.print(
+            f"note: replacing every output of {len(replaced)} song(s) an earlier run predicted into "
+            f"{config.out} with another checkpoint: {', '.join(replaced)}",
+            highlight=False,
+        )
     written, failures = predict_files(predictor, config, console)
     console.print(f"wrote {len(written)} file(s) to {config.out}", highlight=False)
     if failures:

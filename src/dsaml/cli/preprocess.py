@@ -16,12 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsaml.cli.entry import hydra_command
-from dsaml.config import ConfigError, check_output_folder
+from dsaml.config import ConfigError
 from dsaml.data.catalogue import DataError
 from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, format_global_summary
 from dsaml.data.preprocess import PreprocessConfig, format_summary, preprocess
 from dsaml.data.readers import DataConfig
 from dsaml.data.store import StoreError, store_lock
+from dsaml.outputs import check_output
 from dsaml.progress import progress_bar, song_events
 
 TOP_LEVEL = ("data", "paths", "global_vectors")
@@ -31,11 +32,9 @@ def configs(cfg: DictConfig) -> tuple[DataConfig, PreprocessConfig, Path]:
     """Validate the composed config (before any work): data group, run options, output path."""
     data = DataConfig.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
     options = {key: cfg[key] for key in cfg if key not in TOP_LEVEL}  # scalars, resolved one by one
-    store = Path(cfg.paths.store)
-    if store.is_dir():
-        raise ConfigError(f"paths.store={str(store)!r} is a folder; expected the .h5 file to write")
-    check_output_folder("paths.store's folder", store.parent)
-    return data, PreprocessConfig.from_mapping(options, "dsaml-preprocess"), store
+    config = PreprocessConfig.from_mapping(options, "dsaml-preprocess")
+    store = check_output("paths.store", cfg.paths.store, "store", {"data.root": data.root}, config.overwrite)
+    return data, config, store
 
 
 def global_vectors_config(cfg: DictConfig) -> GlobalVectorsConfig:

@@ -20,6 +20,7 @@ import torch
 
 from dsaml.models.config import DSAMLConfig
 from dsaml.models.network import DSAMLNet
+from dsaml.outputs import atomic_output
 
 FORMAT = 1
 NET_PREFIX = "net."
@@ -50,7 +51,8 @@ def save_network(
         },
         "dsaml": {"format": FORMAT, "version": _version()},
     }
-    torch.save(checkpoint, path)
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
 
 
