@@ -112,7 +112,7 @@ def test_not_a_dsaml_checkpoint(songs, tmp_path):
     junk = tmp_path / "notes.ckpt"
     junk.write_text("hello")
     code, text = predict(junk, [str(songs["short"])], tmp_path / "out")
-    assert code == 2 and "torch.load failed" in text
+    assert code == 2 and "not a dsaml checkpoint: it is a text file starting 'hello'" in text
     assert not (tmp_path / "out").exists()  # nothing was read or written
 
 

@@ -48,7 +48,7 @@ def test_non_dsaml_files_are_named_in_the_error(tmp_path):
     with pytest.raises(ValueError, match=r"not a dsaml checkpoint .*keys \['epoch', 'state_dict'\]"):
         load_network(tmp_path / "other.ckpt")
     (tmp_path / "text.ckpt").write_text("hello")
-    with pytest.raises(ValueError, match="not a dsaml checkpoint: torch.load failed"):
+    with pytest.raises(ValueError, match="not a dsaml checkpoint: it is a text file starting 'hello'"):
         load_network(tmp_path / "text.ckpt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_network(tmp_path / "missing.ckpt")

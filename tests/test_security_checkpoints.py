@@ -5,6 +5,7 @@ no checkpoint from outside the run folder, and only trust_checkpoint=true unpick
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,20 @@ import numpy as np
 import pytest
 import torch
 
-from app_fixtures import capture, compose_cli, tiny_net, write_audio
+from app_fixtures import capture, compose_cli, save_tiny_ckpt, tiny_net, write_audio
 from dsaml.cli.convert import main as convert_main
+from dsaml.cli.errors import expected_errors
 from dsaml.cli.personalize import run as run_personalize
 from dsaml.cli.predict import run as run_predict
 from dsaml.data.features import FeatureConfig
-from dsaml.models.checkpoint import NET_PREFIX, UnsafeCheckpointError, load_network
-from dsaml.predictor import CheckpointError, Predictor
+from dsaml.models.checkpoint import (
+    NET_PREFIX,
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_network,
+    save_network,
+)
+from dsaml.predictor import Predictor
 from dsaml.training.resume import RunDirectoryError
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, tiny_store, train_config  # noqa: F401
@@ -177,3 +185,133 @@ def test_resumed_run_never_tests_a_checkpoint_outside_its_folder(tiny_store, tmp
     with pytest.raises(UnsafeCheckpointError):
         run(train_config(tiny_store, run_dir, [*DMER_TINY, "ckpt_path=last"]))
     assert not marker.exists()
+
+
+class Call:
+    """Unpickling this calls `function(*args)` (pickled by reference, as an attacker's file would be)."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+def payloads(marker: Path) -> dict[str, Call]:
+    """Each writes `marker` when unpickled (torch 2.x words the refusal of some of them differently)."""
+    import builtins
+    import posix
+    import subprocess as sp
+
+    write = f"open({str(marker)!r}, 'w').write('payload ran')"
+    return {
+        "os.system": Call(os.system, f"touch {marker}"),
+        "posix.system": Call(posix.system, f"touch {marker}"),
+        "exec": Call(exec, write),
+        "builtins.eval": Call(builtins.eval, write),
+        "subprocess.Popen": Call(sp.Popen, ["touch", str(marker)]),
+    }
+
+
+@pytest.mark.parametrize("name", ["os.system", "posix.system", "exec", "builtins.eval", "subprocess.Popen"])
+def test_every_blocked_global_is_named_without_torchs_advice(name, tmp_path):
+    """torch 2.14 says "unsupported GLOBAL posix.system whose module posix is blocked" for some payloads and
+    "Unsupported global: GLOBAL exec was not an allowed global" for others: both are named refusals, and
+    torch's "weights_only=False will likely succeed" is never repeated."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"note": payloads(marker)[name]}}, path)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        load_network(path)
+    message = str(caught.value)
+    function = name.rsplit(".", 1)[-1]
+    assert re.search(rf"would unpickle the Python object [\w.]*\b{function}, which can run code", message)
+    assert "trust_checkpoint=true" in message and "weights_only" not in message, message
+    assert "not a dsaml checkpoint" not in message
+    assert not marker.exists()
+
+
+def damaged_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
+    """kind -> (file, what every command's message says)."""
+    whole = save_tiny_ckpt(folder / "whole.ckpt")
+    truncated = folder / "truncated.ckpt"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    text = folder / "text.ckpt"
+    text.write_text("a note\n")
+    foreign = folder / "foreign.ckpt"  # weights of a 32-wide network under a 16-wide config
+    wide, narrow = tiny_net(hidden_size=32), tiny_net()
+    torch.save(
+        {
+            "state_dict": {NET_PREFIX + k: v for k, v in wide.state_dict().items()},
+            "hyper_parameters": {"model": narrow.cfg.to_dict(), "features": FeatureConfig().to_dict()},
+            "dsaml": {"format": 1},
+        },
+        foreign,
+    )
+    return {
+        "truncated": (truncated, "is truncated or damaged"),
+        "text": (text, "is not a dsaml checkpoint: it is a text file starting 'a note'"),
+        "foreign": (foreign, "holds weights of another architecture or sizes"),
+    }
+
+
+def test_damaged_checkpoints_get_one_message_in_predict_and_personalize(tmp_path):
+    song = write_audio(tmp_path / "song.wav", 20.0, 22050, 1)
+    for kind, (path, message) in damaged_checkpoints(tmp_path).items():
+        console, buffer = capture()
+        cfg = compose_cli("predict", [f"ckpt={path}", f"inputs=[{song}]", f"out={tmp_path / 'out'}"])
+        assert run_predict(cfg, console) == 2, kind
+        assert message in buffer.getvalue() and "Traceback" not in buffer.getvalue(), buffer.getvalue()
+        console, buffer = capture()
+        cfg = compose_cli(
+            "personalize",
+            [f"ckpt={path}", f"audio=[{song}]", f"annotations=[{tmp_path}]", f"out={tmp_path / 'me.ckpt'}"],
+        )
+        assert run_personalize(cfg, console) == 2, kind
+        assert message in buffer.getvalue(), buffer.getvalue()
+
+
+def test_damaged_checkpoints_in_training_and_another_architecture_named(tiny_store, tmp_path):  # noqa: F811
+    """init_from / ckpt_path (test only and resume) with each damaged kind: CheckpointError (exit 2 in the
+    commands); a checkpoint of another width in train=false names the sizes and the config field."""
+    cases = damaged_checkpoints(tmp_path)
+    for kind, (path, message) in cases.items():
+        for overrides in ([f"init_from={path}"], ["train=false", f"ckpt_path={path}"], [f"ckpt_path={path}"]):
+            with pytest.raises(CheckpointError, match=message):
+                run(
+                    train_config(
+                        tiny_store, tmp_path / f"run_{kind}_{len(overrides)}", [*DMER_TINY, *overrides]
+                    )
+                )
+    wide = save_network(tmp_path / "wide.ckpt", tiny_net(hidden_size=32), features=FeatureConfig().to_dict())
+    run_cfg = train_config(
+        tiny_store, tmp_path / "run_wide", [*DMER_TINY, "train=false", f"ckpt_path={wide}"]
+    )
+    with pytest.raises(
+        CheckpointError, match=r"another architecture.*model.hidden_size: run \d+ vs checkpoint 32"
+    ):
+        run(run_cfg)
+    assert issubclass(CheckpointError, expected_errors())
+
+
+def test_eval_reports_a_truncated_checkpoint_in_one_line(tiny_store, tmp_path):  # noqa: F811
+    path, message = damaged_checkpoints(tmp_path)["truncated"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsaml.cli.evaluate",
+            f"ckpt_path={path}",
+            "data=synthetic",
+            f"paths.store={tiny_store}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr

@@ -30,7 +30,7 @@ from dsaml.data.validation import ConfigError
 from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.meta.calibration import Calibration
 from dsaml.models import DSAMLConfig, DSAMLNet
-from dsaml.models.checkpoint import load_network
+from dsaml.models.checkpoint import CheckpointError, load_network
 
 # What the user tools (dsaml-predict, dsaml-personalize) use unless told otherwise; chosen from the
 # accuracy/time table of experiments/benchmarks/bench_stride.py (README, "Whole-song prediction stride").
@@ -38,10 +38,6 @@ from dsaml.models.checkpoint import load_network
 # curves 0.0023 (mean |difference|) from stride 1 + "weighted", at a tenth of the windows.
 DEFAULT_STRIDE = 10
 DEFAULT_STITCH = "weighted"
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be used on raw audio (not a dsaml model, or it needs an external encoder)."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +98,7 @@ class Predictor:
         unpickling, or cannot run on raw audio."""
         path = Path(path)
         resolved = resolve_device(device)
-        try:
-            net, cfg, hparams = load_network(path, map_location=resolved, trust=trust)
-        except ValueError as error:  # load_network names what the file is instead
-            raise CheckpointError(str(error)) from error
+        net, cfg, hparams = load_network(path, map_location=resolved, trust=trust)
         check_raw_audio_model(cfg, path)
         window = window_of(hparams, path)
         stored = dict(hparams.get("features") or {})

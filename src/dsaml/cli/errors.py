@@ -21,13 +21,13 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from dsaml.data.audio import AudioDecodeError
     from dsaml.data.catalogue import DataError
     from dsaml.data.store import StoreError
-    from dsaml.models.checkpoint import UnsafeCheckpointError
+    from dsaml.models.checkpoint import CheckpointError
 
     return (
         ConfigError,
         DataError,
         StoreError,
-        UnsafeCheckpointError,
+        CheckpointError,  # and UnsafeCheckpointError
         AudioDecodeError,
         OmegaConfBaseException,  # missing mandatory value (???), bad interpolation, type errors
         OSError,  # missing / unreadable / read-only / existing paths, truncated files
@@ -39,7 +39,6 @@ def _extra_expected() -> tuple[type[BaseException], ...]:
     """Expected errors of modules with heavy imports (torch, Lightning), only when they are loaded."""
     found: list[type[BaseException]] = []
     for module, name in (
-        ("dsaml.predictor", "CheckpointError"),
         ("dsaml.personalize", "AnnotationError"),
         ("dsaml.training.module", "NonFiniteLossError"),
         ("dsaml.training.resume", "RunDirectoryError"),

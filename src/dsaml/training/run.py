@@ -26,7 +26,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.validation import ConfigError
 from dsaml.models import DSAMLConfig
-from dsaml.models.checkpoint import load_network, read_torch_file
+from dsaml.models.checkpoint import (
+    CheckpointError,
+    check_weights,
+    differing_model_fields,
+    load_network,
+    read_torch_file,
+)
 from dsaml.training.config import TaskConfig, validate_train_config
 from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
@@ -168,10 +174,6 @@ def build(cfg: DictConfig) -> Job:
     return Job(cfg, task, datamodule, module, trainer)
 
 
-# network options that do not change the weights' shapes or meaning
-RUNTIME_MODEL_KEYS = ("impl", "cnn_kernel", "dropout")
-
-
 def trusted(cfg: DictConfig) -> bool:
     """`trust_checkpoint=true`: the user vouches for the checkpoints of this run (they may be unpickled)."""
     return bool(cfg.get("trust_checkpoint", False))
@@ -181,11 +183,11 @@ def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str,
     """`init_from`: copy a dsaml checkpoint's network weights into `module.net` (fails, naming the keys,
     when the checkpoint's network is configured differently)."""
     net, source_cfg, _ = load_network(path, trust=trust)
-    ours, theirs = model_cfg.to_dict(), source_cfg.to_dict()
-    differ = sorted(k for k in ours if k not in RUNTIME_MODEL_KEYS and ours[k] != theirs.get(k))
+    differ = differing_model_fields(model_cfg.to_dict(), source_cfg.to_dict())
     if differ:
-        details = ", ".join(f"model.{k}: run {ours[k]!r} vs checkpoint {theirs.get(k)!r}" for k in differ)
-        raise ConfigError(f"init_from={path}: the checkpoint's network differs from this run's ({details})")
+        raise ConfigError(
+            f"init_from={path}: the checkpoint's network differs from this run's ({', '.join(differ)})"
+        )
     module.net.load_state_dict(net.state_dict())
     log.info("initial weights from %s", path)
 
@@ -193,10 +195,27 @@ def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str,
 def load_tested_weights(module: DSAMLModule, path: str | Path, trust: bool = False) -> None:
     """The network weights of checkpoint `path` and the calibration prior estimated for them, into `module`
     (its in-memory prior belongs to the last validated weights, not necessarily these)."""
-    net, _, hparams = load_network(path, trust=trust)
+    net, cfg, hparams = load_network(path, trust=trust)
+    check_weights(module.net, net.state_dict(), path, module.model_cfg.to_dict(), cfg.to_dict())
     module.net.load_state_dict(net.state_dict())
     if hparams.get("calibration_prior") is not None:
         module.hparams.calibration_prior = hparams["calibration_prior"]
+
+
+def check_resumable(module: DSAMLModule, resume: Any, path: str) -> None:
+    """CheckpointError unless `resume` (read from `path`) is a dsaml training checkpoint whose weights fit
+    `module` (a replaced last.ckpt, another model)."""
+    hparams = resume.get("hyper_parameters") if isinstance(resume, dict) else None
+    if isinstance(hparams, dict) and isinstance(resume.get("state_dict"), dict):
+        theirs = hparams.get("model")
+        ours = module.model_cfg.to_dict()
+        check_weights(
+            module, resume["state_dict"], path, ours, dict(theirs) if isinstance(theirs, dict) else None
+        )
+        if "epoch" in resume:
+            return
+    what = f"keys {sorted(map(str, resume))[:6]}" if isinstance(resume, dict) else type(resume).__name__
+    raise CheckpointError(f"{path} is not a dsaml training checkpoint to resume from ({what})")
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -230,6 +249,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         with warnings.catch_warnings():
             if resume is not None:  # the run's own folder: its checkpoints and metrics are meant to be there
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                check_resumable(job.module, resume, ckpt)
                 preserve_metrics_csv(trainer, checkpoint_epoch(resume))
             trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=not trusted(cfg))
     elif ckpt is not None:
