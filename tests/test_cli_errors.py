@@ -141,3 +141,37 @@ def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
         result = command(module, "data=synthetic", *extra, f"hydra.run.dir={taken}", cwd=tmp_path)
         assert_short_error(result, "already holds a run's results (checkpoints)", "overwrite=true")
         assert (taken / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"
+
+
+def test_command_line_values_are_type_checked_before_any_folder(tmp_path):
+    """trainer.max_epochs=abc used to fail inside Lightning (AssertionError) after creating csv/ in the run
+    folder, which then blocked reruns; seed=abc an int() traceback."""
+    run_dir = tmp_path / "run"
+    assert_short_error(
+        command("train", "trainer.max_epochs=abc", f"hydra.run.dir={run_dir}", cwd=tmp_path),
+        "trainer.max_epochs='abc': expected a number (default 50)",
+    )
+    assert not run_dir.exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("train", ["seed=abc"], "seed='abc': expected a number (default 0)"),
+        ("train", ["task.lr=fast"], "task.lr='fast': expected a number"),
+        ("train", ["test=maybe"], "test='maybe': expected true or false (default True)"),
+        ("predict", ["ckpt=x", "inputs=[a]", "plot=3"], "plot=3: expected true or false"),
+        ("train", ["trainer.devices=auto", "seed=7", "trainer.limit_train_batches=0.5"], None),
+    ],
+)
+def test_value_types_against_the_defaults(name, args, message, capsys):
+    from dsaml.cli.overrides import check_overrides
+
+    if message is None:  # words where Lightning takes them, numbers where numbers are expected: accepted
+        args = [a.replace("trainer.limit", "+trainer.limit") for a in args]
+        check_overrides(name, f"dsaml-{name}", args)
+        return
+    with pytest.raises(SystemExit) as caught:
+        check_overrides(name, f"dsaml-{name}", args)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err

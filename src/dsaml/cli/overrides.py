@@ -1,14 +1,16 @@
-"""Hydra's override errors caught before a job starts: one line naming the keys or options allowed, exit 2."""
+"""Hydra's override errors and values of the wrong type caught before a job starts (nothing created yet): one
+line naming the keys or options allowed, exit 2."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from dsaml.cli.errors import EXIT_USAGE, run_guarded
-from dsaml.config import CONFIG_DIR
+from dsaml.config import CONFIG_DIR, ConfigError
 
 
 def check_overrides(
@@ -19,8 +21,9 @@ def check_overrides(
 ) -> None:
     """Compose `config_name` with the command line's overrides before Hydra runs the job; a Hydra
     composition error (unknown key, unknown option of a group, bad syntax) exits 2 naming what is allowed.
-    `before_start(cfg)` (cfg with its `hydra` node) may refuse the job the same way (an expected error)
-    before Hydra writes anything. Skipped for multirun sweeps and Hydra's own flags (--help, --cfg, ...)."""
+    A value of the wrong type for its key (`check_value_types`) is refused the same way. `before_start(cfg)`
+    (cfg with its `hydra` node) may refuse the job the same way (an expected error) before Hydra writes
+    anything. Skipped for multirun sweeps and Hydra's own flags (--help, --cfg, ...)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -36,10 +39,42 @@ def check_overrides(
                 message = _explain_override_error(config_name, list(args), error, compose)
                 print(f"{command}: error: {message}", file=sys.stderr)
                 sys.exit(EXIT_USAGE)
+            run_guarded(command, lambda: check_value_types(config_name, list(args), compose))
             if before_start is not None:
                 run_guarded(command, lambda: before_start(cfg))
     finally:
         GlobalHydra.instance().clear()
+
+
+TEXT_ALLOWED = ("trainer.devices",)  # numeric defaults that also take words (devices=auto)
+
+
+def check_value_types(config_name: str, args: list[str], compose: Callable[..., DictConfig]) -> None:
+    """ConfigError naming the key when a command-line value does not have its default's type: a number
+    where the default is a number (trainer.max_epochs=abc, seed=abc), true/false where it is a flag. Nulls,
+    strings, lists and config group choices are left to the commands' own checks."""
+    composed = compose(config_name, overrides=args, return_hydra_config=True)
+    given: dict[str, Any] = {}
+    for arg in args:
+        key, sep, _ = arg.partition("=")
+        key = key.lstrip("+~")
+        if sep and "/" not in key and not key.startswith("hydra."):
+            value = OmegaConf.select(composed, key, throw_on_resolution_failure=False)
+            if not OmegaConf.is_config(value):
+                given[key] = value
+    if not given:
+        return
+    rest = [a for a in args if a.partition("=")[0].lstrip("+~") not in given]
+    defaults = compose(config_name, overrides=rest, return_hydra_config=True)
+    for key, value in given.items():
+        default = OmegaConf.select(defaults, key, default=None, throw_on_resolution_failure=False)
+        if value is None or default is None or key in TEXT_ALLOWED:
+            continue
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false (default {default})")
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{key}={value!r}: expected a number (default {default})")
 
 
 def _explain_override_error(
