@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsaml.training.resume import RunDirectoryError
+from dsaml.training.resume import RunDirectoryError, changed_run_settings
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, tiny_store, train_config  # noqa: F401
 
@@ -84,3 +84,19 @@ def test_resume_drops_rows_of_an_epoch_the_checkpoint_does_not_hold(tiny_store, 
     after = _rows(tmp_path)
     assert after[: len(rows)] == rows
     assert all(r["step"] != "999" for r in after) and {r["epoch"] for r in after} == {"0", "1"}
+
+
+def test_resume_refuses_changed_run_defining_settings(tiny_store, tmp_path):  # noqa: F811
+    """ckpt_path=last task.lr=0.01 task.batch_size=2 used to resume silently, the recorded config then
+    claiming the new values for every epoch; test-only settings (eval_stride, stitch) may change."""
+    from dsaml.config import ConfigError
+
+    run(train_config(tiny_store, tmp_path, [*DMER_TINY, "trainer.max_epochs=1", "test=false"]))
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    changed = [*DMER_TINY, "trainer.max_epochs=2", "ckpt_path=last", "task.lr=0.01", "task.batch_size=2"]
+    with pytest.raises(ConfigError, match=r"task.batch_size: run 4, now 2; task.lr: run 5e-05, now 0.01"):
+        run(train_config(tiny_store, tmp_path, changed))
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+    stored = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    test_only = {**stored, "task": {**stored["task"], "eval_stride": 5, "stitch": "weighted"}}
+    assert changed_run_settings(stored, test_only) == []  # how the run is tested may change

@@ -13,6 +13,8 @@
   epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order. Test items
   are reseeded from (seed, item index) the same way.
 - `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
+- `check_resumed_settings`: a resume may not change what defines the run (model, task, features), only how
+  it is tested.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from dsaml.config import check_output_folder
+from dsaml.config import ConfigError, check_output_folder
 
 RUN_OUTPUTS = ("checkpoints", "csv", "results.json", "results.md", "wandb")
 
@@ -65,6 +67,42 @@ def refuse_taken_run_directory(cfg: Any) -> None:
         raise RunDirectoryError(
             f"run folder {out} already holds a run's results ({', '.join(found)}); resume it with "
             "ckpt_path=last, pass overwrite=true to replace them, or choose another hydra.run.dir"
+        )
+
+
+# task keys that only change how the run is tested, never what it trains: a resumed run may change them
+TEST_ONLY_TASK_KEYS = (
+    "test_protocols",
+    "stitch",
+    "eval_stride",
+    "eval_batch_size",
+    "eval_inner_steps",
+    "adaptation",
+)
+
+
+def changed_run_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The run-defining hyper-parameters (model, task without TEST_ONLY_TASK_KEYS, features) whose value in
+    `current` differs from the checkpoint's `stored` ones, as "task.lr: run 5e-05, now 0.01" (keys present in
+    both only, so checkpoints of older versions without a newer key still resume)."""
+    changes = []
+    for group, free in (("model", ("impl",)), ("task", TEST_ONLY_TASK_KEYS), ("features", ())):
+        old, new = stored.get(group) or {}, current.get(group) or {}
+        for key in sorted(set(old) & set(new) - set(free)):
+            if old[key] != new[key]:
+                changes.append(f"{group}.{key}: run {old[key]!r}, now {new[key]!r}")
+    return changes
+
+
+def check_resumed_settings(stored: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """ConfigError naming the changed keys when a resume (checkpoint `path`) changes what defines the run:
+    its recorded config would otherwise claim the new values for every epoch."""
+    changes = changed_run_settings(stored, current)
+    if changes:
+        raise ConfigError(
+            f"ckpt_path={path}: resuming with other run-defining settings than the run was trained with "
+            f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}); resume without them, or start "
+            "a new run in another hydra.run.dir (init_from=<checkpoint> starts from its weights)"
         )
 
 

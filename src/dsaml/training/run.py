@@ -38,6 +38,7 @@ from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
     RunDirectoryError,
     StepSeed,
+    check_resumed_settings,
     checkpoint_epoch,
     checkpoint_in_run,
     claim_run_directory,
@@ -213,6 +214,7 @@ def check_resumable(module: DSAMLModule, resume: Any, path: str) -> None:
             module, resume["state_dict"], path, ours, dict(theirs) if isinstance(theirs, dict) else None
         )
         if "epoch" in resume:
+            check_resumed_settings(hparams, dict(module.hparams), path)
             return
     what = f"keys {sorted(map(str, resume))[:6]}" if isinstance(resume, dict) else type(resume).__name__
     raise CheckpointError(f"{path} is not a dsaml training checkpoint to resume from ({what})")
