@@ -240,3 +240,19 @@ def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path
     assert song["n"] == clip["n"] and song["average"] != clip["average"]
     with pytest.raises(ValueError, match=r"cross_support='half' is not one of clip, song"):
         evaluate(eval_config(tiny_store, tmp_path / "bad", ckpt, *base, "+overrides.cross_support=half"))
+
+
+def test_eval_refuses_a_store_of_another_dataset(tiny_store, tmp_path):  # noqa: F811
+    """dsaml-eval data=pmemo on the synthetic store used to run and label the run pmemo."""
+    from app_fixtures import save_tiny_ckpt
+    from dsaml.config import ConfigError
+
+    ckpt = save_tiny_ckpt(tmp_path / "m.ckpt")
+    cfg = compose_config(
+        "eval", [f"ckpt_path={ckpt}", "task=dmer", "data=pmemo", f"paths.store={tiny_store}"], tmp_path / "e"
+    )
+    with pytest.raises(
+        ConfigError, match=r"holds the dataset 'synthetic', not data=pmemo: pass data=synthetic"
+    ):
+        evaluate(cfg)
+    assert not (tmp_path / "e" / "results.json").exists()

@@ -134,14 +134,21 @@ def validated(cfg: DictConfig) -> TaskConfig:
 def check_store(
     cfg: DictConfig, wanted: dict[str, Any] | None = None, asked_by: str = "data.features"
 ) -> None:
-    """Before any work: the store passes its cheap verification and was made with the feature settings
-    `wanted` (default: this config's data.features); ConfigError naming the settings that differ."""
+    """Before any work: the store passes its cheap verification, holds the dataset `data` names and was made
+    with the feature settings `wanted` (default: this config's data.features); ConfigError naming what
+    differs."""
     from dsaml.data.features import FeatureConfig
     from dsaml.data.store import FeatureStore
 
     with FeatureStore(str(cfg.paths.store)) as store:
         store.verify()
         stored = store.feature_config
+        dataset = store.dataset
+    if dataset != cfg.data.name:
+        raise ConfigError(
+            f"paths.store={cfg.paths.store} holds the dataset {dataset!r}, not data={cfg.data.name}: pass "
+            f"data={dataset}, or the store dsaml-preprocess data={cfg.data.name} made"
+        )
     if wanted is None:
         features = cfg.data.get("features")
         wanted = FeatureConfig.from_mapping(
