@@ -379,3 +379,10 @@ def test_an_unwritable_out_is_found_before_any_work(tiny_ckpt, listener, tmp_pat
         and "personalising" not in text
         and "chosen" not in text
     )
+
+
+def test_negative_times_are_refused(tmp_path):
+    """Times from -5 s used to be accepted and interpolated as given (a curve offset from its audio)."""
+    early = write_simple_csv(tmp_path / "early.csv", np.arange(-5.0, 30.0, 0.5), np.zeros(70), np.zeros(70))
+    with pytest.raises(AnnotationError, match=r"early.csv, row 2: time -5 s is negative; times are seconds"):
+        read_simple_csv(early, FEATURES)
