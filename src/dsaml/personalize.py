@@ -130,7 +130,8 @@ def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
         raise AnnotationError(f"{path}: {len(time)} data row(s); need at least two (time, arousal, valence)")
     if time[0] < 0:
         raise AnnotationError(
-            f"{path}, row {rows_of[0]}: time {time[0]:g} s is negative; times are seconds from the song's start"
+            f"{path}, row {rows_of[0]}: time {time[0]:g} s is negative; times are seconds from the song's "
+            "start"
         )
     back = np.flatnonzero(np.diff(time) <= 0)
     if len(back):
