@@ -77,3 +77,27 @@ def test_wandb_offline_run_logs_the_results_and_attention_maps(tiny_store, tmp_p
         n_test = len(store.song_ids("test"))
     assert rows[0]["n"] == n_test == 3
     assert len(list((media / "images" / "test").glob("curves_*.png"))) == n_test
+
+
+def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsys):
+    """task.lr=0.001,-1,0.002,-3: job #1 used to fail only when it started, after job #0 trained, and job #3
+    was never reported. Now the command ends before any job, naming the first bad job and the others."""
+    import pytest
+
+    from dsaml.cli.overrides import check_sweep
+    from dsaml.cli.train import validate_job
+
+    store = tmp_path / "store.h5"  # the jobs' checks need the file to exist (nothing reads it here)
+    store.write_bytes(b"")
+    args = ["-m", *TINY, *DMER_TINY, f"paths.store={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    with pytest.raises(SystemExit) as caught:
+        check_sweep("train", "dsaml-train", [*args, "task.lr=0.001,-1,0.002,-3", "seed=0"], validate_job)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "dsaml-train: error: job #1 (task.lr=-1): task.lr=-1: expected a positive number"
+    assert err[1] == "  no job was started (4 jobs checked; invalid too: job #3)"
+    with pytest.raises(SystemExit):
+        check_sweep("train", "dsaml-train", [*args, "seed=0,abc"], validate_job)
+    assert "job #1 (seed=abc): seed='abc': expected a number" in capsys.readouterr().err
+    check_sweep("train", "dsaml-train", [*args, "task.lr=0.001,0.002"], validate_job)  # valid: no exit
+    assert not (tmp_path / "sweep").exists()

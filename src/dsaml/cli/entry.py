@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dsaml.cli.errors import run_guarded
-from dsaml.cli.overrides import check_overrides
+from dsaml.cli.overrides import check_overrides, check_sweep
 from dsaml.config import CONFIG_PATH
 
 
@@ -39,12 +39,14 @@ def hydra_command(
     quiet: Sequence[str] = (),
     returns_value: bool = False,
     before_start: Callable[[DictConfig], None] | None = None,
+    validate_job: Callable[[DictConfig], Any] | None = None,
 ) -> Callable[[], Any]:
     """A console-script `main` for `run(cfg)`, named dsaml-<config_name> in its messages.
 
     `run` returns an exit code (0 or None: success), or with `returns_value` a value handed back to Hydra
     (what sweepers optimise). `quiet`: loggers that show errors only (the command summarises them).
-    `before_start`: see `check_overrides`."""
+    `before_start`: see `check_overrides`. `validate_job(cfg)`: the command's config check, run on every job
+    of a multirun sweep before the first starts (`check_sweep`)."""
     command = f"dsaml-{config_name}"
 
     def task(cfg: DictConfig) -> Any:
@@ -63,6 +65,7 @@ def hydra_command(
     def main() -> Any:
         if "HYDRA_FULL_ERROR" not in os.environ:
             check_overrides(config_name, command, sys.argv[1:], before_start)
+            check_sweep(config_name, command, sys.argv[1:], validate_job)
         return hydra_main()
 
     main.__doc__ = run.__doc__

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dsaml.cli.errors import EXIT_USAGE, run_guarded
+from dsaml.cli.errors import EXIT_USAGE, error_lines, expected_errors, run_guarded
 from dsaml.config import CONFIG_DIR, ConfigError
 
 
@@ -47,6 +47,60 @@ def check_overrides(
 
 
 TEXT_ALLOWED = ("trainer.devices",)  # numeric defaults that also take words (devices=auto)
+
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def check_sweep(
+    config_name: str,
+    command: str,
+    args: Sequence[str],
+    validate: Callable[[DictConfig], Any] | None = None,
+) -> None:
+    """Before a multirun (`-m`) starts its first job: compose every job of the command-line sweep
+    (task.lr=0.001,-1,0.002 -> 3 jobs) and check its value types and `validate(cfg)`; any invalid job ends
+    the command (exit 2) naming the job and the other invalid ones, so no job runs. Other sweepers
+    (hydra/sweeper=optuna) choose their jobs while running and are left to the jobs' own checks."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not any(arg in MULTIRUN_FLAGS for arg in args):
+        return
+    rest = [arg for arg in args if not arg.startswith("-")]
+    if len(rest) < len(args) - 1 or any(
+        a.startswith("hydra/sweeper=") and a != "hydra/sweeper=basic" for a in rest
+    ):
+        return  # other Hydra flags (--cfg, -c, ...), or a sweeper that is not the command-line grid
+    try:
+        parsed = OverridesParser.create().parse_overrides(rest)
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    swept_keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    failures: list[str] = []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            for number, job in enumerate(jobs):
+                swept = " ".join(a for a in job if a.partition("=")[0] in swept_keys)
+                try:
+                    check_value_types(config_name, job, compose)
+                    if validate is not None:
+                        validate(compose(config_name, overrides=job))
+                except (HydraException, *expected_errors()) as error:
+                    message = error_lines("", error).split(": error: ", 1)[1].replace("\n  ", " ")
+                    failures.append(f"job #{number} ({swept or 'no swept values'}): {message}")
+    finally:
+        GlobalHydra.instance().clear()
+    if failures:
+        others = f"; invalid too: {', '.join(f.split(' (')[0] for f in failures[1:])}" if failures[1:] else ""
+        print(f"{command}: error: {failures[0]}", file=sys.stderr)
+        print(f"  no job was started ({len(jobs)} jobs checked{others})", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def check_value_types(config_name: str, args: list[str], compose: Callable[..., DictConfig]) -> None:

@@ -21,7 +21,16 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(str(cfg.task.monitor))
 
 
-main = hydra_command("train", train, returns_value=True, before_start=refuse_taken_run_directory)
+def validate_job(cfg: DictConfig) -> None:
+    """The training config checks of one job (a multirun checks every job with them before the first)."""
+    from dsaml.training.run import validated
+
+    validated(cfg)
+
+
+main = hydra_command(
+    "train", train, returns_value=True, before_start=refuse_taken_run_directory, validate_job=validate_job
+)
 
 
 if __name__ == "__main__":
