@@ -172,3 +172,57 @@ def test_dsaml_report_command_writes_tables_json_and_plot(tmp_path):
     assert code == 2 and "is not a folder" in text
     code, text = run()
     assert code == 2 and "runs is required" in text
+
+
+def _report(tmp_path, *overrides: str) -> tuple[int, str, str]:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from app_fixtures import capture
+    from dsaml.cli import report
+    from dsaml.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("report", overrides=[f"out={tmp_path / 'out'}", *overrides])
+    (out, out_text), (err, err_text) = capture(), capture()
+    return report.run(cfg, out, err), out_text.getvalue(), err_text.getvalue()
+
+
+def test_report_skips_unusable_results_naming_them_on_stderr(tmp_path):
+    """A truncated or empty results.json aborted the whole report without naming the file, a wrong value type
+    gave a traceback, and the errors went to stdout."""
+    runs = tmp_path / "runs"
+    for seed, value in enumerate((0.5, 0.7)):
+        (runs / f"seed_{seed}").mkdir(parents=True)
+        (runs / f"seed_{seed}" / "results.json").write_text(json.dumps(results({"within": value}, {})))
+    bad = {"truncated": '{"rows": [{"protocol": "within", "aver', "empty": ""}
+    wrong = results({"within": 0.6}, {})
+    wrong["rows"][0]["average"] = "high"
+    bad["typed"] = json.dumps(wrong)
+    for name, text in bad.items():
+        (runs / name).mkdir()
+        (runs / name / "results.json").write_text(text)
+    code, out, err = _report(tmp_path, f"runs=[{runs}]")
+    assert code == 0, err
+    assert f"skipped {runs / 'empty' / 'results.json'}: not readable as JSON (empty or truncated?" in err
+    assert f"skipped {runs / 'truncated' / 'results.json'}: not readable as JSON" in err
+    assert f"skipped {runs / 'typed' / 'results.json'}: rows[0].average = 'high' is not a number" in err
+    assert "skipped" not in out
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(written["runs"]) == 2 and written["scores"][0]["average"] == pytest.approx(0.6)
+    code, out, err = _report(tmp_path, f"runs=[{runs / 'typed'}]", "overwrite=true")
+    assert code == 2 and "no usable results.json under" in err and "rows[0].average" in err and not out
+
+
+def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    runs = tmp_path / "runs" / "seed_0"
+    runs.mkdir(parents=True)
+    (runs / "results.json").write_text(json.dumps(results({"within": 0.5}, {})))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.md").write_text("my notes")
+    code, _, err = _report(tmp_path, f"runs=[{runs}]")
+    assert code == 2 and "report.md' exists and is not a dsaml-report output; pass overwrite=true" in err
+    assert (tmp_path / "out" / "report.md").read_text() == "my notes"
+    assert _report(tmp_path, f"runs=[{runs}]", "overwrite=true")[0] == 0
+    assert _report(tmp_path, f"runs=[{runs}]")[0] == 0  # its own report: replaced

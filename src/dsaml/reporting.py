@@ -225,11 +225,46 @@ def run_label(overrides: Sequence[str]) -> str:
     return " ".join(kept)
 
 
-def find_runs(folders: Iterable[str | Path]) -> list[Run]:
+def results_problem(results: Any) -> str | None:
+    """What makes a parsed results.json unusable (None when it is fine): its structure and value types."""
+    if not isinstance(results, dict) or "rows" not in results or "per_rater" not in results:
+        return "not a dsaml results.json (expected 'rows' and 'per_rater')"
+    for key, numbers in (("rows", (*SCORES, "n")), ("per_rater", ("average", "n"))):
+        entries = results[key]
+        if not isinstance(entries, list):
+            return f"'{key}' is a {type(entries).__name__}, expected a list"
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("protocol"), str):
+                return f"{key}[{index}] is not an object with a 'protocol' name"
+            for name in numbers:
+                value = entry.get(name)
+                if name in entry and (value is not None and not _is_number(value)):
+                    return f"{key}[{index}].{name} = {value!r} is not a number"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results.json -> its dict; ValueError naming the file when it is empty, truncated or malformed."""
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not readable as JSON (empty or truncated? {error})") from None
+    problem = results_problem(results)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    return results
+
+
+def find_runs(folders: Iterable[str | Path], skipped: list[str] | None = None) -> list[Run]:
     """Every results.json under `folders` (a run folder, a multirun sweep folder, or folders of them),
     labelled by its Hydra overrides (seed excluded; else by its folders below the searched one, `seed_<n>`
     folders left out) and seed (from .hydra/config.yaml, else a `seed=` override, else a `seed_<n>` folder,
-    else the searched folder: the runs of one dsaml-demo folder pair with each other)."""
+    else the searched folder: the runs of one dsaml-demo folder pair with each other). A file that cannot be
+    used raises ValueError naming it, or with a `skipped` list is left out, its reason appended there."""
     runs = []
     for folder in folders:
         folder = Path(folder)
@@ -246,12 +281,17 @@ def find_runs(folders: Iterable[str | Path]) -> list[Run]:
                 seed = seeds[-1]
             named = "/".join(part for part in parts if not SEED_FOLDER.fullmatch(part)) or folder.name
             label = run_label(overrides) if overrides else named
-            results = json.loads(path.read_text())
-            if not isinstance(results, dict) or "rows" not in results or "per_rater" not in results:
-                raise ValueError(f"{path}: not a dsaml results.json (expected 'rows' and 'per_rater')")
+            try:
+                results = read_results(path)
+            except ValueError as error:
+                if skipped is None:
+                    raise
+                skipped.append(str(error))
+                continue
             runs.append(Run(label, str(folder) if seed is None else seed, results, path))
     if not runs:
-        raise FileNotFoundError(f"no {RESULTS_FILE} under {', '.join(map(str, folders))}")
+        usable = f"no usable {RESULTS_FILE}" if skipped else f"no {RESULTS_FILE}"
+        raise FileNotFoundError(f"{usable} under {', '.join(map(str, folders))}")
     return runs
 
 

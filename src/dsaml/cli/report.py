@@ -3,7 +3,9 @@
 dsaml-report runs=[outputs/multirun/2026-12-01/10-00-00]      # scores: mean ± 95% interval over seeds
 dsaml-report runs=[sweep/] baseline="experiment=dmer_synthetic" corpus=data/synthetic/demo   # + gains
 
-Writes <out>/report.md, <out>/report.json and, with a baseline, <out>/gains.png.
+Writes <out>/report.md, <out>/report.json and, with a baseline, <out>/gains.png (an existing file there that
+dsaml-report did not write needs overwrite=true). A results.json that cannot be used (empty, truncated,
+values of the wrong type) is skipped with a warning naming it; errors and warnings go to stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from rich.console import Console
 from dsaml import reporting
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
+from dsaml.config import check_flag
 from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.outputs import atomic_output, check_output, record_output
+
+OUTPUTS = ("report.md", "report.json", "gains.png")
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,10 @@ class ReportConfig:
     out: str
     baseline: str | None = None
     corpus: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
+        check_flag("overwrite", self.overwrite)
         if not isinstance(self.runs, list) or not self.runs:
             raise ConfigError(
                 f"runs={self.runs!r}: expected a list of folders, e.g. runs=[outputs/multirun/X]"
@@ -43,33 +51,38 @@ class ReportConfig:
             raise ConfigError(f"corpus={self.corpus!r} is not a folder (a dsaml-synth corpus)")
 
 
-def run(cfg: DictConfig, console: Console) -> int:
-    """Read the runs, print and write the tables; returns the exit code (2: bad input, named)."""
+def run(cfg: DictConfig, console: Console, errors: Console | None = None) -> int:
+    """Read the runs, print the tables on `console` and write them; errors and warnings (a results.json
+    that cannot be used is skipped, named) go to `errors` (default: `console`). Returns the exit code
+    (2: bad input, named)."""
+    errors = errors or console
+    skipped: list[str] = []
     try:
         config = from_mapping(ReportConfig, plain_options(cfg), "dsaml-report")
-        runs = reporting.find_runs(config.runs)
+        out = Path(config.out)
+        for name in OUTPUTS:
+            check_output("out", out / name, "report", overwrite=config.overwrite)
+        runs = reporting.find_runs(config.runs, skipped)
         kinds = reporting.rater_kinds(config.corpus)
         gains = reporting.paired_gains(runs, config.baseline, kinds) if config.baseline else ([], {})
     except MissingMandatoryValue as error:
-        console.print(
-            f"[red]dsaml-report:[/red] {error.full_key} is required, e.g. runs=[outputs/multirun/X]"
-        )
+        errors.print(f"[red]dsaml-report:[/red] {error.full_key} is required, e.g. runs=[outputs/multirun/X]")
         return 2
     except (ConfigError, ValueError, FileNotFoundError) as error:
-        console.print(f"[red]dsaml-report:[/red] {error}", highlight=False)
+        _skipped(errors, skipped)
+        errors.print(f"[red]dsaml-report:[/red] {error}", highlight=False)
         return 2
+    _skipped(errors, skipped)
     scores = reporting.score_table(runs)
     sections = [("Scores: mean ± 95% interval over seeds", reporting.score_rows(scores))]
     if config.baseline:
         title = f"Per-rater gain in the average score vs {config.baseline} (same protocol, pairs and seed)"
         sections.append((title, reporting.gain_rows(gains[0])))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     text = [f"# dsaml-report of {', '.join(config.runs)}", f"{len(runs)} runs."]
     for title, (header, rows) in sections:
         console.print(reporting.rich_table(title, header, rows))
         text += ["", f"## {title}", "", reporting.markdown(header, rows)]
-    (out / "report.md").write_text("\n".join(text) + "\n")
+    write_output(out / "report.md", "\n".join(text) + "\n")
     report = {"runs": [str(r.path) for r in runs], "scores": scores, "baseline": config.baseline}
     if config.baseline:
         from dsaml.plots import plot_gain_intervals
@@ -78,12 +91,24 @@ def run(cfg: DictConfig, console: Console) -> int:
         plot_gain_intervals(
             out / "gains.png", gains[0], f"Per-rater gain vs {config.baseline} (95% interval)"
         )
-    (out / "report.json").write_text(json.dumps(reporting.finite(report), indent=2))
+        record_output(out / "gains.png", "report")
+    write_output(out / "report.json", json.dumps(reporting.finite(report), indent=2))
     console.print(f"report -> {out / 'report.md'}", highlight=False)
     return 0
 
 
-main = hydra_command("report", lambda cfg: run(cfg, Console()))
+def write_output(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    record_output(path, "report")
+
+
+def _skipped(errors: Console, skipped: list[str]) -> None:
+    for reason in skipped:
+        errors.print(f"[yellow]dsaml-report: skipped[/yellow] {reason}", highlight=False, markup=True)
+
+
+main = hydra_command("report", lambda cfg: run(cfg, Console(), Console(stderr=True)))
 
 
 if __name__ == "__main__":
