@@ -128,7 +128,11 @@ def test_convert_wrong_shapes_and_existing_output(tmp_path, capsys):
     out = tmp_path / "exists.ckpt"
     out.write_text("keep me")
     assert convert_main([str(original), str(out), "num_attention_heads=2", "origin_feature_dim=16"]) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+    err = capsys.readouterr().err
+    assert (
+        "exists and is not a dsaml-convert checkpoint; pass --overwrite" in err
+        and out.read_text() == "keep me"
+    )
 
 
 def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
@@ -175,3 +179,32 @@ def test_value_types_against_the_defaults(name, args, message, capsys):
         check_overrides(name, f"dsaml-{name}", args)
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_convert_options_after_flags_and_ignored_intermediate_size(tmp_path, capsys):
+    """`dsaml-convert in out --overwrite k=v` was rejected for its order; intermediate_size was silently
+    ignored (a size error followed); an output that is the input is refused even with --overwrite."""
+    original = tmp_path / "original.pt"
+    torch.save(state_dict_to_original(tiny_net(global_context="precomputed:imagebind")), original)
+    out = tmp_path / "out.ckpt"
+    options = ["num_attention_heads=2", "origin_feature_dim=16", "num_hidden_layers=1", "ffn_size=16"]
+    out.write_text("old")
+    assert convert_main([str(original), str(out), "--overwrite", *options]) == 0, capsys.readouterr().err
+    assert convert_main([str(original), str(out), *options]) == 0  # an earlier dsaml-convert output
+    assert convert_main([str(original), str(out), "--overwrite", "intermediate_size=16", *options]) == 2
+    err = capsys.readouterr().err
+    assert "option 'intermediate_size' would be ignored" in err and "ffn_size=<width>" in err
+    before = original.read_bytes()
+    assert convert_main([str(original), str(original), "--overwrite", *options]) == 2
+    assert "is also the input IN.pt" in capsys.readouterr().err and original.read_bytes() == before
+
+
+def test_an_unquoted_space_in_a_value_gets_the_quoting_hint(capsys):
+    from dsaml.cli.overrides import check_overrides
+
+    with pytest.raises(SystemExit) as caught:
+        check_overrides("predict", "dsaml-predict", ["ckpt=x", "inputs=[a]", "out=my", "folder"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "Error parsing override 'folder': no '=': quote a value with spaces" in err
+    assert '"out=my folder"' in err

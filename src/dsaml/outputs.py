@@ -41,10 +41,12 @@ def check_output(
     kind: str,
     inputs: Mapping[str, str | Path | None] | None = None,
     overwrite: bool = False,
+    opt_in: str = "overwrite=true",
 ) -> Path:
     """Check, before any work and creating nothing, that `path` may be written as a `kind` output
     (DESCRIPTIONS) -> the path. ConfigError naming `key` when it is a folder, one of `inputs` (name -> path),
-    in an unwritable folder, or an existing file of another kind without `overwrite`."""
+    in an unwritable folder, or an existing file of another kind without `overwrite` (the message names the
+    command's `opt_in` for it)."""
     path = Path(path)
     for name, given in (inputs or {}).items():
         if given is not None and _same_file(path, Path(given)):
@@ -57,8 +59,8 @@ def check_output(
     check_output_folder(f"{key}'s folder", path.parent)
     if path.exists() and not overwrite and not written_as(path, kind):
         raise ConfigError(
-            f"{key}={str(path)!r} exists and is not a {DESCRIPTIONS[kind]}; pass overwrite=true to replace "
-            f"it, or choose another {key}"
+            f"{key}={str(path)!r} exists and is not a {DESCRIPTIONS[kind]}; pass {opt_in} to replace it, "
+            f"or choose another {key}"
         )
     return path
 

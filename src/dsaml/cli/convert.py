@@ -6,7 +6,8 @@ options (origin_feature_dim, num_attention_heads, num_hidden_layers, dropout_rat
 max_position_embeddings, position_embedding_type, local_context_length, global_context_length) or any
 DSAMLConfig field (e.g. global_context=precomputed:imagebind, impl=fast). Values are parsed as YAML scalars.
 IN.pt is read without unpickling (weights only); --trust-checkpoint unpickles it, for files you trust.
-OUT.ckpt must not exist yet unless --overwrite is given.
+An existing OUT.ckpt is replaced only when it is an earlier dsaml-convert output, or with --overwrite; never
+when it is IN.pt.
 """
 
 from __future__ import annotations
@@ -20,20 +21,27 @@ import yaml
 
 from dsaml.cli.entry import plain_command
 from dsaml.cli.errors import report
-from dsaml.data.validation import ConfigError
 from dsaml.models.checkpoint import read_torch_file, save_network
 from dsaml.models.compat import IGNORED_ORIGINAL_OPTIONS, ORIGINAL_OPTIONS, model_from_original
 from dsaml.models.config import DSAMLConfig
+from dsaml.outputs import check_output
 
 
 def parse_options(pairs: list[str]) -> dict:
     """["key=value", ...] -> {key: YAML-parsed value}; unknown keys fail with the allowed ones."""
-    allowed = set(ORIGINAL_OPTIONS) | set(IGNORED_ORIGINAL_OPTIONS) | {f.name for f in fields(DSAMLConfig)}
+    allowed = set(ORIGINAL_OPTIONS) | {f.name for f in fields(DSAMLConfig)}
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"option {pair!r}: expected key=value")
+        if (
+            key in IGNORED_ORIGINAL_OPTIONS
+        ):  # accepted in IN.pt's stored options, where the original ignores it
+            raise ValueError(
+                f"option {key!r} would be ignored (the original's feed-forward is always 2048 wide): set "
+                "ffn_size=<width> for weights of another feed-forward width"
+            )
         if key not in allowed:
             raise ValueError(f"unknown option {key!r}; allowed: {', '.join(sorted(allowed))}")
         options[key] = yaml.safe_load(value) if value else None
@@ -80,14 +88,11 @@ def convert(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trust-checkpoint", action="store_true", help="unpickle IN.pt (can run code: trusted files only)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and flags in any order
     try:
-        if args.output.exists() and not (args.overwrite and args.output.is_file()):
-            raise ConfigError(
-                f"{args.output} already exists; pass --overwrite to replace it, or choose another output"
-                if args.output.is_file()
-                else f"{args.output} is a folder; expected the checkpoint file to write"
-            )
+        check_output(
+            "OUT.ckpt", args.output, "converted", {"IN.pt": args.input}, args.overwrite, "--overwrite"
+        )
         overrides = parse_options(args.options)
         state_dict, stored = read_original(args.input, args.trust_checkpoint)
         net = fit_original(state_dict, {**stored, **overrides})

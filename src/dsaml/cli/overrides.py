@@ -152,6 +152,12 @@ def _explain_override_error(
                 f"{first} {where}: {', '.join(sorted(map(str, node.keys())))} (add a new one with +{key}=...)"
             )
         return f"{first} (add a new key with +{key}=...)"
+    if "missing EQUAL" in str(error) and first.startswith("Error parsing override '"):
+        bad = first.split("'")[1]
+        before = args[args.index(bad) - 1] if bad in args and args.index(bad) > 0 else None
+        if before is not None and "=" in before:  # `out=my folder`: the shell split a value at a space
+            return f"{first}: no '=': quote a value with spaces, the whole override: \"{before} {bad}\""
+        return f"{first}: no '=': expected key=value"
     if "Available options in" in str(error):
         after = str(error).split("Available options in", 1)[1].split("Config search path", 1)[0]
         available = [line.strip() for line in after.splitlines()[1:] if line.strip()]
