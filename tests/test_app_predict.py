@@ -241,15 +241,15 @@ def test_an_output_may_not_be_an_input(tiny_ckpt, songs, tmp_path):
 
 
 def test_a_stride_longer_than_the_window_is_refused(tiny_ckpt, songs, tmp_path):
-    """Stride 100 with a 60-segment window leaves segments 60..69 of the long song in no window (they were
-    NaN, and the JSON invalid)."""
+    """Stride 100 with a 60-segment window: windows at 0, 100, 140 of a 200-segment song leave segments
+    60..99 in no window (they were NaN, and the JSON invalid). Refused for every song, before any audio."""
     code, text = predict(tiny_ckpt, [str(songs["long"])], tmp_path / "out", "stride=100")
     assert code == 2
     assert "stride=100 is longer than the model's window (60 segments)" in text
     assert not (tmp_path / "out").exists()
     net, _, _ = load_network(tiny_ckpt)
     with pytest.raises(ValueError, match="stride=100 > window=60"):
-        predict_song(net, np.zeros((70, 51, 128), np.float32), window=60, stride=100, stitch="mean")
+        predict_song(net, np.zeros((200, 51, 128), np.float32), window=60, stride=100, stitch="mean")
     code, text = predict(tiny_ckpt, [str(songs["long"])], tmp_path / "out", "stride=60", "format=json")
     assert code == 0, text
     payload = json.loads((tmp_path / "out" / "long.json").read_text())  # strict JSON: no NaN
