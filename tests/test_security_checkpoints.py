@@ -134,17 +134,18 @@ def test_training_loaders_refuse(evil, tiny_store, tmp_path):  # noqa: F811
         assert not marker.exists(), name
 
 
-def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):  # noqa: F811
-    path, marker = evil
+def eval_error(ckpt: Path, store: Path, run_dir: Path) -> str:
+    """dsaml-eval's stderr for `ckpt`, after checking it failed as an expected error: exit 2, at most two
+    lines, no traceback."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "dsaml.cli.evaluate",
-            f"ckpt_path={path}",
+            f"ckpt_path={ckpt}",
             "data=synthetic",
-            f"paths.store={tiny_store}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
+            f"paths.store={store}",
+            f"hydra.run.dir={run_dir}",
         ],
         capture_output=True,
         text=True,
@@ -153,8 +154,13 @@ def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):  # noqa:
         timeout=300,
     )
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and "refused" in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    return result.stderr
+
+
+def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):  # noqa: F811
+    path, marker = evil
+    assert "refused" in eval_error(path, tiny_store, tmp_path / "eval")
     assert not marker.exists()
 
 
@@ -296,22 +302,4 @@ def test_damaged_checkpoints_in_training_and_another_architecture_named(tiny_sto
 
 def test_eval_reports_a_truncated_checkpoint_in_one_line(tiny_store, tmp_path):  # noqa: F811
     path, message = damaged_checkpoints(tmp_path)["truncated"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsaml.cli.evaluate",
-            f"ckpt_path={path}",
-            "data=synthetic",
-            f"paths.store={tiny_store}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert message in eval_error(path, tiny_store, tmp_path / "eval")
