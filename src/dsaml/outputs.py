@@ -48,14 +48,14 @@ def check_output(
     in an unwritable folder, or an existing file of another kind without `overwrite` (the message names the
     command's `opt_in` for it)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a folder; expected the file to write")
     for name, given in (inputs or {}).items():
         if given is not None and _same_file(path, Path(given)):
             raise ConfigError(
                 f"{key}={str(path)!r} is also the input {name}: writing it would destroy what this run "
                 f"reads; choose another {key}"
             )
-    if path.is_dir():
-        raise ConfigError(f"{key}={str(path)!r} is a folder; expected the file to write")
     check_output_folder(f"{key}'s folder", path.parent)
     if path.exists() and not overwrite and not written_as(path, kind):
         raise ConfigError(
@@ -112,8 +112,7 @@ def record_output(path: str | Path, kind: str, **details: Any) -> None:
     path = Path(path)
     record = recorded(path.parent)
     record[path.name] = {"kind": kind, **details}
-    with atomic_output(path.parent / RECORD) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    write_text_atomic(path.parent / RECORD, json.dumps(record, indent=1, sort_keys=True))
 
 
 def forget_output(path: str | Path) -> None:
@@ -122,8 +121,7 @@ def forget_output(path: str | Path) -> None:
     record = recorded(path.parent)
     path.unlink(missing_ok=True)
     if record.pop(path.name, None) is not None:
-        with atomic_output(path.parent / RECORD) as tmp:
-            tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        write_text_atomic(path.parent / RECORD, json.dumps(record, indent=1, sort_keys=True))
 
 
 @contextmanager
@@ -138,3 +136,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through `atomic_output` -> the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -47,7 +47,7 @@ from dsaml.meta import (
 )
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models.checkpoint import save_network
-from dsaml.outputs import atomic_output, record_output
+from dsaml.outputs import record_output, write_text_atomic
 from dsaml.plots import plot_curves
 from dsaml.predictor import CheckpointError, Predictor, collect_audio
 
@@ -456,8 +456,7 @@ def report_holdout(
     rows = [[label, *(f"{scores[k]:.3f}" for k in REPORTED)] for label, scores in labelled]
     report = out.parent / REPORT
     payload = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
-    with atomic_output(report) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2))
+    write_text_atomic(report, json.dumps(payload, indent=2))
     record_output(report, "personalize", checkpoint=str(out))
     for index, song in enumerate(heldout if plot else ()):
         png = holdout_plot(out, song.song)

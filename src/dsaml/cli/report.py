@@ -23,7 +23,7 @@ from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
 from dsaml.config import check_flag
 from dsaml.data.validation import ConfigError, from_mapping
-from dsaml.outputs import atomic_output, check_output, record_output
+from dsaml.outputs import check_output, record_output, write_text_atomic
 
 OUTPUTS = ("report.md", "report.json", "gains.png")
 
@@ -98,9 +98,7 @@ def run(cfg: DictConfig, console: Console, errors: Console | None = None) -> int
 
 
 def write_output(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    record_output(path, "report")
+    record_output(write_text_atomic(path, text), "report")
 
 
 def _skipped(errors: Console, skipped: list[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dsaml.metrics import REPORTED
+from dsaml.outputs import write_text_atomic
 
 COLUMNS = REPORTED + ("n",)
 
@@ -31,7 +32,7 @@ def write_results(results: dict[str, list[dict[str, Any]]], out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2))
+    write_text_atomic(path, json.dumps(results, indent=2))
     text = [
         f"# Test results{f': {title}' if title else ''}",
         "",
@@ -41,5 +42,5 @@ def write_results(results: dict[str, list[dict[str, Any]]], out_dir: str | Path,
     ]
     if results["per_rater"]:
         text += ["", "## Per rater", "", markdown_table(results["per_rater"], first="rater")]
-    (out / "results.md").write_text("\n".join(text) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(text) + "\n")
     return path
