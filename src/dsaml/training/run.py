@@ -35,7 +35,10 @@ from dsaml.training.resume import (
     checkpoint_epoch,
     checkpoint_in_run,
     claim_run_directory,
+    mark_slurm_job,
     preserve_metrics_csv,
+    requeued_checkpoint,
+    requeued_run,
 )
 
 __all__ = ["RunDirectoryError", "build", "evaluate", "run"]
@@ -219,11 +222,16 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as configured; returns the final logged metrics as floats."""
-    ckpt = resolve_ckpt(cfg)
     fit = bool(cfg.get("train", True))
-    resume = read_torch_file(ckpt, "cpu", trusted(cfg)) if ckpt is not None and fit else None
     output_dir = str(cfg.paths.output_dir)
-    claim_run_directory(output_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
+    requeued = fit and cfg.get("ckpt_path") is None and requeued_run(output_dir)  # Slurm restarted this job
+    ckpt = requeued_checkpoint(output_dir) if requeued else resolve_ckpt(cfg)
+    if requeued:
+        log.info("requeued Slurm job: %s", f"resuming {ckpt}" if ckpt else "no checkpoint yet, starting over")
+    resume = read_torch_file(ckpt, "cpu", trusted(cfg)) if ckpt is not None and fit else None
+    overwrite = bool(cfg.get("overwrite", False)) or requeued  # a requeued job's partial results are its own
+    claim_run_directory(output_dir, resuming=resume is not None, overwrite=overwrite)
+    mark_slurm_job(output_dir)
     job = build(cfg)
     trainer = job.trainer
     if fit:
