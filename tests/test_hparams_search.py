@@ -49,7 +49,8 @@ def test_three_trial_search_reports_the_best_trial(tiny_store, tmp_path):  # noq
     best = max(scores, key=scores.get)
     assert result["best_value"] == pytest.approx(scores[best], rel=1e-6)
     overrides = yaml.safe_load((best / ".hydra" / "overrides.yaml").read_text())
-    searched = dict(item.split("=", 1) for item in overrides if item.split("=", 1)[0] in result["best_params"])
+    pairs = (item.split("=", 1) for item in overrides)
+    searched = {key: value for key, value in pairs if key in result["best_params"]}
     assert set(searched) == {"task.inner_lr", "task.inner_steps", "task.lr"}
     for key, value in result["best_params"].items():
         assert float(searched[key]) == pytest.approx(float(value), rel=1e-9), key

@@ -84,7 +84,8 @@ def optuna_direction(monitor_mode: str) -> str:
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    for name, resolver in (("dsaml.gpus_per_node", gpus_per_node), ("dsaml.optuna_direction", optuna_direction)):
+    resolvers = {"dsaml.gpus_per_node": gpus_per_node, "dsaml.optuna_direction": optuna_direction}
+    for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
