@@ -103,7 +103,7 @@ def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf
     """Two identical jobs (seed=0,0); job 0 is requeued (what a preempting partition does) after its first
     epoch's checkpoint: Slurm restarts it, it resumes from its own last.ckpt, and its weights, metrics rows
     and test results equal job 1's, which ran uninterrupted."""
-    proc = slurm_sweep(tiny_store, tmp_path, slurm_conf, *DROPOUT, "trainer.max_epochs=4", "seed=0,0")
+    proc = slurm_sweep(tiny_store, tmp_path, slurm_conf, *DROPOUT, "trainer.max_epochs=3", "seed=0,0")
     sweep = tmp_path / "sweep"
     wait_for(sweep / "0" / "checkpoints" / "last.ckpt", proc, timeout=300)
     job = next((sweep / ".submitit").glob("*_0")).name
