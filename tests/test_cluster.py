@@ -108,6 +108,15 @@ def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf
     wait_for(sweep / "0" / "checkpoints" / "last.ckpt", proc, timeout=300)
     job = next((sweep / ".submitit").glob("*_0")).name
     subprocess.run(["scontrol", "requeue", job], env=slurm_env(slurm_conf), check=True, capture_output=True)
+    # once requeued (its processes ended), Slurm keeps the job waiting ~2 minutes: let it start at once
+    squeue = ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job]
+    end = time.monotonic() + 120
+    env = slurm_env(slurm_conf)
+    while subprocess.run(squeue, env=env, capture_output=True, text=True).stdout.strip() != "PENDING":
+        assert time.monotonic() < end, "the requeued job never became PENDING"
+        time.sleep(0.5)
+    update = ["scontrol", "update", f"JobId={job}", "StartTime=now"]
+    subprocess.run(update, env=slurm_env(slurm_conf), check=True, capture_output=True)
     output = finish(proc, 600)
     assert proc.returncode == 0, output[-4000:]
     log = (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()  # both starts append to it
