@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from dsaml.data.store import FeatureStore
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store, train_config  # noqa: F401
+from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store, train_config, train_sweep  # noqa: F401
 
 
 def test_two_job_multirun(tiny_store, tmp_path):  # noqa: F811
@@ -101,3 +102,43 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsy
     assert "job #1 (seed=abc): seed='abc': expected a number" in capsys.readouterr().err
     check_sweep("train", "dsaml-train", [*args, "task.lr=0.001,0.002"], validate_job)  # valid: no exit
     assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_jobs_log_to_one_wandb_group_with_their_overrides(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+    """Every job of a sweep logs (offline) to the wandb group named after the sweep's folder, with its own
+    overrides as the run's config `overrides`."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = tmp_path / "sweep_a"
+    proc = train_sweep(tiny_store, tmp_path, sweep, [*DMER_TINY, "logger=wandb", "seed=0,1"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job in (0, 1):
+        (record,) = (sweep / str(job) / "wandb").glob("offline-run-*/run-*.wandb")
+        (run_record,) = [r.run for r in wandb_records(record) if r.WhichOneof("record_type") == "run"]
+        assert run_record.run_group == "sweep_a"
+        (item,) = [i for i in run_record.config.update if i.key == "overrides"]
+        overrides = json.loads(item.value_json)
+        assert overrides["seed"] == str(job) and overrides["logger"] == "wandb"
+        assert overrides["paths.store"] == str(tiny_store)
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run's .wandb file: a 7-byte header, then LevelDB's log format
+    (32 KiB blocks of chunks, each a 7-byte header: crc32, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, records, pending = path.read_bytes(), 7, 32768, [], b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

@@ -90,3 +90,15 @@ def train_config(store: Path, tmp_path: Path, overrides: list[str]) -> DictConfi
         [*TINY, f"paths.store={store}", f"paths.root_dir={tmp_path}", *overrides],
         output_dir=tmp_path,
     )
+
+
+def train_sweep(store: Path, tmp_path: Path, sweep: Path, overrides: list[str], timeout: float = 600):
+    """`dsaml-train -m` (tiny network) on the tiny store in a subprocess, into the sweep folder `sweep`."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dsaml.cli.train", "-m", *TINY, *overrides]
+    cmd += [f"paths.store={store}", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)

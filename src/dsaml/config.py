@@ -58,6 +58,41 @@ class ConfigError(ValueError):
     """A configuration key or value is not allowed; the message names the key and the allowed values."""
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def gpus_per_node(accelerator: str, devices: Any) -> int:
+    """GPUs a cluster job asks for per node (the `${dsaml.gpus_per_node:...}` resolver of the launcher
+    presets): `trainer.devices` for a GPU accelerator, 0 for any other (cpu: the job needs no GPU)."""
+    if str(accelerator) not in GPU_ACCELERATORS:
+        return 0
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    raise ConfigError(
+        f"trainer.devices={devices!r}: a cluster job on accelerator={accelerator} needs a number of GPUs >= 1"
+    )
+
+
+def optuna_direction(monitor_mode: str) -> str:
+    """The Optuna study direction (the `${dsaml.optuna_direction:...}` resolver) of `task.monitor_mode`."""
+    directions = {"max": "maximize", "min": "minimize"}
+    if monitor_mode not in directions:
+        raise ConfigError(f"task.monitor_mode={monitor_mode!r} is not one of {sorted(directions)}")
+    return directions[monitor_mode]
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    resolvers = {"dsaml.gpus_per_node": gpus_per_node, "dsaml.optuna_direction": optuna_direction}
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+_register_resolvers()
+
+
 # ----------------------------------------------------------------------------- single-value checks
 def check_keys(label: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
     """No key outside `allowed` (e.g. a command's top-level keys); the message lists the allowed ones."""

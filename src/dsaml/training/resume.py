@@ -13,13 +13,19 @@
   epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order. Test items
   are reseeded from (seed, item index) the same way.
 - `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
+<<<<<<< HEAD
 - `check_resumed_settings`: a resume may not change what defines the run (model, task, features), only how
   it is tested.
+=======
+- `requeued_checkpoint`: a Slurm job restarted after preemption, a timeout or `scontrol requeue` resumes its
+  own run (the folder it marked with its job id at its first start) from that run's last checkpoint.
+>>>>>>> i24
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -60,7 +66,7 @@ def refuse_taken_run_directory(cfg: Any) -> None:
     and the job neither resumes it (`ckpt_path`, dsaml-train) nor has `overwrite=true`."""
     out = check_output_folder("hydra.run.dir", str(cfg.hydra.run.dir))
     resuming = cfg.get("train", None) is not None and cfg.get("ckpt_path") is not None
-    if cfg.get("overwrite", False) or resuming:
+    if cfg.get("overwrite", False) or resuming or requeued_run(out):
         return
     found = sorted(name for name in RUN_OUTPUTS if (out / name).exists())
     if found:
@@ -70,6 +76,7 @@ def refuse_taken_run_directory(cfg: Any) -> None:
         )
 
 
+<<<<<<< HEAD
 # task keys that only change how the run is tested, never what it trains: a resumed run may change them
 TEST_ONLY_TASK_KEYS = (
     "test_protocols",
@@ -104,6 +111,43 @@ def check_resumed_settings(stored: dict[str, Any], current: dict[str, Any], path
             f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}); resume without them, or start "
             "a new run in another hydra.run.dir (init_from=<checkpoint> starts from its weights)"
         )
+=======
+SLURM_MARK = ".slurm_job"  # in a run folder: the Slurm job (array task) that started the run
+
+
+def slurm_job() -> str | None:
+    """This process's Slurm job as `<cluster>/<job id>` (`<array job id>_<task id>` for an array task: a
+    sweep's jobs), the same after a requeue; None outside Slurm."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    job = env["SLURM_JOB_ID"]
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return f"{env.get('SLURM_CLUSTER_NAME', '')}/{job}"
+
+
+def mark_slurm_job(output_dir: str | Path) -> None:
+    """Record in the run folder which Slurm job runs it (nothing outside Slurm)."""
+    job = slurm_job()
+    if job is not None:
+        (Path(output_dir) / SLURM_MARK).write_text(job + "\n")
+
+
+def requeued_run(output_dir: str | Path) -> bool:
+    """True when this process is a Slurm job restarted after a requeue (SLURM_RESTART_COUNT > 0) and the
+    run folder is the one it marked at its first start: its results are its own."""
+    mark = Path(output_dir) / SLURM_MARK
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    restarted = restarts.isdigit() and int(restarts) > 0
+    return restarted and mark.is_file() and mark.read_text().strip() == slurm_job()
+
+
+def requeued_checkpoint(output_dir: str | Path) -> str | None:
+    """The last checkpoint of a requeued job's own run (`requeued_run`), if it wrote one."""
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if requeued_run(output_dir) and last.is_file() else None
+>>>>>>> i24
 
 
 def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:

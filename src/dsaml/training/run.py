@@ -42,7 +42,10 @@ from dsaml.training.resume import (
     checkpoint_epoch,
     checkpoint_in_run,
     claim_run_directory,
+    mark_slurm_job,
     preserve_metrics_csv,
+    requeued_checkpoint,
+    requeued_run,
 )
 
 __all__ = ["RunDirectoryError", "build", "evaluate", "run"]
@@ -66,7 +69,9 @@ def configure_wandb_env() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def _sweep_name() -> str | None:
+def _sweep_job() -> tuple[str, dict[str, str]] | None:
+    """Inside a job of a sweep (any launcher or sweeper): (the sweep folder's name, the job's overrides as
+    {key: value}); None otherwise."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -74,7 +79,8 @@ def _sweep_name() -> str | None:
     hc = HydraConfig.get()
     if str(hc.mode) != "RunMode.MULTIRUN":
         return None
-    return Path(str(hc.sweep.dir)).name
+    overrides = dict(item.split("=", 1) for item in hc.overrides.task if "=" in item)
+    return Path(str(hc.sweep.dir)).name, overrides
 
 
 def _has_validation(task: TaskConfig) -> bool:
@@ -114,9 +120,12 @@ def build_trainer(cfg: DictConfig, with_validation: bool, extra_callbacks: tuple
             continue
         if name == "wandb":
             configure_wandb_env()
-            if logger_cfg.get("group") is None and _sweep_name():
+            sweep = _sweep_job()
+            if sweep is not None:  # the sweep's jobs form one group; each job's overrides are its config
                 with open_dict(logger_cfg):
-                    logger_cfg.group = _sweep_name()
+                    logger_cfg.group = logger_cfg.get("group") or sweep[0]
+                    logger_cfg.config = {"overrides": sweep[1]}
+                    logger_cfg._convert_ = "all"  # wandb.init takes a plain dict
         loggers.append(instantiate(logger_cfg))
     return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
 
@@ -247,11 +256,16 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as configured; returns the final logged metrics as floats."""
-    ckpt = resolve_ckpt(cfg)
     fit = bool(cfg.get("train", True))
-    resume = read_torch_file(ckpt, "cpu", trusted(cfg)) if ckpt is not None and fit else None
     output_dir = str(cfg.paths.output_dir)
-    claim_run_directory(output_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
+    requeued = fit and cfg.get("ckpt_path") is None and requeued_run(output_dir)  # Slurm restarted this job
+    ckpt = requeued_checkpoint(output_dir) if requeued else resolve_ckpt(cfg)
+    if requeued:
+        log.info("requeued Slurm job: %s", f"resuming {ckpt}" if ckpt else "no checkpoint yet, starting over")
+    resume = read_torch_file(ckpt, "cpu", trusted(cfg)) if ckpt is not None and fit else None
+    overwrite = bool(cfg.get("overwrite", False)) or requeued  # a requeued job's partial results are its own
+    claim_run_directory(output_dir, resuming=resume is not None, overwrite=overwrite)
+    mark_slurm_job(output_dir)
     job = build(cfg)
     trainer = job.trainer
     if fit:
@@ -270,7 +284,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
             load_tested_weights(job.module, checkpoint_in_run(best, output_dir), trusted(cfg))
         trainer.test(job.module, datamodule=job.datamodule)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finish_wandb_run(trainer)
     return metrics
+
+
+def finish_wandb_run(trainer: L.Trainer) -> None:
+    """End the job's wandb run: the next job of a sweep in this process (basic launcher, Optuna) would
+    otherwise log into it (Lightning's WandbLogger reuses a run in progress)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.finish()
 
 
 EVAL_KEYS = (
