@@ -49,14 +49,13 @@ def _episodes(n: int, seed: int = 1, queries: int = 3, dtype: torch.dtype = torc
 
 
 def _net(dtype: torch.dtype = torch.float32) -> nn.Module:
-    # the module CNN, as the batched engine computes it (the fused kernels round otherwise)
-    return tiny_net(cnn_kernel="native").train().to(dtype)
+    return tiny_net().train().to(dtype)
 
 
 # float64: the same computation to 1e-9; float32: the BatchNorm-conditioned spectrogram CNN's gradients (batch
-# statistics of one 8-segment clip, 3 inner steps at lr 0.05) amplify the rounding of vmap's grouped
-# convolutions to ~4e-3 of their largest entry (in float64 they agree to 1e-9: rounding, not a difference)
-TOLERANCE = {torch.float64: (1e-9, 1e-9, 1e-9), torch.float32: (1e-5, 1e-4, 1e-2)}  # loss, grads, CNN grads
+# statistics of one 8-segment clip, 3 inner steps at lr 0.05) amplify the rounding differences of the matmul
+# LSTM to ~3e-3 of their largest entry (in float64 they agree to 1e-9: rounding, not a difference)
+TOLERANCE = {torch.float64: (1e-9, 1e-9, 1e-9), torch.float32: (1e-5, 1e-4, 5e-3)}  # loss, grads, CNN grads
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 
 
@@ -146,7 +145,7 @@ def test_chunks_and_unequal_shapes_give_the_same_meta_gradient():
     _, chunked, _ = _meta_step("batched", False, True, episodes, chunk=2)
     _, reference, _ = _meta_step("sequential", False, True, episodes)
     assert_grads_close(chunked, whole, rel=1e-5, floor=1e-7)
-    assert_grads_close(chunked, reference, rel=1e-2, floor=1e-6)  # float32, see TOLERANCE
+    assert_grads_close(chunked, reference, rel=5e-3, floor=1e-6)  # float32, see TOLERANCE
 
 
 def test_batchnorm_statistics_are_the_mean_of_each_episodes_own():

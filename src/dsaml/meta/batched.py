@@ -1,19 +1,18 @@
 """The batched MAML engine (`task.meta_engine=batched`): every episode of a meta-batch adapted at once.
 
 Each episode's adapted parameters are one slice of tensors stacked along a leading episode axis [E, ...];
-the network is applied to all of them in one call (`torch.func.functional_call` under `torch.func.vmap`,
-randomness "different": each episode draws its own dropout masks). The inner gradient of every episode comes
+the network after its spectrogram CNN is applied to all of them in one call (`torch.func.functional_call`
+under `torch.func.vmap`, randomness "different": each episode draws its own dropout masks); the CNN runs
+episode by episode with its fused kernels (autograd Functions without vmap rules; vmap through the module
+path was 3x slower at the demo's size). The inner gradient of every episode comes
 from ONE backward of the summed support losses (episodes share no parameter slice, so d sum / d slice e is
 episode e's gradient); first order takes it without a graph, second order with `create_graph`, exactly as
 learn2learn's `MAML.adapt`. The sequential learn2learn loop (`meta_backward(engine="sequential")`) is the
 reference this engine is tested against (tests/test_meta_batched.py).
 
-vmap cannot run two pieces of the network, so the engine applies a *twin*: the same module tree on the
-"meta" device (no storage; every tensor comes from the stacked parameters) with
-- the spectrogram CNN on PyTorch's conv / BatchNorm / pool modules (the fused kernels are autograd Functions
-  without vmap rules; same function, float32 rounding apart), and
-- each `nn.LSTM` replaced by `MatmulLSTM` (the same recurrence from matmuls: vmap has no batching rule for
-  the LSTM kernel).
+The engine applies a *twin*: the same module tree on the "meta" device (no storage; every tensor comes from
+the stacked parameters) with each `nn.LSTM` replaced by `MatmulLSTM` (the same recurrence from matmuls:
+vmap has no batching rule for the LSTM kernel).
 
 BatchNorm: each episode gets its own copy of the buffers (stacked). During meta-training the network's
 statistics then become the mean over the episodes of each one's statistics (as `DSAMLModule` averages them
@@ -86,8 +85,6 @@ def twin(module: nn.Module) -> nn.Module:
         memo[id(b)] = torch.empty_like(b, device="meta")
     copied = copy.deepcopy(module, memo)
     for sub in list(copied.modules()):
-        if hasattr(sub, "fused"):  # SpectrogramEncoder: the module path instead of the fused kernels
-            sub.fused = False
         for child_name, child in list(sub.named_children()):
             if type(child) is nn.LSTM:
                 replacement = MatmulLSTM(
@@ -114,35 +111,78 @@ def shape_of(batch: Mapping[str, Tensor]) -> tuple:
     return tuple((k, tuple(batch[k].shape)) for k in INPUT_KEYS if batch.get(k) is not None)
 
 
+# loss(params, buffers, batch), all stacked [E, ...] -> (losses [E], scores {name: [E]})
 EpisodeLoss = Callable[[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]], tuple[Tensor, dict]]
 
 
-def network_loss(net: nn.Module, regularize: bool = True) -> EpisodeLoss:
-    """The DSAML loss of one episode's copy of `net` (a twin) on one batch: f(params, buffers, batch)."""
+class AfterCNN(nn.Module):
+    """What of a `DSAMLNet` follows the spectrogram CNN, as a module to `functional_call` (parameter names
+    prefixed "net."): forward(features [B, T, 476], logmel, global vectors) -> the network's outputs."""
 
-    def loss(params: dict, buffers: dict, batch: dict) -> tuple[Tensor, dict]:
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, features: Tensor, logmel: Tensor, global_vectors: Tensor | None) -> dict[str, Tensor]:
+        return self.net.predict_encoded(self.net.fuse(features, logmel, global_vectors))
+
+
+def network_loss(net: nn.Module) -> EpisodeLoss:
+    """The DSAML loss of each episode's copy of `net` (a twin) on its batch. The spectrogram CNN runs episode
+    by episode on its slice of the parameters (the fused kernels: vmap would need the slower module path,
+    3x the meta-step at the demo's size); the rest of the network is vmapped over the episodes."""
+    rest = AfterCNN(net)
+
+    def after_cnn(params: dict, buffers: dict, features: Tensor, batch: dict) -> tuple[Tensor, dict]:
         # the math attention kernel, as outside vmap (whose attention rule would pick the CPU flash kernel,
         # which returns no gradient for the learned relative-position bias)
         with sdpa_kernel(SDPBackend.MATH):
-            out = functional_call(net, (params, buffers), (batch["logmel"], batch.get("global")))
-        return dsaml_loss(out, *labels(batch), regularize=regularize)
+            inputs = (features, batch["logmel"], batch.get("global"))
+            out = functional_call(rest, (prefixed(params), prefixed(buffers)), inputs)
+        return dsaml_loss(out, *labels(batch))
+
+    batched = vmap(after_cnn, randomness="different")
+
+    def loss(params: dict, buffers: dict, batch: dict) -> tuple[Tensor, dict]:
+        return batched(params, buffers, cnn_features(net, params, buffers, batch), batch)
 
     return loss
+
+
+def prefixed(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"net.{k}": v for k, v in tensors.items()}
+
+
+def cnn_features(net: nn.Module, params: dict, buffers: dict, batch: Mapping[str, Tensor]) -> Tensor:
+    """The spectrogram CNN of each episode on its own batch: logmel [E, B, T, F, M] -> [E, B, T, 476]."""
+    logmel = batch["logmel"]
+    features = []
+    for index in range(len(logmel)):
+        net._check_inputs(logmel[index], None if batch.get("global") is None else batch["global"][index])
+        own = {k[len("spectrogram.") :]: v[index] for k, v in params.items() if k.startswith("spectrogram.")}
+        own_buffers = {
+            k[len("spectrogram.") :]: v[index] for k, v in buffers.items() if k.startswith("spectrogram.")
+        }
+        images = logmel[index].flatten(0, 1)
+        out = functional_call(net.spectrogram, (own, own_buffers), (images,))
+        features.append(out.view(*logmel.shape[1:3], -1))
+    return torch.stack(features)
 
 
 def head_loss(head: nn.Module) -> EpisodeLoss:
     """The head-only inner loop's loss on body features {"encoded", "regularizer", labels}: the DSAML loss
-    of the head's outputs plus the (constant) attention regulariser of the support's body pass."""
+    of the head's outputs plus the (constant) attention regulariser of the support's body pass; on a query
+    ({"encoded", "attention_diagonal", labels}: the body ran with gradient) the DSAML loss with it."""
 
     def loss(params: dict, buffers: dict, batch: dict) -> tuple[Tensor, dict]:
         emotions = functional_call(head, (params, buffers), (batch["encoded"],))
         out = {"arousal": emotions[..., 0], "valence": emotions[..., 1]}
-        if "attention_diagonal" in batch:  # a query: the body ran with gradient, its regulariser counts
+        if "attention_diagonal" in batch:
             return dsaml_loss({**out, "attention_diagonal": batch["attention_diagonal"]}, *labels(batch))
         value, scores = dsaml_loss(out, *labels(batch), regularize=False)
         return value + batch["regularizer"], scores
 
-    return loss
+    return vmap(loss, randomness="different")
 
 
 def labels(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -180,14 +220,13 @@ def adapt_batched(
     first: int = 0,
 ) -> BatchedAdaptation:
     """`steps` SGD steps of every episode at once: params / buffers [E, ...] by name (`stacked`), support a
-    stacked batch [E, ...]. loss(params, buffers, batch) is one episode's loss (vmapped here). The adapted
+    stacked batch [E, ...]. loss(params, buffers, batch): every episode's loss (`network_loss`). The adapted
     parameters stay graph nodes of `params` (first order: d adapted / d params = identity; second order:
     the inner gradients are differentiated too). Raises FloatingPointError naming the first episode whose
     support loss is NaN/inf (after on_nonfinite(first + episode, message))."""
-    batched = vmap(loss, randomness="different")
     losses = []
     for step in range(steps):
-        values, _ = batched(params, buffers, support)
+        values, _ = loss(params, buffers, support)
         check_finite(values, f"non-finite support loss at inner step {step}", on_nonfinite, first)
         losses.append(values.detach())
         names = [k for k, v in params.items() if v.requires_grad]
@@ -251,7 +290,6 @@ def batched_meta_backward(
     originals = dict(inner.named_parameters())
     buffers = dict(inner.named_buffers())
     loss = network_loss(model) if net is None else head_loss(model)
-    query_loss = vmap(loss, randomness="different")
     q_losses: list[float] = []
     q_scores: list[dict[str, float]] = []
     inner_losses: list[list[float]] = []
@@ -275,7 +313,7 @@ def batched_meta_backward(
             on_nonfinite,
             run.start,
         )
-        values, scores = query_loss(adaptation.params, adaptation.buffers, query)
+        values, scores = loss(adaptation.params, adaptation.buffers, query)
         check_finite(values, "non-finite query loss", on_nonfinite, run.start)
         backward(values.sum() / episodes_in_meta_batch)
         q_losses.extend(values.detach().tolist())
