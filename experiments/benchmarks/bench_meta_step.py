@@ -20,7 +20,8 @@ query: `queries` clips of 60 segments per task):
   learn2learn loop above) and batched (every episode at once, `dsaml.meta.batched`; plus --chunk N: N
   episodes per call), each with its peak memory above the step's start (CPU: the process's resident set,
   sampled every 2 ms; CUDA: allocated memory); with --bf16 each under bf16 autocast too, with --head-only the
-  head-only inner loop too. Ratios are to the sequential engine; --demo sets the demo's PDMER sizes (3
+  head-only inner loop too, and the projected time of --meta-batches (the paper's 2000) at that speed.
+  Ratios are to the sequential engine; --demo sets the demo's PDMER sizes (3
   episodes x 5 inner steps, 1 shot, 3 queries, D=64, H=4, L=2, FFN 128).
 
 Prints a table (seconds per meta-step, ratio) and the largest difference between the two meta-gradients.
@@ -218,7 +219,16 @@ def compare_engines(args: argparse.Namespace, tasks: list, console: Console) -> 
         f"{args.shots} shot, {args.queries} queries, D={args.hidden}, L={args.layers}, H={args.heads}, "
         f"FFN {args.ffn}, {args.device}, {args.threads} threads (best of {args.repeats})"
     )
-    for col in ("variant", "s / meta-step", "vs sequential", "peak memory", "meta-gradient vs sequential"):
+    projected = f"{args.meta_batches} meta-batches"
+    columns = (
+        "variant",
+        "s / meta-step",
+        "vs sequential",
+        "peak memory",
+        projected,
+        "meta-gradient vs sequential",
+    )
+    for col in columns:
         table.add_column(col, justify="right")
     for name, value in times.items():
         reference = "head-only, sequential" if name.startswith("head-only") else "sequential (learn2learn)"
@@ -227,6 +237,7 @@ def compare_engines(args: argparse.Namespace, tasks: list, console: Console) -> 
             f"{value:.2f}",
             f"{times[reference] / value:.2f}x",
             f"+{peaks[name] / 2**20:.0f} MiB",
+            f"{value * args.meta_batches / 3600:.2f} h",
             f"{_relative(grads[name], grads[reference]):.1e}",
         )
     console.print(table)
@@ -303,6 +314,12 @@ def main() -> None:
     parser.add_argument("--engines", action="store_true", help="sequential vs batched engine (see above)")
     parser.add_argument("--chunk", type=int, default=None, help="--engines: add batched in chunks of N")
     parser.add_argument("--demo", action="store_true", help="the demo's PDMER sizes (see above)")
+    parser.add_argument(
+        "--meta-batches",
+        type=int,
+        default=2000,
+        help="--engines: project the time of this many (the paper's)",
+    )
     parser.add_argument(
         "--reduced",
         action="store_true",
