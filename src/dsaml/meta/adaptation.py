@@ -24,9 +24,11 @@ from dsaml.models.network import DSAMLNet
 
 Batch = ClipBatch
 # how `meta_backward` adapts a meta-batch's episodes (task.meta_engine): all at once with per-episode
-# parameters stacked (dsaml.meta.batched) or one after another with learn2learn (the reference)
+# parameters stacked (dsaml.meta.batched) or one after another with learn2learn (the reference). Default:
+# sequential, as fast on a 2-core CPU at the paper's network size with 1/4 of the memory
+# (experiments/benchmarks/RESULTS.md)
 META_ENGINES = ("batched", "sequential")
-DEFAULT_META_ENGINE = "batched"
+DEFAULT_META_ENGINE = "sequential"
 
 
 def maml_wrap(net: nn.Module, lr: float, first_order: bool = True) -> nn.Module:
