@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+import dsaml.meta.batched as batched
 from app_fixtures import tiny_net
 from dsaml.config import ConfigError
 from dsaml.meta import adapt, adapt_head, maml_wrap, meta_backward
@@ -24,7 +27,9 @@ from dsaml.meta.batched import (
     twin,
 )
 from dsaml.training.config import TaskConfig
+from dsaml.training.module import DSAMLModule
 from model_fixtures import assert_grads_close, load_reference
+from test_train_maml_parity import _assert_grads, _module, _task
 from train_fixtures import _one_thread  # noqa: F401
 
 STEPS, LR = 3, 0.05
@@ -141,8 +146,6 @@ def test_batched_engine_reproduces_the_original_maml_step():
     """The reference vector's MAML step (the original's first-order MAML) through the batched engine: the
     support losses, the query loss and the meta-gradient (as tests/test_train_maml_parity.py checks for
     the default engine)."""
-    from test_train_maml_parity import _assert_grads, _module, _task
-
     ref = load_reference()
     module = _module(ref).train()
     stats = meta_backward(module.maml, [_task(ref)], module.task_cfg.inner_steps, 1, engine="batched")
@@ -156,14 +159,6 @@ def test_batched_engine_reproduces_the_original_maml_step():
 def test_pdmer_training_step_with_task_meta_engine_batched(tmp_path, monkeypatch):
     """`task.meta_engine=batched` reaches the module's meta-step: one Trainer.fit step on the reference
     vector leaves the original's meta-gradient in .grad."""
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    from dsaml.training.module import DSAMLModule
-    from test_train_maml_parity import _assert_grads, _module, _task
-
-    import dsaml.meta.batched as batched
-
     calls = []
     engine = batched.batched_meta_backward
     monkeypatch.setattr(batched, "batched_meta_backward", lambda *a: calls.append(1) or engine(*a))
