@@ -4,9 +4,9 @@ Each episode's adapted parameters are one slice of tensors stacked along a leadi
 the network after its spectrogram CNN is applied to all of them in one call (`torch.func.functional_call`
 under `torch.func.vmap`, randomness "different": each episode draws its own dropout masks); the CNN runs
 episode by episode with its fused kernels (autograd Functions without vmap rules; vmap through the module
-path was 3x slower at the demo's size). The inner gradient of every episode comes
-from ONE backward of the summed support losses (episodes share no parameter slice, so d sum / d slice e is
-episode e's gradient); first order takes it without a graph, second order with `create_graph`, exactly as
+path made the demo-size meta-step 4x slower). The inner gradient of every episode comes from ONE backward
+of the summed support losses (episodes share no parameter slice, so d sum / d slice e is episode e's
+gradient); first order takes it without a graph, second order with `create_graph`, exactly as
 learn2learn's `MAML.adapt`. The sequential learn2learn loop (`meta_backward(engine="sequential")`) is the
 reference this engine is tested against (tests/test_meta_batched.py).
 
@@ -14,9 +14,9 @@ The engine applies a *twin*: the same module tree on the "meta" device (no stora
 the stacked parameters) with each `nn.LSTM` replaced by `MatmulLSTM` (the same recurrence from matmuls:
 vmap has no batching rule for the LSTM kernel).
 
-BatchNorm: each episode gets its own copy of the buffers (stacked). During meta-training the network's
-statistics then become the mean over the episodes of each one's statistics (as `DSAMLModule` averages them
-over DDP processes); isolated adaptation (evaluation) leaves them untouched, as `adapt` does.
+BatchNorm: each episode gets its own copy of the buffers (stacked; `adapt_batched` changes only those).
+After a meta-step the network's statistics become the mean over the episodes of each one's statistics (as
+`DSAMLModule` averages them over DDP processes). Measured speed and the default engine: docs/meta-engine.md.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class AfterCNN(nn.Module):
 def network_loss(net: nn.Module) -> EpisodeLoss:
     """The DSAML loss of each episode's copy of `net` (a twin) on its batch. The spectrogram CNN runs episode
     by episode on its slice of the parameters (the fused kernels: vmap would need the slower module path,
-    3x the meta-step at the demo's size); the rest of the network is vmapped over the episodes."""
+    4x the meta-step at the demo's size); the rest of the network is vmapped over the episodes."""
     rest = AfterCNN(net)
 
     def after_cnn(params: dict, buffers: dict, features: Tensor, batch: dict) -> tuple[Tensor, dict]:
