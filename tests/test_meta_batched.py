@@ -1,18 +1,16 @@
 """The batched MAML engine (`task.meta_engine=batched`) against the sequential learn2learn path: the same
 support losses, adapted parameters, query losses and meta-gradient (first and second order, full and
-head-only inner loop), its BatchNorm statistics, chunking and errors; its LSTM against `nn.LSTM`."""
+head-only inner loop), its BatchNorm statistics, chunking and errors; its LSTM against `nn.LSTM`. Against
+the original's MAML step (reference vector): tests/test_train_maml_parity.py, for both engines."""
 
 from __future__ import annotations
 
 import copy
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-import dsaml.meta.batched as batched
 from app_fixtures import tiny_net
 from dsaml.config import ConfigError
 from dsaml.meta import adapt, adapt_head, maml_wrap, meta_backward
@@ -27,9 +25,7 @@ from dsaml.meta.batched import (
     twin,
 )
 from dsaml.training.config import TaskConfig
-from dsaml.training.module import DSAMLModule
-from model_fixtures import assert_grads_close, load_reference
-from test_train_maml_parity import _assert_grads, _module, _task
+from model_fixtures import assert_grads_close
 from train_fixtures import _one_thread  # noqa: F401
 
 STEPS, LR = 3, 0.05
@@ -140,51 +136,6 @@ def test_batched_adapted_parameters_equal_each_episodes_own(head, first_order, d
         torch.testing.assert_close(batched.losses[:, index], expected, rtol=loss_tol, atol=loss_tol)
         for name, value in adapted.items():
             torch.testing.assert_close(batched.params[name][index], value, rtol=grad_tol, atol=1e-6, msg=name)
-
-
-def test_batched_engine_reproduces_the_original_maml_step():
-    """The reference vector's MAML step (the original's first-order MAML) through the batched engine: the
-    support losses, the query loss and the meta-gradient (as tests/test_train_maml_parity.py checks for
-    the default engine)."""
-    ref = load_reference()
-    module = _module(ref).train()
-    stats = meta_backward(module.maml, [_task(ref)], module.task_cfg.inner_steps, 1, engine="batched")
-    torch.testing.assert_close(
-        torch.tensor(stats.adapt_losses[0]), ref["maml_adapt_losses"], rtol=1e-5, atol=1e-6
-    )
-    assert stats.query_loss == pytest.approx(float(ref["maml_query_loss"]), rel=1e-5, abs=1e-6)
-    _assert_grads(module, ref)
-
-
-def test_pdmer_training_step_with_task_meta_engine_batched(tmp_path, monkeypatch):
-    """`task.meta_engine=batched` reaches the module's meta-step: one Trainer.fit step on the reference
-    vector leaves the original's meta-gradient in .grad."""
-    calls = []
-    engine = batched.batched_meta_backward
-    monkeypatch.setattr(batched, "batched_meta_backward", lambda *a: calls.append(1) or engine(*a))
-    ref = load_reference()
-    reference = _module(ref)
-    module = DSAMLModule(
-        model=reference.model_cfg.to_dict(), task={**reference.task_cfg.to_dict(), "meta_engine": "batched"}
-    )
-    module.net.load_state_dict(reference.net.state_dict())
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        inference_mode=False,
-    )
-    batch = {"step": 0, "episodes_per_step": 1, "episodes": [_task(ref)]}
-    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
-    assert float(trainer.callback_metrics["train/loss_step"]) == pytest.approx(
-        float(ref["maml_query_loss"]), rel=1e-5
-    )
-    _assert_grads(module, ref)
-    assert calls == [1]
 
 
 def test_chunks_and_unequal_shapes_give_the_same_meta_gradient():
