@@ -6,8 +6,10 @@ On a CUDA machine, in order (each a subprocess with a time limit; a failure is r
 - a tiny synthetic corpus and its feature store (dsaml-synth synth=tiny, dsaml-preprocess), unless --store;
 - DMER and PDMER trained a few steps with trainer=gpu, and with trainer=ddp on the GPUs there are
   (one GPU is a DDP world of one: NCCL refuses two ranks on one GPU);
-- bench_model.py, bench_inference.py, bench_meta_step.py with --device cuda, float32 and bf16 rows, and
-  bench_stride.py (accuracy on the DMER model just trained, speed at paper size on CUDA).
+- bench_model.py, bench_inference.py, bench_meta_step.py with --device cuda, float32 and bf16 rows,
+  bench_meta_step.py --engines (the sequential vs the batched MAML engine at paper size, peak memory, the
+  projected time of the paper's 2000 meta-batches), and bench_stride.py (accuracy on the DMER model just
+  trained, speed at paper size on CUDA).
 Without CUDA (or with --dry) the same checks run at tiny sizes on the CPU (trainer=cpu and trainer=ddp_cpu
 instead of gpu and ddp), which tests/test_gpu_check.py does inside `make test`.
 
@@ -196,6 +198,24 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 *(["--tasks", "1", "--inner-steps", "1", "--queries", "2", "--repeats", "1"] if dry else []),
             ],
             300,
+        ),
+        Check(
+            "bench_meta_step.py --engines (sequential vs batched)",
+            [
+                *bench,
+                str(BENCH / "bench_meta_step.py"),
+                "--engines",
+                "--device",
+                device,
+                "--bf16",
+                "--chunk",
+                "4",
+                *size,
+                *(["--tasks", "2", "--inner-steps", "1", "--queries", "2", "--length", "8"] if dry else []),
+                "--repeats",
+                "1" if dry else "2",
+            ],
+            300 if dry else 600,
         ),
         Check(
             "bench_stride.py",

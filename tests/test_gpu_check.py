@@ -30,8 +30,10 @@ def test_dry_run_passes_every_check_and_writes_the_report(tiny_store, tmp_path):
         "bench_model.py (float32, bf16)",
         "bench_inference.py (float32, bf16)",
         "bench_meta_step.py (float32, bf16)",
+        "bench_meta_step.py --engines (sequential vs batched)",
         "bench_stride.py",
     }
     assert expected <= results.keys() and all(results[name] == "pass" for name in expected), results
     assert "passed" in report and "bf16 autocast" in report  # the benchmarks' tables are in the report
+    assert "2000 meta-batches" in report and "batched (chunks of 4)" in report
     assert not (tmp_path / "work").exists()  # only the report is left

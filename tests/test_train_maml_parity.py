@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import dsaml.meta.batched as batched
 from dsaml.meta import meta_backward
+from dsaml.meta.adaptation import META_ENGINES
 from dsaml.models.compat import config_from_original, original_key_to_ours, state_dict_from_original
 from dsaml.training.module import DSAMLModule
 from train_fixtures import _one_thread  # noqa: F401
@@ -24,7 +26,7 @@ def ref():
     return torch.load(REFERENCE, weights_only=True)
 
 
-def _module(ref) -> DSAMLModule:
+def _module(ref, engine: str = "sequential") -> DSAMLModule:
     cfg = config_from_original(ref["config"])
     task = {
         "name": "pdmer",
@@ -36,6 +38,7 @@ def _module(ref) -> DSAMLModule:
         "first_order": True,
         "lr": 5e-5,
         "test_protocols": ["pdmer_within_song"],
+        "meta_engine": engine,
     }
     module = DSAMLModule(model=cfg.to_dict(), task=task)
     module.net.load_state_dict(state_dict_from_original(ref["state_dict"]))
@@ -69,9 +72,11 @@ def _assert_grads(module: DSAMLModule, ref) -> None:
     assert checked == len(ref["maml_grads"]) == 60
 
 
-def test_meta_backward_matches_reference(ref):
+@pytest.mark.parametrize("engine", META_ENGINES)
+def test_meta_backward_matches_reference(ref, engine):
     module = _module(ref).train()
-    stats = meta_backward(module.maml, [_task(ref)], module.task_cfg.inner_steps, episodes_in_meta_batch=1)
+    steps = module.task_cfg.inner_steps
+    stats = meta_backward(module.maml, [_task(ref)], steps, episodes_in_meta_batch=1, engine=engine)
     torch.testing.assert_close(
         torch.tensor(stats.adapt_losses[0]), ref["maml_adapt_losses"], rtol=1e-5, atol=1e-6
     )
@@ -79,10 +84,15 @@ def test_meta_backward_matches_reference(ref):
     _assert_grads(module, ref)
 
 
-def test_training_step_through_trainer_matches_reference(ref, tmp_path):
-    """One real meta-step via Trainer.fit (manual optimisation): the logged losses and the gradient left
-    in .grad equal the reference, and the Adam step moved the weights by about lr."""
-    module = _module(ref)
+@pytest.mark.parametrize("engine", META_ENGINES)
+def test_training_step_through_trainer_matches_reference(ref, tmp_path, engine, monkeypatch):
+    """One real meta-step via Trainer.fit (manual optimisation) with each task.meta_engine: the logged
+    losses and the gradient left in .grad equal the reference, and the Adam step moved the weights by about
+    lr."""
+    calls = []
+    batched_engine = batched.batched_meta_backward
+    monkeypatch.setattr(batched, "batched_meta_backward", lambda *a: calls.append(1) or batched_engine(*a))
+    module = _module(ref, engine)
     before = {k: v.detach().clone() for k, v in module.net.named_parameters()}
     batch = {"step": 0, "episodes_per_step": 1, "episodes": [_task(ref)]}
     trainer = L.Trainer(
@@ -102,6 +112,7 @@ def test_training_step_through_trainer_matches_reference(ref, tmp_path):
         float(ref["maml_adapt_losses"][0]), rel=1e-5
     )
     _assert_grads(module, ref)
+    assert len(calls) == (engine == "batched")
     # Adam's first step moves each parameter with a non-zero gradient by ~lr in the direction of -grad
     for name, p in module.net.named_parameters():
         delta = p.detach() - before[name]

@@ -23,6 +23,12 @@ from dsaml.meta.l2l import learn2learn
 from dsaml.models.network import DSAMLNet
 
 Batch = ClipBatch
+# how `meta_backward` adapts a meta-batch's episodes (task.meta_engine): all at once with per-episode
+# parameters stacked (dsaml.meta.batched) or one after another with learn2learn (the reference). Default:
+# sequential, as fast on a 2-core CPU at the paper's network size with 1/4 of the memory
+# (experiments/benchmarks/RESULTS.md)
+META_ENGINES = ("batched", "sequential")
+DEFAULT_META_ENGINE = "sequential"
 
 
 def maml_wrap(net: nn.Module, lr: float, first_order: bool = True) -> nn.Module:
@@ -248,6 +254,8 @@ def meta_backward(
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict]] = batch_loss,
     on_nonfinite: Callable[[int, str], None] | None = None,
     net: DSAMLNet | None = None,
+    engine: str = DEFAULT_META_ENGINE,
+    chunk: int | None = None,
 ) -> MetaStepStats:
     """Accumulate the meta-gradient of `episodes` into the `.grad` of `maml`'s parameters.
 
@@ -259,7 +267,19 @@ def meta_backward(
     support or query loss is NaN/inf.
     net: the whole network when `maml` wraps only its head (head-only inner loop, `adapt_head`): the query
     loss then reaches the body directly and the head through its adapted copy.
+    engine: "sequential" (one episode after another, learn2learn) or "batched" (`chunk` episodes at a time,
+    None = all, with stacked per-episode parameters: `dsaml.meta.batched`; the DSAML loss only).
     """
+    if engine not in META_ENGINES:
+        raise ValueError(f"meta_backward: engine={engine!r}: expected one of {', '.join(META_ENGINES)}")
+    if engine == "batched":
+        if loss_fn is not batch_loss:
+            raise ValueError("meta_backward: the batched engine computes the DSAML loss only (loss_fn)")
+        from dsaml.meta.batched import batched_meta_backward  # it builds on this module
+
+        return batched_meta_backward(
+            maml, episodes, steps, episodes_in_meta_batch, backward, on_nonfinite, net, chunk
+        )
     q_losses: list[float] = []
     q_scores: list[dict[str, Tensor]] = []
     inner: list[list[float]] = []

@@ -128,6 +128,13 @@ class DSAMLNet(nn.Module):
         b, t = logmel.shape[:2]
         images = logmel.reshape(b * t, *logmel.shape[2:])
         features = torch.cat([self.spectrogram(part) for part in images.split(chunk or b * t)]).view(b, t, -1)
+        return self.fuse(features, logmel, global_vectors, song)
+
+    def fuse(
+        self, features: Tensor, logmel: Tensor, global_vectors: Tensor | None = None, song: bool = False
+    ) -> Tensor:
+        """The CNN's features [B, T, 476] of logmel [B, T, F, M] -> h [B, T, D]: the global vectors (given,
+        or learned from logmel: see `encode_segments`) fused in."""
         if self.cfg.global_context == "learned":
             global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
         return self.fusion(features, global_vectors)

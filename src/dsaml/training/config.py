@@ -24,6 +24,7 @@ from dsaml.config import (
     number,
 )
 from dsaml.inference import STITCH_RULES
+from dsaml.meta.adaptation import DEFAULT_META_ENGINE, META_ENGINES
 from dsaml.meta.methods import AdaptationConfig
 
 TASKS = ("dmer", "pdmer")
@@ -78,6 +79,9 @@ class TaskConfig(Config):
     arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
     song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
     cheaper, see the README's stride benchmark). eval_batch_size: windows per forward at evaluation.
+    meta_engine: how PDMER adapts a meta-batch's episodes: batched (together, stacked per-episode parameters;
+    docs/meta-engine.md) | sequential (one after another, learn2learn). meta_chunk: episodes per batched call
+    (None = the whole meta-batch; bounds the batched engine's memory).
     """
 
     SECTION = "task"
@@ -107,6 +111,8 @@ class TaskConfig(Config):
     eval_stride: int = integer(1, low=1)
     eval_batch_size: int = integer(32, low=1)
     inner_loop: str = choice("full", INNER_LOOPS)
+    meta_engine: str = choice(DEFAULT_META_ENGINE, META_ENGINES)
+    meta_chunk: int | None = integer(None, low=1, optional=True)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
     def __post_init__(self) -> None:

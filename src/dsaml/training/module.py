@@ -146,6 +146,8 @@ class DSAMLModule(L.LightningModule):
             backward=self.manual_backward,
             on_nonfinite=nonfinite,
             net=self.net if self.head_only else None,
+            engine=self.task_cfg.meta_engine,
+            chunk=self.task_cfg.meta_chunk,
         )
         if self.trainer.world_size > 1:
             self._all_reduce_gradients()
