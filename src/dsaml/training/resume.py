@@ -13,13 +13,10 @@
   epoch-start hooks, and later epochs' after them, so a resumed run would draw in another order. Test items
   are reseeded from (seed, item index) the same way.
 - `checkpoint_in_run`: the test stage only loads checkpoints inside this run's folder.
-<<<<<<< HEAD
 - `check_resumed_settings`: a resume may not change what defines the run (model, task, features), only how
   it is tested.
-=======
 - `requeued_checkpoint`: a Slurm job restarted after preemption, a timeout or `scontrol requeue` resumes its
   own run (the folder it marked with its job id at its first start) from that run's last checkpoint.
->>>>>>> i24
 """
 
 from __future__ import annotations
@@ -76,7 +73,6 @@ def refuse_taken_run_directory(cfg: Any) -> None:
         )
 
 
-<<<<<<< HEAD
 # task keys that only change how the run is tested, never what it trains: a resumed run may change them
 TEST_ONLY_TASK_KEYS = (
     "test_protocols",
@@ -111,7 +107,8 @@ def check_resumed_settings(stored: dict[str, Any], current: dict[str, Any], path
             f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}); resume without them, or start "
             "a new run in another hydra.run.dir (init_from=<checkpoint> starts from its weights)"
         )
-=======
+
+
 SLURM_MARK = ".slurm_job"  # in a run folder: the Slurm job (array task) that started the run
 
 
@@ -147,7 +144,6 @@ def requeued_checkpoint(output_dir: str | Path) -> str | None:
     """The last checkpoint of a requeued job's own run (`requeued_run`), if it wrote one."""
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     return str(last) if requeued_run(output_dir) and last.is_file() else None
->>>>>>> i24
 
 
 def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
