@@ -278,13 +278,15 @@ def test_head_only_meta_step_with_steps_moves_only_the_head_in_the_inner_loop():
 
 
 def test_adaptation_config_is_checked_with_the_allowed_values():
-    with pytest.raises(ConfigError, match=r"adaptation.method='bogus' is not one of none, calibrate, head"):
+    allowed = r"is not one of none, calibrate, ridge, ridge_calibrate, head"
+    with pytest.raises(ConfigError, match=r"adaptation.method='bogus' " + allowed):
         AdaptationConfig(method="bogus")
     with pytest.raises(ConfigError, match="unknown key"):
         AdaptationConfig.from_dict({"methd": "maml"})
     with pytest.raises(ConfigError, match="adaptation.prior=-1"):
         AdaptationConfig(prior=-1)
-    with pytest.raises(ConfigError, match=r"auto_methods\[0\]='auto' is not one of calibrate, head"):
+    learned = r"is not one of calibrate, ridge, ridge_calibrate, head"
+    with pytest.raises(ConfigError, match=r"auto_methods\[0\]='auto' " + learned):
         AdaptationConfig(auto_methods=["auto"])
     with pytest.raises(ConfigError, match=r"auto_steps=\[\]: expected null or a list of at least 1"):
         AdaptationConfig(auto_steps=[])
@@ -394,7 +396,7 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     assert selection.chosen == {"method": "none", "steps": 0} and selection.personalized.net is net
     assert selection.validation == "leave-one-song-out"
     tried = {(c["method"], c["steps"]) for c in selection.candidates}
-    assert tried == {("none", 0), ("calibrate", 0)} | {
+    assert tried == {("none", 0), ("calibrate", 0), ("ridge", 0), ("ridge_calibrate", 0)} | {
         (m, s) for m in ("head", "head_calibrate", "maml", "maml_calibrate") for s in (1, 2)
     }
     assert all(len(c["folds"]) == 2 for c in selection.candidates)

@@ -18,6 +18,11 @@ pairs and support songs, `DSAMLDataModule.test_pairs`, whole songs), the model's
   (gain, offset, delay) could reach if it knew the listener exactly;
 - song ceiling: the least-squares map fitted on the scored song itself (lag 0 and up to `--lag`): no output
   map can do better on that song.
+- with a dsaml-synth `--corpus`, two oracles from its truth (no model): "oracle: own cues", the listener's
+  noiseless curve (its perceived curve: for a lens listener its own cue weights applied to the song's true
+  cue curves, docs/listeners.md; through its true gain, offset and lag), and "oracle: mean listener", the
+  mean listener's true curve through the same transform (what a perfect model of the mean listener plus the
+  listener's exact output map would reach).
 Untouched sliders (a curve that never moves) are not scored and not fitted on, as the adaptation methods leave
 them out (`adaptation.skip_flat`). Printed: per-rater gains over none (mean ± 95% interval, std, raters
 improved, raters not worse by more than 0.01, worst, typical raters when the corpus is a dsaml-synth one);
@@ -36,8 +41,11 @@ import itertools
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from dsaml.data.datamodule import DSAMLDataModule
+from dsaml.data.synth import load_truth
+from dsaml.data.synth.raters import Rater, Transform
 from dsaml.meta import Calibration, CalibrationPrior, Predict, fit_calibration, moving
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
@@ -46,12 +54,29 @@ from dsaml.reporting import gain_rows, markdown, rater_kinds, summarize_gains
 SCAN_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # --scan: multiples of the estimated tau^2 (offset, gain)
 
 
+def oracle_curves(truth: dict, song_id: str, rater: str, n: int, own: bool) -> tuple[Tensor, Tensor]:
+    """The rater's noiseless curves (arousal [n], valence [n]) from a dsaml-synth truth: its perceived curve
+    (`own`: its own cue mix; else the mean listener's) through its true gain, offset and lag, clipped."""
+    song, info = truth["songs"][song_id], truth["raters"][rater]
+    perceived = Rater(**{k: info[k] for k in ("rater_id", "kind", "activity", "flat_probability")},
+                      arousal=Transform(**info["arousal"]), valence=Transform(**info["valence"]),
+                      cue_weights=info.get("cue_weights") if own else None)  # fmt: skip
+    curves = perceived.perceive(song["arousal"], song["valence"], song.get("cues"))
+    out = []
+    for dim, curve in zip(("arousal", "valence"), curves, strict=True):
+        t = info[dim]
+        idx = truth["label_start_index"] + np.arange(n) - t["lag"]
+        out.append(torch.as_tensor(np.clip(t["gain"] * curve[idx] + t["offset"], -1, 1), dtype=torch.float32))
+    return out[0], out[1]
+
+
 def rater_scores(
-    ckpt: str, store: str, shots: int, lag: int, seed: int, scan: bool
+    ckpt: str, store: str, shots: int, lag: int, seed: int, scan: bool, truth: dict | None = None
 ) -> dict[str, dict[str, float]]:
     """{map name: {rater: mean average score over their test pairs}} of one checkpoint, with the support
     songs dsaml-eval draws for `seed`; with `scan`, also calibrate under the prior's tau^2 scaled by every
-    (offset, gain) pair of SCAN_FACTORS (names "scan <offset factor> <gain factor>")."""
+    (offset, gain) pair of SCAN_FACTORS (names "scan <offset factor> <gain factor>"); with a dsaml-synth
+    `truth`, the two oracles ("oracle: own cues", "oracle: mean listener", `oracle_curves`)."""
     net, _, hparams = load_network(ckpt)
     net.eval()
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
@@ -88,7 +113,8 @@ def rater_scores(
                 gain_tau2=tuple(gain_factor * t for t in prior.gain_tau2),
             )
             maps[f"scan {offset_factor:g} {gain_factor:g}"] = ("support", scaled, 0)
-    scores: dict[str, dict[str, list[float]]] = {name: {} for name in ["none", *maps]}
+    oracles = {"oracle: own cues": True, "oracle: mean listener": False} if truth else {}
+    scores: dict[str, dict[str, list[float]]] = {name: {} for name in ["none", *maps, *oracles]}
     pairs, supports = data.test_pairs()
     for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
         if not support_ids:
@@ -102,7 +128,10 @@ def rater_scores(
             "listener": [fit for fit in (song(s, rater) for s in listener) if moves(fit)],
             "scored": [scored],
         }
-        for name in scores:
+        for name, own in oracles.items():
+            curves = oracle_curves(truth, str(song_id), rater, len(scored[1][0]), own)
+            scores[name].setdefault(rater, []).append(scores_of(*curves, *scored[1])["average"])
+        for name in ("none", *maps):
             calibration = Calibration()  # none (or nothing to fit on): identity
             if name in maps and fit_sets[maps[name][0]]:
                 fit_name, strength, max_lag = maps[name]
@@ -126,7 +155,10 @@ def ceiling_table(
 ) -> str:
     """The markdown table of every map's per-rater gain over the unadapted model (`dsaml.reporting`'s gain
     columns; a rater's gain is its mean over the checkpoints, one per seed, each with its seed's support)."""
-    runs = [rater_scores(c, store, shots, lag, s, scan) for c, s in zip(checkpoints, seeds, strict=True)]
+    truth = load_truth(corpus) if corpus else None
+    runs = [
+        rater_scores(c, store, shots, lag, s, scan, truth) for c, s in zip(checkpoints, seeds, strict=True)
+    ]
     kinds = rater_kinds(corpus) if corpus else {}
     base = runs[0]["none"]
     gains = {
@@ -155,7 +187,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", nargs="+", required=True, help="dsaml checkpoints with a calibration prior")
     parser.add_argument("--store", required=True, help="the feature store with per-rater test curves")
-    parser.add_argument("--corpus", default=None, help="a dsaml-synth corpus: gains per rater kind")
+    parser.add_argument(
+        "--corpus", default=None, help="a dsaml-synth corpus: gains per rater kind, and the oracles"
+    )
     parser.add_argument("--shots", type=int, default=1, help="support songs per pair (cross-song k)")
     parser.add_argument("--lag", type=int, default=4, help="largest delay tried, segments")
     parser.add_argument(

@@ -5,6 +5,8 @@ per-rater gains paired against the DMER model, and how they grow with meta-train
     python experiments/personalization/run.py --tiny --out /tmp/pb # the harness at tiny size (minutes)
     python experiments/personalization/run.py --synth personal --shots 1 2 3 --methods --anil-methods \
         --out outputs/personalization_k     # the DMER model alone on a corpus where k = 3 can be run
+    python experiments/personalization/run.py --synth lens --seeds 0 --methods --anil-methods \
+        --dmer-methods calibrate ridge ridge_calibrate head auto --out outputs/personalization_lens
 
 Only the project's commands run, each as its own process (`python -m dsaml.cli.<command>`):
 1. `dsaml-synth` / `dsaml-preprocess`: the corpus (`--synth` preset) and its feature store (reused when
@@ -41,9 +43,11 @@ from pathlib import Path
 
 from ceiling import ceiling_table  # this folder's ceiling.py
 from hydra import compose, initialize_config_dir
+from lens import lens_tables  # this folder's lens.py
 from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
+from dsaml.data.synth import load_truth
 from dsaml.demo import best_checkpoint, to_overrides
 from dsaml.meta.methods import AUTO
 from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
@@ -85,16 +89,18 @@ def train(settings: list[str], seed: int, store: Path, directory: Path, extra: l
     return best_checkpoint(directory)
 
 
-def evaluate(ckpt: Path, task: dict, protocols: list[str], method: str, store: Path, out: Path) -> None:
+def evaluate(
+    ckpt: Path, task: dict, protocols: list[str], method: str, store: Path, out: Path, extra: tuple = ()
+) -> None:
     """dsaml-eval of `ckpt` with the PDMER test settings `task` (TASK_KEYS, shots, cross_support, eval_stride,
-    stitch) and `method` into `out`."""
+    stitch) and `method` (more dsaml-eval overrides: `extra`) into `out`."""
     if (out / "results.json").is_file():
         return
     settings = [f"+overrides.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in task.items()]
     command(
         "evaluate",
         [f"ckpt_path={ckpt}", "data=synthetic", "task=pdmer", f"protocols=[{','.join(protocols)}]",
-         *settings, f"adaptation={method}", f"paths.store={store}",
+         *settings, f"adaptation={method}", *extra, f"paths.store={store}",
          f"hydra.run.dir={out}", "hydra.output_subdir=null", "trainer.enable_model_summary=false"],
     )  # fmt: skip
 
@@ -142,6 +148,13 @@ def main() -> None:
         help="methods tested on the PDMER models (none given: no PDMER model is trained)",
     )
     parser.add_argument("--dmer-methods", nargs="+", default=["calibrate", "head", AUTO], choices=METHODS)
+    parser.add_argument(
+        "--auto-methods",
+        nargs="+",
+        default=None,
+        choices=ADAPTATION_METHODS[1:],
+        help="auto's candidates with >= 2 songs (adaptation.auto_methods; default: conf/adaptation's)",
+    )
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3], help="cross-song support songs k")
     parser.add_argument("--cross-support", default="song", choices=["song", "clip"])
     parser.add_argument("--eval-stride", type=int, default=10, help="task.eval_stride (1: every window)")
@@ -157,7 +170,8 @@ def main() -> None:
         "--synth",
         default="demo",
         choices=SYNTH_PRESETS,
-        help="dsaml-synth corpus preset (conf/synth/): demo, or personal (more test songs per listener)",
+        help="dsaml-synth corpus preset (conf/synth/): demo, personal (more test songs per listener) or lens "
+        "(listeners who weight the music's cues differently; adds lens.py's tables)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
     args = parser.parse_args()
@@ -175,6 +189,7 @@ def main() -> None:
     shots = feasible_shots(store, args.shots)
     if not shots:
         sys.exit("no test rater has two test songs: the cross-song protocol has nothing to score")
+    auto_override = f"adaptation.auto_methods=[{','.join(args.auto_methods or [])}]"
     meta_trained = {  # PDMER models: name -> (methods tested, meta-training settings)
         "pdmer": (args.methods, []),
         "anil": (args.anil_methods, ["task.inner_loop=head"]),  # the head-only inner loop
@@ -207,7 +222,10 @@ def main() -> None:
             runs_k = out / f"k{k}"
             evaluate(dmer, task, protocols, "none", store, runs_k / "dmer" / f"seed_{seed}")
             for method in args.dmer_methods:
-                evaluate(dmer, task, protocols, method, store, runs_k / f"dmer_{method}" / f"seed_{seed}")
+                extra = (auto_override,) if method == AUTO and args.auto_methods else ()
+                evaluate(
+                    dmer, task, protocols, method, store, runs_k / f"dmer_{method}" / f"seed_{seed}", extra
+                )
             for name, checkpoints in models.items():
                 for length, ckpt in checkpoints.items():
                     for method in meta_trained[name][0]:
@@ -229,6 +247,9 @@ def main() -> None:
     for k in shots:  # what a per-listener output map could reach on the same pairs (ceiling.py)
         table = ceiling_table(dmer_models, args.seeds, str(store), str(corpus), k, scan=True)
         parts.append(f"## The DMER model's output-map ceilings, k = {k} (ceiling.py)\n\n{table}\n")
+    if any("cues" in song for song in load_truth(corpus)["songs"].values()):  # lens listeners: lens.py
+        tables = lens_tables(out, shots, str(corpus), str(store), args.seeds)
+        parts.append(f"## Gains by distance from the mean listener, with the oracles (lens.py)\n\n{tables}")
     (out / "summary.md").write_text("\n\n".join(parts))
     print(f"benchmark -> {out / 'summary.md'}" + (f", {out / 'growth.png'}" if growth else ""))
 

@@ -5,10 +5,13 @@ A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listen
 
 - none: the network as it is;
 - maml: the inner loop over the whole network (`adapt`; the paper's);
+- ridge: the head's final read-out refitted in closed form on body features (ridge regression shrunk toward
+  the trained read-out, strength chosen leave-one-song-out; `dsaml.meta.readout`, docs/listeners.md);
 - head: the inner loop over the head only, on body features computed once (`adapt_head`, ANIL);
 - calibrate: a per-dimension affine map (gain, offset, optional lag) of the network's output, fitted in
   closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
-- head_calibrate / maml_calibrate: the inner loop, then the map fitted on the adapted network's outputs;
+- ridge_calibrate / head_calibrate / maml_calibrate: the read-out or inner loop, then the map fitted on the
+  adapted network's outputs;
 - auto: choose among the above (and among step counts) on the listener's own songs: with >= 2 songs
   among `auto_methods`, by leave-one-song-out; with one song among `auto_single` (default: calibrate
   alone), by blocked k-fold inside the song (contiguous blocks, each held out in turn); the unadapted
@@ -47,9 +50,20 @@ from dsaml.data.batch import SongSequence, join_pieces, windows_batch
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import DIMENSIONS, FLAT, Calibration, CalibrationPrior, fit_calibration
+from dsaml.meta.readout import adapt_readout
 from dsaml.metrics import scores_of
 
-METHODS = ("none", "calibrate", "head", "head_calibrate", "maml", "maml_calibrate")
+METHODS = (
+    "none",
+    "calibrate",
+    "ridge",
+    "ridge_calibrate",
+    "head",
+    "head_calibrate",
+    "maml",
+    "maml_calibrate",
+)
+ITERATIVE = ("maml", "head")  # learners with an inner loop of `steps` SGD steps (ridge is closed-form)
 AUTO = "auto"
 SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
 BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
@@ -117,8 +131,8 @@ class AdaptationConfig(Config):
 
     @property
     def learner(self) -> str | None:
-        """The inner loop the method runs: "maml", "head" or None."""
-        return next((name for name in ("maml", "head") if self.method.startswith(name)), None)
+        """What the method adapts before any map: "maml", "head" (inner loops), "ridge" or None."""
+        return next((name for name in ITERATIVE + ("ridge",) if self.method.startswith(name)), None)
 
     @property
     def calibrates(self) -> bool:
@@ -136,7 +150,7 @@ class AdaptationConfig(Config):
             "first_order": task.get("first_order", True if task else None),
         }
         values = {k: getattr(self, k) if getattr(self, k) is not None else defaults[k] for k in defaults}
-        needs = self.method == AUTO or self.learner is not None
+        needs = self.method == AUTO or self.learner in ITERATIVE
         missing = [k for k, v in values.items() if v is None]
         if needs and missing:
             raise ConfigError(
@@ -247,7 +261,10 @@ def _learn(
     steps: int,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Run the inner loop `learner` ("maml" | "head" | None) for `steps` steps -> the adapted network."""
+    """Run the inner loop `learner` ("maml" | "head" | None) for `steps` steps, or refit the read-out
+    ("ridge", one closed-form fit per song in `batches`) -> the adapted network."""
+    if learner == "ridge":
+        return adapt_readout(net, batches)
     if learner is None or steps == 0:
         return net
     run = adapt if learner == "maml" else adapt_head
@@ -289,7 +306,7 @@ def personalize_net(
         if not kept:
             return Personalized(net)
         support, batches = kept, None
-    steps = int(config.steps if steps is None else steps) if config.learner else 0
+    steps = int(config.steps if steps is None else steps) if config.learner in ITERATIVE else 0
     batches = list(batches) if batches is not None else [windows_batch(s, predictor.window) for s in support]
     adapted = _learn(net, config.learner, batches, config, steps)
     calibration = _fit_map(adapted, support, predictor, prior, config.lag) if config.calibrates else None
@@ -369,6 +386,8 @@ def candidate_scores(
     score_all(net, None, 0)
     grid = config.grid()
     batches = [windows_batch(s, predictor.window) for s in support]
+    if {"ridge", "ridge_calibrate"} & methods:
+        score_all(_learn(net, "ridge", batches, config, 0), "ridge", 0)
     for learner in ("head", "maml"):
         if not ({learner, f"{learner}_calibrate"} & methods):
             continue
@@ -408,8 +427,8 @@ def beats(candidate: Mapping[str, Any], other: Mapping[str, Any], margin: float)
 
 
 def complexity(candidate: Mapping[str, Any]) -> tuple[int, int]:
-    """Order of how much a candidate adapts: none < calibrate < head < head_calibrate < maml < maml_calibrate
-    (METHODS' order), then fewer steps first."""
+    """Order of how much a candidate adapts: none < calibrate < ridge < ridge_calibrate < head < ... <
+    maml_calibrate (METHODS' order), then fewer steps first."""
     return METHODS.index(candidate["method"]), int(candidate["steps"])
 
 

@@ -29,6 +29,8 @@ from dsaml.config import (
 LAYOUTS = ("nested", "flat")
 BITRATE_MODES = ("VARIABLE", "CONSTANT", "AVERAGE")
 # DEAM's id ranges: 2013 excerpts (anonymous raters), 2014 excerpts (WorkerId), 2015 full songs (WorkerId).
+# The lens keys' defaults (no lens raters): a corpus written before they existed compares equal with them.
+LENS_DEFAULTS = {"lens_fraction": 0.0, "lens_concentration": 0.5}
 ID_RANGES = {"n_songs_2013": (2, 1000), "n_songs_2014": (1001, 2000), "n_songs_2015": (2001, 2058)}
 
 
@@ -59,6 +61,11 @@ class SynthConfig(Config):
     idiosyncratic_fraction: float = _share(0.3)  # share of raters of an idiosyncratic kind
     activity_spread: float = number(0.6, low=0.0, high=3.0)  # lognormal sigma of how often a rater is picked
     flat_probability: float = _share(0.03)  # chance that a rating is an unmoved (flat) slider
+    # share of lens raters (own weights over the music's cues, docs/listeners.md); > 0 gives every song
+    # independent cue curves (the song's curves are then their means: the mean listener's)
+    lens_fraction: float = _share(LENS_DEFAULTS["lens_fraction"])
+    # Dirichlet concentration of a lens rater's cue weights (< 1: most lean on one or two cues)
+    lens_concentration: float = number(LENS_DEFAULTS["lens_concentration"], low=0.0, low_open=True)
     share_48k: float = _share(0.08)  # share of songs written at 48 kHz
     share_22k: float = _share(0.08)  # share written at 22.05 kHz
     share_16k: float = _share(0.0)  # share written at 16 kHz (the rest: 44.1 kHz)
@@ -86,6 +93,11 @@ class SynthConfig(Config):
             raise ConfigError(
                 f"synth.full_song_seconds=[{lo}, {hi}]: expected 46 <= min <= max <= 900 "
                 "(PDMER needs > 60 labels)"
+            )
+        if self.idiosyncratic_fraction + self.lens_fraction > 1.0:
+            raise ConfigError(
+                f"synth.idiosyncratic_fraction + synth.lens_fraction = "
+                f"{self.idiosyncratic_fraction + self.lens_fraction:g}: expected <= 1"
             )
         if self.share_48k + self.share_22k + self.share_16k > 1.0:
             raise ConfigError("synth.share_48k + synth.share_22k + synth.share_16k must be <= 1")

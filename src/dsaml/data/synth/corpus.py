@@ -9,8 +9,10 @@ Ground truth (`load_truth(root)`): {"format", "seed", "layout", "config", "curve
 ("clip" | "full"), "audio" (path relative to root), "duration_s", "n_samples", "sample_rate", "channels",
 "arousal", "valence" (true curves at 2 Hz from t = 0: value k describes [0.5 k, 0.5 k + 0.5) s, so DEAM
 label i is value 30 + i), "n_arousal", "n_valence" (labels in the files), "raters" (rater ids in file row
-order), "flat" (per rater: unmoved slider)}}, "raters": {id: {"kind", "activity", "flat_probability",
-"arousal": {"gain", "offset", "lag", "noise"}, "valence": {...}}}}.
+order), "flat" (per rater: unmoved slider), in lens corpora "cues" ({cue: curve at 2 Hz from t = 0}; the
+song's "arousal"/"valence" are then the means of its arousal/valence cues)}}, "raters": {id: {"kind",
+"activity", "flat_probability", "arousal": {"gain", "offset", "lag", "noise"}, "valence": {...}, lens raters
+only: "cue_weights": {"arousal": {cue: weight}, "valence": {...}}}}} (docs/listeners.md).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from rich.console import Console
 
 from dsaml.config import ConfigError
 from dsaml.data.synth import deam_tree
-from dsaml.data.synth.config import ID_RANGES, SynthConfig, check_run_options, load_preset
-from dsaml.data.synth.curves import CURVE_RATE_HZ, LABEL_START_INDEX, LABEL_START_S, song_curves
-from dsaml.data.synth.music import render_music
+from dsaml.data.synth.config import ID_RANGES, LENS_DEFAULTS, SynthConfig, check_run_options, load_preset
+from dsaml.data.synth.curves import CURVE_RATE_HZ, LABEL_START_INDEX, LABEL_START_S, song_curves, true_curve
+from dsaml.data.synth.music import AROUSAL_CUES, VALENCE_CUES, render_music
 from dsaml.data.synth.raters import make_pool, pick_raters, rate_song
 from dsaml.progress import progress_bar
 
@@ -129,7 +131,15 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
     """The whole corpus except audio samples: (truth dict, per-song annotation dicts for deam_tree)."""
     rng = np.random.default_rng(seed)
     ids = {key: _choose_ids(getattr(cfg, key), key, rng) for key in ID_RANGES}
-    pool = make_pool(cfg.n_raters, cfg.idiosyncratic_fraction, cfg.activity_spread, cfg.flat_probability, rng)
+    pool = make_pool(
+        cfg.n_raters,
+        cfg.idiosyncratic_fraction,
+        cfg.activity_spread,
+        cfg.flat_probability,
+        rng,
+        cfg.lens_fraction,
+        cfg.lens_concentration,
+    )
     all_ids = sorted(i for v in ids.values() for i in v)
     rates, channels = _formats(len(all_ids), cfg, rng)
     audio_rel = deam_tree.audio_dir(Path("."), layout)
@@ -140,7 +150,14 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
         lo, hi = cfg.full_song_seconds if full else cfg.clip_seconds
         n_samples = int(round(song_rng.uniform(lo, hi) * rate))
         duration = n_samples / rate
-        arousal, valence = song_curves(duration, song_rng)
+        cues = None
+        if cfg.lens_fraction > 0:  # independent cue curves; the mean listener hears their means
+            n_values = int(np.ceil(duration * CURVE_RATE_HZ)) + 2
+            cues = {name: true_curve(n_values, song_rng) for name in AROUSAL_CUES + VALENCE_CUES}
+            arousal = np.mean([cues[name] for name in AROUSAL_CUES], axis=0)
+            valence = np.mean([cues[name] for name in VALENCE_CUES], axis=0)
+        else:
+            arousal, valence = song_curves(duration, song_rng)
         n_labels = int(np.floor((duration - LABEL_START_S) * CURVE_RATE_HZ)) if full else CLIP_LABELS
         lo, hi = cfg.raters_per_full_song if full else cfg.raters_per_clip
         picks = pick_raters(pool, int(song_rng.integers(lo, hi + 1)), song_rng)
@@ -157,7 +174,7 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
             "n_valence": n_labels,
             "raters": [pool[i].rater_id for i in picks],
             "audio_seed": int(song_rng.integers(2**31)),
-        }
+        } | ({} if cues is None else {"cues": cues})
     # DEAM quirk: arousal.csv is one column longer than valence.csv (the longest song has one more label).
     longest = max(songs, key=lambda s: songs[s]["n_arousal"])
     songs[longest]["n_arousal"] += 1
@@ -171,6 +188,7 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
                 song["n_arousal"],
                 song["n_valence"],
                 np.random.default_rng([seed, int(song_id), 1, k]),
+                song.get("cues"),
             )
             for k, r in enumerate(song["raters"])
         ]
@@ -202,9 +220,13 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
     return truth, annotations
 
 
-def _render_to_file(path: str, arousal, valence, n_samples, sample_rate, channels, seed, level, mode) -> int:
-    """Render one song and write it as MP3; returns the number of samples written."""
-    audio = render_music(np.asarray(arousal), np.asarray(valence), n_samples, sample_rate, channels, seed)
+def _render_to_file(
+    path: str, arousal, valence, n_samples, sample_rate, channels, seed, level, mode, cues=None
+) -> int:
+    """Render one song (cue curves `cues` or None) and write it as MP3; returns the number of samples."""
+    audio = render_music(
+        np.asarray(arousal), np.asarray(valence), n_samples, sample_rate, channels, seed, cues
+    )
     sf.write(
         path,
         audio if channels == 2 else audio[:, 0],
@@ -231,6 +253,7 @@ def _render_all(root: Path, truth: dict, workers: int, progress: bool, console: 
             s["audio_seed"],
             cfg["mp3_compression_level"],
             cfg["mp3_bitrate_mode"],
+            s.get("cues"),
         )
         for _, s in jobs
     ]
@@ -263,6 +286,7 @@ def _prepare_root(root: Path, truth: dict) -> tuple[bool, str]:
     replaced = "an interrupted dsaml-synth run"
     if not (root / INCOMPLETE_MARK).exists():
         old = json.loads(truth_path.read_text())
+        old["config"] = {**LENS_DEFAULTS, **old.get("config", {})}  # written before lens raters existed
         keys = ("generator_version", "seed", "layout", "config")
         if {k: old.get(k) for k in keys} == {k: truth[k] for k in keys}:
             return True, ""
@@ -297,6 +321,8 @@ def load_truth(root: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: truth format {truth.get('format')!r}, expected {TRUTH_FORMAT}")
     for song in truth["songs"].values():
         song["arousal"], song["valence"] = np.asarray(song["arousal"]), np.asarray(song["valence"])
+        if "cues" in song:
+            song["cues"] = {name: np.asarray(curve) for name, curve in song["cues"].items()}
     return truth
 
 

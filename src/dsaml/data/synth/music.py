@@ -9,6 +9,11 @@ The piece is a loop of chords (bass + triad pad), a melody and a drum kit on a 1
   a consonant sixth is added above +0.3) and register (chords and melody move up to REGISTER_SEMITONES
   up as valence rises and down as it falls: high pitch reads as happy, low as sad).
 
+With `cues` (lens corpora, docs/listeners.md) each of these properties follows its own curve instead:
+"loudness" (level), "pulse" (tempo, onset density: drums, chord strikes, melody notes), "brightness"
+(harmonics, hat level, note decay), "mode" (mode and consonance) and "register" (pitch height). Without
+`cues` every arousal cue is the arousal curve and every valence cue the valence curve (as before).
+
 Everything is vectorised numpy: per-sample phases are accumulated with `cumsum` and read through
 single-cycle wavetables, note envelopes come from "time since the last onset" arrays.
 Curves are sampled at 2 Hz from t = 0: value k describes the audio in [0.5 k, 0.5 k + 0.5) s.
@@ -31,6 +36,9 @@ MINOR_SCALE = np.array([0, 2, 3, 5, 7, 8, 11])  # harmonic minor
 # Chord roots (semitones above the key) of the four bars of a progression.
 PROGRESSIONS = ((0, 5, 7, 0), (0, 7, 5, 7), (0, 5, 0, 7), (0, 3, 5, 7), (0, 8, 5, 7), (0, 10, 5, 7))
 REGISTER_SEMITONES = 5  # transposition at valence +-1
+CUE_REGISTER_SEMITONES = 12  # ... at register cue +-1 (an independent cue must be heard over the song's key)
+AROUSAL_CUES = ("loudness", "pulse", "brightness")  # the musical properties an arousal curve drives
+VALENCE_CUES = ("mode", "register")  # ... and a valence curve
 
 
 def _wavetable(weights: np.ndarray) -> np.ndarray:
@@ -103,11 +111,13 @@ def render_music(
     sample_rate: int,
     channels: int,
     seed: int,
+    cues: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Audio [n_samples, channels] float32 in (-1, 1) following the 2 Hz curves (values in [-1, 1]).
 
     `arousal`/`valence` [K] must cover the duration (K >= n_samples / sample_rate * 2); `seed` fixes the
-    song's key, progression, melody and drum noise.
+    song's key, progression, melody and drum noise. cues: {name: [K] curve} for names in AROUSAL_CUES +
+    VALENCE_CUES, each driving its own property (a missing name follows `arousal` / `valence`).
     """
     rng = np.random.default_rng(seed)
     n, sr = n_samples, sample_rate
@@ -115,9 +125,16 @@ def render_music(
     n_blocks = -(-n // HOP)
     centers = (np.arange(len(arousal)) + 0.5) / CURVE_RATE_HZ
     t_block = (np.arange(n_blocks) + 0.5) * HOP / sr
-    a_block = np.interp(t_block, centers, arousal)
-    a = np.repeat(a_block.astype(np.float32), HOP)[:n]
-    v_block = np.interp(t_block, centers, valence)
+    cues = cues or {}
+    cue = {
+        name: np.interp(t_block, centers, cues[name] if name in cues else default)
+        for names, default in ((AROUSAL_CUES, arousal), (VALENCE_CUES, valence))
+        for name in names
+    }
+    a_block = cue["pulse"]
+    v_block = cue["mode"]
+    loud_block, bright_block, reg_block = cue["loudness"], cue["brightness"], cue["register"]
+    span = CUE_REGISTER_SEMITONES if "register" in cues else REGISTER_SEMITONES
 
     # Beat clock: tempo follows arousal; grid events every 16th note at sample positions `pos`.
     bpm = 72.0 + 48.0 * (a_block + 1.0)
@@ -127,13 +144,14 @@ def render_music(
     keep = pos < n
     grid, pos = grid[keep], pos[keep]
     a_ev, v_ev = a_block[pos // HOP], v_block[pos // HOP]
+    bright_ev, reg_ev = bright_block[pos // HOP], reg_block[pos // HOP]
 
     # Drums.
     kit = _drum_kernels(sr, rng)
     kick_on = (grid % 4 == 0) & ((a_ev > -0.4) | (grid % 8 == 0))
     snare_on = (grid % 8 == 4) & (a_ev > -0.3)
     hat_on = ((grid % 2 == 0) & (a_ev > -0.6)) | ((grid % 2 == 1) & (a_ev > 0.3))
-    hat_gain = 0.25 + 0.35 * (a_ev + 1) / 2 * rng.uniform(0.8, 1.0, len(grid))
+    hat_gain = 0.25 + 0.35 * (bright_ev + 1) / 2 * rng.uniform(0.8, 1.0, len(grid))
     drums = (
         _place(kit["kick"], pos[kick_on], np.full(kick_on.sum(), 0.9, np.float32), n)
         + _place(kit["snare"], pos[snare_on], np.full(snare_on.sum(), 0.6, np.float32), n)
@@ -145,7 +163,8 @@ def render_music(
     progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
     bar_on = grid % 16 == 0
     bar_pos, bar_v, bars = pos[bar_on], v_ev[bar_on], grid[bar_on] // 16
-    roots = 48 + key + np.array([progression[b % 4] for b in bars]) + np.round(REGISTER_SEMITONES * bar_v)
+    shift = np.round(span * reg_ev[bar_on])
+    roots = 48 + key + np.array([progression[b % 4] for b in bars]) + shift
     major = bar_v > 0
     voices = [
         (roots - 12, np.ones_like(bar_v)),  # bass
@@ -156,7 +175,7 @@ def render_music(
         (roots + 12 + 6, np.clip((-bar_v - 0.6) / 0.3, 0, 1)),  # tritone
         (roots + 12 + 9, np.clip((bar_v - 0.3) / 0.5, 0, 1)),  # major sixth: consonant colour
     ]
-    bright = (a + 1) / 2
+    bright = (np.repeat(bright_block.astype(np.float32), HOP)[:n] + 1) / 2
     pad_strike = np.where(a_ev > 0.2, grid % 4 == 0, grid % 8 == 0)
     pad_env = 0.35 + 0.65 * np.exp(-_time_since(pos[pad_strike], n, sr) / 0.6)
     dark = np.zeros(n, dtype=np.float32)
@@ -178,7 +197,7 @@ def render_music(
     steps = rng.choice([-2, -1, -1, 1, 1, 2], size=note_on.sum())
     degree = np.clip(np.cumsum(steps) + 7, 0, 13)
     scale = np.where(v_ev[note_on][:, None] > 0, MAJOR_SCALE[None, :], MINOR_SCALE[None, :])
-    register = np.round(REGISTER_SEMITONES * v_ev[note_on])
+    register = np.round(span * reg_ev[note_on])
     melody_midi = (
         60 + key + register + np.take_along_axis(scale, (degree % 7)[:, None], 1)[:, 0] + 12 * (degree // 7)
     )
@@ -189,7 +208,8 @@ def render_music(
     melody = mel_env * (tone + bright * (BRIGHT_TABLE.take(idx) - tone))
 
     # Mix: loudness follows arousal (-14 dB .. 0 dB), soft clipping keeps it in (-1, 1).
-    level = (10.0 ** (7.0 * (a - 1.0) / 20.0)).astype(np.float32)
+    loud = np.repeat(loud_block.astype(np.float32), HOP)[:n]
+    level = (10.0 ** (7.0 * (loud - 1.0) / 20.0)).astype(np.float32)
     pan = float(rng.uniform(0.25, 0.75))
     if channels == 1:
         mono = 0.16 * pad + 0.28 * melody + 0.5 * drums
