@@ -282,7 +282,7 @@ def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     songs = sorted(songs_of[rater], key=int)
     out = Path(config.out) / "tools"
     adapted = out / f"personalized_{rater}.ckpt"
-    personalize = [  # the DMER model: the better base for a new listener (README, personalisation benchmark)
+    personalize = [  # the DMER model: the better base for a new listener (experiments/personalization/RESULTS.md)
         f"ckpt={dmer.checkpoint}",
         "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
         f'annotations=["{annotations / PER_RATER_DIR}"]',

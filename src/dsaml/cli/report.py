@@ -1,7 +1,7 @@
 """`dsaml-report`: aggregate the results.json of several runs into tables and a plot.
 
 dsaml-report runs=[outputs/multirun/2026-12-01/10-00-00]      # scores: mean ± 95% interval over seeds
-dsaml-report runs=[sweep/] baseline="experiment=dmer_synthetic" corpus=data/synthetic/demo   # + gains
+dsaml-report runs=[sweep/] 'baseline="experiment=dmer_synthetic"' corpus=data/synthetic/demo   # + gains
 
 Writes <out>/report.md, <out>/report.json and, with a baseline, <out>/gains.png.
 """
