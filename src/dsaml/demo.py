@@ -26,6 +26,7 @@ from rich.console import Console
 
 from dsaml import reporting
 from dsaml.data.validation import ConfigError
+from dsaml.training.runs import best_checkpoint, to_overrides
 
 DEVICES = ("cpu", "gpu")  # dsaml-train trainer presets
 ROWS = {  # key -> (table label, what it is)
@@ -134,17 +135,6 @@ class Run:
         return next((r for r in self.results["rows"] if r["protocol"] == protocol), None)
 
 
-def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    """Nested settings -> dotted Hydra overrides: {"task": {"lr": 0.001}} -> ["task.lr=0.001"]."""
-    out = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out += to_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return out
-
-
 def train_config(
     name: str, settings: dict[str, Any], config: DemoConfig, directory: Path, init_from: Path | None = None
 ) -> DictConfig:
@@ -160,16 +150,6 @@ def train_config(
         "trainer.enable_model_summary=false",
     ]
     return compose("train", overrides=overrides)
-
-
-def best_checkpoint(directory: Path) -> Path:
-    """The run's selected checkpoint (ModelCheckpoint's top-1 epoch_*.ckpt), else its last.ckpt."""
-    found = sorted((directory / "checkpoints").glob("epoch_*.ckpt")) or [
-        directory / "checkpoints" / "last.ckpt"
-    ]
-    if not found[-1].is_file():
-        raise FileNotFoundError(f"no checkpoint in {directory / 'checkpoints'}")
-    return found[-1]
 
 
 def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None = None) -> Run:
@@ -282,7 +262,8 @@ def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     songs = sorted(songs_of[rater], key=int)
     out = Path(config.out) / "tools"
     adapted = out / f"personalized_{rater}.ckpt"
-    personalize = [  # the DMER model: the better base for a new listener (experiments/personalization/RESULTS.md)
+    # the DMER model: the better base for a new listener (experiments/personalization/RESULTS.md)
+    personalize = [
         f"ckpt={dmer.checkpoint}",
         "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
         f'annotations=["{annotations / PER_RATER_DIR}"]',

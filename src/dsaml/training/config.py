@@ -77,7 +77,7 @@ class TaskConfig(Config):
     predict_song (mean = correct default; weighted = window edges count less; original = the original's rule,
     arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
     song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
-    cheaper, see experiments/benchmarks/RESULTS.md, "Whole-song prediction stride"). eval_batch_size: windows per forward at evaluation.
+    cheaper: experiments/benchmarks/RESULTS.md). eval_batch_size: windows per forward at evaluation.
     """
 
     SECTION = "task"
