@@ -67,8 +67,11 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
     console.print(reporting.rich_table(title, *demo.results_rows(report)))
     for row in report["rows"]:
         console.print(f"  [bold]{row['model']}[/bold]: {row['meaning']}", highlight=False)
-    title = "Adaptation gain per rater (average score: adapted PDMER - baseline on the same pairs)"
-    console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"])))
+    title = "Adaptation gain per rater (average score: adapted - baseline on the same pairs)"
+    console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"], narrow=True)))
+    console.print(f"  not worse: raters whose gain is > -{reporting.NOT_WORSE_MARGIN:g}", highlight=False)
+    title = "The same gains: paired tests over raters, and per rater kind"
+    console.print(reporting.rich_table(title, *reporting.test_rows(report["gains"])))
     console.print(f"plots -> {Path(config.out) / 'plots'}")
     made = demo.figures(dmer, pdmer, report, kinds, config)
     runs = {"dmer": dmer, "pdmer": pdmer, "dmer_on_raters": dmer_on_raters, "pdmer_before": pdmer_before}
@@ -81,8 +84,8 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
 def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """The six stages; returns the report written to <out>/demo_results.json."""
     console = console or Console(stderr=True)
-    if not console.is_terminal:  # logs: wide enough for the results table
-        console.width = max(console.width, 110)
+    if not console.is_terminal:  # logs: as wide as the tables (each fits in 100 columns)
+        console.width = max(console.width, 100)
     config = from_mapping(demo.DemoConfig, plain_options(cfg), "dsaml-demo")
     config.check_runs()
     run_dir = Path(config.out)

@@ -60,14 +60,20 @@ def run(cfg: DictConfig, console: Console) -> int:
         return 2
     scores = reporting.score_table(runs)
     sections = [("Scores: mean ± 95% interval over seeds", reporting.score_rows(scores))]
+    printed = list(sections)  # the terminal's tables: the gains split in two, each within 100 columns
     if config.baseline:
         title = f"Per-rater gain in the average score vs {config.baseline} (same protocol, pairs and seed)"
         sections.append((title, reporting.gain_rows(gains[0])))
+        not_worse = f"not worse: gain > -{reporting.NOT_WORSE_MARGIN:g}"
+        printed.append((f"{title}; {not_worse}", reporting.gain_rows(gains[0], narrow=True)))
+        title = "The same gains: paired tests over raters, and per rater kind"
+        printed.append((title, reporting.test_rows(gains[0])))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    for title, (header, rows) in printed:
+        console.print(reporting.rich_table(title, header, rows))
     text = [f"# dsaml-report of {', '.join(config.runs)}", f"{len(runs)} runs."]
     for title, (header, rows) in sections:
-        console.print(reporting.rich_table(title, header, rows))
         text += ["", f"## {title}", "", reporting.markdown(header, rows)]
     (out / "report.md").write_text("\n".join(text) + "\n")
     report = {"runs": [str(r.path) for r in runs], "scores": scores, "baseline": config.baseline}
