@@ -255,8 +255,9 @@ def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     from dsaml.data.synth import deam_tree, load_truth
 
     corpus = Path(config.corpus)
-    layout = load_truth(corpus)["layout"]
-    audio, annotations = deam_tree.audio_dir(corpus, layout), deam_tree.annotations_dir(corpus, layout)
+    truth = load_truth(corpus)
+    annotations = deam_tree.annotations_dir(corpus, truth["layout"])
+    audio = {song: corpus / truth["songs"][song]["audio"] for song in truth["songs"]}  # .mp3 or .flac
     songs_of = test_songs_of_raters(config.store)
     rater = max(sorted(songs_of), key=lambda r: len(songs_of[r]))
     songs = sorted(songs_of[rater], key=int)
@@ -265,16 +266,16 @@ def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     # the DMER model: the better base for a new listener (experiments/personalization/RESULTS.md)
     personalize = [
         f"ckpt={dmer.checkpoint}",
-        "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
+        "audio=[" + ",".join(str(audio[s]) for s in songs) + "]",
         f'annotations=["{annotations / PER_RATER_DIR}"]',
         f"rater={rater}",
         f"holdout=[{songs[-1]}]",
         f"out={adapted}",
     ]
     commands = [
-        ("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{audio / f'{songs[0]}.mp3'}]", f"out={out}"]),
+        ("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{audio[songs[0]]}]", f"out={out}"]),
         ("personalize", personalize),
-        ("predict", [f"ckpt={adapted}", f"inputs=[{audio / f'{songs[-1]}.mp3'}]", f"out={out}"]),
+        ("predict", [f"ckpt={adapted}", f"inputs=[{audio[songs[-1]]}]", f"out={out}"]),
     ]
     info = {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out),
             "personalize_report": str(out / "personalize_report.json")}  # fmt: skip

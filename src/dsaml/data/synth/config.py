@@ -28,6 +28,7 @@ from dsaml.config import (
 
 LAYOUTS = ("nested", "flat")
 BITRATE_MODES = ("VARIABLE", "CONSTANT", "AVERAGE")
+AUDIO_FORMATS = ("mp3", "flac")  # audio files the DEAM reader accepts in MEMD_audio/ (besides wav, ogg)
 # DEAM's id ranges: 2013 excerpts (anonymous raters), 2014 excerpts (WorkerId), 2015 full songs (WorkerId).
 ID_RANGES = {"n_songs_2013": (2, 1000), "n_songs_2014": (1001, 2000), "n_songs_2015": (2001, 2058)}
 
@@ -66,6 +67,8 @@ class SynthConfig(Config):
     # soundfile compression_level in [0, 1) (1 fails for 44.1 kHz)
     mp3_compression_level: float = number(0.9, low=0.0, high=1.0, high_open=True)
     mp3_bitrate_mode: str = choice("VARIABLE", BITRATE_MODES)
+    # mp3: DEAM's own container; flac: lossless 16-bit, ~13x cheaper to encode, ~12x larger on disk
+    audio_format: str = choice("mp3", AUDIO_FORMATS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
