@@ -108,11 +108,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     stage("DMER: train on rater-averaged curves, test on full songs")
     dmer = demo.train("dmer", config, run_dir)
     start = "from the DMER weights" if config.pdmer_from_dmer else "from scratch"
-    stage(f"PDMER: first-order MAML over raters {start}; test before/after adaptation")
+    stage(f"PDMER: MAML {start}, tested before and after adapting")
     pdmer = demo.train("pdmer", config, run_dir, dmer.checkpoint if config.pdmer_from_dmer else None)
     stage("results")
     report = results(dmer, pdmer, config, console)
-    stage("your own music: dsaml-predict and dsaml-personalize on the demo's test songs")
+    stage("the user tools: dsaml-predict, dsaml-personalize on test songs")
     report["tools"] = try_the_tools(dmer, config, console)
     (run_dir / "demo_results.json").write_text(json.dumps(report, indent=2))
     elapsed = time.perf_counter() - started
