@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock test demo lint bench clean
+.PHONY: install lock test test-fast demo lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ lock:
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
+
+# Everything but the end-to-end tests marked slow (tests/conftest.py: SLOW_FILES).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
 
 demo: $(STAMP)
 	$(VENV)/bin/dsaml-demo

@@ -17,8 +17,7 @@ from dsaml.config import CONFIG_DIR
 from dsaml.data.features import FeatureConfig
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import save_network
-
-TINY_MODEL = dict(hidden_size=16, num_heads=2, num_layers=1, ffn_size=16, dropout=0.0)
+from model_fixtures import TINY_MODEL
 
 
 def tiny_net(seed: int = 0, **overrides) -> DSAMLNet:

@@ -23,6 +23,7 @@ from dsaml.models.checkpoint import load_network
 
 TINY_RUNS = [
     "synth=tiny",
+    "synth.audio_format=flac",  # the demo preset's container: every stage, the user tools included, reads it
     "workers=1",
     "examples=2",
     "+dmer.model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}",

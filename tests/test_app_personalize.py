@@ -14,8 +14,9 @@ import torch
 from app_fixtures import capture, compose_cli, save_tiny_ckpt, write_audio
 from dsaml.cli.personalize import run
 from dsaml.cli.predict import run as run_predict
+from dsaml.data.batch import windows_batch
 from dsaml.data.features import FeatureConfig
-from dsaml.meta import AdaptationConfig, Predict, batch_loss, windows_batch
+from dsaml.meta import AdaptationConfig, Predict, batch_loss
 from dsaml.meta.calibration import Calibration
 from dsaml.models.checkpoint import load_network
 from dsaml.personalize import (

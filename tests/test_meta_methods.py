@@ -24,10 +24,8 @@ from dsaml.meta import (
     adapt,
     adapt_head,
     batch_loss,
-    choose,
     estimate_prior,
     fit_calibration,
-    folds,
     maml_wrap,
     meta_backward,
     moving,
@@ -35,6 +33,7 @@ from dsaml.meta import (
     select,
 )
 from dsaml.meta.calibration import shift
+from dsaml.meta.selection import choose, folds
 
 
 def _song(seed: int, n: int = 40) -> dict:

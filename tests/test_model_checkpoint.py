@@ -8,9 +8,9 @@ import torch
 from dsaml.cli.convert import main as convert_main
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import load_network, save_network
-from model_fixtures import load_reference
+from model_fixtures import TINY_MODEL, load_reference
 
-TINY = DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64, global_context="none")
+TINY = DSAMLConfig(**TINY_MODEL, global_context="none")
 
 
 def test_round_trip_keeps_weights_config_and_hyper_parameters(tmp_path):

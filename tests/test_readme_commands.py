@@ -1,6 +1,7 @@
-"""Every `dsaml-*` command line in README.md composes: its config groups, keys and values exist (Hydra's
-strict composition), and training commands pass dsaml-train's validation. What the commands *do* is
-tested in the area's own tests and by `make demo`; this keeps the README from drifting away from conf/."""
+"""Every `dsaml-*` command line in README.md and docs/*.md composes: its config groups, keys and values exist
+(Hydra's strict composition), and training commands pass dsaml-train's validation. What the commands *do* is
+tested in the area's own tests and by `make demo`; this keeps the documentation from drifting away from
+conf/."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from omegaconf import OmegaConf
 from dsaml.config import CONFIG_DIR
 from dsaml.training.config import validate_train_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 CONFIGS = {  # console script -> its conf/<name>.yaml
     "dsaml-synth": "synth",
     "dsaml-preprocess": "preprocess",
@@ -25,12 +28,13 @@ CONFIGS = {  # console script -> its conf/<name>.yaml
     "dsaml-predict": "predict",
     "dsaml-personalize": "personalize",
     "dsaml-demo": "demo",
+    "dsaml-report": "report",
 }
 
 
-def readme_commands() -> list[str]:
-    """Command lines in the README's bash blocks (continuation lines joined, comments dropped)."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+def doc_commands(path: Path) -> list[str]:
+    """Command lines in a markdown file's bash blocks (continuation lines joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
     lines = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -40,15 +44,23 @@ def readme_commands() -> list[str]:
     return lines
 
 
-COMMANDS = readme_commands()
+README_COMMANDS = doc_commands(README)
+COMMANDS = [(p.relative_to(ROOT).as_posix(), line) for p in [README, *DOCS] for line in doc_commands(p)]
+CONFIGURED = [(path, line) for path, line in COMMANDS if line.split()[0] in CONFIGS]
 
 
 def test_the_readme_shows_every_command():
-    assert {line.split()[0] for line in COMMANDS} >= set(CONFIGS) | {"dsaml-convert"}
+    assert {line.split()[0] for line in README_COMMANDS} >= set(CONFIGS) | {"dsaml-convert"}
 
 
-@pytest.mark.parametrize("line", [c for c in COMMANDS if c.split()[0] in CONFIGS])
-def test_readme_command_composes(line):
+def test_the_docs_have_commands_to_check():
+    """The docs' bash blocks are found (a changed fence style would silently check nothing)."""
+    files = {path for path, _ in COMMANDS}
+    assert {"docs/tools.md", "docs/training.md", "docs/store.md", "docs/synth.md"} <= files
+
+
+@pytest.mark.parametrize("path,line", CONFIGURED, ids=[f"{p}:{i}" for i, (p, _) in enumerate(CONFIGURED)])
+def test_documented_command_composes(path, line):
     words = shlex.split(line)
     sweep = "-m" in words
     # a sweep composes once per job: check its first job (key=a,b,c -> key=a)

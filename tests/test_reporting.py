@@ -82,6 +82,15 @@ def test_paired_gains_pair_raters_by_protocol_seed_and_pair_count():
     header, rows = reporting.gain_rows(summaries)
     assert header[-2:] == ["inverted", "typical"] and rows[0][1].startswith("+0.100") and rows[0][2] == "2/2"
     assert header[3] == "not worse by > 0.01" and rows[0][3] == "2/2"
+    # the terminal's two tables hold the same cells: the first five columns, then tests and kinds as rows
+    narrow_header, narrow_rows = reporting.gain_rows(summaries, narrow=True)
+    assert narrow_header == ["comparison", "gain (95% CI)", "improve", "not worse", "worst"]
+    assert narrow_rows == [rows[0][:5]]
+    test_header, test_rows = reporting.test_rows(summaries)
+    assert test_header[1:] == ["raters", "gain (95% CI)", "t-test p", "Wilcoxon p"]
+    assert test_rows[0] == ["maml cross", "2", rows[0][1], rows[0][5], rows[0][6]]
+    # kinds in name order; typical: rater a alone, gain 0.1 and no interval from one rater
+    assert test_rows[1:] == [["  inverted", "1", "+0.100", "", ""], ["  typical", "1", "+0.100", "", ""]]
     margins = reporting.summarize_gains({"a": -0.02, "b": -0.005, "c": 0.0, "d": 0.3})
     assert (margins["improved"], margins["not_worse"], margins["worst"]) == (1, 3, -0.02)
     with pytest.raises(

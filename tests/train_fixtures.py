@@ -11,15 +11,12 @@ from omegaconf import DictConfig, open_dict
 
 from dsaml.config import CONFIG_DIR
 from dsaml.training.smoke import PDMER_TINY_EPISODES
+from model_fixtures import tiny_model_overrides
 
 # tiny network and episodes: a few seconds per run on 2 cores
 TINY = [
     "model=dsaml_small",
-    "model.hidden_size=16",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "model.ffn_size=16",
-    "model.dropout=0.0",
+    *tiny_model_overrides(),
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",

@@ -3,7 +3,7 @@
 # dev, slurm and clap extras into a fresh, throw-away venv, check it, and write every package it holds
 # (transitive ones and the build tools included) pinned to one exact version.
 #
-# The torch / torchaudio / torchvision trio is chosen here, by measurement (README "Installing"), and
+# The torch / torchaudio / torchvision trio is chosen here, by measurement (docs/development.md, "Installing"), and
 # given to the resolver as exact pins; everything else is whatever the resolver picks today.
 set -euo pipefail
 cd "$(dirname "$0")/.."

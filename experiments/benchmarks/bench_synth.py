@@ -7,6 +7,9 @@ generated end to end with 1 worker (baseline) vs `--workers` processes, in wall 
     .venv/bin/python experiments/benchmarks/bench_synth.py              # 8 excerpts, 2 workers
     .venv/bin/python experiments/benchmarks/bench_synth.py --clips 16 --workers 4
 
+The last table: the demo mix rendered as MP3 (DEAM's container) and as FLAC (`audio_format=flac`),
+interleaved, in songs per wall second (results: experiments/benchmarks/RESULTS.md).
+
 Recorded (2026-11-24, this 2-core machine shared with other jobs, load average ~9, `--repeats 2 --clips 6`):
 one excerpt, CPU s: 44.1 kHz stereo render 0.326, encode default 0.878 / ours 0.718 (1.15x);
 44.1 kHz mono 0.187, 0.416 / 0.336 (1.15x); 22.05 kHz mono 0.090, 0.261 / 0.222 (1.12x);
@@ -91,6 +94,25 @@ def corpus(table: Table, clips: int, workers: int) -> None:
     )
 
 
+def containers(table: Table, clips: int, workers: int, repeats: int) -> None:
+    """The demo preset's mix of excerpts (rates, channels) rendered as MP3 and as FLAC (`audio_format`),
+    interleaved, `workers` processes; songs per wall second (best of `repeats`) and disk."""
+    base = {**load_preset("demo").to_dict(), "name": "bench", "n_songs_2013": 0, "n_songs_2014": clips}
+    best: dict[str, float] = {}
+    size: dict[str, float] = {}
+    for _ in range(repeats):
+        for fmt in ("mp3", "flac"):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                cfg = {**base, "n_songs_2015": 0, "n_raters": 10, "audio_format": fmt}
+                generate_corpus(Path(tmp) / "c", cfg, seed=0, workers=workers, progress=False)
+                best[fmt] = max(best.get(fmt, 0.0), clips / (time.perf_counter() - start))
+                size[fmt] = sum(f.stat().st_size for f in Path(tmp).rglob(f"*.{fmt}")) / clips / 2**20
+    for fmt in ("mp3", "flac"):
+        ratio = f"{best[fmt] / best['mp3']:.2f}x"
+        table.add_row(fmt, f"{best[fmt]:.2f}", ratio, f"{size[fmt]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=8)
@@ -108,6 +130,11 @@ def main() -> None:
         whole.add_column(column, justify="right")
     corpus(whole, args.clips, args.workers)
     console.print(whole)
+    formats = Table(title=f"{args.clips} excerpts of the demo mix, {args.workers} workers, by container")
+    for column in ("audio_format", "songs / s (best)", "speed-up", "MiB per excerpt"):
+        formats.add_column(column, justify="right")
+    containers(formats, args.clips, args.workers, args.repeats)
+    console.print(formats)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import numpy as np
 from ceiling import rater_scores  # this folder's ceiling.py
 
 from dsaml.data.synth import load_truth
-from dsaml.demo import best_checkpoint
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
+from dsaml.training.runs import best_checkpoint
 
 CROSS = "pdmer_cross_song"
 GROUPS = ("all", "output-map", "lens near", "lens far")

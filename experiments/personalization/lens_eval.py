@@ -36,9 +36,9 @@ from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.synth import load_truth
 from dsaml.inference import window_starts
 from dsaml.losses import dsaml_loss
-from dsaml.meta import AdaptationConfig, CalibrationPrior, adapt, choose, fit_calibration, moving
-from dsaml.meta.methods import tabulate
+from dsaml.meta import AdaptationConfig, CalibrationPrior, adapt, fit_calibration, moving
 from dsaml.meta.readout import refit_readout
+from dsaml.meta.selection import choose, tabulate
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown

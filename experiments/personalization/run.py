@@ -48,9 +48,9 @@ from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
 from dsaml.data.synth import load_truth
-from dsaml.demo import best_checkpoint, to_overrides
 from dsaml.meta.methods import AUTO
 from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
+from dsaml.training.runs import best_checkpoint, to_overrides
 
 SYNTH_PRESETS = sorted(path.stem for path in (CONFIG_DIR / "synth").glob("*.yaml"))
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"

@@ -13,8 +13,8 @@ and the training raters who rated k + 1 of them: songs the model never fitted, r
 scores, so a rule can be chosen here and checked on the test pairs. Untouched sliders are left out of the
 support (`adaptation.skip_flat`) and not scored.
 
-Per pair, the project's own `dsaml.meta.candidate_scores` on each validation fold of the support
-(`dsaml.meta.folds`: leave-one-song-out) and once more fitted on every support song and scored on the
+Per pair, the project's own `candidate_scores` (`dsaml.meta.selection`) on each validation fold of the support
+(`folds`: leave-one-song-out) and once more fitted on every support song and scored on the
 held-out song. Printed per candidate set (all of `--methods`, those without the maml inner loop, calibrate
 alone) and rule (`dsaml.meta.SELECTION_RULES`; the oracle that picks the best held-out score with
 hindsight; calibrate without the check against none): the mean per-rater gain in held-out score over the
@@ -38,22 +38,12 @@ from run import pdmer_task  # this folder's run.py
 from dsaml.config import CONFIG_DIR
 from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.episodes import cross_song_pairs
-from dsaml.demo import to_overrides
-from dsaml.meta import (
-    METHODS,
-    SELECTION_RULES,
-    AdaptationConfig,
-    CalibrationPrior,
-    Predict,
-    candidate_scores,
-    choose,
-    folds,
-    moving,
-    tabulate,
-)
+from dsaml.meta import METHODS, SELECTION_RULES, AdaptationConfig, CalibrationPrior, Predict, moving
+from dsaml.meta.selection import candidate_scores, choose, folds, tabulate
 from dsaml.models.checkpoint import load_network
 from dsaml.progress import progress_bar
 from dsaml.reporting import NOT_WORSE_MARGIN
+from dsaml.training.runs import to_overrides
 
 
 def val_pairs(data: DSAMLDataModule, shots: int, seed: int) -> tuple[list, list]:

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from dsaml import reporting
 from dsaml.data.validation import ConfigError
+from dsaml.training.runs import best_checkpoint, to_overrides
 
 DEVICES = ("cpu", "gpu")  # dsaml-train trainer presets
 ROWS = {  # key -> (table label, what it is)
@@ -134,17 +135,6 @@ class Run:
         return next((r for r in self.results["rows"] if r["protocol"] == protocol), None)
 
 
-def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    """Nested settings -> dotted Hydra overrides: {"task": {"lr": 0.001}} -> ["task.lr=0.001"]."""
-    out = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out += to_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return out
-
-
 def train_config(
     name: str, settings: dict[str, Any], config: DemoConfig, directory: Path, init_from: Path | None = None
 ) -> DictConfig:
@@ -160,16 +150,6 @@ def train_config(
         "trainer.enable_model_summary=false",
     ]
     return compose("train", overrides=overrides)
-
-
-def best_checkpoint(directory: Path) -> Path:
-    """The run's selected checkpoint (ModelCheckpoint's top-1 epoch_*.ckpt), else its last.ckpt."""
-    found = sorted((directory / "checkpoints").glob("epoch_*.ckpt")) or [
-        directory / "checkpoints" / "last.ckpt"
-    ]
-    if not found[-1].is_file():
-        raise FileNotFoundError(f"no checkpoint in {directory / 'checkpoints'}")
-    return found[-1]
 
 
 def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None = None) -> Run:
@@ -275,25 +255,27 @@ def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
     from dsaml.data.synth import deam_tree, load_truth
 
     corpus = Path(config.corpus)
-    layout = load_truth(corpus)["layout"]
-    audio, annotations = deam_tree.audio_dir(corpus, layout), deam_tree.annotations_dir(corpus, layout)
+    truth = load_truth(corpus)
+    annotations = deam_tree.annotations_dir(corpus, truth["layout"])
+    audio = {song: corpus / truth["songs"][song]["audio"] for song in truth["songs"]}  # .mp3 or .flac
     songs_of = test_songs_of_raters(config.store)
     rater = max(sorted(songs_of), key=lambda r: len(songs_of[r]))
     songs = sorted(songs_of[rater], key=int)
     out = Path(config.out) / "tools"
     adapted = out / f"personalized_{rater}.ckpt"
-    personalize = [  # the DMER model: the better base for a new listener (README, personalisation benchmark)
+    # the DMER model: the better base for a new listener (experiments/personalization/RESULTS.md)
+    personalize = [
         f"ckpt={dmer.checkpoint}",
-        "audio=[" + ",".join(str(audio / f"{s}.mp3") for s in songs) + "]",
+        "audio=[" + ",".join(str(audio[s]) for s in songs) + "]",
         f'annotations=["{annotations / PER_RATER_DIR}"]',
         f"rater={rater}",
         f"holdout=[{songs[-1]}]",
         f"out={adapted}",
     ]
     commands = [
-        ("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{audio / f'{songs[0]}.mp3'}]", f"out={out}"]),
+        ("predict", [f"ckpt={dmer.checkpoint}", f"inputs=[{audio[songs[0]]}]", f"out={out}"]),
         ("personalize", personalize),
-        ("predict", [f"ckpt={adapted}", f"inputs=[{audio / f'{songs[-1]}.mp3'}]", f"out={out}"]),
+        ("predict", [f"ckpt={adapted}", f"inputs=[{audio[songs[-1]]}]", f"out={out}"]),
     ]
     info = {"rater": rater, "songs": songs, "adapted_checkpoint": str(adapted), "folder": str(out),
             "personalize_report": str(out / "personalize_report.json")}  # fmt: skip

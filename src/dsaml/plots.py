@@ -23,7 +23,19 @@ import numpy as np  # noqa: E402
 from dsaml.outputs import atomic_output  # noqa: E402
 
 DIMENSIONS = ("arousal", "valence")
-COLORS = {"true": "black", 0: "tab:blue", 1: "tab:orange", 2: "tab:green", 3: "tab:red"}
+TRUE_COLOR = "black"
+
+
+def series_color(index: int) -> tuple[float, float, float, float]:
+    """The colour of series `index`: tab10's ten distinct colours (a figure with more series repeats them)."""
+    return plt.get_cmap("tab10")(index % 10)
+
+
+def _legend_below(fig: plt.Figure, handles: Sequence, labels: Sequence[str], ncol: int) -> None:
+    """The figure's legend in rows under its axes, with room reserved for it: it hides nothing."""
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, min(0.5, (0.1 + 0.2 * rows) / fig.get_figheight()), 1, 1))
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -48,7 +60,7 @@ def plot_prediction(
     grid = fig.add_gridspec(2, 2, width_ratios=(3, 1.2))
     for row, (name, values) in enumerate(zip(DIMENSIONS, (arousal, valence), strict=True)):
         ax = fig.add_subplot(grid[row, 0])
-        ax.plot(time_s, values, color=COLORS[row], lw=1.4)
+        ax.plot(time_s, values, color=series_color(row), lw=1.4)
         ax.axhline(0, color="grey", lw=0.6, ls=":")
         ax.set_ylabel(name)
         ax.set_xlim(time_s[0], time_s[-1] if len(time_s) > 1 else time_s[0] + 0.5)
@@ -87,14 +99,14 @@ def plot_curves(
     `start_s` is the time of the first value; `support_until` shades the first segments that the
     adaptation saw (within-song protocol), so the scored part is the rest.
     """
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.4), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.4 + 0.2 * ((len(predictions) + 2) // 3)), sharex=True)
     n = len(true[0])
     time = _time_axis(n, start_s, step_s)
     for row, (ax, name) in enumerate(zip(axes, DIMENSIONS, strict=True)):
-        ax.plot(time, true[row], color=COLORS["true"], lw=1.8, label="rater (true)")
+        ax.plot(time, true[row], color=TRUE_COLOR, lw=1.8, label="rater (true)")
         for index, (label, curves) in enumerate(predictions.items()):
             values = np.asarray(curves[row])
-            ax.plot(time[n - len(values) :], values, color=COLORS[index % 4], lw=1.3, label=label)
+            ax.plot(time[n - len(values) :], values, color=series_color(index), lw=1.3, label=label)
         if support_until:
             ax.axvspan(
                 time[0], time[min(support_until, n - 1)], color="grey", alpha=0.15, label="adaptation support"
@@ -102,10 +114,8 @@ def plot_curves(
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].set_xlabel("time (s)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _legend_below(fig, *axes[0].get_legend_handles_labels(), ncol=3)
     return _save(fig, path)
 
 
@@ -151,26 +161,27 @@ def plot_rater_gains(
     raters = sorted({r for g in gains.values() for r in g}, key=lambda r: (r not in first, first.get(r, 0.0)))
     width = 0.8 / len(protocols)
     x = np.arange(len(raters))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(raters) + 2), 4.2))
+    fig, ax = plt.subplots(
+        figsize=(max(8.0, 0.32 * len(raters) + 2), 4.2 + 0.2 * ((len(protocols) + 1) // 2))
+    )
     for index, protocol in enumerate(protocols):
         values = np.array([gains[protocol].get(r, np.nan) for r in raters])
         ax.bar(
             x + (index - (len(protocols) - 1) / 2) * width,
             values,
             width,
-            color=COLORS[index % 4],
+            color=series_color(index),
             label=f"{protocol}: mean {np.nanmean(values):+.3f} ± {np.nanstd(values):.3f}, "
             f"{int(np.sum(values > 0))}/{int(np.sum(~np.isnan(values)))} raters improve",
         )
-        ax.axhline(np.nanmean(values), color=COLORS[index % 4], ls="--", lw=1)
+        ax.axhline(np.nanmean(values), color=series_color(index), ls="--", lw=1)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [(labels or {}).get(r, r) for r in raters], rotation=90, fontsize=7)
     ax.set_xlabel("rater")
     ax.set_ylabel(f"{metric}: adapted - baseline")
-    ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
+    ax.set_title(title, fontsize=10)
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncol=2)
     return _save(fig, path)
 
 
@@ -180,7 +191,7 @@ def plot_gain_intervals(path: str | Path, summaries: Sequence[Mapping], title: s
     {"mean", "ci", "n"}}} as `dsaml.reporting.paired_gains` returns them."""
     kinds = sorted({k for s in summaries for k in s.get("by_kind", {})})
     groups = ["all raters", *kinds]
-    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.55 * len(summaries) * max(1, len(groups)) ** 0.5))
+    fig, ax = plt.subplots(figsize=(9, 1.3 + 0.55 * len(summaries) * max(1, len(groups)) ** 0.5))
     y = np.arange(len(summaries))[::-1].astype(float)
     step = 0.7 / max(1, len(groups))
     for index, group in enumerate(groups):
@@ -191,16 +202,15 @@ def plot_gain_intervals(path: str | Path, summaries: Sequence[Mapping], title: s
                 continue
             ci = 0.0 if np.isnan(entry["ci"]) else entry["ci"]
             ax.errorbar(
-                entry["mean"], row - offset, xerr=ci, fmt="o", color=COLORS[index % 4],
+                entry["mean"], row - offset, xerr=ci, fmt="o", color=series_color(index),
                 ms=6 if index == 0 else 4, capsize=3, label=f"{group}" if row == y[0] else None,
             )  # fmt: skip
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{s['condition']} (n={s['n']})" for s in summaries], fontsize=8)
     ax.set_xlabel("gain in the average score over the baseline (mean, 95% interval)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="best")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncol=min(4, len(groups)))
     return _save(fig, path)
 
 
@@ -214,7 +224,7 @@ def plot_gain_growth(
     {label: [(x, mean, half-width of the interval)]}}, e.g. the gain over the DMER model against the number
     of meta-training steps. A label keeps its colour across panels."""
     labels = list(dict.fromkeys(label for series in panels.values() for label in series))
-    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    colors = {label: series_color(i) for i, label in enumerate(labels)}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), sharey=True, squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         for label, points in series.items():
@@ -230,7 +240,6 @@ def plot_gain_growth(
     handles = {}  # one legend entry per label, from whichever panel has it
     for ax in axes[0]:
         handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 * (1 + (len(handles) - 1) // 4), 1, 1))
+    _legend_below(fig, list(handles.values()), list(handles), ncol=4)
     return _save(fig, path)

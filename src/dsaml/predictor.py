@@ -33,7 +33,8 @@ from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import CheckpointError, load_network
 
 # What the user tools (dsaml-predict, dsaml-personalize) use unless told otherwise; chosen from the
-# accuracy/time table of experiments/benchmarks/bench_stride.py (README, "Whole-song prediction stride").
+# accuracy/time table of experiments/benchmarks/bench_stride.py (experiments/benchmarks/RESULTS.md,
+# "Whole-song prediction stride").
 # Stride 10 + "weighted" scored 0.7380 against stride 1 + "mean"'s 0.7366 on the demo's test songs, with
 # curves 0.0023 (mean |difference|) from stride 1 + "weighted", at a tenth of the windows.
 DEFAULT_STRIDE = 10

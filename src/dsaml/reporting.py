@@ -315,12 +315,13 @@ def score_rows(table: Sequence[Mapping[str, Any]], scores: Sequence[str] = SCORE
     return header, rows
 
 
-def gain_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
+def gain_rows(summaries: Sequence[Mapping[str, Any]], narrow: bool = False) -> tuple[list, list]:
     """(header, rows of strings) of gain summaries: mean ± 95% interval over raters, raters improved, raters
-    not worse by more than NOT_WORSE_MARGIN, the worst rater, the paired tests, then the mean ± interval
-    per rater kind."""
+    not worse by more than NOT_WORSE_MARGIN, the worst rater, then the paired tests and the mean ± interval
+    per rater kind, one column per kind. `narrow`: the first five columns only (a terminal table within 100
+    columns; `test_rows` has the rest)."""
     kinds = sorted({k for s in summaries for k in s.get("by_kind", {})})
-    not_worse = f"not worse by > {NOT_WORSE_MARGIN:g}"
+    not_worse = "not worse" if narrow else f"not worse by > {NOT_WORSE_MARGIN:g}"
     header = ["comparison", "gain (95% CI)", "improve", not_worse, "worst", "t-test p", "Wilcoxon p", *kinds]
     rows = []
     for s in summaries:
@@ -337,6 +338,20 @@ def gain_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
                 *(f"{_cell(k['mean'], k['ci'], signed=True)} ({k['n']})" if k else "" for k in per_kind),
             ]
         )
+    return (header[:5], [row[:5] for row in rows]) if narrow else (header, rows)
+
+
+def test_rows(summaries: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
+    """(header, rows of strings), the rest of `gain_rows(narrow=True)` as rows: per comparison its raters,
+    mean gain ± 95% interval and the paired tests over raters, then one row per rater kind (its raters and
+    gain; the corpus's rater behaviours, when known)."""
+    header = ["comparison / rater kind", "raters", "gain (95% CI)", "t-test p", "Wilcoxon p"]
+    rows = []
+    for s in summaries:
+        rows.append([s["condition"], str(s["n"]), _cell(s["mean"], s["ci"], signed=True), _p(s["t_p"]),
+                     _p(s["wilcoxon_p"])])  # fmt: skip
+        for kind, k in sorted(s.get("by_kind", {}).items()):
+            rows.append([f"  {kind}", str(k["n"]), _cell(k["mean"], k["ci"], signed=True), "", ""])
     return header, rows
 
 

@@ -67,8 +67,11 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
     console.print(reporting.rich_table(title, *demo.results_rows(report)))
     for row in report["rows"]:
         console.print(f"  [bold]{row['model']}[/bold]: {row['meaning']}", highlight=False)
-    title = "Adaptation gain per rater (average score: adapted PDMER - baseline on the same pairs)"
-    console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"])))
+    title = "Adaptation gain per rater (average score: adapted - baseline on the same pairs)"
+    console.print(reporting.rich_table(title, *reporting.gain_rows(report["gains"], narrow=True)))
+    console.print(f"  not worse: raters whose gain is > -{reporting.NOT_WORSE_MARGIN:g}", highlight=False)
+    title = "The same gains: paired tests over raters, and per rater kind"
+    console.print(reporting.rich_table(title, *reporting.test_rows(report["gains"])))
     console.print(f"plots -> {Path(config.out) / 'plots'}")
     made = demo.figures(dmer, pdmer, report, kinds, config)
     runs = {"dmer": dmer, "pdmer": pdmer, "dmer_on_raters": dmer_on_raters, "pdmer_before": pdmer_before}
@@ -81,8 +84,8 @@ def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: C
 def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """The six stages; returns the report written to <out>/demo_results.json."""
     console = console or Console(stderr=True)
-    if not console.is_terminal:  # logs: wide enough for the results table
-        console.width = max(console.width, 110)
+    if not console.is_terminal:  # logs: as wide as the tables (each fits in 100 columns)
+        console.width = max(console.width, 100)
     config = from_mapping(demo.DemoConfig, plain_options(cfg), "dsaml-demo")
     config.check_runs()
     run_dir = Path(config.out)
@@ -105,11 +108,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     stage("DMER: train on rater-averaged curves, test on full songs")
     dmer = demo.train("dmer", config, run_dir)
     start = "from the DMER weights" if config.pdmer_from_dmer else "from scratch"
-    stage(f"PDMER: first-order MAML over raters {start}; test before/after adaptation")
+    stage(f"PDMER: MAML {start}, tested before and after adapting")
     pdmer = demo.train("pdmer", config, run_dir, dmer.checkpoint if config.pdmer_from_dmer else None)
     stage("results")
     report = results(dmer, pdmer, config, console)
-    stage("your own music: dsaml-predict and dsaml-personalize on the demo's test songs")
+    stage("the user tools: dsaml-predict, dsaml-personalize on test songs")
     report["tools"] = try_the_tools(dmer, config, console)
     (run_dir / "demo_results.json").write_text(json.dumps(report, indent=2))
     elapsed = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """`dsaml-report`: aggregate the results.json of several runs into tables and a plot.
 
 dsaml-report runs=[outputs/multirun/2026-12-01/10-00-00]      # scores: mean ± 95% interval over seeds
-dsaml-report runs=[sweep/] baseline="experiment=dmer_synthetic" corpus=data/synthetic/demo   # + gains
+dsaml-report runs=[sweep/] 'baseline="experiment=dmer_synthetic"' corpus=data/synthetic/demo   # + gains
 
 Writes <out>/report.md, <out>/report.json and, with a baseline, <out>/gains.png (an existing file there that
 dsaml-report did not write needs overwrite=true). A results.json that cannot be used (empty, truncated,
@@ -75,12 +75,18 @@ def run(cfg: DictConfig, console: Console, errors: Console | None = None) -> int
     _skipped(errors, skipped)
     scores = reporting.score_table(runs)
     sections = [("Scores: mean ± 95% interval over seeds", reporting.score_rows(scores))]
+    printed = list(sections)  # the terminal's tables: the gains split in two, each within 100 columns
     if config.baseline:
         title = f"Per-rater gain in the average score vs {config.baseline} (same protocol, pairs and seed)"
         sections.append((title, reporting.gain_rows(gains[0])))
+        not_worse = f"not worse: gain > -{reporting.NOT_WORSE_MARGIN:g}"
+        printed.append((f"{title}; {not_worse}", reporting.gain_rows(gains[0], narrow=True)))
+        title = "The same gains: paired tests over raters, and per rater kind"
+        printed.append((title, reporting.test_rows(gains[0])))
+    for title, (header, rows) in printed:
+        console.print(reporting.rich_table(title, header, rows))
     text = [f"# dsaml-report of {', '.join(config.runs)}", f"{len(runs)} runs."]
     for title, (header, rows) in sections:
-        console.print(reporting.rich_table(title, header, rows))
         text += ["", f"## {title}", "", reporting.markdown(header, rows)]
     write_output(out / "report.md", "\n".join(text) + "\n")
     report = {"runs": [str(r.path) for r in runs], "scores": scores, "baseline": config.baseline}

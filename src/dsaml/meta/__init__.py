@@ -12,7 +12,8 @@ Public API::
     personalized = personalize_net(net, songs, config, Predict(window=60), prior)
     arousal, valence = personalized.predict(Predict(window=60), song)
 
-`learn2learn()` returns the learn2learn package imported without its stderr banner.
+`learn2learn()` returns the learn2learn package imported without its stderr banner. The steps of `select`
+(validation folds, candidate scores, selection rules) are in `dsaml.meta.selection`.
 """
 
 from dsaml.meta.adaptation import (
@@ -34,18 +35,12 @@ from dsaml.meta.methods import (
     AdaptationConfig,
     Personalized,
     Predict,
-    Selection,
     calibration_prior,
-    candidate_scores,
-    choose,
-    folds,
     moving,
     personalize_net,
     predict,
-    select,
-    tabulate,
-    windows_batch,
 )
+from dsaml.meta.selection import Selection, select
 
 __all__ = [
     "AUTO",
@@ -73,9 +68,4 @@ __all__ = [
     "personalize_net",
     "predict",
     "select",
-    "candidate_scores",
-    "choose",
-    "folds",
-    "tabulate",
-    "windows_batch",
 ]

@@ -29,7 +29,7 @@ identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-pe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -46,12 +46,11 @@ from dsaml.config import (
     integer_list,
     number,
 )
-from dsaml.data.batch import SongSequence, join_pieces, windows_batch
+from dsaml.data.batch import SongSequence, windows_batch
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import DIMENSIONS, FLAT, Calibration, CalibrationPrior, fit_calibration
 from dsaml.meta.readout import adapt_readout
-from dsaml.metrics import scores_of
 
 METHODS = (
     "none",
@@ -66,8 +65,6 @@ METHODS = (
 ITERATIVE = ("maml", "head")  # learners with an inner loop of `steps` SGD steps (ridge is closed-form)
 AUTO = "auto"
 SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
-BLOCKS = 3  # one support song under `auto`: blocked k-fold validation with up to this many blocks
-MIN_BLOCK = 8  # segments: a shorter block is too short to validate on
 
 Sequence_ = SongSequence
 
@@ -311,178 +308,3 @@ def personalize_net(
     adapted = _learn(net, config.learner, batches, config, steps)
     calibration = _fit_map(adapted, support, predictor, prior, config.lag) if config.calibrates else None
     return Personalized(adapted, calibration, config.method, steps)
-
-
-# ------------------------------------------------------------------ auto
-@dataclass
-class Selection:
-    """What `select` tried and chose: candidates = [{"method", "steps", "score", "folds", "wins"}] (score: the
-    mean validation "average" over folds; folds: per fold; wins: folds where it beats the unadapted network),
-    the chosen candidate, and the model refitted on every song."""
-
-    chosen: dict[str, Any]
-    candidates: list[dict[str, Any]]
-    validation: str
-    personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
-
-
-def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
-    """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs. With one song, blocked
-    k-fold inside it: k = min(BLOCKS, T // MIN_BLOCK) contiguous blocks; each fold validates on one block and
-    adapts on the rest of the song (the segments before and after it, joined: still one song of evidence for
-    the calibration prior). None when the song has fewer than 2 * MIN_BLOCK segments."""
-    if len(support) >= 2:
-        return "leave-one-song-out", [
-            ([s for j, s in enumerate(support) if j != i], [support[i]]) for i in range(len(support))
-        ]
-    seq = support[0]
-    n = len(seq["arousal"])
-    k = min(BLOCKS, n // MIN_BLOCK)
-    if k < 2:
-        return f"none (the song has {n} segments; validation needs at least {2 * MIN_BLOCK})", []
-    edges = [round(i * n / k) for i in range(k + 1)]
-    splits = []
-    for i in range(k):
-        rest = [(a, b) for a, b in ((0, edges[i]), (edges[i + 1], n)) if b > a]
-        splits.append(([join_pieces(seq, rest)], [join_pieces(seq, [(edges[i], edges[i + 1])])]))
-    return f"blocked {k}-fold within the song ({n} segments, blocks of ~{n // k})", splits
-
-
-def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Sequence_]) -> float:
-    values = []
-    for seq in songs:
-        arousal, valence = personalized.predict(predictor, seq)
-        values.append(
-            scores_of(arousal, valence, torch.as_tensor(seq["arousal"]), torch.as_tensor(seq["valence"]))[
-                "average"
-            ]
-        )
-    return sum(values) / len(values)
-
-
-def candidate_scores(
-    net: nn.Module,
-    support: Sequence[Sequence_],
-    validate: Sequence[Sequence_],
-    config: AdaptationConfig,
-    predictor: Predict,
-    prior: CalibrationPrior | None,
-    candidates: Sequence[str],
-) -> dict[tuple[str, int], float]:
-    """Validation score of none and of every candidate method (at every step count of the grid) on one fold;
-    each inner loop runs once to the largest step count and is scored at every count on the way."""
-    scores: dict[tuple[str, int], float] = {}
-    methods = set(candidates)
-
-    def score_all(adapted: nn.Module, learner: str | None, steps: int) -> None:
-        plain = learner or "none"
-        if learner is None or plain in methods:
-            scores[(plain, steps)] = _score(Personalized(adapted), predictor, validate)
-        calibrated = "calibrate" if learner is None else f"{learner}_calibrate"
-        if calibrated in methods:
-            calibration = _fit_map(adapted, support, predictor, prior, config.lag)
-            scores[(calibrated, steps)] = _score(Personalized(adapted, calibration), predictor, validate)
-
-    score_all(net, None, 0)
-    grid = config.grid()
-    batches = [windows_batch(s, predictor.window) for s in support]
-    if {"ridge", "ridge_calibrate"} & methods:
-        score_all(_learn(net, "ridge", batches, config, 0), "ridge", 0)
-    for learner in ("head", "maml"):
-        if not ({learner, f"{learner}_calibrate"} & methods):
-            continue
-
-        def on_step(k: int, adapted: nn.Module, learner: str = learner) -> None:
-            if k in grid:
-                score_all(adapted, learner, k)
-
-        _learn(net, learner, batches, config, max(grid), on_step)
-    return scores
-
-
-def tabulate(per_fold: Sequence[Mapping[tuple[str, int], float]]) -> list[dict[str, Any]]:
-    """Candidates from per-fold scores ({(method, steps): score} per fold, `candidate_scores`):
-    [{"method", "steps", "score" (mean over folds), "folds", "wins" (folds where it beats none)}]."""
-    candidates = []
-    for method, steps in per_fold[0] if per_fold else {}:
-        scores = [f[(method, steps)] for f in per_fold]
-        wins = sum(f[(method, steps)] > f[("none", 0)] for f in per_fold)
-        candidates.append(
-            {
-                "method": method,
-                "steps": steps,
-                "score": sum(scores) / len(scores),
-                "folds": scores,
-                "wins": wins,
-            }
-        )
-    return candidates
-
-
-def beats(candidate: Mapping[str, Any], other: Mapping[str, Any], margin: float) -> bool:
-    """Whether `candidate` validates better than `other`: by more than `margin` on average and on more than
-    half of the folds (both carry per-fold "folds" scores and their mean "score")."""
-    wins = sum(a > b for a, b in zip(candidate["folds"], other["folds"], strict=True))
-    return candidate["score"] > other["score"] + margin and 2 * wins > len(candidate["folds"])
-
-
-def complexity(candidate: Mapping[str, Any]) -> tuple[int, int]:
-    """Order of how much a candidate adapts: none < calibrate < ridge < ridge_calibrate < head < ... <
-    maml_calibrate (METHODS' order), then fewer steps first."""
-    return METHODS.index(candidate["method"]), int(candidate["steps"])
-
-
-def choose(
-    candidates: Sequence[Mapping[str, Any]], n_folds: int, margin: float, rule: str = "best"
-) -> dict[str, Any]:
-    """{"method", "steps"} of the chosen candidate; "none" when none qualifies (or no "none" candidate).
-
-    rule "best": the best-scoring candidate among those whose mean validation score beats the "none"
-    candidate's by more than `margin` and that beat it on more than half of the `n_folds` folds ("wins").
-    rule "simplest": in order of `complexity`, a candidate replaces the one chosen so far (first: none) only
-    when it `beats` it: more adaptation must validate better than the less it replaces, on average and on
-    most folds."""
-    baseline = next((c for c in candidates if c["method"] == "none"), None)
-    if baseline is None:
-        return {"method": "none", "steps": 0}
-    if rule == "simplest":
-        chosen = baseline
-        for candidate in sorted(candidates, key=complexity):
-            if candidate is not baseline and beats(candidate, chosen, margin):
-                chosen = candidate
-    else:
-        eligible = [
-            c for c in candidates if c["score"] > baseline["score"] + margin and 2 * c["wins"] > n_folds
-        ]
-        chosen = max(eligible, key=lambda c: c["score"], default=baseline)
-    return {"method": chosen["method"], "steps": chosen["steps"]}
-
-
-def select(
-    net: nn.Module,
-    support: Sequence[Sequence_],
-    config: AdaptationConfig,
-    predictor: Predict,
-    prior: CalibrationPrior | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Selection:
-    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
-    the validation folds of the listener's songs (`folds`), choose one by `config.auto_rule` (`choose`; the
-    unadapted network unless a candidate validates better by more than `config.margin` on average and on
-    more than half of the folds), and refit it on every song. `config` must be resolved."""
-    if config.skip_flat and len(kept := moving(support)) < len(support):
-        if not kept:
-            return Selection({"method": "none", "steps": 0}, [], "no song moves", Personalized(net))
-        support = kept
-    how, splits = folds(support)
-    methods = config.auto_methods if len(support) >= 2 else config.auto_single
-    per_fold = []
-    for index, (fit_on, validate) in enumerate(splits):
-        if progress is not None:
-            progress(f"validation fold {index + 1}/{len(splits)}")
-        per_fold.append(candidate_scores(net, fit_on, validate, config, predictor, prior, methods))
-    candidates = tabulate(per_fold)
-    chosen = choose(candidates, len(per_fold), config.margin, config.auto_rule)
-    final = replace(config, method=chosen["method"])
-    personalized = personalize_net(net, support, final, predictor, prior, steps=chosen["steps"])
-    return Selection(chosen, candidates, how, personalized)

@@ -1,5 +1,5 @@
-"""Fused kernels of the spectrogram CNN (`cnn_kernel: fused`): the function of `dsaml.models.spectrogram`'s
-native blocks, computed with fewer passes over memory.
+"""Fused kernels of the spectrogram CNN (`cnn_kernel: fused`): the function of the native blocks
+(`dsaml.models.conv_block.ConvBlock`), computed with fewer passes over memory.
 
 Two conv blocks, Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1), then a 1x1 conv to one
 channel: a [F=51, M=128] log-mel image becomes 14 x 34 = 476 features. At a training batch (15 clips x 60
@@ -21,14 +21,11 @@ Both keep BatchNorm's running-statistics update. Measured by experiments/benchma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from dsaml.models.spectrogram import ConvBlock
+from dsaml.models.conv_block import ConvBlock
 
 CHUNK_ELEMENTS = 1 << 20  # pre-pooling values per CPU chunk of `_PooledTapConv` (4 MiB: stays in cache)
 

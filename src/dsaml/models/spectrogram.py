@@ -1,9 +1,10 @@
 """The per-segment spectrogram CNN (docs/method.md, "Network"): two conv blocks, then a 1x1 conv.
 
-Each block is Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) (`ConvBlock`, PyTorch's
-modules: the original's computation); a [F=51, M=128] log-mel image becomes 14 x 34 = 476 features. With
-`fused=True` the same function is computed by the kernels of `dsaml.models.fused_cnn` (the default of the fast
-path: the blocks' full-resolution activations are never written).
+Each block is Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) (`ConvBlock` of
+`dsaml.models.conv_block`, PyTorch's modules: the original's computation); a [F=51, M=128] log-mel image
+becomes 14 x 34 = 476 features. With `fused=True` the same function is computed by the kernels of
+`dsaml.models.fused_cnn` (the default of the fast path: the blocks' full-resolution activations are never
+written).
 """
 
 from __future__ import annotations
@@ -12,24 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dsaml.models import fused_cnn
-
-
-class ConvBlock(nn.Module):
-    """Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, stride 2, padding 1) on [N, C, H, W] (the original's)."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int]) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding)
-        self.bn = nn.BatchNorm2d(c_out)
-        self.pool = nn.MaxPool2d(2, stride=2, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(torch.relu(self.bn(self.conv(x))))
-
-    @staticmethod
-    def pooled(size: int) -> int:
-        """Length after the block's MaxPool2d(kernel 2, stride 2, padding 1)."""
-        return size // 2 + 1
+from dsaml.models.conv_block import ConvBlock
 
 
 class SpectrogramEncoder(nn.Module):

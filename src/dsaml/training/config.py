@@ -78,7 +78,7 @@ class TaskConfig(Config):
     predict_song (mean = correct default; weighted = window edges count less; original = the original's rule,
     arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
     song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
-    cheaper, see the README's stride benchmark). eval_batch_size: windows per forward at evaluation.
+    cheaper, experiments/benchmarks/RESULTS.md). eval_batch_size: windows per forward at evaluation.
     meta_engine: how PDMER adapts a meta-batch's episodes: batched (together, stacked per-episode parameters;
     docs/meta-engine.md) | sequential (one after another, learn2learn). meta_chunk: episodes per batched call
     (None = the whole meta-batch; bounds the batched engine's memory).

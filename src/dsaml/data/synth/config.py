@@ -28,6 +28,7 @@ from dsaml.config import (
 
 LAYOUTS = ("nested", "flat")
 BITRATE_MODES = ("VARIABLE", "CONSTANT", "AVERAGE")
+AUDIO_FORMATS = ("mp3", "flac")  # audio files the DEAM reader accepts in MEMD_audio/ (besides wav, ogg)
 # DEAM's id ranges: 2013 excerpts (anonymous raters), 2014 excerpts (WorkerId), 2015 full songs (WorkerId).
 # The lens keys' defaults (no lens raters): a corpus written before they existed compares equal with them.
 LENS_DEFAULTS = {"lens_fraction": 0.0, "lens_concentration": 0.5}
@@ -73,6 +74,8 @@ class SynthConfig(Config):
     # soundfile compression_level in [0, 1) (1 fails for 44.1 kHz)
     mp3_compression_level: float = number(0.9, low=0.0, high=1.0, high_open=True)
     mp3_bitrate_mode: str = choice("VARIABLE", BITRATE_MODES)
+    # mp3: DEAM's own container; flac: lossless 16-bit, ~13x cheaper to encode, ~12x larger on disk
+    audio_format: str = choice("mp3", AUDIO_FORMATS)
 
     def __post_init__(self) -> None:
         super().__post_init__()

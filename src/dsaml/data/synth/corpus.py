@@ -1,8 +1,9 @@
 """Generate a synthetic corpus in DEAM's format with a known, learnable emotion signal.
 
 `generate_corpus(root, "tiny", seed=0)` plans the songs (ids, durations, formats, true curves, raters),
-renders the audio to MP3 in a process pool (rich progress bar), writes DEAM's annotation files and finally
-the ground truth `synth_truth.json` in the corpus root. Everything is a function of (config, seed).
+renders the audio to MP3 (or FLAC: `audio_format`) in a process pool (rich progress bar), writes DEAM's
+annotation files and finally the ground truth `synth_truth.json` in the corpus root. Everything is a
+function of (config, seed).
 
 Ground truth (`load_truth(root)`): {"format", "seed", "layout", "config", "curve_rate_hz" (2.0),
 "label_start_index" (30), "audio_dir", "annotations_dir" (relative to root), "songs": {id: {"kind"
@@ -163,7 +164,7 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
         picks = pick_raters(pool, int(song_rng.integers(lo, hi + 1)), song_rng)
         songs[str(song_id)] = {
             "kind": "full" if full else "clip",
-            "audio": str(audio_rel / f"{song_id}.mp3"),
+            "audio": str(audio_rel / f"{song_id}.{cfg.audio_format}"),
             "duration_s": duration,
             "n_samples": n_samples,
             "sample_rate": rate,
@@ -223,18 +224,16 @@ def plan_corpus(cfg: SynthConfig, seed: int, layout: str) -> tuple[dict, list[di
 def _render_to_file(
     path: str, arousal, valence, n_samples, sample_rate, channels, seed, level, mode, cues=None
 ) -> int:
-    """Render one song (cue curves `cues` or None) and write it as MP3; returns the number of samples."""
+    """Render one song (cue curves `cues` or None) and write it in the container of its file name (.mp3
+    with the MP3 settings, or .flac: 16-bit PCM); returns the number of samples written."""
     audio = render_music(
         np.asarray(arousal), np.asarray(valence), n_samples, sample_rate, channels, seed, cues
     )
-    sf.write(
-        path,
-        audio if channels == 2 else audio[:, 0],
-        sample_rate,
-        format="MP3",
-        compression_level=level,
-        bitrate_mode=mode,
-    )
+    data = audio if channels == 2 else audio[:, 0]
+    if path.endswith(".flac"):
+        sf.write(path, data, sample_rate, format="FLAC", subtype="PCM_16")
+    else:
+        sf.write(path, data, sample_rate, format="MP3", compression_level=level, bitrate_mode=mode)
     return len(audio)
 
 
@@ -258,7 +257,7 @@ def _render_all(root: Path, truth: dict, workers: int, progress: bool, console: 
         for _, s in jobs
     ]
     with progress_bar(console, progress) as bar:
-        task = bar.add_task("[bold]rendering MP3", total=len(args), digits=2)
+        task = bar.add_task(f"[bold]rendering {cfg['audio_format'].upper()}", total=len(args), digits=2)
         if workers == 1:
             for a in args:
                 _render_to_file(*a)
@@ -286,7 +285,8 @@ def _prepare_root(root: Path, truth: dict) -> tuple[bool, str]:
     replaced = "an interrupted dsaml-synth run"
     if not (root / INCOMPLETE_MARK).exists():
         old = json.loads(truth_path.read_text())
-        old["config"] = {**LENS_DEFAULTS, **old.get("config", {})}  # written before lens raters existed
+        # keys added later (lens raters, the audio container) take the values older corpora were written with
+        old["config"] = {**LENS_DEFAULTS, "audio_format": "mp3", **old.get("config", {})}
         keys = ("generator_version", "seed", "layout", "config")
         if {k: old.get(k) for k in keys} == {k: truth[k] for k in keys}:
             return True, ""
