@@ -96,7 +96,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
         "3/6 DMER",
         "4/6 PDMER",
         "5/6 results",
-        "6/6 your own",
+        "6/6 the user tools",
     ):
         assert title in text
     assert "from the DMER weights" in text
