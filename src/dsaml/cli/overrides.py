@@ -61,7 +61,8 @@ def check_sweep(
     """Before a multirun (`-m`) starts its first job: compose every job of the command-line sweep
     (task.lr=0.001,-1,0.002 -> 3 jobs) and check its value types and `validate(cfg)`; any invalid job ends
     the command (exit 2) naming the job and the other invalid ones, so no job runs. Other sweepers
-    (hydra/sweeper=optuna) choose their jobs while running and are left to the jobs' own checks."""
+    (hydra/sweeper=optuna, hparams_search=) choose their jobs while running, and launchers (hydra/launcher=:
+    submitit, Slurm) report every failed job with its log; both are left to the jobs' own checks."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -72,7 +73,9 @@ def check_sweep(
         return
     rest = [arg for arg in args if not arg.startswith("-")]
     if len(rest) < len(args) - 1 or any(
-        a.startswith("hydra/sweeper=") and a != "hydra/sweeper=basic" for a in rest
+        (a.startswith("hydra/sweeper=") and a != "hydra/sweeper=basic")
+        or a.startswith(("hparams_search=", "hydra/launcher="))
+        for a in rest
     ):
         return  # other Hydra flags (--cfg, -c, ...), or a sweeper that is not the command-line grid
     try:
