@@ -12,6 +12,11 @@ machine); here each test song goes through the body once (`readout_features`-sty
 `support_segments`, `windows_batch`, eval mode) and every method works on those features:
 - none: the head's output; calibrate: `fit_calibration` with the checkpoint's prior on the support songs'
   outputs; ridge: `refit_readout` on the support songs' read-out features; ridge_calibrate: both;
+- body_ridge: a read-out from the body's output beside the head: the model's prediction f(x) plus, per
+  dimension, a ridge fit of the residual y - f(x) on the body's output B(x) [T, D] (`refit_readout` shrunk
+  toward w = 0, b = 0: the bias unpenalised, the strength chosen leave-one-song-out); body_ridge_calibrate:
+  `fit_calibration` on body_ridge's outputs (as ridge_calibrate); calibrate_body_ridge: calibrate first, then
+  the body ridge fitted to the calibrated prediction's residual;
 - head: the head-only inner loop (`adapt` over the head on the cached body features, the checkpoint's
   `--head` steps and learning rate, as `adapt_head`);
 - auto: `choose` (adaptation.auto_rule "simplest") among none, calibrate and ridge by leave-one-song-out on
@@ -43,7 +48,16 @@ from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
 
-METHODS = ("calibrate", "ridge", "ridge_calibrate", "head", "auto")
+METHODS = (
+    "calibrate",
+    "ridge",
+    "ridge_calibrate",
+    "body_ridge",
+    "body_ridge_calibrate",
+    "calibrate_body_ridge",
+    "head",
+    "auto",
+)
 
 
 class Song:
@@ -67,6 +81,29 @@ class Song:
     def per_segment(self, windows: torch.Tensor) -> torch.Tensor:
         """[n_windows, W, ...] -> [T, ...] (a segment in two windows takes the later one)."""
         return windows[self.index[:, 0], self.index[:, 1]]
+
+    def body_features(self) -> torch.Tensor:
+        """The body's output per segment [T, D], float64."""
+        return self.per_segment(self.encoded_windows).double()
+
+
+def body_residual_readout(
+    fit_on: list[str], score_on: str, base: dict[str, tuple], songs: dict[str, Song], curves
+) -> tuple[dict[str, tuple], tuple[float, float]]:
+    """({song: (arousal [T], valence [T])}, the strengths chosen): the prediction `base[song]` plus the ridge
+    read-out of the body's output fitted to the residual curves(s) - base[s] on the songs `fit_on` (shrunk
+    toward 0)."""
+    stacked = {s: torch.stack(base[s], 1).double() for s in (*fit_on, score_on)}
+    groups = [(songs[s].body_features(), torch.stack(curves(s), 1).double() - stacked[s]) for s in fit_on]
+    dim = groups[0][0].shape[1]
+    readout = refit_readout(
+        groups, torch.zeros(2, dim, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    )
+    predicted = {
+        s: tuple((stacked[s] + songs[s].body_features() @ readout.weight.T + readout.bias).float().T)
+        for s in (*fit_on, score_on)
+    }
+    return predicted, readout.strengths
 
 
 def head_outputs(net, head, song: Song) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +150,7 @@ def main() -> None:
         pairs, supports = data.test_pairs()
         scores: dict[str, dict[str, list[float]]] = {}
         chosen: dict[str, int] = {}
+        strengths: dict[str, int] = {}  # body_ridge's strength per dimension (in songs) -> pairs
         for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
             items = {s: data.reader.item(s, rater) for s in (song_id, *support_ids)}
             for s, item in items.items():
@@ -128,8 +166,10 @@ def main() -> None:
             def curves(s: str, items: dict = items) -> tuple[torch.Tensor, torch.Tensor]:
                 return torch.as_tensor(items[s]["arousal"]), torch.as_tensor(items[s]["valence"])
 
-            def predictions(fit_on: list[str], score_on: str, curves=curves) -> dict[str, tuple]:
-                """Every method fitted on the songs `fit_on`, predicting `score_on`."""
+            def predictions(
+                fit_on: list[str], score_on: str, curves=curves
+            ) -> tuple[dict[str, tuple], tuple]:
+                """Every method fitted on `fit_on`, predicting `score_on`; body_ridge's strengths."""
                 plain = {s: head_outputs(net, None, songs[s]) for s in (*fit_on, score_on)}
                 out = {"none": plain[score_on]}
                 cal = fit_calibration([plain[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
@@ -147,9 +187,21 @@ def main() -> None:
                 out["ridge"] = ridge_pred[score_on]
                 cal = fit_calibration([ridge_pred[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
                 out["ridge_calibrate"] = cal.apply(*ridge_pred[score_on])
-                return out
+                body_pred, out_strengths = body_residual_readout(fit_on, score_on, plain, songs, curves)
+                out["body_ridge"] = body_pred[score_on]
+                cal = fit_calibration([body_pred[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
+                out["body_ridge_calibrate"] = cal.apply(*body_pred[score_on])
+                cal = fit_calibration([plain[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
+                calibrated = {s: cal.apply(*plain[s]) for s in (*fit_on, score_on)}
+                out["calibrate_body_ridge"] = body_residual_readout(
+                    fit_on, score_on, calibrated, songs, curves
+                )[0][score_on]
+                return out, out_strengths
 
-            result = predictions(support, song_id)
+            result, body_strengths = predictions(support, song_id)
+            for dimension, strength in zip(("arousal", "valence"), body_strengths, strict=True):
+                key = f"{dimension} {strength:g}"
+                strengths[key] = strengths.get(key, 0) + 1
             # head: the inner loop over the head on the cached body features of the support windows
             features = [
                 {"encoded": songs[s].encoded_windows, **windows_batch(items[s], window)} for s in support
@@ -165,7 +217,7 @@ def main() -> None:
             if len(support) >= 2:
                 per_fold = []
                 for held in support:
-                    fold = predictions([s for s in support if s != held], held)
+                    fold = predictions([s for s in support if s != held], held)[0]
                     per_fold.append(
                         {
                             (m, 0): scores_of(*fold[m], *curves(held))["average"]
@@ -197,6 +249,7 @@ def main() -> None:
             f"### k = {k}: {len(base)} raters, {sum(len(v) for v in scores['none'].values())} pairs; "
             f"the model's own score {mean_none:.3f}; auto chose {dict(sorted(chosen.items()))}"
         )
+        title += f"\n\nbody_ridge's strengths (songs): {dict(sorted(strengths.items()))}"
         header = ["gain over the model", *GROUPS, "not worse", "worst"]
         parts.append(f"{title}\n\n{markdown(header, rows)}\n")
         print(parts[-1], flush=True)
