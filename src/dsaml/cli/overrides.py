@@ -77,7 +77,7 @@ def check_sweep(
         or a.startswith(("hparams_search=", "hydra/launcher="))
         for a in rest
     ):
-        return  # other Hydra flags (--cfg, -c, ...), or a sweeper that is not the command-line grid
+        return  # other Hydra flags (--cfg, -c, ...), another sweeper, or a launcher that reports its jobs
     try:
         parsed = OverridesParser.create().parse_overrides(rest)
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
