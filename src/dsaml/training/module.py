@@ -25,7 +25,15 @@ from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
-from dsaml.training.evaluation import estimate_calibration_prior, estimate_model_prior, run_protocols
+from dsaml.training.evaluation import (
+    estimate_calibration_prior,
+    estimate_model_prior,
+    run_protocols_many,
+)
+
+# test items whose protocols the batched engine runs together when task.meta_chunk is null (bounds the items
+# held in memory; the pairs of equal support shapes among them adapt in one call)
+TEST_GROUP = 16
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -268,7 +276,7 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
-        self._eval_rows, self.examples = [], []
+        self._eval_rows, self.examples, self._waiting = [], [], []
 
     def on_test_start(self) -> None:
         """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
@@ -278,10 +286,26 @@ class DSAMLModule(L.LightningModule):
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
+        """Queue the item with its seed (drawn now: `StepSeed` reseeded for it); the sequential engine runs it
+        at once, the batched one when `test_group` items wait (the rest at the epoch's end)."""
+        self._waiting.append((item, batch_idx, int(torch.randint(0, 2**62, (1,)))))
+        if len(self._waiting) >= self.test_group:
+            self._run_waiting()
+
+    @property
+    def test_group(self) -> int:
+        """Test items whose protocols run together: 1 (sequential engine), else task.meta_chunk or 16."""
         cfg = self.task_cfg
-        results = run_protocols(
+        return 1 if cfg.meta_engine == "sequential" else cfg.meta_chunk or TEST_GROUP
+
+    def _run_waiting(self) -> None:
+        cfg = self.task_cfg
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        results = run_protocols_many(
             self.net,
-            item,
+            [item for item, _, _ in waiting],
             cfg.test_protocols,
             window=cfg.support_segments,
             adaptation=self._adaptation,
@@ -289,7 +313,14 @@ class DSAMLModule(L.LightningModule):
             batch_size=cfg.eval_batch_size,
             stride=cfg.eval_stride,
             prior=self._prior,
+            seeds=[seed for _, _, seed in waiting],
+            engine=cfg.meta_engine,
+            chunk=cfg.meta_chunk,
         )
+        for (item, batch_idx, _), result in zip(waiting, results, strict=True):
+            self._add_rows(item, batch_idx, result)
+
+    def _add_rows(self, item: SongItem, batch_idx: int, results: dict[str, tuple]) -> None:
         for protocol, (scores, curves) in results.items():
             self._eval_rows.append(
                 {
@@ -311,6 +342,7 @@ class DSAMLModule(L.LightningModule):
                 )
 
     def on_test_epoch_end(self) -> None:
+        self._run_waiting()
         rows = self._gather_rows(self._eval_rows)
         self.test_results = summarize_rows(rows, self.task_cfg.test_protocols)
         primary = PROTOCOLS[self.task_cfg.name][-2 if self.meta else 0]  # pdmer: within_song
