@@ -12,13 +12,13 @@ Both run in this process on the same network and the same test items, as the tes
 The items have the demo's shapes (`--demo`: the `make demo` PDMER test set: 42 (rater, song) pairs of 8
 full songs of 67-174 s, i.e. 104-318 half-second segments, 23 of them with the rater's other whole test
 song as the cross-song support; window 60, 5 inner steps at lr 0.02, the demo network dsaml_small D=64,
-H=4, L=2, FFN 128, stride-1 prediction); the default is a quick subset (4 pairs of the 2 shortest songs, 2 with a
-cross-song support) that `make bench` runs in about a minute; `--tiny` a few seconds' check that the script works (2
-pairs of 20- and 24-segment songs, window 8, 1 inner step, D=16, L=1, H=2, FFN 16: `make gpu-check`'s dry
-run). Random inputs: the time does not depend on the values. Dropout is 0 so that the engines' scores can
-be compared digit for digit (with dropout each pair's draws differ between the engines). Prints a table:
-seconds per engine (best of --repeats, interleaved), ratio to sequential, and the largest score difference
-between the engines.
+H=4, L=2, FFN 128, stride-1 prediction); the default is a quick subset (4 pairs of the 2 shortest songs, 2
+with a cross-song support) that `make bench` runs in about a minute; `--tiny` a few seconds' check that the
+script works (2 pairs of 20- and 24-segment songs, window 8, 1 inner step, D=16, L=1, H=2, FFN 16: `make
+gpu-check`'s dry run). Random inputs: the time does not depend on the values. Dropout is 0 so that the
+engines' scores can be compared digit for digit (with dropout each pair's draws differ between the
+engines). Prints a table: seconds per engine (best of --repeats, interleaved), ratio to sequential, and the
+largest score difference between the engines.
 
     .venv/bin/python experiments/benchmarks/bench_eval_protocols.py                # quick subset
     .venv/bin/python experiments/benchmarks/bench_eval_protocols.py --demo         # the demo's test pairs
