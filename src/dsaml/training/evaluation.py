@@ -13,7 +13,8 @@ with ``task.cross_support=song`` the list of the whole songs).
   with task.cross_support=song), predict the whole song.
 
 "Adapt" is the configured adaptation method (`dsaml.meta.AdaptationConfig`: maml, head, calibrate, none,
-their combinations, or auto), the same code `dsaml-personalize` runs.
+their combinations, or auto), the same code `dsaml-personalize` runs. With `task.meta_engine=batched` the
+inner loops (maml, head) of many items' pairs run together (`run_protocols_many`, docs/meta-engine.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dsaml.meta import (
     personalize_net,
     select,
 )
+from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import personalize_many
 from dsaml.meta.methods import ITERATIVE, predict
 from dsaml.metrics import METRIC_KEYS, scores_of
@@ -96,7 +98,7 @@ def run_protocols_many(
     stride: int = 1,
     prior: CalibrationPrior | None = None,
     seeds: list[int] | None = None,
-    engine: str = "sequential",
+    engine: str = DEFAULT_META_ENGINE,
     chunk: int | None = None,
 ) -> list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]]:
     """`run_protocols` of several items -> one result per item. seeds: each item's draw (None: drawn here,
