@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1, help="prediction stride (dsaml-eval's: 1)")
     parser.add_argument("--chunk", type=int, default=None, help="task.meta_chunk (items and pairs per call)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (2 contend on this machine)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
