@@ -135,3 +135,39 @@ def test_batched_cross_song_on_clips_scores_as_the_sequential_one():
         for mine, reference in zip(ours["pdmer_cross_song"][1], curves, strict=True):
             torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-5)
         assert ours["pdmer_cross_song"][0] == pytest.approx(scores, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("inner_loop", ["full", "head"])
+def test_validation_with_the_batched_engine_scores_as_the_sequential_one(inner_loop):
+    """PDMER validation (held-out raters' episodes): with task.meta_engine=batched and meta_chunk=2 the
+    module adapts two episodes together, the third at the epoch's end, and its rows equal the sequential
+    engine's, episode by episode."""
+    from dsaml.training.module import DSAMLModule
+    from model_fixtures import TINY_MODEL
+
+    gen = torch.Generator().manual_seed(6)
+    episodes = []
+    for index in range(3):
+        support = _support(gen, 1 + index % 2)[0]
+        query = {**_support(gen, 2)[0], "songs": ["a", "b"]}
+        episodes.append({"support": support, "query": query, "index": index})
+    rows = {}
+    for engine in ("sequential", "batched"):
+        task = dict(name="pdmer", inner_steps=STEPS, inner_lr=LR, inner_loop=inner_loop, meta_engine=engine)
+        protocols = ["pdmer_within_song"]
+        module = DSAMLModule(TINY_MODEL, {**task, "meta_chunk": 2, "test_protocols": protocols})
+        torch.manual_seed(0)
+        module.net.load_state_dict(tiny_net().state_dict())
+        module.eval()
+        module.on_validation_epoch_start()
+        for index, episode in enumerate(episodes):
+            module.validation_step(episode, index)
+        assert len(module._eval_rows) == (6 if engine == "sequential" else 4)  # 2 episodes wait, then run
+        module._validate_waiting()
+        rows[engine] = module._eval_rows
+    assert [r["id"] for r in rows["batched"]] == [r["id"] for r in rows["sequential"]]
+    assert len(rows["batched"]) == 6
+    for ours, theirs in zip(rows["batched"], rows["sequential"], strict=True):
+        for key, value in theirs.items():
+            if key != "id":
+                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

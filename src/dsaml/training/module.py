@@ -21,6 +21,7 @@ from dsaml import __version__ as dsaml_version
 from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
 from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta.batched_adapt import adapt_many
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -209,7 +210,7 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._eval_rows = []
+        self._eval_rows, self._waiting = [], []
 
     def validation_step(self, batch: ClipBatch | Episode, batch_idx: int) -> None:
         if not self.meta:  # DMER: held-out clips, plain forward
@@ -223,23 +224,43 @@ class DSAMLModule(L.LightningModule):
                 {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
             )
             return
-        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query
-        adaptation = (adapt_head if self.head_only else adapt)(
-            self.net,
-            batch["support"],
-            self.task_cfg.adapt_steps,
-            lr=self.task_cfg.inner_lr,
-            first_order=self.task_cfg.first_order,
-        )
-        net = adaptation.net.eval()
-        query = batch["query"]
-        out = net(query["logmel"], query.get("global"))
-        loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
-        for i in range(len(query["songs"])):
-            row = scores_of(out["arousal"][i], out["valence"][i], query["arousal"][i], query["valence"][i])
-            self._eval_rows.append({"id": f"{batch['index']}:{i}", "loss": loss, **row})
+        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query;
+        # the batched engine adapts `test_group` episodes together (the rest at the epoch's end)
+        self._waiting.append(batch)
+        if len(self._waiting) >= self.test_group:
+            self._validate_waiting()
+
+    def _validate_waiting(self) -> None:
+        cfg = self.task_cfg
+        episodes, self._waiting = self._waiting, []
+        if cfg.meta_engine == "batched":
+            learner = "head" if self.head_only else "maml"
+            supports = [[episode["support"]] for episode in episodes]
+            adapted = dict(
+                adapt_many(self.net, supports, learner, cfg.adapt_steps, cfg.inner_lr, cfg.meta_chunk)
+            )
+            nets = [adapted[i] for i in range(len(episodes))]
+        else:
+            run = adapt_head if self.head_only else adapt
+            nets = [
+                run(
+                    self.net, e["support"], cfg.adapt_steps, lr=cfg.inner_lr, first_order=cfg.first_order
+                ).net.eval()
+                for e in episodes
+            ]
+        for episode, net in zip(episodes, nets, strict=True):
+            query = episode["query"]
+            out = net(query["logmel"], query.get("global"))
+            loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
+            for i in range(len(query["songs"])):
+                row = scores_of(
+                    out["arousal"][i], out["valence"][i], query["arousal"][i], query["valence"][i]
+                )
+                self._eval_rows.append({"id": f"{episode['index']}:{i}", "loss": loss, **row})
 
     def on_validation_epoch_end(self) -> None:
+        if self.meta:
+            self._validate_waiting()
         rows = self._gather_rows(self._eval_rows)
         if not rows:
             return
@@ -294,7 +315,8 @@ class DSAMLModule(L.LightningModule):
 
     @property
     def test_group(self) -> int:
-        """Test items whose protocols run together: 1 (sequential engine), else task.meta_chunk or 16."""
+        """Test items (validation episodes) adapted together: 1 (sequential engine), else task.meta_chunk or
+        16."""
         cfg = self.task_cfg
         return 1 if cfg.meta_engine == "sequential" else cfg.meta_chunk or TEST_GROUP
 
