@@ -8,8 +8,9 @@ On a CUDA machine, in order (each a subprocess with a time limit; a failure is r
   (one GPU is a DDP world of one: NCCL refuses two ranks on one GPU);
 - bench_model.py, bench_inference.py, bench_meta_step.py with --device cuda, float32 and bf16 rows,
   bench_meta_step.py --engines (the sequential vs the batched MAML engine at paper size, peak memory, the
-  projected time of the paper's 2000 meta-batches), and bench_stride.py (accuracy on the DMER model just
-  trained, speed at paper size on CUDA).
+  projected time of the paper's 2000 meta-batches), bench_stride.py (accuracy on the DMER model just
+  trained, speed at paper size on CUDA) and bench_eval_protocols.py --demo (dsaml-eval's within-song and
+  cross-song protocols of the demo's test pairs with both engines; CUDA only).
 Without CUDA (or with --dry) the same checks run at tiny sizes on the CPU (trainer=cpu and trainer=ddp_cpu
 instead of gpu and ddp), which tests/test_gpu_check.py does inside `make test`.
 
@@ -234,6 +235,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
             300,
         ),
     ]
+    if not dry:  # the dry run stays as it was: this script's tiny mode adds half a minute of imports and
+        # warm-up; its engines' parity is tests/test_eval_batched.py
+        evaluation = [*bench, str(BENCH / "bench_eval_protocols.py"), "--demo", "--device", device]
+        checks.append(Check("bench_eval_protocols.py --demo (sequential vs batched)", evaluation, 600))
     return checks
 
 

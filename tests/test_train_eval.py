@@ -256,3 +256,37 @@ def test_eval_refuses_a_store_of_another_dataset(tiny_store, tmp_path):  # noqa:
     ):
         evaluate(cfg)
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_dsaml_eval_batched_engine_scores_as_the_sequential_one(dmer_run, tiny_store, tmp_path):  # noqa: F811
+    """+overrides.meta_engine=batched: the test stage runs the within-song and cross-song protocols of its
+    items in groups (meta_chunk=2: two items, pairs of equal support shapes together) and writes the same
+    scores, per protocol and per rater, as the sequential engine (the tiny network has no dropout)."""
+    ckpt = dmer_run / "checkpoints" / "last.ckpt"
+    base = [
+        "task=pdmer",
+        "protocols=[pdmer_within_song,pdmer_cross_song]",
+        "adaptation=maml",
+        "adaptation.steps=2",
+        "+overrides.cross_support=song",
+    ]
+    results = {
+        engine: evaluate(
+            eval_config(tiny_store, tmp_path / engine, ckpt, *base, f"+overrides.meta_engine={engine}", *more)
+        )
+        for engine, more in (("sequential", []), ("batched", ["+overrides.meta_chunk=2"]))
+    }
+    sequential, batched = results["sequential"], results["batched"]
+    assert [r["protocol"] for r in batched["rows"]] == ["pdmer_within_song", "pdmer_cross_song"]
+    unadapted = _rows(evaluate(eval_config(tiny_store, tmp_path / "none", ckpt, *base, "adaptation=none")))
+    for part in ("rows", "per_rater"):
+        assert len(batched[part]) == len(sequential[part])
+        for ours, theirs in zip(batched[part], sequential[part], strict=True):
+            assert ours["n"] == theirs["n"] >= 1 and ours.keys() == theirs.keys()
+            for key, value in theirs.items():
+                if isinstance(value, str):  # protocol, rater
+                    assert ours[key] == value
+                else:
+                    assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    # the adaptation is real: the adapted scores are not the unadapted ones
+    assert _rows(batched)["pdmer_within_song"]["average"] != unadapted["pdmer_within_song"]["average"]

@@ -212,7 +212,7 @@ def adapt_batched(
     loss: EpisodeLoss,
     params: dict[str, Tensor],
     buffers: dict[str, Tensor],
-    support: dict[str, Tensor],
+    support: dict[str, Tensor] | Sequence[dict[str, Tensor]],
     steps: int,
     lr: float,
     first_order: bool,
@@ -220,13 +220,15 @@ def adapt_batched(
     first: int = 0,
 ) -> BatchedAdaptation:
     """`steps` SGD steps of every episode at once: params / buffers [E, ...] by name (`stacked`), support a
-    stacked batch [E, ...]. loss(params, buffers, batch): every episode's loss (`network_loss`). The adapted
+    stacked batch [E, ...] or a list of them (each step descends the mean loss over the list, as `adapt`).
+    loss(params, buffers, batch): every episode's loss (`network_loss`). The adapted
     parameters stay graph nodes of `params` (first order: d adapted / d params = identity; second order:
     the inner gradients are differentiated too). Raises FloatingPointError naming the first episode whose
     support loss is NaN/inf (after on_nonfinite(first + episode, message))."""
+    batches = [support] if isinstance(support, Mapping) else list(support)
     losses = []
     for step in range(steps):
-        values, _ = loss(params, buffers, support)
+        values = sum(loss(params, buffers, batch)[0] for batch in batches) / len(batches)
         check_finite(values, f"non-finite support loss at inner step {step}", on_nonfinite, first)
         losses.append(values.detach())
         names = [k for k, v in params.items() if v.requires_grad]
@@ -237,7 +239,7 @@ def adapt_batched(
         for name, grad in zip(names, grads, strict=True):
             if grad is not None:
                 params[name] = torch.add(params[name], grad, alpha=-lr)
-    empty = torch.zeros(0, len(next(iter(support.values()))))
+    empty = torch.zeros(0, len(next(iter(batches[0].values()))))
     return BatchedAdaptation(params, buffers, torch.stack(losses) if losses else empty)
 
 

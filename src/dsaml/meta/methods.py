@@ -283,6 +283,46 @@ def _fit_map(
     return fit_calibration(predictions, targets, prior, lag)
 
 
+# (support sequences, inner-loop batches, steps): what `personalize_net` adapts on (`plan`)
+Plan = tuple[list[Sequence_], list[Mapping[str, Any]], int]
+
+
+def plan(
+    support: Sequence[Sequence_],
+    config: AdaptationConfig,
+    predictor: Predict,
+    batches: Sequence[Mapping[str, Any]] | None = None,
+    steps: int | None = None,
+) -> Plan | None:
+    """The support sequences, inner-loop batches and steps `config.method` (not auto) adapts on, or None when
+    every support song is flat and skipped (the network stays as it is). Arguments as `personalize_net`."""
+    if config.method == AUTO:
+        raise ValueError("personalize_net: method=auto is chosen by `select`")
+    if not support:
+        raise ValueError("personalize_net: no support sequences")
+    if config.skip_flat and len(kept := moving(support)) < len(support):
+        if not kept:
+            return None
+        support, batches = kept, None
+    steps = int(config.steps if steps is None else steps) if config.learner in ITERATIVE else 0
+    batches = list(batches) if batches is not None else [windows_batch(s, predictor.window) for s in support]
+    return list(support), batches, steps
+
+
+def personalized(
+    adapted: nn.Module,
+    planned: Plan,
+    config: AdaptationConfig,
+    predictor: Predict,
+    prior: CalibrationPrior | None,
+) -> Personalized:
+    """The adapted network of a `plan`, with the output map fitted on its support when the method
+    calibrates."""
+    support, _, steps = planned
+    calibration = _fit_map(adapted, support, predictor, prior, config.lag) if config.calibrates else None
+    return Personalized(adapted, calibration, config.method, steps)
+
+
 def personalize_net(
     net: nn.Module,
     support: Sequence[Sequence_],
@@ -295,16 +335,8 @@ def personalize_net(
     """Apply `config.method` (not auto) on the support sequences. `config` must be resolved (steps, lr,
     first_order set). batches: the inner loop's support batches (default: each sequence cut into
     windows, one batch per sequence); steps overrides config.steps. The network is never modified."""
-    if config.method == AUTO:
-        raise ValueError("personalize_net: method=auto is chosen by `select`")
-    if not support:
-        raise ValueError("personalize_net: no support sequences")
-    if config.skip_flat and len(kept := moving(support)) < len(support):
-        if not kept:
-            return Personalized(net)
-        support, batches = kept, None
-    steps = int(config.steps if steps is None else steps) if config.learner in ITERATIVE else 0
-    batches = list(batches) if batches is not None else [windows_batch(s, predictor.window) for s in support]
-    adapted = _learn(net, config.learner, batches, config, steps)
-    calibration = _fit_map(adapted, support, predictor, prior, config.lag) if config.calibrates else None
-    return Personalized(adapted, calibration, config.method, steps)
+    planned = plan(support, config, predictor, batches, steps)
+    if planned is None:
+        return Personalized(net)
+    adapted = _learn(net, config.learner, planned[1], config, planned[2])
+    return personalized(adapted, planned, config, predictor, prior)

@@ -79,9 +79,10 @@ class TaskConfig(Config):
     arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
     song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
     cheaper, experiments/benchmarks/RESULTS.md). eval_batch_size: windows per forward at evaluation.
-    meta_engine: how PDMER adapts a meta-batch's episodes: batched (together, stacked per-episode parameters;
-    docs/meta-engine.md) | sequential (one after another, learn2learn). meta_chunk: episodes per batched call
-    (None = the whole meta-batch; bounds the batched engine's memory).
+    meta_engine: how PDMER adapts a meta-batch's episodes, and the test protocols their (listener, song) pairs
+    with an inner-loop method: batched (together, stacked per-episode parameters; docs/meta-engine.md) |
+    sequential (one after another, learn2learn). meta_chunk: episodes (test: items and pairs) per batched
+    call (None = the whole meta-batch; test: 16 items; bounds the batched engine's memory).
     """
 
     SECTION = "task"

@@ -13,7 +13,8 @@ with ``task.cross_support=song`` the list of the whole songs).
   with task.cross_support=song), predict the whole song.
 
 "Adapt" is the configured adaptation method (`dsaml.meta.AdaptationConfig`: maml, head, calibrate, none,
-their combinations, or auto), the same code `dsaml-personalize` runs.
+their combinations, or auto), the same code `dsaml-personalize` runs. With `task.meta_engine=batched` the
+inner loops (maml, head) of many items' pairs run together (`run_protocols_many`, docs/meta-engine.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from dsaml.meta import (
     personalize_net,
     select,
 )
-from dsaml.meta.methods import predict
+from dsaml.meta.adaptation import DEFAULT_META_ENGINE
+from dsaml.meta.batched_adapt import personalize_many
+from dsaml.meta.methods import ITERATIVE, predict
 from dsaml.metrics import METRIC_KEYS, scores_of
 from dsaml.training.config import PROTOCOLS
 from dsaml.training.resume import TEST_PROTOCOL, step_seed
@@ -79,37 +82,86 @@ def run_protocols(
     Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
     made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
     per item, so neither on which items ran before)."""
-    results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
-    predictor = Predict(window, stitch, batch_size, stride)
-    item_seed = int(torch.randint(0, 2**62, (1,)))  # each protocol's draws: a stream of its own
+    settings = dict(window=window, adaptation=adaptation, stitch=stitch, batch_size=batch_size)
+    return run_protocols_many(net, [item], protocols, **settings, stride=stride, prior=prior)[0]
 
-    def score(name: str, model: Personalized, seq: SongSequence) -> None:
+
+def run_protocols_many(
+    net: nn.Module,
+    items: list[SongItem],
+    protocols: list[str],
+    *,
+    window: int,
+    adaptation: AdaptationConfig,
+    stitch: str,
+    batch_size: int,
+    stride: int = 1,
+    prior: CalibrationPrior | None = None,
+    seeds: list[int] | None = None,
+    engine: str = DEFAULT_META_ENGINE,
+    chunk: int | None = None,
+) -> list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]]:
+    """`run_protocols` of several items -> one result per item. seeds: each item's draw (None: drawn here,
+    one per item in turn, as `run_protocols` does at the start of its item). engine: how the within-song and
+    cross-song protocols run an inner-loop method (maml, head and their _calibrate variants): "sequential"
+    (one pair after another) or "batched" (every pair of the items together, `chunk` at most per call:
+    `dsaml.meta.batched_adapt`; with dropout its draws are the group's, see there). Other methods run one
+    pair at a time with either engine."""
+    results: list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]] = [{} for _ in items]
+    predictor = Predict(window, stitch, batch_size, stride)
+    if seeds is None:  # each protocol's draws: a stream of its own
+        seeds = [int(torch.randint(0, 2**62, (1,))) for _ in items]
+    together = engine == "batched" and adaptation.method != AUTO and adaptation.learner in ITERATIVE
+    pending: list[tuple[int, str, SongSequence, list[SongSequence], ClipBatch | None]] = []
+
+    def score(index: int, name: str, model: Personalized, seq: SongSequence) -> None:
         pa, pv = model.predict(predictor, seq)
-        results[name] = (
+        results[index][name] = (
             scores_of(pa, pv, seq["arousal"], seq["valence"]),
             (pa, pv, seq["arousal"], seq["valence"]),
         )
 
-    n = len(item["arousal"])
-    query = slice_sequence(item, window, None) if n > window else None
-    for protocol in protocols:
-        torch.manual_seed(step_seed(item_seed, ALL_PROTOCOLS.index(protocol), stream=TEST_PROTOCOL))
-        if protocol == "dmer":
-            score(protocol, Personalized(net), item)
-        elif protocol == "pdmer_unadapted" and query is not None:
-            score(protocol, Personalized(net), query)
-        elif protocol == "pdmer_within_song" and query is not None:
-            support = slice_sequence(item, 0, window)
-            model = personalize_on(net, [support], as_batch(support), adaptation, predictor, prior)
-            score(protocol, model, query)
-        elif protocol == "pdmer_cross_song" and item.get("cross_support") is not None:
-            support = item["cross_support"]
-            if isinstance(support, list):  # whole songs of different lengths
-                model = personalize_on(net, support, None, adaptation, predictor, prior)
-            else:
-                model = personalize_on(net, clips_of(support), support, adaptation, predictor, prior)
-            score(protocol, model, item)
-    return results
+    for index, item in enumerate(items):
+        n = len(item["arousal"])
+        query = slice_sequence(item, window, None) if n > window else None
+        for protocol in protocols:
+            seed = step_seed(seeds[index], ALL_PROTOCOLS.index(protocol), stream=TEST_PROTOCOL)
+            torch.manual_seed(seed)
+            if protocol == "dmer":
+                score(index, protocol, Personalized(net), item)
+            elif protocol == "pdmer_unadapted" and query is not None:
+                score(index, protocol, Personalized(net), query)
+            elif (request := support_of(item, protocol, query, window)) is not None:
+                target, support, batch = request
+                if together:
+                    pending.append((index, protocol, target, support, batch))
+                else:
+                    model = personalize_on(net, support, batch, adaptation, predictor, prior)
+                    score(index, protocol, model, target)
+    if pending:
+        torch.manual_seed(step_seed(seeds[0], len(ALL_PROTOCOLS), stream=TEST_PROTOCOL))
+        requests = [(support, None if batch is None else [batch]) for *_, support, batch in pending]
+        for slot, model in personalize_many(net, requests, adaptation, predictor, prior, chunk):
+            index, protocol, target, _, _ = pending[slot]
+            score(index, protocol, model, target)
+    return [{p: result[p] for p in protocols if p in result} for result in results]
+
+
+def support_of(
+    item: SongItem, protocol: str, query: SongSequence | None, window: int
+) -> tuple[SongSequence, list[SongSequence], ClipBatch | None] | None:
+    """What an adapting protocol predicts and adapts on: (target sequence, support sequences, the support as
+    one inner-loop batch or None: each sequence cut into windows); None when the protocol does not adapt or
+    does not apply to the item."""
+    if protocol == "pdmer_within_song" and query is not None:
+        support = slice_sequence(item, 0, window)
+        return query, [support], as_batch(support)
+    if protocol == "pdmer_cross_song" and item.get("cross_support") is not None:
+        cross = item["cross_support"]
+        if isinstance(cross, list):  # whole songs of different lengths
+            return item, cross, None
+        return item, clips_of(cross), cross
+    return None
 
 
 def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:

@@ -21,11 +21,20 @@ from dsaml import __version__ as dsaml_version
 from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
 from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta.batched_adapt import adapt_many
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from dsaml.training.config import PROTOCOLS, TaskConfig
-from dsaml.training.evaluation import estimate_calibration_prior, estimate_model_prior, run_protocols
+from dsaml.training.evaluation import (
+    estimate_calibration_prior,
+    estimate_model_prior,
+    run_protocols_many,
+)
+
+# test items whose protocols the batched engine runs together when task.meta_chunk is null (bounds the items
+# held in memory; the pairs of equal support shapes among them adapt in one call)
+TEST_GROUP = 16
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -201,7 +210,7 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._eval_rows = []
+        self._eval_rows, self._waiting = [], []
 
     def validation_step(self, batch: ClipBatch | Episode, batch_idx: int) -> None:
         if not self.meta:  # DMER: held-out clips, plain forward
@@ -215,23 +224,43 @@ class DSAMLModule(L.LightningModule):
                 {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
             )
             return
-        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query
-        adaptation = (adapt_head if self.head_only else adapt)(
-            self.net,
-            batch["support"],
-            self.task_cfg.adapt_steps,
-            lr=self.task_cfg.inner_lr,
-            first_order=self.task_cfg.first_order,
-        )
-        net = adaptation.net.eval()
-        query = batch["query"]
-        out = net(query["logmel"], query.get("global"))
-        loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
-        for i in range(len(query["songs"])):
-            row = scores_of(out["arousal"][i], out["valence"][i], query["arousal"][i], query["valence"][i])
-            self._eval_rows.append({"id": f"{batch['index']}:{i}", "loss": loss, **row})
+        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query;
+        # the batched engine adapts `test_group` episodes together (the rest at the epoch's end)
+        self._waiting.append(batch)
+        if len(self._waiting) >= self.test_group:
+            self._validate_waiting()
+
+    def _validate_waiting(self) -> None:
+        cfg = self.task_cfg
+        episodes, self._waiting = self._waiting, []
+        if cfg.meta_engine == "batched":
+            learner = "head" if self.head_only else "maml"
+            supports = [[episode["support"]] for episode in episodes]
+            adapted = dict(
+                adapt_many(self.net, supports, learner, cfg.adapt_steps, cfg.inner_lr, cfg.meta_chunk)
+            )
+            nets = [adapted[i] for i in range(len(episodes))]
+        else:
+            run = adapt_head if self.head_only else adapt
+            nets = [
+                run(
+                    self.net, e["support"], cfg.adapt_steps, lr=cfg.inner_lr, first_order=cfg.first_order
+                ).net.eval()
+                for e in episodes
+            ]
+        for episode, net in zip(episodes, nets, strict=True):
+            query = episode["query"]
+            out = net(query["logmel"], query.get("global"))
+            loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
+            for i in range(len(query["songs"])):
+                row = scores_of(
+                    out["arousal"][i], out["valence"][i], query["arousal"][i], query["valence"][i]
+                )
+                self._eval_rows.append({"id": f"{episode['index']}:{i}", "loss": loss, **row})
 
     def on_validation_epoch_end(self) -> None:
+        if self.meta:
+            self._validate_waiting()
         rows = self._gather_rows(self._eval_rows)
         if not rows:
             return
@@ -268,7 +297,7 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
-        self._eval_rows, self.examples = [], []
+        self._eval_rows, self.examples, self._waiting = [], [], []
 
     def on_test_start(self) -> None:
         """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
@@ -278,10 +307,27 @@ class DSAMLModule(L.LightningModule):
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
+        """Queue the item with its seed (drawn now: `StepSeed` reseeded for it); the sequential engine runs it
+        at once, the batched one when `test_group` items wait (the rest at the epoch's end)."""
+        self._waiting.append((item, batch_idx, int(torch.randint(0, 2**62, (1,)))))
+        if len(self._waiting) >= self.test_group:
+            self._run_waiting()
+
+    @property
+    def test_group(self) -> int:
+        """Test items (validation episodes) adapted together: 1 (sequential engine), else task.meta_chunk or
+        16."""
         cfg = self.task_cfg
-        results = run_protocols(
+        return 1 if cfg.meta_engine == "sequential" else cfg.meta_chunk or TEST_GROUP
+
+    def _run_waiting(self) -> None:
+        cfg = self.task_cfg
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        results = run_protocols_many(
             self.net,
-            item,
+            [item for item, _, _ in waiting],
             cfg.test_protocols,
             window=cfg.support_segments,
             adaptation=self._adaptation,
@@ -289,7 +335,14 @@ class DSAMLModule(L.LightningModule):
             batch_size=cfg.eval_batch_size,
             stride=cfg.eval_stride,
             prior=self._prior,
+            seeds=[seed for _, _, seed in waiting],
+            engine=cfg.meta_engine,
+            chunk=cfg.meta_chunk,
         )
+        for (item, batch_idx, _), result in zip(waiting, results, strict=True):
+            self._add_rows(item, batch_idx, result)
+
+    def _add_rows(self, item: SongItem, batch_idx: int, results: dict[str, tuple]) -> None:
         for protocol, (scores, curves) in results.items():
             self._eval_rows.append(
                 {
@@ -311,6 +364,7 @@ class DSAMLModule(L.LightningModule):
                 )
 
     def on_test_epoch_end(self) -> None:
+        self._run_waiting()
         rows = self._gather_rows(self._eval_rows)
         self.test_results = summarize_rows(rows, self.task_cfg.test_protocols)
         primary = PROTOCOLS[self.task_cfg.name][-2 if self.meta else 0]  # pdmer: within_song
