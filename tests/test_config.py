@@ -86,7 +86,10 @@ def test_every_config_group_uses_the_mechanism():
     """One error type and one message format across the groups (a ValueError, for callers that catch it)."""
     cases = [
         (lambda: DSAMLConfig.from_dict({"attention": "both"}), "model.attention='both' is not one of dual,"),
-        (lambda: TaskConfig.from_dict({"shots": 0}), "task.shots=0: expected an integer >= 1"),
+        (
+            lambda: TaskConfig.from_dict({"name": "pdmer", "shots": 0}),
+            "task.shots=0: expected an integer >= 1",
+        ),
         (lambda: TaskConfig.from_dict({"shot": 1}), "task: unknown key(s) ['shot']"),
         (
             lambda: DataConfig.from_mapping({"name": "d", "root": "/r", "split": {"method": "x"}}),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app_fixtures import tiny_net
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 from dsaml.meta import (
     METHODS,
     AdaptationConfig,
@@ -74,21 +74,35 @@ def test_eval_stride_and_weighted_stitch_are_task_settings():
         TaskConfig.from_dict({"eval_stride": 0})
 
 
-def test_old_task_keys_are_deprecated_aliases_of_the_episode_keys():
-    """task.tasks / task.val_tasks (old configs and checkpoints) set task.episodes / task.val_episodes, with a
-    FutureWarning naming the new key; a config without them is silent."""
-    import warnings
+def test_old_checkpoint_task_dicts_migrate_and_each_task_takes_only_its_keys():
+    """A checkpoint written before the task config was split holds every key for both tasks, with `tasks` /
+    `val_tasks` for episodes / val_episodes: `from_dict` renames those and keeps a DMER task's own keys; a
+    current config naming a PDMER key for DMER is refused."""
+    from dsaml.training.config import PDMERConfig, TaskConfig
 
-    from dsaml.training.config import TaskConfig
-
-    with pytest.warns(FutureWarning, match=r"task.tasks=3 is deprecated: use task.episodes"):
-        task = TaskConfig.from_dict({"name": "pdmer", "tasks": 3, "test_protocols": ["pdmer_within_song"]})
-    assert (task.episodes, task.tasks) == (3, None)
-    with pytest.warns(FutureWarning, match=r"task.val_tasks=0 is deprecated: use task.val_episodes"):
-        assert TaskConfig.from_dict({"val_tasks": 0}).val_episodes == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert TaskConfig.from_dict({"episodes": 5}).to_dict()["episodes"] == 5
+    old = {  # an old checkpoint's hyper_parameters["task"] (the keys of the flat 26-field config)
+        "name": "pdmer", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 15, "shots": 2, "queries": 5,
+        "cross_support": "song", "episodes": 16, "inner_steps": 5, "inner_lr": 0.02, "first_order": True,
+        "steps_per_epoch": 10, "val_fraction": 0.1, "val_episodes": 16, "tasks": 3, "val_tasks": None,
+        "eval_inner_steps": None, "support_segments": 20, "monitor": "val/average", "monitor_mode": "max",
+        "test_protocols": ["pdmer_within_song"], "stitch": "mean", "eval_stride": 1, "eval_batch_size": 32,
+        "inner_loop": "full", "meta_engine": "sequential", "meta_chunk": None,
+        "adaptation": {"method": "calibrate"},
+    }  # fmt: skip
+    pdmer = TaskConfig.from_dict(old)
+    assert isinstance(pdmer, PDMERConfig)
+    assert (pdmer.episodes, pdmer.val_episodes, pdmer.shots, pdmer.inner_lr) == (3, 16, 2, 0.02)
+    assert pdmer.adaptation.method == "calibrate" and "tasks" not in pdmer.to_dict()
+    dmer = TaskConfig.from_dict({**old, "name": "dmer", "test_protocols": ["dmer"]})
+    assert type(dmer) is TaskConfig and (dmer.lr, dmer.support_segments) == (3e-4, 20)
+    assert set(dmer.to_dict()) == set(old) - {
+        "shots", "queries", "cross_support", "episodes", "inner_steps", "inner_lr", "first_order",
+        "steps_per_epoch", "val_episodes", "tasks", "val_tasks", "eval_inner_steps", "inner_loop",
+        "meta_engine", "meta_chunk",
+    }  # fmt: skip
+    assert TaskConfig.from_dict(dmer.to_dict()) == dmer and TaskConfig.from_dict(pdmer.to_dict()) == pdmer
+    with pytest.raises(ConfigError, match=r"task: unknown key\(s\) \['meta_engine'\]"):
+        TaskConfig.from_dict({"name": "dmer", "meta_engine": "batched"})
 
 
 def test_calibration_is_the_closed_form_ridge_toward_identity():

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from dsaml import reporting
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 from dsaml.training.runs import best_checkpoint, to_overrides
 
 DEVICES = ("cpu", "gpu")  # dsaml-train trainer presets

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsaml.config import ConfigError
 from dsaml.data.annotations import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
-from dsaml.data.validation import ConfigError
 from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.meta.calibration import Calibration
 from dsaml.models import DSAMLConfig, DSAMLNet

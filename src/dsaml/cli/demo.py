@@ -33,7 +33,7 @@ from rich.console import Console
 from dsaml import demo, reporting
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
-from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.config import ConfigError, from_mapping
 
 
 def run_tool(name: str, overrides: list[str], console: Console) -> None:

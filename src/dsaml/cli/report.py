@@ -21,8 +21,7 @@ from rich.console import Console
 from dsaml import reporting
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
-from dsaml.config import check_flag
-from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.config import ConfigError, check_flag, from_mapping
 from dsaml.outputs import check_output, record_output, write_text_atomic
 
 OUTPUTS = ("report.md", "report.json", "gains.png")

@@ -65,6 +65,9 @@ METHODS = (
 ITERATIVE = ("maml", "head")  # learners with an inner loop of `steps` SGD steps (ridge is closed-form)
 AUTO = "auto"
 SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
+# the paper's inner loop: PDMER's task.inner_steps / inner_lr / first_order defaults, and what adapts a model
+# whose task has no inner loop (a DMER checkpoint)
+INNER_LOOP_DEFAULTS: dict[str, Any] = {"steps": 16, "lr": 5e-3, "first_order": True}
 
 Sequence_ = SongSequence
 
@@ -74,7 +77,8 @@ class AdaptationConfig(Config):
     """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
 
     method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
-    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order). lag: calibrate: the
+    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order; a DMER task has no
+    inner loop: INNER_LOOP_DEFAULTS). lag: calibrate: the
     largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
     songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
     number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
@@ -137,7 +141,8 @@ class AdaptationConfig(Config):
 
     def resolve(self, task: Mapping[str, Any] | None) -> AdaptationConfig:
         """steps / lr / first_order filled in from a task config (a checkpoint's ``hyper_parameters["task"]``
-        or `TaskConfig.to_dict()`); ConfigError when one is needed and neither has it."""
+        or `TaskConfig.to_dict()`; INNER_LOOP_DEFAULTS for a task without an inner loop); ConfigError when
+        one is needed and neither has it."""
         task = dict(task or {})
         defaults = {
             "steps": task.get("eval_inner_steps")
@@ -146,6 +151,8 @@ class AdaptationConfig(Config):
             "lr": task.get("inner_lr"),
             "first_order": task.get("first_order", True if task else None),
         }
+        if task.get("name") == "dmer" and "inner_steps" not in task:  # no inner loop: the paper's
+            defaults = dict(INNER_LOOP_DEFAULTS)
         values = {k: getattr(self, k) if getattr(self, k) is not None else defaults[k] for k in defaults}
         needs = self.method == AUTO or self.learner in ITERATIVE
         missing = [k for k, v in values.items() if v is None]

@@ -68,7 +68,7 @@ class DSAMLModule(L.LightningModule):
         self.net = DSAMLNet(self.model_cfg)
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
-        self.head_only = self.task_cfg.inner_loop == "head"
+        self.head_only = self.meta and self.task_cfg.inner_loop == "head"
         if self.meta:  # not a registered submodule: the weights stay under "net." only
             inner = self.net.head if self.head_only else self.net
             self.__dict__["maml"] = maml_wrap(inner, self.task_cfg.inner_lr, self.task_cfg.first_order)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dsaml.config import ConfigError
 from dsaml.data.datamodule import DSAMLDataModule
-from dsaml.data.validation import ConfigError
 from dsaml.models import DSAMLConfig
 from dsaml.models.checkpoint import (
     CheckpointError,
@@ -33,7 +33,7 @@ from dsaml.models.checkpoint import (
     load_network,
     read_torch_file,
 )
-from dsaml.training.config import TaskConfig, validate_train_config
+from dsaml.training.config import Episodes, PDMERConfig, TaskConfig, validate_train_config
 from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
     RunDirectoryError,
@@ -88,21 +88,19 @@ def _has_validation(task: TaskConfig) -> bool:
 
 
 def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -> DSAMLDataModule:
+    episodes = (
+        {f.name: getattr(task, f.name) for f in fields(Episodes)} if isinstance(task, PDMERConfig) else {}
+    )
     return DSAMLDataModule(
         store=str(cfg.paths.store),
         task=task.name,
         batch_size=task.batch_size,
-        shots=task.shots,
-        queries=task.queries,
-        episodes=task.episodes,
         val_fraction=task.val_fraction,
-        steps_per_epoch=task.steps_per_epoch,
-        val_episodes=task.val_episodes,
         global_name=model_cfg.global_store_name,
         seed=int(cfg.seed),
         num_workers=int(cfg.get("num_workers", 0)),
         cross_song="pdmer_cross_song" in task.test_protocols,
-        cross_support=task.cross_support,
+        **episodes,
     )
 
 
