@@ -76,9 +76,10 @@ def test_eval_stride_and_weighted_stitch_are_task_settings():
 
 def test_old_checkpoint_task_dicts_migrate_and_each_task_takes_only_its_keys():
     """A checkpoint written before the task config was split holds every key for both tasks, with `tasks` /
-    `val_tasks` for episodes / val_episodes: `from_dict` renames those and keeps a DMER task's own keys; a
-    current config naming a PDMER key for DMER is refused."""
-    from dsaml.training.config import PDMERConfig, TaskConfig
+    `val_tasks` for episodes / val_episodes, and the test adaptation: `from_dict` renames those, keeps a DMER
+    task's own keys and leaves the adaptation to `stored_adaptation`; a current config naming a PDMER key
+    for DMER is refused."""
+    from dsaml.training.config import PDMERConfig, TaskConfig, stored_adaptation
 
     old = {  # an old checkpoint's hyper_parameters["task"] (the keys of the flat 26-field config)
         "name": "pdmer", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 15, "shots": 2, "queries": 5,
@@ -92,13 +93,15 @@ def test_old_checkpoint_task_dicts_migrate_and_each_task_takes_only_its_keys():
     pdmer = TaskConfig.from_dict(old)
     assert isinstance(pdmer, PDMERConfig)
     assert (pdmer.episodes, pdmer.val_episodes, pdmer.shots, pdmer.inner_lr) == (3, 16, 2, 0.02)
-    assert pdmer.adaptation.method == "calibrate" and "tasks" not in pdmer.to_dict()
+    assert "tasks" not in pdmer.to_dict() and "adaptation" not in pdmer.to_dict()
+    assert stored_adaptation({"task": old}) == {"method": "calibrate"}  # now hyper_parameters["adaptation"]
+    assert stored_adaptation({"task": old, "adaptation": {"method": "none"}}) == {"method": "none"}
     dmer = TaskConfig.from_dict({**old, "name": "dmer", "test_protocols": ["dmer"]})
     assert type(dmer) is TaskConfig and (dmer.lr, dmer.support_segments) == (3e-4, 20)
     assert set(dmer.to_dict()) == set(old) - {
         "shots", "queries", "cross_support", "episodes", "inner_steps", "inner_lr", "first_order",
         "steps_per_epoch", "val_episodes", "tasks", "val_tasks", "eval_inner_steps", "inner_loop",
-        "meta_engine", "meta_chunk",
+        "meta_engine", "meta_chunk", "adaptation",
     }  # fmt: skip
     assert TaskConfig.from_dict(dmer.to_dict()) == dmer and TaskConfig.from_dict(pdmer.to_dict()) == pdmer
     with pytest.raises(ConfigError, match=r"task: unknown key\(s\) \['meta_engine'\]"):

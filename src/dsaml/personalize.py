@@ -85,7 +85,7 @@ class AnnotatedSong:
 
 
 # ------------------------------------------------------------------ annotation files
-def check_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+def check_label_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
     """AnnotationError naming the first value of `values` outside LABEL_RANGE (and its row when given)."""
     low, high = LABEL_RANGE
     outside = np.flatnonzero((values < low) | (values > high))
@@ -142,7 +142,7 @@ def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
             "times must strictly increase (sort the rows by time, one row per time)"
         )
     for j, name in ((1, "arousal"), (2, "valence")):
-        check_range(str(path), name, values[:, j], rows_of)
+        check_label_range(str(path), name, values[:, j], rows_of)
     step, start = features.segment_s, features.start_s
     first = max(0, math.ceil((time[0] - start) / step - 1e-6))
     last = math.floor((time[-1] - start) / step + 1e-6)
@@ -188,7 +188,7 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
             if n:
                 if worker == str(rater):
                     for file, curve in ((arousal_file, arousal[worker]), (valence_file, valence[worker])):
-                        check_range(f"{file} ({RATER_COLUMN} {worker})", file.parent.name, curve[:n])
+                        check_label_range(f"{file} ({RATER_COLUMN} {worker})", file.parent.name, curve[:n])
                 song = normalise_id(arousal_file.stem)
                 by_rater.setdefault(worker, {})[song] = (0, arousal[worker][:n], valence[worker][:n])
     if not by_rater:

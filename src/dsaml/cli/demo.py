@@ -45,7 +45,7 @@ def run_tool(name: str, overrides: list[str], console: Console) -> None:
         raise RuntimeError(f"dsaml-{name} failed (see the messages above)")
 
 
-def try_the_tools(dmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict:
+def try_the_tools(dmer: demo.DemoRun, config: demo.DemoConfig, console: Console) -> dict:
     """Stage 6: the user commands of `demo.tool_commands`, run one after the other."""
     info, commands = demo.tool_commands(dmer, config)
     for name, overrides in commands:
@@ -53,7 +53,9 @@ def try_the_tools(dmer: demo.Run, config: demo.DemoConfig, console: Console) -> 
     return info
 
 
-def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict[str, Any]:
+def results(
+    dmer: demo.DemoRun, pdmer: demo.DemoRun, config: demo.DemoConfig, console: Console
+) -> dict[str, Any]:
     """Stage 5: score the unadapted models on the rater pairs, compare, print the tables, plot."""
     kinds = reporting.rater_kinds(config.corpus)
     protocols = [p for p in demo.ADAPTED if pdmer.row(p) is not None]

@@ -38,7 +38,6 @@ from dsaml.meta.methods import (
     calibration_prior,
     moving,
     personalize_net,
-    predict,
 )
 from dsaml.meta.selection import Selection, select
 
@@ -66,6 +65,5 @@ __all__ = [
     "meta_backward",
     "moving",
     "personalize_net",
-    "predict",
     "select",
 ]

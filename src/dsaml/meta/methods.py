@@ -204,28 +204,29 @@ class Predict:
     stride: int = 1
 
     def __call__(self, net: nn.Module, seq: Sequence_) -> tuple[Tensor, Tensor]:
-        """Eval-mode prediction of one sequence -> (arousal [T], valence [T]) on the labels' device."""
-        return predict(net, seq, self.window, self.stitch, self.batch_size, self.stride)
+        """Eval-mode prediction of one sequence with `dsaml.inference.predict_song` (one plain forward when
+        the sequence is no longer than `window`).
 
+        Args:
+            net: a `DSAMLNet` (or an adapted copy).
+            seq: a `SongSequence`: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] or None, ``arousal`` /
+                ``valence`` [T] (their device is the output's).
 
-def predict(
-    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int, stride: int = 1
-) -> tuple[Tensor, Tensor]:
-    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments every
-    `stride` segments, one plain forward when shorter). Returns (arousal [T], valence [T]) on the labels'
-    device."""
-    with torch.no_grad():
-        arousal, valence = predict_song(
-            net,
-            seq["logmel"],
-            seq.get("global"),
-            stride=stride,
-            stitch=stitch,
-            batch_size=batch_size,
-            window=window,
-        )
-    device = torch.as_tensor(seq["arousal"]).device
-    return arousal.to(device), valence.to(device)
+        Returns:
+            (arousal [T], valence [T]) on the labels' device.
+        """
+        with torch.no_grad():
+            arousal, valence = predict_song(
+                net,
+                seq["logmel"],
+                seq.get("global"),
+                stride=self.stride,
+                stitch=self.stitch,
+                batch_size=self.batch_size,
+                window=self.window,
+            )
+        device = torch.as_tensor(seq["arousal"]).device
+        return arousal.to(device), valence.to(device)
 
 
 @dataclass

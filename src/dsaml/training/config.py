@@ -16,7 +16,7 @@ keys, the task, the model (via `DSAMLConfig`), task/data compatibility and the f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ from dsaml.config import (
     Config,
     ConfigError,
     check_choice,
-    check_keys,
-    check_range,
     choice,
     flag,
+    group,
     integer,
     number,
+    text,
 )
 from dsaml.inference import STITCH_RULES
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE, META_ENGINES
@@ -42,29 +42,6 @@ INNER_LOOPS = ("full", "head")
 CROSS_SUPPORT = ("clip", "song")
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
-TOP_LEVEL_KEYS = (
-    "data",
-    "model",
-    "task",
-    "trainer",
-    "logger",
-    "callbacks",
-    "paths",
-    "hydra",
-    "experiment",
-    "debug",
-    "seed",
-    "ckpt_path",
-    "init_from",
-    "train",
-    "test",
-    "task_name",
-    "tags",
-    "num_workers",
-    "adaptation",
-    "trust_checkpoint",
-    "overwrite",
-)
 
 
 @dataclass
@@ -153,19 +130,16 @@ class InnerLoop(Config):
 class TaskConfig(Protocols, Optimisation):
     """The `task:` group of task=dmer (`Optimisation`, `Protocols`); `PDMERConfig` for task=pdmer.
 
-    Build either with `TaskConfig.from_dict`, which picks the class by `name`. adaptation: how the test
-    protocols adapt (the top-level `adaptation` group, `dsaml.meta.AdaptationConfig`).
+    Build either with `TaskConfig.from_dict`, which picks the class by `name`. How the test protocols adapt
+    is not a task key: it is the top-level `adaptation` group (`dsaml.meta.AdaptationConfig`).
     """
 
     SECTION = "task"
 
     name: str = choice("dmer", ("dmer",))
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.adaptation, AdaptationConfig):
-            self.adaptation = AdaptationConfig.from_dict(self.adaptation)
         self.test_protocols = list(self.test_protocols)
         for protocol in self.test_protocols:
             check_choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
@@ -174,14 +148,6 @@ class TaskConfig(Protocols, Optimisation):
                 f"task.monitor={self.monitor!r}: expected a validation metric such as val/average "
                 "(checkpoints are never selected on the test set)"
             )
-
-    @property
-    def resolved_adaptation(self) -> AdaptationConfig:
-        """`adaptation` with steps / lr / first_order filled in from this task."""
-        return self.adaptation.resolve(self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "adaptation": self.adaptation.to_dict()}
 
     @classmethod
     def from_dict(cls, values: Any) -> TaskConfig:
@@ -212,12 +178,13 @@ OLD_NAMES = {"tasks": "episodes", "val_tasks": "val_episodes"}
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's task dict in the current format. Those written before the split (they hold `tasks`
-    and `val_tasks`, the old names of `episodes` and `val_episodes`) held every key for both tasks: the old
-    names give way to the new (a value set under the old name wins, as it did then), and a DMER task
-    keeps only the keys `TaskConfig` has. Any other dict is returned unchanged."""
+    and `val_tasks`, the old names of `episodes` and `val_episodes`) held every key for both tasks and the
+    test adaptation (now hyper_parameters["adaptation"], see `stored_adaptation`): the old names give way
+    to the new (a value set under the old name wins, as it did then), the adaptation is dropped, and a DMER
+    task keeps only the keys `TaskConfig` has. Any other dict is returned unchanged."""
     if not any(old in values for old in OLD_NAMES):
         return values
-    values = dict(values)
+    values = {key: value for key, value in values.items() if key != "adaptation"}
     for old, new in OLD_NAMES.items():
         value = values.pop(old, None)
         if value is not None:
@@ -228,14 +195,65 @@ def migrate(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def stored_adaptation(hparams: dict[str, Any]) -> dict[str, Any] | None:
+    """The `adaptation` group a checkpoint was tested with: hyper_parameters["adaptation"] (before the task
+    config was split: its task.adaptation); None when it records none."""
+    task = hparams.get("task")
+    return hparams.get("adaptation") or (task.get("adaptation") if isinstance(task, dict) else None)
+
+
+@dataclass
+class JobConfig(Config):
+    """The top-level keys dsaml-train and dsaml-eval share (conf/train.yaml, conf/eval.yaml); each `group`
+    is checked by its own class (`TaskConfig`, `DSAMLConfig`, ...)."""
+
+    data: Any = group()
+    task: Any = group()
+    adaptation: Any = group()
+    trainer: Any = group()
+    logger: Any = group()
+    callbacks: Any = group()
+    paths: Any = group()
+    hydra: Any = group()
+    task_name: str = text("train")
+    seed: int = integer(0, low=0)
+    num_workers: int = integer(0, low=0)
+    ckpt_path: str | None = text(None, optional=True)
+    trust_checkpoint: bool = flag(False)
+    overwrite: bool = flag(False)
+
+
+@dataclass
+class TrainJob(JobConfig):
+    """conf/train.yaml's top-level keys (`dsaml-train`)."""
+
+    model: Any = group()
+    experiment: Any = group()
+    debug: Any = group()
+    tags: Any = group()
+    init_from: str | None = text(None, optional=True)
+    train: bool = flag(True)
+    test: bool = flag(True)
+
+
+@dataclass
+class EvalJob(JobConfig):
+    """conf/eval.yaml's top-level keys (`dsaml-eval`): protocols and overrides are task keys, checked by
+    `TaskConfig`."""
+
+    protocols: Any = group()
+    overrides: Any = group()
+
+
 def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     """Check a composed training config (an OmegaConf DictConfig); returns the parsed `TaskConfig`."""
     from omegaconf import OmegaConf
 
     from dsaml.models import DSAMLConfig
 
-    check_keys("dsaml-train", cfg.keys(), TOP_LEVEL_KEYS)
-    task = TaskConfig.from_dict(task_values(cfg))
+    TrainJob.check_top_level(cfg, "dsaml-train")
+    task = TaskConfig.from_dict(cfg.task)
+    adaptation_of(cfg)
     model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
@@ -256,19 +274,14 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     init_from = cfg.get("init_from")
     if init_from is not None and not Path(str(init_from)).is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
-    check_range("num_workers", cfg.get("num_workers", 0), integer=True, low=0)
     return task
 
 
-def task_values(cfg: Any) -> dict[str, Any]:
-    """The `task:` keys of a composed config, with the top-level `adaptation` group (when set) as
-    task.adaptation."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(cfg.task, resolve=True)
-    if cfg.get("adaptation") is not None:
-        values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
-    return values
+def adaptation_of(cfg: Any) -> dict[str, Any] | None:
+    """The `adaptation` group of a composed config as a checked plain dict (None when unset)."""
+    if cfg.get("adaptation") is None:
+        return None
+    return AdaptationConfig.from_dict(cfg.adaptation).to_dict()
 
 
 def check_global_vectors(store: Path, name: str, dim: int) -> None:

@@ -34,14 +34,13 @@ from dsaml.meta import (
     personalize_net,
     select,
 )
-from dsaml.meta.methods import predict
 from dsaml.metrics import METRIC_KEYS, scores_of
 from dsaml.training.config import PROTOCOLS
 from dsaml.training.resume import TEST_PROTOCOL, step_seed
 
 ALL_PROTOCOLS = tuple(p for names in PROTOCOLS.values() for p in names)
 
-__all__ = ["METRIC_KEYS", "predict", "run_protocols", "scores_of"]
+__all__ = ["METRIC_KEYS", "run_protocols", "scores_of"]
 
 
 def personalize_on(

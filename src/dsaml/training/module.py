@@ -20,7 +20,16 @@ from torch import Tensor
 from dsaml import __version__ as dsaml_version
 from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
-from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta import (
+    AdaptationConfig,
+    CalibrationPrior,
+    Predict,
+    adapt,
+    adapt_head,
+    batch_loss,
+    maml_wrap,
+    meta_backward,
+)
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -45,7 +54,8 @@ class DSAMLModule(L.LightningModule):
     """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config;
     calibration_prior: the calibration prior (`CalibrationPrior.to_dict()`; when None, estimated at setup from
     the training raters' curves vs the averaged ones, then after every validation epoch from the network's own
-    predictions on the held-out songs or raters; saved with every checkpoint)."""
+    predictions on the held-out songs or raters; saved with every checkpoint); adaptation: how the test
+    protocols adapt (an `AdaptationConfig` dict, the `adaptation` group; None: its defaults)."""
 
     def __init__(
         self,
@@ -53,14 +63,17 @@ class DSAMLModule(L.LightningModule):
         task: dict[str, Any],
         features: dict[str, Any] | None = None,
         calibration_prior: dict[str, Any] | None = None,
+        adaptation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = DSAMLConfig.from_dict(dict(model))
         self.task_cfg = TaskConfig.from_dict(dict(task))
+        self.adaptation_cfg = AdaptationConfig.from_dict(adaptation)
         self.save_hyperparameters(
             {
                 "model": self.model_cfg.to_dict(),
                 "task": self.task_cfg.to_dict(),
+                "adaptation": self.adaptation_cfg.to_dict(),
                 "features": dict(features or {}),
                 "calibration_prior": calibration_prior,
             }
@@ -274,7 +287,7 @@ class DSAMLModule(L.LightningModule):
         """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
         from dsaml.meta import calibration_prior
 
-        self._adaptation = self.task_cfg.resolved_adaptation
+        self._adaptation = self.adaptation_cfg.resolve(self.task_cfg.to_dict())
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:

@@ -33,7 +33,17 @@ from dsaml.models.checkpoint import (
     load_network,
     read_torch_file,
 )
-from dsaml.training.config import Episodes, PDMERConfig, TaskConfig, validate_train_config
+from dsaml.training.config import (
+    Episodes,
+    EvalJob,
+    PDMERConfig,
+    TaskConfig,
+    TrainJob,
+    adaptation_of,
+    migrate,
+    stored_adaptation,
+    validate_train_config,
+)
 from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
     RunDirectoryError,
@@ -177,7 +187,12 @@ def build(cfg: DictConfig) -> Job:
     model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = datamodule_from(cfg, task, model_cfg)
-    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
+    module = DSAMLModule(
+        model=model_cfg.to_dict(),
+        task=task.to_dict(),
+        features=datamodule.feature_config,
+        adaptation=adaptation_of(cfg),
+    )
     if cfg.get("init_from") is not None:
         load_initial_weights(module, model_cfg, str(cfg.init_from), trusted(cfg))
     trainer = build_trainer(cfg, _has_validation(task), extra_callbacks=(StepSeed(int(cfg.seed)),))
@@ -298,41 +313,19 @@ def finish_wandb_run(trainer: L.Trainer) -> None:
             wandb.run.finish()
 
 
-EVAL_KEYS = (
-    "data",
-    "trainer",
-    "logger",
-    "paths",
-    "hydra",
-    "task_name",
-    "ckpt_path",
-    "seed",
-    "num_workers",
-    "task",
-    "protocols",
-    "overrides",
-    "callbacks",
-    "adaptation",
-    "trust_checkpoint",
-    "overwrite",
-)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     """`dsaml-eval`: test the checkpoint `cfg.ckpt_path` with the protocols of its task (or `cfg.protocols`),
     writing results.json / results.md into paths.output_dir. Returns the results dict."""
     from dsaml.training.callbacks import ResultsWriter
     from dsaml.training.config import PROTOCOLS
 
-    unknown = sorted(set(cfg.keys()) - set(EVAL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
+    EvalJob.check_top_level(cfg, "dsaml-eval")
     if (Path(str(cfg.paths.output_dir)) / "results.json").exists() and not cfg.get("overwrite", False):
         raise RunDirectoryError(
             f"{cfg.paths.output_dir} already holds results.json; pass overwrite=true or another hydra.run.dir"
         )
     net, model_cfg, hparams = load_network(str(cfg.ckpt_path), trust=trusted(cfg))
-    task_values = dict(hparams.get("task") or {})
+    task_values = migrate(dict(hparams.get("task") or {}))
     requested = cfg.get("task")  # the conf/task group (task=pdmer) or a bare name
     if requested is not None:
         name = str(requested.get("name") if isinstance(requested, DictConfig) else requested)
@@ -349,13 +342,14 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         task_values["test_protocols"] = list(cfg.protocols)
     if cfg.get("overrides"):
         task_values.update(OmegaConf.to_container(cfg.overrides, resolve=True))
-    if cfg.get("adaptation") is not None:  # the conf/adaptation group, else the checkpoint's
-        task_values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
     task = TaskConfig.from_dict(task_values)
     with open_dict(cfg):
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
     validated(_as_train_keys(cfg))
+    adaptation = adaptation_of(cfg) or stored_adaptation(
+        hparams
+    )  # the conf/adaptation group, else the checkpoint's
     check_store(cfg, dict(hparams.get("features") or {}) or None, asked_by="the checkpoint's features")
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(
@@ -363,6 +357,7 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         task=task.to_dict(),
         features=hparams.get("features"),
         calibration_prior=hparams.get("calibration_prior"),
+        adaptation=adaptation,
     )
     module.net.load_state_dict(net.state_dict())
     trainer = build_trainer(
@@ -376,6 +371,4 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
 
 def _as_train_keys(cfg: DictConfig) -> DictConfig:
     """The eval config viewed with only the keys `validate_train_config` knows."""
-    from dsaml.training.config import TOP_LEVEL_KEYS
-
-    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TOP_LEVEL_KEYS])
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TrainJob.allowed_keys()])
