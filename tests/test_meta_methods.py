@@ -20,7 +20,7 @@ from dsaml.meta import (
     CalibrationPrior,
     HeadAdaptedNet,
     Personalized,
-    Predict,
+    SlidingWindows,
     adapt,
     adapt_head,
     batch_loss,
@@ -47,14 +47,14 @@ def _song(seed: int, n: int = 40) -> dict:
 
 
 def test_predict_with_a_stride_runs_the_windows_it_names():
-    """Predict(window, stitch="last", stride): windows start at 0, 7, 14 and the last ends at the song's end
-    (40 segments, window 20: 0, 7, 14, 20); "last" takes the first window, then from each later window the
-    positions it adds (20-26, 27-33, 34-39), computed here
+    """SlidingWindows(window, stitch="last", stride): windows start at 0, 7, 14 and the last ends at the
+    song's end (40 segments, window 20: 0, 7, 14, 20); "last" takes the first window, then from each later
+    window the positions it adds (20-26, 27-33, 34-39), computed here
     window by window with the network's plain forward (no learned global context, which a whole song gets per
     segment)."""
     net = tiny_net(global_context="none").eval()
     song = _song(3, n=40)
-    arousal, valence = Predict(window=20, stitch="last", stride=7)(net, song)
+    arousal, valence = SlidingWindows(window=20, stitch="last", stride=7)(net, song)
     expected = torch.empty(2, 40)
     with torch.no_grad():
         for start, first_new in ((0, 0), (7, 20), (14, 27), (20, 34)):
@@ -321,7 +321,7 @@ def test_adaptation_config_is_checked_with_the_allowed_values():
 def test_none_is_the_network_and_maml_matches_adapt():
     net = tiny_net().eval()
     song = _song(5)
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     config = AdaptationConfig(method="none")
     model = personalize_net(net, [song], config, predictor)
     assert model.net is net and model.calibration is None
@@ -337,7 +337,7 @@ def test_calibrate_recovers_an_affine_listener():
     is almost flat (variance under 1e-4): no gain is estimated from it, only the offset (the listener's
     arousal moves around it by +-0.02, zero-mean)."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     songs = [_song(s) for s in (6, 7)]
     wiggle = 0.02 * (-1.0) ** torch.arange(40)
     for song in songs:
@@ -358,7 +358,7 @@ def test_a_support_song_whose_slider_never_moves_is_left_out():
     a constant: every method leaves it out (skip_flat, the default); with nothing else the model stays
     as it is. skip_flat=false adapts on it as the original does; calibration then takes only its offset."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     moving_song, flat_song = _song(8), _song(9)
     flat_song["arousal"], flat_song["valence"] = torch.full((40,), 0.4), torch.full((40,), -0.1)
     assert moving([moving_song, flat_song]) == [moving_song]
@@ -388,7 +388,7 @@ def test_a_support_song_whose_slider_never_moves_is_left_out():
 
 def test_auto_keeps_the_network_unless_something_validates_better():
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     # the tiny network's arousal barely moves, and so do these listeners' (skip_flat would leave them out)
     every = list(METHODS[1:])
     config = AdaptationConfig(
@@ -426,7 +426,7 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     assert isinstance(selection.personalized, Personalized) and selection.personalized.calibration is not None
 
 
-def _one_song_listener(net, predictor: Predict, seed: int, n: int = 90) -> dict:
+def _one_song_listener(net, predictor: SlidingWindows, seed: int, n: int = 90) -> dict:
     """A song whose listener curves are exactly the network's own prediction of it."""
     song = _song(seed, n=n)
     song["arousal"], song["valence"] = predictor(net, song)
@@ -439,7 +439,7 @@ def test_auto_with_one_song_validates_on_contiguous_blocks():
     identical to the network keeps it; one who hears an exact affine map of its curves (arousal + 0.2,
     valence 0.3 - valence) gets the calibration, on every fold; a too-short song validates nothing."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     config = AdaptationConfig(
         method="auto",
         steps=2,

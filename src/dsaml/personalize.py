@@ -3,8 +3,8 @@
     songs = load_listener(predictor, audio=["music/"], annotations=["my_curves/"])          # simple CSVs
     songs = load_listener(predictor, audio=[...], annotations=["<DEAM per-rater dir>"], rater="A1B2...")
     config = AdaptationConfig(method="auto").resolve(predictor.hparams.get("task"))
-    outcome = personalize_listener(predictor.net, songs[:-1], config, Predict(window), prior, device)
-    scores, curves = song_scores(outcome.model, Predict(window), songs[-1], device)   # a held-out song
+    outcome = personalize_listener(predictor.net, songs[:-1], config, SlidingWindows(window), prior, device)
+    scores, curves = song_scores(outcome.model, SlidingWindows(window), songs[-1], device)   # a held-out song
 
 Annotations come in two layouts:
 - simple: one CSV per song named like its audio file (<stem>.csv) with columns `time` (or `time_s`, in
@@ -39,7 +39,7 @@ from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
     Personalized,
-    Predict,
+    SlidingWindows,
     calibration_prior,
     moving,
     personalize_net,
@@ -277,7 +277,7 @@ def load_listener(
 
 # ------------------------------------------------------------------ scores
 def song_scores(
-    model: Personalized, predictor: Predict, song: AnnotatedSong, device: torch.device | str
+    model: Personalized, predictor: SlidingWindows, song: AnnotatedSong, device: torch.device | str
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
     """Whole-song prediction of `model` scored against the listener's curves -> (scores, (a, v) curves)."""
     seq = song.sequence(device)
@@ -316,7 +316,7 @@ def personalize_listener(
     net: torch.nn.Module,
     support: Sequence[AnnotatedSong],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
     device: torch.device | str,
     progress: Callable[[str], None] | None = None,
@@ -343,7 +343,7 @@ def personalize_listener(
 
 def holdout_scores(
     models: dict[str, Personalized],
-    predictor: Predict,
+    predictor: SlidingWindows,
     songs: Sequence[AnnotatedSong],
     device: torch.device | str,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, dict[str, float], tuple]]]]:
@@ -440,7 +440,7 @@ def save_personalized(
 def report_holdout(
     baseline: Predictor,
     outcome: Outcome,
-    window: Predict,
+    window: SlidingWindows,
     heldout: Sequence[AnnotatedSong],
     out: Path,
     plot: bool = True,

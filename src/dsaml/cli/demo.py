@@ -129,7 +129,7 @@ def command(cfg: DictConfig) -> int:
     import lightning.pytorch  # noqa: F401  (it sets its logger's level when imported; ours comes after)
 
     from dsaml.data.synth import SynthConfigError
-    from dsaml.meta import learn2learn
+    from dsaml.meta.l2l import learn2learn
 
     learn2learn()  # imports the standalone pytorch_lightning package, whose logger is set up the same way
     for name in ("lightning.pytorch", "pytorch_lightning"):  # the demo's output: its stages

@@ -194,9 +194,15 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
 
 # ------------------------------------------------------------------ prediction
 @dataclass(frozen=True)
-class Predict:
-    """How whole sequences are predicted: sliding windows of `window` segments every `stride` segments,
-    `stitch`, `batch_size` windows per forward."""
+class SlidingWindows:
+    """How whole sequences are predicted (`dsaml.inference.predict_song` with its settings bound).
+
+    Args:
+        window: segments per window (the model's training clip length, a task's support_segments).
+        stitch: one of `dsaml.inference.STITCH_RULES`.
+        batch_size: windows per forward.
+        stride: segments between window starts.
+    """
 
     window: int
     stitch: str = "mean"
@@ -238,7 +244,16 @@ class Personalized:
     method: str = "none"
     steps: int = 0
 
-    def predict(self, predictor: Predict, seq: Sequence_) -> tuple[Tensor, Tensor]:
+    def predict(self, predictor: SlidingWindows, seq: Sequence_) -> tuple[Tensor, Tensor]:
+        """The personalised prediction of one sequence: the network's (`predictor`), then the map.
+
+        Args:
+            predictor: the sliding-window settings.
+            seq: a `SongSequence` (see `SlidingWindows.__call__`).
+
+        Returns:
+            (arousal [T], valence [T]) on the labels' device.
+        """
         arousal, valence = predictor(self.net, seq)
         return (arousal, valence) if self.calibration is None else self.calibration.apply(arousal, valence)
 
@@ -280,7 +295,7 @@ def _learn(
 def _fit_map(
     net: nn.Module,
     support: Sequence[Sequence_],
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
     lag: int,
 ) -> Calibration:
@@ -295,7 +310,7 @@ def personalize_net(
     net: nn.Module,
     support: Sequence[Sequence_],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None = None,
     batches: Sequence[Mapping[str, Any]] | None = None,
     steps: int | None = None,

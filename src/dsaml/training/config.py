@@ -151,9 +151,16 @@ class TaskConfig(Protocols, Optimisation):
 
     @classmethod
     def from_dict(cls, values: Any) -> TaskConfig:
-        """The config of the task `values["name"]` (default dmer) from a plain mapping or OmegaConf node
-        (`conf.task`, a checkpoint's hyper_parameters["task"]); checkpoints written before the task config
-        was split are migrated first (`migrate`)."""
+        """The config of a task; checkpoints written before the task config was split are migrated first
+        (`migrate`).
+
+        Args:
+            values: a plain mapping or OmegaConf node (`conf.task`, a checkpoint's
+                hyper_parameters["task"]); its `name` (default dmer) picks the class.
+
+        Returns:
+            A `TaskConfig` (task=dmer) or `PDMERConfig` (task=pdmer); ConfigError names a bad key or value.
+        """
         if values is not None and type(values).__module__.startswith("omegaconf"):
             from omegaconf import OmegaConf
 

@@ -29,7 +29,7 @@ from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
     Personalized,
-    Predict,
+    SlidingWindows,
     estimate_prior,
     personalize_net,
     select,
@@ -48,7 +48,7 @@ def personalize_on(
     support: list[SongSequence],
     batch: ClipBatch | None,
     adaptation: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
 ) -> Personalized:
     """The configured method on one rater's support (sequences, and the same as one inner-loop batch; None:
@@ -72,14 +72,14 @@ def run_protocols(
     prior: CalibrationPrior | None = None,
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
     """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
-    window / stitch / batch_size / stride: whole-song prediction (`Predict`). adaptation: resolved (steps, lr,
-    first_order set); prior: the calibration prior when it calibrates.
+    window / stitch / batch_size / stride: whole-song prediction (`SlidingWindows`). adaptation: resolved
+    (steps, lr, first_order set); prior: the calibration prior when it calibrates.
     Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
     Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
     made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
     per item, so neither on which items ran before)."""
     results: dict[str, tuple[dict[str, float], tuple[Tensor, ...]]] = {}
-    predictor = Predict(window, stitch, batch_size, stride)
+    predictor = SlidingWindows(window, stitch, batch_size, stride)
     item_seed = int(torch.randint(0, 2**62, (1,)))  # each protocol's draws: a stream of its own
 
     def score(name: str, model: Personalized, seq: SongSequence) -> None:
@@ -129,7 +129,7 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
 
 
 def estimate_model_prior(
-    net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: Predict
+    net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: SlidingWindows
 ) -> CalibrationPrior | None:
     """The calibration prior (source "model") from the network's own predictions on held-out (rater, song)
     pairs (songs or raters it did not train on; `reader`: a `StoreReader`), each song predicted once; None

@@ -23,7 +23,7 @@ from dsaml.losses import dsaml_loss
 from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
-    Predict,
+    SlidingWindows,
     adapt,
     adapt_head,
     batch_loss,
@@ -262,7 +262,7 @@ class DSAMLModule(L.LightningModule):
         if not pairs:
             return
         cfg = self.task_cfg
-        predictor = Predict(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
+        predictor = SlidingWindows(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
         prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor)
         if prior is not None:
             self.hparams.calibration_prior = prior.to_dict()
