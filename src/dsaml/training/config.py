@@ -10,8 +10,11 @@ task, built from one dataclass per concern:
 
 `TaskConfig` (task=dmer) holds the first two, `PDMERConfig` (task=pdmer) all four; conf/task/dmer.yaml lists
 the DMER keys, conf/task/pdmer.yaml adds the PDMER ones. A new PDMER key is a field of `Episodes` or
-`InnerLoop` and a line of conf/task/pdmer.yaml. `validate_train_config` checks the composed config: top-level
-keys, the task, the model (via `DSAMLConfig`), task/data compatibility and the feature store.
+`InnerLoop` and a line of conf/task/pdmer.yaml.
+
+`TrainJob` / `EvalJob` declare the top-level keys of dsaml-train / dsaml-eval. `validate_train_config` checks
+the composed config: top-level keys, the task, the adaptation group, the model (via `DSAMLConfig`), task/data
+compatibility and the feature store.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class Episodes(Config):
     number of the rater's other songs adapted on). cross_support: what of each of those songs the
     cross-song protocol adapts on: clip (its first support_segments segments) or song (the whole song).
     episodes: distinct raters per meta-batch. steps_per_epoch: meta-batches between validations.
-    val_episodes: validation episodes (held-out raters).
+    val_episodes: validation episodes (held-out raters). Each field is passed to the `DSAMLDataModule`
+    argument of its name (`dsaml.training.run.datamodule_from`).
     """
 
     shots: int = integer(1, low=1)
