@@ -14,10 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from app_fixtures import capture
 from dsaml.cli import demo
-from dsaml.config import CONFIG_DIR
+from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.store import FeatureStore
 from dsaml.data.synth import load_truth
-from dsaml.data.validation import ConfigError
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network
 

@@ -16,7 +16,7 @@ from dsaml.cli.personalize import run
 from dsaml.cli.predict import run as run_predict
 from dsaml.data.batch import windows_batch
 from dsaml.data.features import FeatureConfig
-from dsaml.meta import AdaptationConfig, Predict, batch_loss
+from dsaml.meta import AdaptationConfig, SlidingWindows, batch_loss
 from dsaml.meta.calibration import Calibration
 from dsaml.models.checkpoint import load_network
 from dsaml.personalize import (
@@ -159,7 +159,7 @@ def test_adaptation_reduces_the_support_loss_and_keeps_the_source(tiny_ckpt, lis
     config = AdaptationConfig(method="maml").resolve(predictor.hparams["task"])
     assert (config.steps, config.lr, config.first_order) == (4, 0.05, True)  # from the checkpoint's task
     source = {k: v.clone() for k, v in predictor.net.state_dict().items()}
-    outcome = personalize_listener(predictor.net, songs[:2], config, Predict(60), None, "cpu")
+    outcome = personalize_listener(predictor.net, songs[:2], config, SlidingWindows(60), None, "cpu")
     assert outcome.chosen == {"method": "maml", "steps": 4} and outcome.candidates == []
     before, after = _eval_loss(predictor.net, songs[:2]), _eval_loss(outcome.model.net, songs[:2])
     assert after < before - 0.01, (before, after)

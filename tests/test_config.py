@@ -86,7 +86,10 @@ def test_every_config_group_uses_the_mechanism():
     """One error type and one message format across the groups (a ValueError, for callers that catch it)."""
     cases = [
         (lambda: DSAMLConfig.from_dict({"attention": "both"}), "model.attention='both' is not one of dual,"),
-        (lambda: TaskConfig.from_dict({"shots": 0}), "task.shots=0: expected an integer >= 1"),
+        (
+            lambda: TaskConfig.from_dict({"name": "pdmer", "shots": 0}),
+            "task.shots=0: expected an integer >= 1",
+        ),
         (lambda: TaskConfig.from_dict({"shot": 1}), "task: unknown key(s) ['shot']"),
         (
             lambda: DataConfig.from_mapping({"name": "d", "root": "/r", "split": {"method": "x"}}),
@@ -102,3 +105,33 @@ def test_every_config_group_uses_the_mechanism():
         with pytest.raises(ConfigError) as error:
             build()
         assert isinstance(error.value, ValueError) and str(error.value).startswith(message), str(error.value)
+
+
+def test_folders_and_top_level_keys_are_declared_fields(tmp_path):
+    """existing_folder / folder_list check the paths; a command's top-level keys are its job class's fields,
+    the groups left to their own classes and the other keys checked as declared."""
+    from dsaml.cli.report import ReportConfig
+    from dsaml.training.config import EvalJob, TrainJob
+
+    ok = ReportConfig.from_mapping({"runs": [str(tmp_path)], "out": "o", "corpus": str(tmp_path)})
+    assert ok.runs == [str(tmp_path)] and ok.corpus == str(tmp_path) and ok.overwrite is False
+    for values, message in [
+        ({"runs": []}, "runs=[]: expected a list of at least 1 existing folders"),
+        ({"runs": [str(tmp_path / "no")]}, f"runs[0]={str(tmp_path / 'no')!r} is not a folder"),
+        ({"runs": [str(tmp_path)], "corpus": "nope"}, "corpus='nope' is not a folder"),
+        ({"runs": [str(tmp_path)], "overwrite": "yes"}, "overwrite='yes': expected true or false"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            ReportConfig.from_mapping({"out": "o", **values})
+        assert str(error.value) == message
+    job = OmegaConf.create(
+        {"data": {"any": 1}, "task": "x", "seed": 3, "protocols": ["dmer"], "overrides": {}}
+    )
+    EvalJob.check_top_level(job, "dsaml-eval")  # groups unchecked here
+    with pytest.raises(ConfigError, match=r"^dsaml-eval: unknown key\(s\) \['init_from'\]; allowed keys"):
+        EvalJob.check_top_level(OmegaConf.create({"init_from": None}), "dsaml-eval")
+    with pytest.raises(ConfigError, match=r"^num_workers=-1: expected a non-negative integer$"):
+        TrainJob.check_top_level(OmegaConf.create({"model": {}, "num_workers": -1}), "dsaml-train")
+    with pytest.raises(ConfigError, match=r"^test='no': expected true or false$"):
+        TrainJob.check_top_level(OmegaConf.create({"test": "no", "tags": ["a"]}), "dsaml-train")
+    assert set(EvalJob.allowed_keys()) - set(TrainJob.allowed_keys()) == {"protocols", "overrides"}

@@ -24,7 +24,7 @@ from dsaml.meta.batched import (
     stacked,
     twin,
 )
-from dsaml.training.config import TaskConfig
+from dsaml.training.config import PDMERConfig
 from model_fixtures import assert_grads_close
 from train_fixtures import _one_thread  # noqa: F401
 
@@ -185,14 +185,14 @@ def test_a_nonfinite_support_loss_names_its_episode():
 
 
 def test_meta_engine_is_a_checked_task_key():
-    assert TaskConfig(name="pdmer", test_protocols=["pdmer_within_song"]).meta_engine in (
+    assert PDMERConfig(test_protocols=["pdmer_within_song"]).meta_engine in (
         "batched",
         "sequential",
     )
     with pytest.raises(ConfigError, match=r"task.meta_engine='vmap' is not one of batched, sequential"):
-        TaskConfig(name="pdmer", meta_engine="vmap", test_protocols=["pdmer_within_song"])
+        PDMERConfig(meta_engine="vmap", test_protocols=["pdmer_within_song"])
     with pytest.raises(ConfigError, match="task.meta_chunk"):
-        TaskConfig(name="pdmer", meta_chunk=0, test_protocols=["pdmer_within_song"])
+        PDMERConfig(meta_chunk=0, test_protocols=["pdmer_within_song"])
     with pytest.raises(ValueError, match="engine='vmap': expected one of batched, sequential"):
         meta_backward(maml_wrap(_net(), LR), _episodes(1), 1, 1, engine="vmap")
 

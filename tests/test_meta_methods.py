@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app_fixtures import tiny_net
-from dsaml.data.validation import ConfigError
+from dsaml.config import ConfigError
 from dsaml.meta import (
     METHODS,
     AdaptationConfig,
@@ -20,7 +20,7 @@ from dsaml.meta import (
     CalibrationPrior,
     HeadAdaptedNet,
     Personalized,
-    Predict,
+    SlidingWindows,
     adapt,
     adapt_head,
     batch_loss,
@@ -47,14 +47,14 @@ def _song(seed: int, n: int = 40) -> dict:
 
 
 def test_predict_with_a_stride_runs_the_windows_it_names():
-    """Predict(window, stitch="last", stride): windows start at 0, 7, 14 and the last ends at the song's end
-    (40 segments, window 20: 0, 7, 14, 20); "last" takes the first window, then from each later window the
-    positions it adds (20-26, 27-33, 34-39), computed here
+    """SlidingWindows(window, stitch="last", stride): windows start at 0, 7, 14 and the last ends at the
+    song's end (40 segments, window 20: 0, 7, 14, 20); "last" takes the first window, then from each later
+    window the positions it adds (20-26, 27-33, 34-39), computed here
     window by window with the network's plain forward (no learned global context, which a whole song gets per
     segment)."""
     net = tiny_net(global_context="none").eval()
     song = _song(3, n=40)
-    arousal, valence = Predict(window=20, stitch="last", stride=7)(net, song)
+    arousal, valence = SlidingWindows(window=20, stitch="last", stride=7)(net, song)
     expected = torch.empty(2, 40)
     with torch.no_grad():
         for start, first_new in ((0, 0), (7, 20), (14, 27), (20, 34)):
@@ -74,21 +74,38 @@ def test_eval_stride_and_weighted_stitch_are_task_settings():
         TaskConfig.from_dict({"eval_stride": 0})
 
 
-def test_old_task_keys_are_deprecated_aliases_of_the_episode_keys():
-    """task.tasks / task.val_tasks (old configs and checkpoints) set task.episodes / task.val_episodes, with a
-    FutureWarning naming the new key; a config without them is silent."""
-    import warnings
+def test_old_checkpoint_task_dicts_migrate_and_each_task_takes_only_its_keys():
+    """A checkpoint written before the task config was split holds every key for both tasks, with `tasks` /
+    `val_tasks` for episodes / val_episodes, and the test adaptation: `from_dict` renames those, keeps a DMER
+    task's own keys and leaves the adaptation to `stored_adaptation`; a current config naming a PDMER key
+    for DMER is refused."""
+    from dsaml.training.config import PDMERConfig, TaskConfig, stored_adaptation
 
-    from dsaml.training.config import TaskConfig
-
-    with pytest.warns(FutureWarning, match=r"task.tasks=3 is deprecated: use task.episodes"):
-        task = TaskConfig.from_dict({"name": "pdmer", "tasks": 3, "test_protocols": ["pdmer_within_song"]})
-    assert (task.episodes, task.tasks) == (3, None)
-    with pytest.warns(FutureWarning, match=r"task.val_tasks=0 is deprecated: use task.val_episodes"):
-        assert TaskConfig.from_dict({"val_tasks": 0}).val_episodes == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert TaskConfig.from_dict({"episodes": 5}).to_dict()["episodes"] == 5
+    old = {  # an old checkpoint's hyper_parameters["task"] (the keys of the flat 26-field config)
+        "name": "pdmer", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 15, "shots": 2, "queries": 5,
+        "cross_support": "song", "episodes": 16, "inner_steps": 5, "inner_lr": 0.02, "first_order": True,
+        "steps_per_epoch": 10, "val_fraction": 0.1, "val_episodes": 16, "tasks": 3, "val_tasks": None,
+        "eval_inner_steps": None, "support_segments": 20, "monitor": "val/average", "monitor_mode": "max",
+        "test_protocols": ["pdmer_within_song"], "stitch": "mean", "eval_stride": 1, "eval_batch_size": 32,
+        "inner_loop": "full", "meta_engine": "sequential", "meta_chunk": None,
+        "adaptation": {"method": "calibrate"},
+    }  # fmt: skip
+    pdmer = TaskConfig.from_dict(old)
+    assert isinstance(pdmer, PDMERConfig)
+    assert (pdmer.episodes, pdmer.val_episodes, pdmer.shots, pdmer.inner_lr) == (3, 16, 2, 0.02)
+    assert "tasks" not in pdmer.to_dict() and "adaptation" not in pdmer.to_dict()
+    assert stored_adaptation({"task": old}) == {"method": "calibrate"}  # now hyper_parameters["adaptation"]
+    assert stored_adaptation({"task": old, "adaptation": {"method": "none"}}) == {"method": "none"}
+    dmer = TaskConfig.from_dict({**old, "name": "dmer", "test_protocols": ["dmer"]})
+    assert type(dmer) is TaskConfig and (dmer.lr, dmer.support_segments) == (3e-4, 20)
+    assert set(dmer.to_dict()) == set(old) - {
+        "shots", "queries", "cross_support", "episodes", "inner_steps", "inner_lr", "first_order",
+        "steps_per_epoch", "val_episodes", "tasks", "val_tasks", "eval_inner_steps", "inner_loop",
+        "meta_engine", "meta_chunk", "adaptation",
+    }  # fmt: skip
+    assert TaskConfig.from_dict(dmer.to_dict()) == dmer and TaskConfig.from_dict(pdmer.to_dict()) == pdmer
+    with pytest.raises(ConfigError, match=r"task: unknown key\(s\) \['meta_engine'\]"):
+        TaskConfig.from_dict({"name": "dmer", "meta_engine": "batched"})
 
 
 def test_calibration_is_the_closed_form_ridge_toward_identity():
@@ -304,7 +321,7 @@ def test_adaptation_config_is_checked_with_the_allowed_values():
 def test_none_is_the_network_and_maml_matches_adapt():
     net = tiny_net().eval()
     song = _song(5)
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     config = AdaptationConfig(method="none")
     model = personalize_net(net, [song], config, predictor)
     assert model.net is net and model.calibration is None
@@ -320,7 +337,7 @@ def test_calibrate_recovers_an_affine_listener():
     is almost flat (variance under 1e-4): no gain is estimated from it, only the offset (the listener's
     arousal moves around it by +-0.02, zero-mean)."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     songs = [_song(s) for s in (6, 7)]
     wiggle = 0.02 * (-1.0) ** torch.arange(40)
     for song in songs:
@@ -341,7 +358,7 @@ def test_a_support_song_whose_slider_never_moves_is_left_out():
     a constant: every method leaves it out (skip_flat, the default); with nothing else the model stays
     as it is. skip_flat=false adapts on it as the original does; calibration then takes only its offset."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     moving_song, flat_song = _song(8), _song(9)
     flat_song["arousal"], flat_song["valence"] = torch.full((40,), 0.4), torch.full((40,), -0.1)
     assert moving([moving_song, flat_song]) == [moving_song]
@@ -371,7 +388,7 @@ def test_a_support_song_whose_slider_never_moves_is_left_out():
 
 def test_auto_keeps_the_network_unless_something_validates_better():
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     # the tiny network's arousal barely moves, and so do these listeners' (skip_flat would leave them out)
     every = list(METHODS[1:])
     config = AdaptationConfig(
@@ -409,7 +426,7 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     assert isinstance(selection.personalized, Personalized) and selection.personalized.calibration is not None
 
 
-def _one_song_listener(net, predictor: Predict, seed: int, n: int = 90) -> dict:
+def _one_song_listener(net, predictor: SlidingWindows, seed: int, n: int = 90) -> dict:
     """A song whose listener curves are exactly the network's own prediction of it."""
     song = _song(seed, n=n)
     song["arousal"], song["valence"] = predictor(net, song)
@@ -422,7 +439,7 @@ def test_auto_with_one_song_validates_on_contiguous_blocks():
     identical to the network keeps it; one who hears an exact affine map of its curves (arousal + 0.2,
     valence 0.3 - valence) gets the calibration, on every fold; a too-short song validates nothing."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     config = AdaptationConfig(
         method="auto",
         steps=2,

@@ -11,7 +11,7 @@ import torch
 
 from app_fixtures import tiny_net
 from dsaml.data.batch import windows_batch
-from dsaml.meta import AdaptationConfig, CalibrationPrior, Predict, personalize_net, select
+from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows, personalize_net, select
 from dsaml.meta.readout import STRENGTHS, fit_ridge, readout_features, refit_readout
 
 
@@ -54,7 +54,7 @@ def test_ridge_recovers_a_listener_with_another_readout():
     refitted read-out predicts a third song almost exactly, and the chosen strength is the smallest tried
     (noise-free evidence); the network itself is unchanged."""
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     songs = [_song(s) for s in (1, 2, 3)]
     gen = torch.Generator().manual_seed(9)
     w_star = torch.randn(2, net.head.out.in_features, generator=gen)
@@ -112,7 +112,7 @@ def test_refit_readout_matches_numpy_with_leave_one_song_out_strength():
 
 def test_auto_can_choose_ridge_and_records_its_score():
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     songs = [_song(s) for s in (4, 5, 6)]
     gen = torch.Generator().manual_seed(2)
     w_star = torch.randn(2, net.head.out.in_features, generator=gen)

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from data_fixtures import subset_tree, tiny_corpus, tiny_store  # noqa: F401
+from dsaml.config import ConfigError
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.store import FeatureStore, StoreError
-from dsaml.data.validation import ConfigError
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, train_config
 

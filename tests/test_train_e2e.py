@@ -123,5 +123,5 @@ def test_pdmer_head_only_meta_training(tiny_store, tmp_path):  # noqa: F811
     assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"] >= 1
     assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
     _, _, hparams = load_network(tmp_path / "checkpoints" / "last.ckpt")
-    assert hparams["task"]["inner_loop"] == "head" and hparams["task"]["adaptation"]["method"] == "head"
+    assert hparams["task"]["inner_loop"] == "head" and hparams["adaptation"]["method"] == "head"
     assert hparams["calibration_prior"]["songs"] > 0 and hparams["calibration_prior"]["source"] == "model"

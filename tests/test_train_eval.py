@@ -137,11 +137,11 @@ def test_cross_song_support_is_a_clip_or_the_whole_song():
 
     from app_fixtures import tiny_net
     from dsaml.data.batch import collate
-    from dsaml.meta import AdaptationConfig, CalibrationPrior, Predict
+    from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows
     from dsaml.training.evaluation import run_protocols
 
     net = tiny_net().eval()
-    predictor = Predict(window=60)
+    predictor = SlidingWindows(window=60)
     gen = torch.Generator().manual_seed(3)
 
     def song(n: int) -> dict:

@@ -47,7 +47,8 @@ from common import add_network_arguments, bench_network
 from rich.console import Console
 from rich.table import Table
 
-from dsaml.meta import learn2learn, maml_wrap, meta_backward
+from dsaml.meta import maml_wrap, meta_backward
+from dsaml.meta.l2l import learn2learn
 from dsaml.metrics import average_score, sequence_scores
 
 HEAD_ONLY = "ours, head-only inner loop (ANIL)"

@@ -25,18 +25,16 @@ from rich.console import Console
 from rich.table import Table
 
 from dsaml.config import CONFIG_DIR
-from dsaml.demo import DemoConfig, train_config
 from dsaml.meta.adaptation import META_ENGINES
 from dsaml.training.run import run
+from dsaml.training.runs import train_config
 
 
-def demo_config(store: Path) -> DemoConfig:
-    """conf/demo.yaml's settings (its PDMER run) on `store`."""
+def demo_settings() -> dict:
+    """conf/demo.yaml's settings (unresolved): its `pdmer` run, `device` and `seed`."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("demo")
-    values = OmegaConf.to_container(cfg, resolve=False)
-    keep = {k: values[k] for k in ("synth", "seed", "workers", "device", "examples", "pdmer_from_dmer")}
-    return DemoConfig(**keep, corpus="", store=str(store), out="", dmer=values["dmer"], pdmer=values["pdmer"])
+    return OmegaConf.to_container(cfg, resolve=False)
 
 
 def tiny_store(work: Path) -> Path:
@@ -56,13 +54,13 @@ def tiny_store(work: Path) -> Path:
     return store
 
 
-def fit(config: DemoConfig, engine: str, directory: Path, epochs: int | None) -> tuple[float, float]:
-    """One PDMER fit with `engine` -> (wall seconds, last val/average)."""
-    settings = {**config.pdmer, "task": {**config.pdmer.get("task", {}), "meta_engine": engine}}
+def fit(demo: dict, store: Path, engine: str, directory: Path, epochs: int | None) -> tuple[float, float]:
+    """One PDMER fit of the demo's settings on `store` with `engine` -> (wall seconds, last val/average)."""
+    settings = {**demo["pdmer"], "task": {**demo["pdmer"].get("task", {}), "meta_engine": engine}}
     if epochs is not None:
         settings["trainer"] = {**settings.get("trainer", {}), "max_epochs": epochs}
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = train_config("pdmer", settings, config, directory)
+        cfg = train_config(settings, directory, device=demo["device"], seed=demo["seed"], store=store)
     cfg.test = False
     cfg.trainer.enable_progress_bar = False
     start = time.perf_counter()
@@ -84,12 +82,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_pdmer_") as tmp:
         work = Path(tmp)
         store = args.store if args.store is not None else tiny_store(work)
-        config = demo_config(store)
+        demo = demo_settings()
         times = {engine: float("inf") for engine in META_ENGINES}
         scores = {}
         for repeat in range(args.repeats):
             for engine in ("sequential", "batched"):
-                seconds, scores[engine] = fit(config, engine, work / f"{engine}_{repeat}", args.epochs)
+                seconds, scores[engine] = fit(demo, store, engine, work / f"{engine}_{repeat}", args.epochs)
                 times[engine] = min(times[engine], seconds)
                 console.print(f"{engine}: {seconds:.1f} s, val/average {scores[engine]:.4f}")
     table = Table(

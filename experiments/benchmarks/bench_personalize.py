@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsaml.data.datamodule import DSAMLDataModule
-from dsaml.meta import AdaptationConfig, CalibrationPrior, Predict, personalize_net, select
+from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows, personalize_net, select
 from dsaml.models.checkpoint import load_network
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     net, _, hparams = load_network(args.ckpt)
     net.eval()
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
-    predictor = Predict(window=int(hparams["task"].get("support_segments", 60)))
+    predictor = SlidingWindows(window=int(hparams["task"].get("support_segments", 60)))
     data = DSAMLDataModule(args.store, task="pdmer", shots=args.shots, cross_support="song", seed=0)
     pairs, supports = data.test_pairs()
     (_, rater), support_ids = next(

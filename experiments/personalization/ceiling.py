@@ -8,7 +8,7 @@ its ceilings, per rater, on the test pairs of a store.
 
 For every (test song, rater) pair with `--shots` other test songs of the rater (the cross-song protocol's
 pairs and support songs, `DSAMLDataModule.test_pairs`, whole songs), the model's prediction of each song
-(`dsaml.meta.Predict`, every window, stitch=mean) and, per rater, the mean average score of:
+(`dsaml.meta.SlidingWindows`, every window, stitch=mean) and, per rater, the mean average score of:
 - none: the model as it is;
 - calibrate: the map fitted on the support songs with the checkpoint's empirical-Bayes prior (what
   `adaptation=calibrate` does), with lag 0 and with lags up to `--lag`; with `--scan` also the prior's
@@ -46,7 +46,7 @@ from torch import Tensor
 from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.synth import load_truth
 from dsaml.data.synth.raters import Rater, Transform
-from dsaml.meta import Calibration, CalibrationPrior, Predict, fit_calibration, moving
+from dsaml.meta import Calibration, CalibrationPrior, SlidingWindows, fit_calibration, moving
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import gain_rows, markdown, rater_kinds, summarize_gains
@@ -82,7 +82,7 @@ def rater_scores(
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
     window = int(hparams.get("task", {}).get("support_segments", 60))
     data = DSAMLDataModule(store, task="pdmer", shots=shots, cross_support="song", seed=seed)
-    predict, predicted = Predict(window), {}
+    predict, predicted = SlidingWindows(window), {}
 
     def moves(fit: tuple[tuple, tuple]) -> bool:
         """Whether the rater's curves of a song both move (`dsaml.meta.moving`)."""

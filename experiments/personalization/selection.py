@@ -38,7 +38,7 @@ from run import pdmer_task  # this folder's run.py
 from dsaml.config import CONFIG_DIR
 from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.episodes import cross_song_pairs
-from dsaml.meta import METHODS, SELECTION_RULES, AdaptationConfig, CalibrationPrior, Predict, moving
+from dsaml.meta import METHODS, SELECTION_RULES, AdaptationConfig, CalibrationPrior, SlidingWindows, moving
 from dsaml.meta.selection import candidate_scores, choose, folds, tabulate
 from dsaml.models.checkpoint import load_network
 from dsaml.progress import progress_bar
@@ -72,7 +72,9 @@ def audit(
     net.eval()
     prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
     task = pdmer_task(to_overrides(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "demo.yaml"))["pdmer"]))
-    predictor = Predict(int(task["support_segments"]), "weighted", int(task["eval_batch_size"]), stride)
+    predictor = SlidingWindows(
+        int(task["support_segments"]), "weighted", int(task["eval_batch_size"]), stride
+    )
     config = AdaptationConfig(method="auto").resolve(task)  # the inner loops' steps and lr, the step grid
     data = DSAMLDataModule(store, task="pdmer" if split == "test" else "dmer", shots=shots,
                            cross_support="song", seed=seed)  # fmt: skip

@@ -15,7 +15,8 @@ as metadata, so that `__post_init__` keeps only the rules that relate several fi
         plot: bool = flag(True)                    # flag(None, optional=True): true, false or null
         name: str = text()                         # required: no default, must be a non-empty string
         methods: tuple = choice_list((), ("a", "b"))  # a list of choices; integer_list(None, low=1, ...)
-        ckpt: str = existing_file()                # the path of an existing file
+        ckpt: str = existing_file()                # an existing file; existing_folder(), folder_list()
+        data: Any = group()                        # a command's config group, checked by its own class
 
         def __post_init__(self) -> None:
             super().__post_init__()                # the field checks above
@@ -173,11 +174,15 @@ def _describe_range(integer: bool, low: Any, high: Any, low_open: bool, high_ope
 
 
 # ----------------------------------------------------------------------------- field declarations
+PATHS = ("file", "folder")  # path kinds: the path must exist
+
+
 @dataclass(frozen=True)
 class FieldCheck:
     """What a field's value must be; stored in the field's metadata under "check"."""
 
-    kind: str  # "choice" | "flag" | "text" | "file" | "integer" | "number", or "<kind>_pair" / "<kind>_list"
+    kind: str  # "choice" | "flag" | "text" | "file" | "folder" | "integer" | "number" | "group",
+    # or "<kind>_pair" / "<kind>_list"
     choices: tuple[Any, ...] = ()
     low: float | None = None
     high: float | None = None
@@ -187,7 +192,13 @@ class FieldCheck:
     min_items: int = 0  # lists: the fewest entries allowed
 
     def __call__(self, key: str, value: Any) -> None:
-        if value is None and self.optional and (self.kind in ("flag", "file") or self.kind.endswith("_list")):
+        if (
+            value is None
+            and self.optional
+            and (self.kind in PATHS + ("flag",) or self.kind.endswith("_list"))
+        ):
+            return
+        if self.kind == "group":  # checked by its own class
             return
         if self.kind == "choice":
             check_choice(key, value, self.choices)
@@ -201,6 +212,9 @@ class FieldCheck:
         elif self.kind == "file":
             if not (isinstance(value, str) and value and Path(value).is_file()):
                 raise ConfigError(f"{key}={value!r}: no such file")
+        elif self.kind == "folder":
+            if not (isinstance(value, str) and value and Path(value).is_dir()):
+                raise ConfigError(f"{key}={value!r} is not a folder")
         elif self.kind.endswith("_list"):
             item = dataclasses.replace(self, kind=self.kind[: -len("_list")], optional=False, min_items=0)
             if not (isinstance(value, (list, tuple)) and len(value) >= self.min_items):
@@ -225,11 +239,14 @@ class FieldCheck:
             )
 
     def _describe_list(self, item: FieldCheck) -> str:
-        entries = (
-            f"entries among {', '.join(map(str, item.choices))}"
-            if item.kind == "choice"
-            else f"entries each {_describe_range(item.kind == 'integer', item.low, item.high, False, False)}"
-        )
+        if item.kind == "choice":
+            entries = f"entries among {', '.join(map(str, item.choices))}"
+        elif item.kind in PATHS:
+            entries = f"existing {item.kind}s"
+        else:
+            entries = (
+                f"entries each {_describe_range(item.kind == 'integer', item.low, item.high, False, False)}"
+            )
         size = f"at least {self.min_items} " if self.min_items else ""
         return ("null or " if self.optional else "") + f"a list of {size}{entries}"
 
@@ -253,6 +270,22 @@ def flag(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
 def existing_file(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
     """The path of a file that exists (None allowed when `optional`)."""
     return _field(default, FieldCheck("file", optional=optional))
+
+
+def existing_folder(default: Any = dataclasses.MISSING, *, optional: bool = False) -> Any:
+    """The path of a folder that exists (None allowed when `optional`)."""
+    return _field(default, FieldCheck("folder", optional=optional))
+
+
+def folder_list(default: Any = dataclasses.MISSING, *, min_items: int = 0) -> Any:
+    """A list of at least `min_items` existing folders."""
+    return _field(default, FieldCheck("folder_list", min_items=min_items))
+
+
+def group(default: Any = None) -> Any:
+    """A config group (a mapping) of a command's top-level config, checked by its own `Config` class;
+    declared so that the command's allowed keys are its fields (`Config.check_top_level`)."""
+    return _field(default, FieldCheck("group"))
 
 
 def choice_list(
@@ -336,6 +369,28 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        """The keys a mapping may hold: the field names."""
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    @classmethod
+    def check_top_level(cls, cfg: Any, label: str) -> None:
+        """A command's composed top-level config (an OmegaConf node) against this class: no key but its
+        fields, each key that is not a `group` checked by its declaration (the groups have their own
+        classes). ConfigError naming the key, else nothing."""
+        from omegaconf import OmegaConf
+
+        check_keys(label, cfg.keys(), cls.allowed_keys())
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        groups = {f.name for f in fields if f.metadata.get("check", FieldCheck("")).kind == "group"}
+        values = {key: cfg[key] for key in cfg.keys() if key not in groups}
+        plain = {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in values.items()
+        }
+        cls.from_mapping(plain, label)
 
 
 def from_mapping(cls: type[C], mapping: Mapping[str, Any] | None, where: str) -> C:

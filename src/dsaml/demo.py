@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from dsaml import reporting
-from dsaml.data.validation import ConfigError
-from dsaml.training.runs import best_checkpoint, to_overrides
+from dsaml.config import Config, ConfigError, choice, flag, group, integer, text
+from dsaml.training.runs import best_checkpoint, train_config
 
 DEVICES = ("cpu", "gpu")  # dsaml-train trainer presets
 ROWS = {  # key -> (table label, what it is)
@@ -44,48 +44,53 @@ ADAPTED = {"pdmer_within_song": "within-song", "pdmer_cross_song": "cross-song"}
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """conf/demo.yaml without `paths` (see there for each key)."""
+class DemoConfig(Config):
+    """conf/demo.yaml without `paths` (see there for each key). synth: a `SynthConfig` preset; dmer /
+    pdmer: dsaml-train settings (an `experiment` preset and keys on top), checked by `check_runs`."""
 
-    synth: dict[str, Any]
-    seed: int
-    corpus: str
-    store: str
-    out: str
-    workers: int = 2
-    device: str = "cpu"
-    examples: int = 4
-    pdmer_from_dmer: bool = True
-    dmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "dmer_synthetic"})
-    pdmer: dict[str, Any] = field(default_factory=lambda: {"experiment": "pdmer_synthetic"})
+    seed: int = integer(low=0)
+    corpus: str = text()
+    store: str = text()
+    out: str = text()
+    synth: Any = group()
+    workers: int = integer(2, low=0)
+    device: str = choice("cpu", DEVICES)
+    examples: int = integer(4, low=0)
+    pdmer_from_dmer: bool = flag(True)
+    dmer: dict[str, Any] = group({"experiment": "dmer_synthetic"})
+    pdmer: dict[str, Any] = group({"experiment": "pdmer_synthetic"})
 
     def __post_init__(self) -> None:
         from dsaml.data.synth import SynthConfig
 
+        super().__post_init__()
         object.__setattr__(self, "synth", SynthConfig.from_mapping(self.synth))
-        if self.device not in DEVICES:
-            raise ConfigError(f"device={self.device!r} is not one of {', '.join(DEVICES)}")
-        for key in ("seed", "workers", "examples"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{key}={value!r}: expected an integer >= 0")
-        if not isinstance(self.pdmer_from_dmer, bool):
-            raise ConfigError(f"pdmer_from_dmer={self.pdmer_from_dmer!r}: expected true or false")
         for key in ("dmer", "pdmer"):
             if not isinstance(getattr(self, key), dict) or "experiment" not in getattr(self, key):
                 raise ConfigError(f"{key}: expected a mapping: an `experiment` preset and settings on top")
+
+    def run_config(self, name: str, directory: Path, init_from: Path | None = None) -> DictConfig:
+        """The composed dsaml-train config of the demo's run `name` (dmer | pdmer) into `directory`."""
+        return train_config(
+            getattr(self, name),
+            directory,
+            device=self.device,
+            seed=self.seed,
+            store=self.store,
+            init_from=init_from,
+        )
 
     def check_runs(self) -> None:
         """Compose and validate both dsaml-train configurations (the store need not exist yet)."""
         from dsaml.training.config import validate_train_config
 
-        for name, task in (("dmer", "dmer"), ("pdmer", "pdmer")):
+        for name in ("dmer", "pdmer"):  # each run trains the task of its name
             try:
-                cfg = train_config(name, getattr(self, name), self, Path(self.out) / name)
-                validate_train_config(cfg, need_store=False)
                 experiment = getattr(self, name)["experiment"]
-                if str(cfg.task.name) != task:
-                    raise ValueError(f"experiment={experiment!r} trains task={cfg.task.name}")
+                trains = compose("train", overrides=[f"experiment={experiment}"]).task.name
+                if trains != name:  # before the settings, which name the keys of the run's task
+                    raise ValueError(f"experiment={experiment!r} trains task={trains}")
+                validate_train_config(self.run_config(name, Path(self.out) / name), need_store=False)
             except (ValueError, HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(f"{name}: {str(error).splitlines()[0]}") from None
 
@@ -122,7 +127,7 @@ def make_store(config: DemoConfig, console: Console, rebuild: bool) -> Path:
 
 # ------------------------------------------------------------------ dsaml-train and dsaml-eval runs
 @dataclass
-class Run:
+class DemoRun:
     """A finished dsaml-train / dsaml-eval run: its directory, config, results.json and checkpoint."""
 
     name: str
@@ -135,43 +140,26 @@ class Run:
         return next((r for r in self.results["rows"] if r["protocol"] == protocol), None)
 
 
-def train_config(
-    name: str, settings: dict[str, Any], config: DemoConfig, directory: Path, init_from: Path | None = None
-) -> DictConfig:
-    """The composed dsaml-train config of one of the demo's runs."""
-    overrides = [
-        *([f"init_from={init_from}"] if init_from is not None else []),
-        f"experiment={settings['experiment']}",
-        f"trainer={config.device}",
-        *to_overrides({k: v for k, v in settings.items() if k != "experiment"}),
-        f"seed={config.seed}",
-        f"paths.store={config.store}",
-        f"paths.output_dir={directory}",
-        "trainer.enable_model_summary=false",
-    ]
-    return compose("train", overrides=overrides)
-
-
-def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None = None) -> Run:
+def train(name: str, config: DemoConfig, run_dir: Path, init_from: Path | None = None) -> DemoRun:
     """`dsaml-train` of the demo's run `name` (dmer | pdmer) into run_dir/name: fit, test the best
     checkpoint."""
     from dsaml.training.run import run
 
     directory = run_dir / name
-    cfg = train_config(name, getattr(config, name), config, directory, init_from)
+    cfg = config.run_config(name, directory, init_from)
     run(cfg)
     results = json.loads((directory / "results.json").read_text())
-    return Run(name, directory, cfg, results, best_checkpoint(directory))
+    return DemoRun(name, directory, cfg, results, best_checkpoint(directory))
 
 
 def evaluate(
     name: str,
     checkpoint: Path,
-    pdmer: Run,
+    pdmer: DemoRun,
     protocols: list[str],
     config: DemoConfig,
     adaptation: str = "none",
-) -> Run:
+) -> DemoRun:
     """`dsaml-eval` of `checkpoint` with the PDMER run's test settings and an adaptation method (none: the
     network as it is, scored on the same (song, rater) pairs and regions as the adapted model) into
     <run dir>/name."""
@@ -197,12 +185,17 @@ def evaluate(
     )
     with open_dict(cfg):
         cfg.overrides = task
-    return Run(name, directory, cfg, dsaml_eval(cfg), checkpoint)
+    return DemoRun(name, directory, cfg, dsaml_eval(cfg), checkpoint)
 
 
 # ------------------------------------------------------------------ comparisons
 def compare(
-    dmer: Run, pdmer: Run, dmer_on_raters: Run, pdmer_before: Run, new_listener: Run, kinds: dict[str, str]
+    dmer: DemoRun,
+    pdmer: DemoRun,
+    dmer_on_raters: DemoRun,
+    pdmer_before: DemoRun,
+    new_listener: DemoRun,
+    kinds: dict[str, str],
 ) -> dict[str, Any]:
     """The results rows (DMER; DMER on the raters' curves; PDMER before / after adaptation; the new-listener
     case with the automatically chosen method) and the per-rater gains of each adapted protocol over the
@@ -245,7 +238,7 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [*header, "avg", "n"], rows
 
 
-def tool_commands(dmer: Run, config: DemoConfig) -> tuple[dict[str, Any], list]:
+def tool_commands(dmer: DemoRun, config: DemoConfig) -> tuple[dict[str, Any], list]:
     """The demo's user commands: dsaml-predict on a test song with the DMER model; dsaml-personalize of the
     DMER model for the test rater with the most test songs (their DEAM per-rater files, method=auto; the last
     song held out and scored against the model unadapted -> personalize_report.json); dsaml-predict with the
@@ -291,7 +284,7 @@ def test_songs_of_raters(store: str | Path) -> dict[str, list[str]]:
         return {r: sorted(songs) for r, songs in reader.songs_by_rater("test").items()}
 
 
-def test_dataset(pdmer: Run) -> Any:
+def test_dataset(pdmer: DemoRun) -> Any:
     """The PDMER run's test dataset as dsaml-train tests it: `pairs` [(song, rater)], `[i]` the item."""
     from dsaml.models import DSAMLConfig
     from dsaml.training.config import TaskConfig
@@ -303,12 +296,12 @@ def test_dataset(pdmer: Run) -> Any:
 
 
 def example_curves(
-    dmer: Run, pdmer: Run, gains: dict[str, float], kinds: dict[str, str], count: int, out: Path
+    dmer: DemoRun, pdmer: DemoRun, gains: dict[str, float], kinds: dict[str, str], count: int, out: Path
 ) -> list[Path]:
     """Curves of `count` test pairs (one per rater, the raters with the largest and smallest gains first):
     the rater's curve, the DMER model, PDMER before and after within-song and cross-song adaptation, each
     from the library's test protocols (`run_protocols`) with the PDMER run's settings."""
-    from dsaml.meta import calibration_prior
+    from dsaml.meta import AdaptationConfig, calibration_prior
     from dsaml.models.checkpoint import load_network
     from dsaml.plots import plot_curves
     from dsaml.training.config import TaskConfig
@@ -320,7 +313,7 @@ def example_curves(
     chosen = list(dict.fromkeys(ranked[::-1][: (count + 1) // 2] + ranked[: count // 2]))
     dataset = test_dataset(pdmer)
     (dmer_net, _, _), (pdmer_net, _, hparams) = load_network(dmer.checkpoint), load_network(pdmer.checkpoint)
-    adaptation = task.resolved_adaptation
+    adaptation = AdaptationConfig.from_dict(pdmer.cfg.get("adaptation")).resolve(task.to_dict())
     prior = calibration_prior(adaptation, hparams.get("calibration_prior"))
     features = pdmer.results.get("features", {})
     start_s, step_s = float(features.get("start_s", 15.0)), float(features.get("segment_s", 0.5))
@@ -358,7 +351,7 @@ def example_curves(
     return paths
 
 
-def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
+def attention_maps(runs: list[DemoRun], pdmer: DemoRun, out: Path) -> list[Path]:
     """Head-averaged attention maps of each run's network on the first window of the first PDMER test
     song longer than that window, every pass and layer."""
     from dsaml.models.checkpoint import load_network
@@ -384,7 +377,7 @@ def attention_maps(runs: list[Run], pdmer: Run, out: Path) -> list[Path]:
 
 
 def figures(
-    dmer: Run, pdmer: Run, report: dict[str, Any], kinds: dict[str, str], config: DemoConfig
+    dmer: DemoRun, pdmer: DemoRun, report: dict[str, Any], kinds: dict[str, str], config: DemoConfig
 ) -> list[Path]:
     """The results' figures under <out>/plots: the per-rater gains, example curves, attention maps."""
     from dsaml.plots import plot_rater_gains

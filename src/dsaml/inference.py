@@ -1,5 +1,10 @@
 """Whole-song prediction with sliding windows (docs/method.md, "Evaluation").
 
+One prediction entry point per layer: the network (`DSAMLNet.__call__`, one batch of clips) -> its windows
+over a song (`window_outputs`) -> the song (`predict_song`, tensors; `dsaml.meta.SlidingWindows`, the same
+for a labelled sequence with its settings bound, used by the test protocols and personalisation) -> a
+checkpoint on audio files (`dsaml.predictor.Predictor.predict`, with a listener's map when it carries one).
+
 The per-segment part of the network (spectrogram CNN + fusion with the global vector, and the first encoder
 layer's query/key/value projections, shared by both attention passes) is computed once per song; the
 windows of `window` segments are slices of it, run through the encoder and head `batch_size` at a time.
@@ -104,10 +109,20 @@ def window_outputs(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode outputs of the windows of `window` segments starting at `starts` (each <= T - window) of
-    one song (logmel [T, 51, 128], global_vectors as in `predict_song`) -> (arousal, valence), each
-    [len(starts), window], on the network's device. The song is encoded once; `progress(done, total)` after
-    each batch of windows."""
+    """Eval-mode outputs of the windows of one song; the song is encoded once.
+
+    Args:
+        net: the network (used in eval mode, restored afterwards).
+        logmel: the song's log-mel segments [T, 51, 128].
+        global_vectors: as in `predict_song`.
+        window: segments per window.
+        starts: the first segment of each window (each <= T - window).
+        batch_size: windows per forward.
+        progress: called as progress(done, total) after each batch of windows.
+
+    Returns:
+        (arousal, valence), each [len(starts), window], on the network's device.
+    """
     logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
     with eval_mode(net):
         h = net.encode_segments(logmel, global_vectors, song=True, chunk=CNN_CHUNK)[0]  # [T, D]
@@ -136,13 +151,22 @@ def predict_song(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Predict a whole song: logmel [T, 51, 128], global_vectors [1 or T, D_g] or None (None for the "learned"
-    and "none" global contexts) -> (arousal [T], valence [T]) float32 tensors on the CPU.
+    """Predict a whole song: one forward when it has at most `window` segments, else windows of `window`
+    segments every `stride` segments (`window_outputs`) stitched by `stitch` (see the module docstring).
+    The network is used in eval mode (restored afterwards).
 
-    Fewer than `window` segments: one forward. Otherwise windows of `window` segments every `stride` segments
-    (`window_outputs`), stitched by `stitch` (see the module docstring); `progress(done, total)` is called
-    with the number of windows done after each batch of `batch_size` windows. The network is used in eval
-    mode (restored afterwards).
+    Args:
+        net: the network.
+        logmel: the song's log-mel segments [T, 51, 128].
+        global_vectors: [1 or T, D_g], or None for the "learned" and "none" global contexts.
+        window: segments per window (the model's training clip length).
+        stride: segments between window starts (<= window).
+        stitch: one of STITCH_RULES.
+        batch_size: windows per forward.
+        progress: called as progress(done, total) with the windows done after each batch.
+
+    Returns:
+        (arousal [T], valence [T]): float32 tensors on the CPU.
     """
     if stitch not in STITCH_RULES:
         raise ValueError(f"stitch={stitch!r} is not one of {', '.join(STITCH_RULES)}")

@@ -3,8 +3,8 @@
     songs = load_listener(predictor, audio=["music/"], annotations=["my_curves/"])          # simple CSVs
     songs = load_listener(predictor, audio=[...], annotations=["<DEAM per-rater dir>"], rater="A1B2...")
     config = AdaptationConfig(method="auto").resolve(predictor.hparams.get("task"))
-    outcome = personalize_listener(predictor.net, songs[:-1], config, Predict(window), prior, device)
-    scores, curves = song_scores(outcome.model, Predict(window), songs[-1], device)   # a held-out song
+    outcome = personalize_listener(predictor.net, songs[:-1], config, SlidingWindows(window), prior, device)
+    scores, curves = song_scores(outcome.model, SlidingWindows(window), songs[-1], device)   # a held-out song
 
 Annotations come in two layouts:
 - simple: one CSV per song named like its audio file (<stem>.csv) with columns `time` (or `time_s`, in
@@ -39,7 +39,7 @@ from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
     Personalized,
-    Predict,
+    SlidingWindows,
     calibration_prior,
     moving,
     personalize_net,
@@ -85,7 +85,7 @@ class AnnotatedSong:
 
 
 # ------------------------------------------------------------------ annotation files
-def check_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+def check_label_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
     """AnnotationError naming the first value of `values` outside LABEL_RANGE (and its row when given)."""
     low, high = LABEL_RANGE
     outside = np.flatnonzero((values < low) | (values > high))
@@ -142,7 +142,7 @@ def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
             "times must strictly increase (sort the rows by time, one row per time)"
         )
     for j, name in ((1, "arousal"), (2, "valence")):
-        check_range(str(path), name, values[:, j], rows_of)
+        check_label_range(str(path), name, values[:, j], rows_of)
     step, start = features.segment_s, features.start_s
     first = max(0, math.ceil((time[0] - start) / step - 1e-6))
     last = math.floor((time[-1] - start) / step + 1e-6)
@@ -188,7 +188,7 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
             if n:
                 if worker == str(rater):
                     for file, curve in ((arousal_file, arousal[worker]), (valence_file, valence[worker])):
-                        check_range(f"{file} ({RATER_COLUMN} {worker})", file.parent.name, curve[:n])
+                        check_label_range(f"{file} ({RATER_COLUMN} {worker})", file.parent.name, curve[:n])
                 song = normalise_id(arousal_file.stem)
                 by_rater.setdefault(worker, {})[song] = (0, arousal[worker][:n], valence[worker][:n])
     if not by_rater:
@@ -277,7 +277,7 @@ def load_listener(
 
 # ------------------------------------------------------------------ scores
 def song_scores(
-    model: Personalized, predictor: Predict, song: AnnotatedSong, device: torch.device | str
+    model: Personalized, predictor: SlidingWindows, song: AnnotatedSong, device: torch.device | str
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
     """Whole-song prediction of `model` scored against the listener's curves -> (scores, (a, v) curves)."""
     seq = song.sequence(device)
@@ -316,7 +316,7 @@ def personalize_listener(
     net: torch.nn.Module,
     support: Sequence[AnnotatedSong],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
     device: torch.device | str,
     progress: Callable[[str], None] | None = None,
@@ -343,7 +343,7 @@ def personalize_listener(
 
 def holdout_scores(
     models: dict[str, Personalized],
-    predictor: Predict,
+    predictor: SlidingWindows,
     songs: Sequence[AnnotatedSong],
     device: torch.device | str,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, dict[str, float], tuple]]]]:
@@ -440,7 +440,7 @@ def save_personalized(
 def report_holdout(
     baseline: Predictor,
     outcome: Outcome,
-    window: Predict,
+    window: SlidingWindows,
     heldout: Sequence[AnnotatedSong],
     out: Path,
     plot: bool = True,

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsaml.config import ConfigError
 from dsaml.data.annotations import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
-from dsaml.data.validation import ConfigError
 from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.meta.calibration import Calibration
 from dsaml.models import DSAMLConfig, DSAMLNet
@@ -142,7 +142,16 @@ class Predictor:
     ) -> Curves:
         """Whole-song curves by `predict_song` with windows of `self.window` segments (one forward if the song
         is shorter); with the predictor's own network, its calibration map (if any) is applied.
-        `progress(done, total)` after each batch of windows."""
+
+        Args:
+            logmel: the song's log-mel segments [T, 51, 128] (`logmel`).
+            net: another network to predict with (e.g. an adapted copy; no map applied); None: its own.
+            stride / stitch / batch_size: as in `predict_song`.
+            progress: called as progress(done, total) after each batch of windows.
+
+        Returns:
+            `Curves`: time_s, arousal, valence, each [T].
+        """
         arousal, valence = predict_song(
             net or self.net,
             logmel,

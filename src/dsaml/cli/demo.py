@@ -33,7 +33,7 @@ from rich.console import Console
 from dsaml import demo, reporting
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
-from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.config import ConfigError, from_mapping
 
 
 def run_tool(name: str, overrides: list[str], console: Console) -> None:
@@ -45,7 +45,7 @@ def run_tool(name: str, overrides: list[str], console: Console) -> None:
         raise RuntimeError(f"dsaml-{name} failed (see the messages above)")
 
 
-def try_the_tools(dmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict:
+def try_the_tools(dmer: demo.DemoRun, config: demo.DemoConfig, console: Console) -> dict:
     """Stage 6: the user commands of `demo.tool_commands`, run one after the other."""
     info, commands = demo.tool_commands(dmer, config)
     for name, overrides in commands:
@@ -53,7 +53,9 @@ def try_the_tools(dmer: demo.Run, config: demo.DemoConfig, console: Console) -> 
     return info
 
 
-def results(dmer: demo.Run, pdmer: demo.Run, config: demo.DemoConfig, console: Console) -> dict[str, Any]:
+def results(
+    dmer: demo.DemoRun, pdmer: demo.DemoRun, config: demo.DemoConfig, console: Console
+) -> dict[str, Any]:
     """Stage 5: score the unadapted models on the rater pairs, compare, print the tables, plot."""
     kinds = reporting.rater_kinds(config.corpus)
     protocols = [p for p in demo.ADAPTED if pdmer.row(p) is not None]
@@ -127,7 +129,7 @@ def command(cfg: DictConfig) -> int:
     import lightning.pytorch  # noqa: F401  (it sets its logger's level when imported; ours comes after)
 
     from dsaml.data.synth import SynthConfigError
-    from dsaml.meta import learn2learn
+    from dsaml.meta.l2l import learn2learn
 
     learn2learn()  # imports the standalone pytorch_lightning package, whose logger is set up the same way
     for name in ("lightning.pytorch", "pytorch_lightning"):  # the demo's output: its stages

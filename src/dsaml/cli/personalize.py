@@ -24,7 +24,7 @@ from dsaml.cli.predict import plain_options
 from dsaml.config import Config, ConfigError, existing_file, flag, from_mapping
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
-from dsaml.meta import AdaptationConfig, Predict
+from dsaml.meta import AdaptationConfig, SlidingWindows
 from dsaml.outputs import check_output
 from dsaml.personalize import (
     REPORT,
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
     except (ConfigError, CheckpointError, AnnotationError, AudioDecodeError, ValueError) as error:
         return _fail(console, str(error))
     device = predictor.device
-    window = Predict(predictor.window)
+    window = SlidingWindows(predictor.window)
     console.print(
         f"dsaml-personalize: {config.ckpt}, method={adaptation.method}, on {len(support)} song(s) "
         f"({sum(len(s.arousal) for s in support)} segments), steps {adaptation.steps}, lr {adaptation.lr:g}, "

@@ -21,34 +21,22 @@ from rich.console import Console
 from dsaml import reporting
 from dsaml.cli.entry import hydra_command
 from dsaml.cli.predict import plain_options
-from dsaml.config import check_flag
-from dsaml.data.validation import ConfigError, from_mapping
+from dsaml.config import Config, ConfigError, existing_folder, flag, folder_list, from_mapping, text
 from dsaml.outputs import check_output, record_output, write_text_atomic
 
 OUTPUTS = ("report.md", "report.json", "gains.png")
 
 
 @dataclass(frozen=True)
-class ReportConfig:
-    """conf/report.yaml without `paths`."""
+class ReportConfig(Config):
+    """conf/report.yaml without `paths`: runs (folders of results.json, at least one), out, baseline (a
+    run label), corpus (a dsaml-synth corpus folder: per-rater kinds), overwrite."""
 
-    runs: list[str]
-    out: str
-    baseline: str | None = None
-    corpus: str | None = None
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        check_flag("overwrite", self.overwrite)
-        if not isinstance(self.runs, list) or not self.runs:
-            raise ConfigError(
-                f"runs={self.runs!r}: expected a list of folders, e.g. runs=[outputs/multirun/X]"
-            )
-        for folder in self.runs:
-            if not Path(folder).is_dir():
-                raise ConfigError(f"runs: {folder} is not a folder")
-        if self.corpus is not None and not Path(self.corpus).is_dir():
-            raise ConfigError(f"corpus={self.corpus!r} is not a folder (a dsaml-synth corpus)")
+    runs: list[str] = folder_list(min_items=1)
+    out: str = text()
+    baseline: str | None = text(None, optional=True)
+    corpus: str | None = existing_folder(None, optional=True)
+    overwrite: bool = flag(False)
 
 
 def run(cfg: DictConfig, console: Console, errors: Console | None = None) -> int:

@@ -12,18 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dsaml.cli.entry import hydra_command
-from dsaml.config import ConfigError, check_keys
+from dsaml.config import ConfigError
 from dsaml.data.synth import SynthConfig, generate_corpus
-from dsaml.data.synth.config import check_run_options
-
-RUN_KEYS = {"out", "seed", "layout", "workers", "synth", "paths"}
+from dsaml.data.synth.config import SynthRun
 
 
 def run(cfg: DictConfig, console: Console) -> None:
     """Validate the composed config, generate the corpus and print its summary."""
-    check_keys("dsaml-synth", cfg.keys(), sorted(RUN_KEYS))
+    SynthRun.check_top_level(cfg, "dsaml-synth")
     synth = SynthConfig.from_mapping(cfg.synth)
-    check_run_options(cfg.layout, cfg.workers, cfg.seed)
     summary = generate_corpus(
         cfg.out,
         synth,

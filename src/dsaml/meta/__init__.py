@@ -7,13 +7,18 @@ Public API::
     adaptation = adapt(net, support_batch, steps=16, lr=5e-3)      # net is never modified
     adapted_net = adaptation.net                                     # call like a DSAMLNet
 
-    from dsaml.meta import AdaptationConfig, Predict, personalize_net, select
+    from dsaml.meta import AdaptationConfig, SlidingWindows, personalize_net, select
     config = AdaptationConfig(method="head_calibrate").resolve(task)  # steps / lr from the task
-    personalized = personalize_net(net, songs, config, Predict(window=60), prior)
-    arousal, valence = personalized.predict(Predict(window=60), song)
+    personalized = personalize_net(net, songs, config, SlidingWindows(window=60), prior)
+    arousal, valence = personalized.predict(SlidingWindows(window=60), song)
 
-`learn2learn()` returns the learn2learn package imported without its stderr banner. The steps of `select`
-(validation folds, candidate scores, selection rules) are in `dsaml.meta.selection`.
+The names below are the public API, by concern: adapting one network (`adapt`, `adapt_head`, `Adaptation`,
+`HeadAdaptedNet`); meta-training (`maml_wrap`, `meta_backward`, `MetaStepStats`, `batch_loss`); personalising
+(`AdaptationConfig`, `METHODS`, `AUTO`, `SELECTION_RULES`, `personalize_net`, `Personalized`, `moving`,
+`select`, `Selection`) and predicting whole songs (`SlidingWindows`); the output map (`Calibration`,
+`CalibrationPrior`, `calibration_prior`, `estimate_prior`, `fit_calibration`). The steps of `select`
+(validation folds, candidate scores, selection rules) are in `dsaml.meta.selection`; the quiet learn2learn
+import in `dsaml.meta.l2l`.
 """
 
 from dsaml.meta.adaptation import (
@@ -27,18 +32,16 @@ from dsaml.meta.adaptation import (
     meta_backward,
 )
 from dsaml.meta.calibration import Calibration, CalibrationPrior, estimate_prior, fit_calibration
-from dsaml.meta.l2l import learn2learn
 from dsaml.meta.methods import (
     AUTO,
     METHODS,
     SELECTION_RULES,
     AdaptationConfig,
     Personalized,
-    Predict,
+    SlidingWindows,
     calibration_prior,
     moving,
     personalize_net,
-    predict,
 )
 from dsaml.meta.selection import Selection, select
 
@@ -53,7 +56,7 @@ __all__ = [
     "HeadAdaptedNet",
     "MetaStepStats",
     "Personalized",
-    "Predict",
+    "SlidingWindows",
     "Selection",
     "adapt",
     "adapt_head",
@@ -61,11 +64,9 @@ __all__ = [
     "calibration_prior",
     "estimate_prior",
     "fit_calibration",
-    "learn2learn",
     "maml_wrap",
     "meta_backward",
     "moving",
     "personalize_net",
-    "predict",
     "select",
 ]

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from dsaml.meta.adaptation import HeadAdaptedNet, body_batches
 from dsaml.meta.batched import adapt_batched, head_loss, network_loss, shape_of, stack_batches, stacked, twin
 from dsaml.meta.calibration import CalibrationPrior
-from dsaml.meta.methods import AUTO, ITERATIVE, AdaptationConfig, Personalized, Predict, personalized, plan
+from dsaml.meta.methods import (
+    AUTO,
+    ITERATIVE,
+    AdaptationConfig,
+    Personalized,
+    SlidingWindows,
+    personalized,
+    plan,
+)
 
 Batch = Mapping[str, Tensor]
 
@@ -90,7 +98,7 @@ def personalize_many(
     net: nn.Module,
     requests: Sequence[tuple[Sequence[Mapping], Sequence[Batch] | None]],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None = None,
     chunk: int | None = None,
 ) -> Iterator[tuple[int, Personalized]]:

@@ -65,6 +65,9 @@ METHODS = (
 ITERATIVE = ("maml", "head")  # learners with an inner loop of `steps` SGD steps (ridge is closed-form)
 AUTO = "auto"
 SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
+# the paper's inner loop: PDMER's task.inner_steps / inner_lr / first_order defaults, and what adapts a model
+# whose task has no inner loop (a DMER checkpoint)
+INNER_LOOP_DEFAULTS: dict[str, Any] = {"steps": 16, "lr": 5e-3, "first_order": True}
 
 Sequence_ = SongSequence
 
@@ -74,7 +77,8 @@ class AdaptationConfig(Config):
     """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
 
     method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
-    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order). lag: calibrate: the
+    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order; a DMER task has no
+    inner loop: INNER_LOOP_DEFAULTS). lag: calibrate: the
     largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
     songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
     number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
@@ -137,7 +141,8 @@ class AdaptationConfig(Config):
 
     def resolve(self, task: Mapping[str, Any] | None) -> AdaptationConfig:
         """steps / lr / first_order filled in from a task config (a checkpoint's ``hyper_parameters["task"]``
-        or `TaskConfig.to_dict()`); ConfigError when one is needed and neither has it."""
+        or `TaskConfig.to_dict()`; INNER_LOOP_DEFAULTS for a task without an inner loop); ConfigError when
+        one is needed and neither has it."""
         task = dict(task or {})
         defaults = {
             "steps": task.get("eval_inner_steps")
@@ -146,6 +151,8 @@ class AdaptationConfig(Config):
             "lr": task.get("inner_lr"),
             "first_order": task.get("first_order", True if task else None),
         }
+        if task.get("name") == "dmer" and "inner_steps" not in task:  # no inner loop: the paper's
+            defaults = dict(INNER_LOOP_DEFAULTS)
         values = {k: getattr(self, k) if getattr(self, k) is not None else defaults[k] for k in defaults}
         needs = self.method == AUTO or self.learner in ITERATIVE
         missing = [k for k, v in values.items() if v is None]
@@ -187,9 +194,15 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
 
 # ------------------------------------------------------------------ prediction
 @dataclass(frozen=True)
-class Predict:
-    """How whole sequences are predicted: sliding windows of `window` segments every `stride` segments,
-    `stitch`, `batch_size` windows per forward."""
+class SlidingWindows:
+    """How whole sequences are predicted (`dsaml.inference.predict_song` with its settings bound).
+
+    Args:
+        window: segments per window (the model's training clip length, a task's support_segments).
+        stitch: one of `dsaml.inference.STITCH_RULES`.
+        batch_size: windows per forward.
+        stride: segments between window starts.
+    """
 
     window: int
     stitch: str = "mean"
@@ -197,28 +210,29 @@ class Predict:
     stride: int = 1
 
     def __call__(self, net: nn.Module, seq: Sequence_) -> tuple[Tensor, Tensor]:
-        """Eval-mode prediction of one sequence -> (arousal [T], valence [T]) on the labels' device."""
-        return predict(net, seq, self.window, self.stitch, self.batch_size, self.stride)
+        """Eval-mode prediction of one sequence with `dsaml.inference.predict_song` (one plain forward when
+        the sequence is no longer than `window`).
 
+        Args:
+            net: a `DSAMLNet` (or an adapted copy).
+            seq: a `SongSequence`: ``logmel`` [T, 51, 128], ``global`` [1 or T, D_g] or None, ``arousal`` /
+                ``valence`` [T] (their device is the output's).
 
-def predict(
-    net: nn.Module, seq: Sequence_, window: int, stitch: str, batch_size: int, stride: int = 1
-) -> tuple[Tensor, Tensor]:
-    """Eval-mode prediction of one sequence with `predict_song` (sliding windows of `window` segments every
-    `stride` segments, one plain forward when shorter). Returns (arousal [T], valence [T]) on the labels'
-    device."""
-    with torch.no_grad():
-        arousal, valence = predict_song(
-            net,
-            seq["logmel"],
-            seq.get("global"),
-            stride=stride,
-            stitch=stitch,
-            batch_size=batch_size,
-            window=window,
-        )
-    device = torch.as_tensor(seq["arousal"]).device
-    return arousal.to(device), valence.to(device)
+        Returns:
+            (arousal [T], valence [T]) on the labels' device.
+        """
+        with torch.no_grad():
+            arousal, valence = predict_song(
+                net,
+                seq["logmel"],
+                seq.get("global"),
+                stride=self.stride,
+                stitch=self.stitch,
+                batch_size=self.batch_size,
+                window=self.window,
+            )
+        device = torch.as_tensor(seq["arousal"]).device
+        return arousal.to(device), valence.to(device)
 
 
 @dataclass
@@ -230,7 +244,16 @@ class Personalized:
     method: str = "none"
     steps: int = 0
 
-    def predict(self, predictor: Predict, seq: Sequence_) -> tuple[Tensor, Tensor]:
+    def predict(self, predictor: SlidingWindows, seq: Sequence_) -> tuple[Tensor, Tensor]:
+        """The personalised prediction of one sequence: the network's (`predictor`), then the map.
+
+        Args:
+            predictor: the sliding-window settings.
+            seq: a `SongSequence` (see `SlidingWindows.__call__`).
+
+        Returns:
+            (arousal [T], valence [T]) on the labels' device.
+        """
         arousal, valence = predictor(self.net, seq)
         return (arousal, valence) if self.calibration is None else self.calibration.apply(arousal, valence)
 
@@ -272,7 +295,7 @@ def _learn(
 def _fit_map(
     net: nn.Module,
     support: Sequence[Sequence_],
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
     lag: int,
 ) -> Calibration:
@@ -290,7 +313,7 @@ Plan = tuple[list[Sequence_], list[Mapping[str, Any]], int]
 def plan(
     support: Sequence[Sequence_],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     batches: Sequence[Mapping[str, Any]] | None = None,
     steps: int | None = None,
 ) -> Plan | None:
@@ -313,7 +336,7 @@ def personalized(
     adapted: nn.Module,
     planned: Plan,
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
 ) -> Personalized:
     """The adapted network of a `plan`, with the output map fitted on its support when the method
@@ -327,7 +350,7 @@ def personalize_net(
     net: nn.Module,
     support: Sequence[Sequence_],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None = None,
     batches: Sequence[Mapping[str, Any]] | None = None,
     steps: int | None = None,

@@ -22,7 +22,7 @@ from dsaml.meta.methods import (
     METHODS,
     AdaptationConfig,
     Personalized,
-    Predict,
+    SlidingWindows,
     _fit_map,
     _learn,
     moving,
@@ -70,7 +70,7 @@ def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_]
     return f"blocked {k}-fold within the song ({n} segments, blocks of ~{n // k})", splits
 
 
-def _score(personalized: Personalized, predictor: Predict, songs: Sequence[Sequence_]) -> float:
+def _score(personalized: Personalized, predictor: SlidingWindows, songs: Sequence[Sequence_]) -> float:
     values = []
     for seq in songs:
         arousal, valence = personalized.predict(predictor, seq)
@@ -87,7 +87,7 @@ def candidate_scores(
     support: Sequence[Sequence_],
     validate: Sequence[Sequence_],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
     candidates: Sequence[str],
 ) -> dict[tuple[str, int], float]:
@@ -184,7 +184,7 @@ def select(
     net: nn.Module,
     support: Sequence[Sequence_],
     config: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:

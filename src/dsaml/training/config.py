@@ -1,14 +1,25 @@
 """Schema and early validation of a training configuration (fails before any work, naming allowed values).
 
-`TaskConfig` holds the `task:` group (conf/task/{dmer,pdmer}.yaml); `validate_train_config` checks the
-composed config: top-level keys, the task, the model (via `DSAMLConfig`), task/data compatibility and the
-feature store.
+The `task:` group (conf/task/{dmer,pdmer}.yaml) is parsed by `TaskConfig.from_dict` into the config of its
+task, built from one dataclass per concern:
+
+- `Optimisation` and `Protocols` (both tasks): the optimiser, the validation split and checkpoint
+  selection; the test protocols and how whole songs are predicted;
+- `Episodes` and `InnerLoop` (PDMER only): the episode shape and stream; the MAML inner loop and its
+  engine.
+
+`TaskConfig` (task=dmer) holds the first two, `PDMERConfig` (task=pdmer) all four; conf/task/dmer.yaml lists
+the DMER keys, conf/task/pdmer.yaml adds the PDMER ones. A new PDMER key is a field of `Episodes` or
+`InnerLoop` and a line of conf/task/pdmer.yaml.
+
+`TrainJob` / `EvalJob` declare the top-level keys of dsaml-train / dsaml-eval. `validate_train_config` checks
+the composed config: top-level keys, the task, the adaptation group, the model (via `DSAMLConfig`), task/data
+compatibility and the feature store.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,121 +27,124 @@ from dsaml.config import (
     Config,
     ConfigError,
     check_choice,
-    check_keys,
-    check_range,
     choice,
     flag,
+    group,
     integer,
     number,
+    text,
 )
 from dsaml.inference import STITCH_RULES
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE, META_ENGINES
-from dsaml.meta.methods import AdaptationConfig
+from dsaml.meta.methods import INNER_LOOP_DEFAULTS, AdaptationConfig
 
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
 MONITOR_MODES = ("max", "min")
 INNER_LOOPS = ("full", "head")
 CROSS_SUPPORT = ("clip", "song")
-DEPRECATED_KEYS = {"tasks": "episodes", "val_tasks": "val_episodes"}  # old key -> new key
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
-TOP_LEVEL_KEYS = (
-    "data",
-    "model",
-    "task",
-    "trainer",
-    "logger",
-    "callbacks",
-    "paths",
-    "hydra",
-    "experiment",
-    "debug",
-    "seed",
-    "ckpt_path",
-    "init_from",
-    "train",
-    "test",
-    "task_name",
-    "tags",
-    "num_workers",
-    "adaptation",
-    "trust_checkpoint",
-    "overwrite",
-)
 
 
 @dataclass
-class TaskConfig(Config):
-    """The `task:` group.
+class Optimisation(Config):
+    """How the network is trained and its checkpoint chosen (both tasks).
 
-    name: dmer | pdmer. lr / weight_decay: Adam (outer optimiser for PDMER). batch_size: DMER clips per batch.
-    shots / queries / episodes: PDMER episode shape (support clips, query clips, distinct raters per
-    meta-batch; in the cross-song test protocol, the rater's other songs adapted on). cross_support: what of
-    each of those songs the cross-song protocol adapts on: clip (its first support_segments segments) or song
-    (the whole song). inner_steps / inner_lr / first_order: MAML inner loop (second order when first_order is
-    false). steps_per_epoch: PDMER meta-batches between validations. val_fraction: held-out share of training
-    songs (DMER) or raters (PDMER). val_episodes: PDMER validation episodes. tasks / val_tasks: deprecated
-    aliases of episodes / val_episodes (a FutureWarning names the new key). eval_inner_steps: inner steps at
-    evaluation (None = inner_steps). support_segments: segments of the within-song support and of the sliding
-    windows (conf: data.segments_per_clip, 60 = 30 s on DEAM). monitor / monitor_mode: metric selecting the
-    best checkpoint. test_protocols: evaluation protocols run by `test`. stitch: sliding-window stitching of
-    predict_song (mean = correct default; weighted = window edges count less; original = the original's rule,
-    arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
-    song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
-    cheaper, experiments/benchmarks/RESULTS.md). eval_batch_size: windows per forward at evaluation.
-    meta_engine: how PDMER adapts a meta-batch's episodes, and the test protocols their (listener, song) pairs
-    with an inner-loop method: batched (together, stacked per-episode parameters; docs/meta-engine.md) |
-    sequential (one after another, learn2learn). meta_chunk: episodes (test: items and pairs) per batched
-    call (None = the whole meta-batch; test: 16 items; bounds the batched engine's memory).
+    lr / weight_decay: Adam (the outer optimiser for PDMER). batch_size: clips per DMER batch (a PDMER
+    meta-batch is `episodes` raters). val_fraction: held-out share of the training songs (DMER) or raters
+    (PDMER). monitor / monitor_mode: the validation metric selecting the best checkpoint.
     """
 
-    SECTION = "task"
-
-    name: str = choice("dmer", TASKS)
     lr: float = number(5e-5, low=0, low_open=True)
     weight_decay: float = number(0.0, low=0)
     batch_size: int = integer(15, low=1)
+    val_fraction: float = number(0.1, low=0.0, high=1.0, high_open=True)
+    monitor: str = "val/average"
+    monitor_mode: str = choice("max", MONITOR_MODES)
+
+
+@dataclass
+class Protocols(Config):
+    """How the trained network is tested (both tasks).
+
+    test_protocols: the evaluation protocols `test` runs (`PROTOCOLS` of the task). support_segments:
+    segments of the within-song support and of the sliding windows (conf: data.segments_per_clip, 60 = 30 s
+    on DEAM). stitch: sliding-window stitching of whole songs (mean = correct default; weighted = window
+    edges count less; original = the original's rule, arousal off-by-one included). eval_stride: segments
+    between the windows predicting a whole test song (1 = every window, the original's protocol; 10 with
+    stitch=weighted is within 0.002 of it and ~10x cheaper, experiments/benchmarks/RESULTS.md).
+    eval_batch_size: windows per forward at evaluation.
+    """
+
+    test_protocols: list[str] = field(default_factory=lambda: ["dmer"])
+    support_segments: int = integer(60, low=1)
+    stitch: str = choice("mean", STITCH_RULES)
+    eval_stride: int = integer(1, low=1)
+    eval_batch_size: int = integer(32, low=1)
+
+
+@dataclass
+class Episodes(Config):
+    """PDMER's episodes: one episode = one rater.
+
+    shots / queries: support and query clips per episode (in the cross-song test protocol, `shots` is the
+    number of the rater's other songs adapted on). cross_support: what of each of those songs the
+    cross-song protocol adapts on: clip (its first support_segments segments) or song (the whole song).
+    episodes: distinct raters per meta-batch. steps_per_epoch: meta-batches between validations.
+    val_episodes: validation episodes (held-out raters). Each field is passed to the `DSAMLDataModule`
+    argument of its name (`dsaml.training.run.datamodule_from`).
+    """
+
     shots: int = integer(1, low=1)
     queries: int = integer(15, low=1)
     cross_support: str = choice("clip", CROSS_SUPPORT)
     episodes: int = integer(16, low=1)
-    inner_steps: int = integer(16, low=0)
-    inner_lr: float = number(5e-3, low=0, low_open=True)
-    first_order: bool = flag(True)
     steps_per_epoch: int = integer(10, low=1)
-    val_fraction: float = number(0.1, low=0.0, high=1.0, high_open=True)
     val_episodes: int = integer(16, low=0)
-    tasks: int | None = integer(None, low=1, optional=True)  # deprecated alias of episodes
-    val_tasks: int | None = integer(None, low=0, optional=True)  # deprecated alias of val_episodes
+
+
+@dataclass
+class InnerLoop(Config):
+    """PDMER's MAML inner loop.
+
+    inner_steps / inner_lr / first_order: the inner loop of meta-training (second order when first_order is
+    false). eval_inner_steps: inner steps at validation and in the test protocols (None = inner_steps).
+    inner_loop: what it adapts: full (the whole network, the paper's) | head (ANIL). meta_engine: how a
+    meta-batch's episodes, and the test protocols' (listener, song) pairs with an inner-loop method, are
+    adapted: batched (together, stacked per-episode parameters; docs/meta-engine.md) | sequential (one after
+    another, learn2learn). meta_chunk: episodes (test: items and pairs) per batched call (None = the whole
+    meta-batch; test: 16 items; bounds the batched engine's memory).
+    """
+
+    inner_steps: int = integer(INNER_LOOP_DEFAULTS["steps"], low=0)
+    inner_lr: float = number(INNER_LOOP_DEFAULTS["lr"], low=0, low_open=True)
+    first_order: bool = flag(INNER_LOOP_DEFAULTS["first_order"])
     eval_inner_steps: int | None = integer(None, low=0, optional=True)
-    support_segments: int = integer(60, low=1)
-    monitor: str = "val/average"
-    monitor_mode: str = choice("max", MONITOR_MODES)
-    test_protocols: list[str] = field(default_factory=lambda: ["dmer"])
-    stitch: str = choice("mean", STITCH_RULES)
-    eval_stride: int = integer(1, low=1)
-    eval_batch_size: int = integer(32, low=1)
     inner_loop: str = choice("full", INNER_LOOPS)
     meta_engine: str = choice(DEFAULT_META_ENGINE, META_ENGINES)
     meta_chunk: int | None = integer(None, low=1, optional=True)
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+
+    @property
+    def adapt_steps(self) -> int:
+        """Inner steps at validation and test: eval_inner_steps, else inner_steps."""
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+
+@dataclass
+class TaskConfig(Protocols, Optimisation):
+    """The `task:` group of task=dmer (`Optimisation`, `Protocols`); `PDMERConfig` for task=pdmer.
+
+    Build either with `TaskConfig.from_dict`, which picks the class by `name`. How the test protocols adapt
+    is not a task key: it is the top-level `adaptation` group (`dsaml.meta.AdaptationConfig`).
+    """
+
+    SECTION = "task"
+
+    name: str = choice("dmer", ("dmer",))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for old, new in DEPRECATED_KEYS.items():
-            value = getattr(self, old)
-            if value is not None:  # an old config or checkpoint: the alias sets the new key
-                warnings.warn(
-                    f"task.{old}={value} is deprecated: use task.{new} (the same setting, renamed because "
-                    '"task" also names dmer/pdmer)',
-                    FutureWarning,
-                    stacklevel=2,
-                )
-                setattr(self, new, value)
-                setattr(self, old, None)
-        if not isinstance(self.adaptation, AdaptationConfig):
-            self.adaptation = AdaptationConfig.from_dict(self.adaptation)
         self.test_protocols = list(self.test_protocols)
         for protocol in self.test_protocols:
             check_choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
@@ -140,22 +154,107 @@ class TaskConfig(Config):
                 "(checkpoints are never selected on the test set)"
             )
 
-    @property
-    def adapt_steps(self) -> int:
-        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
-
-    @property
-    def resolved_adaptation(self) -> AdaptationConfig:
-        """`adaptation` with steps / lr / first_order filled in from this task."""
-        return self.adaptation.resolve(self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "adaptation": self.adaptation.to_dict()}
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TaskConfig:
-        """Build from a plain mapping (e.g. `conf.task`, a checkpoint's hyper_parameters["task"])."""
-        return cls.from_mapping(values)
+    def from_dict(cls, values: Any) -> TaskConfig:
+        """The config of a task; checkpoints written before the task config was split are migrated first
+        (`migrate`).
+
+        Args:
+            values: a plain mapping or OmegaConf node (`conf.task`, a checkpoint's
+                hyper_parameters["task"]); its `name` (default dmer) picks the class.
+
+        Returns:
+            A `TaskConfig` (task=dmer) or `PDMERConfig` (task=pdmer); ConfigError names a bad key or value.
+        """
+        if values is not None and type(values).__module__.startswith("omegaconf"):
+            from omegaconf import OmegaConf
+
+            values = OmegaConf.to_container(values, resolve=True)
+        values = migrate(dict(values or {}))
+        name = values.get("name", "dmer")
+        check_choice("task.name", name, TASKS)
+        return TASK_CONFIGS[name].from_mapping(values)
+
+
+@dataclass
+class PDMERConfig(InnerLoop, Episodes, TaskConfig):
+    """The `task:` group of task=pdmer: `TaskConfig` plus `Episodes` and `InnerLoop`."""
+
+    name: str = choice("pdmer", ("pdmer",))
+
+
+TASK_CONFIGS: dict[str, type[TaskConfig]] = {"dmer": TaskConfig, "pdmer": PDMERConfig}
+# keys of the checkpoints written before the split: one flat config for both tasks, with two old names
+OLD_NAMES = {"tasks": "episodes", "val_tasks": "val_episodes"}
+
+
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's task dict in the current format. Those written before the split (they hold `tasks`
+    and `val_tasks`, the old names of `episodes` and `val_episodes`) held every key for both tasks and the
+    test adaptation (now hyper_parameters["adaptation"], see `stored_adaptation`): the old names give way
+    to the new (a value set under the old name wins, as it did then), the adaptation is dropped, and a DMER
+    task keeps only the keys `TaskConfig` has. Any other dict is returned unchanged."""
+    if not any(old in values for old in OLD_NAMES):
+        return values
+    values = {key: value for key, value in values.items() if key != "adaptation"}
+    for old, new in OLD_NAMES.items():
+        value = values.pop(old, None)
+        if value is not None:
+            values[new] = value
+    if values.get("name", "dmer") == "dmer":
+        dmer_keys = {f.name for f in fields(TaskConfig)}
+        values = {key: value for key, value in values.items() if key in dmer_keys}
+    return values
+
+
+def stored_adaptation(hparams: dict[str, Any]) -> dict[str, Any] | None:
+    """The `adaptation` group a checkpoint was tested with: hyper_parameters["adaptation"] (before the task
+    config was split: its task.adaptation); None when it records none."""
+    task = hparams.get("task")
+    return hparams.get("adaptation") or (task.get("adaptation") if isinstance(task, dict) else None)
+
+
+@dataclass
+class JobConfig(Config):
+    """The top-level keys dsaml-train and dsaml-eval share (conf/train.yaml, conf/eval.yaml); each `group`
+    is checked by its own class (`TaskConfig`, `DSAMLConfig`, ...)."""
+
+    data: Any = group()
+    task: Any = group()
+    adaptation: Any = group()
+    trainer: Any = group()
+    logger: Any = group()
+    callbacks: Any = group()
+    paths: Any = group()
+    hydra: Any = group()
+    task_name: str = text("train")
+    seed: int = integer(0, low=0)
+    num_workers: int = integer(0, low=0)
+    ckpt_path: str | None = text(None, optional=True)
+    trust_checkpoint: bool = flag(False)
+    overwrite: bool = flag(False)
+
+
+@dataclass
+class TrainJob(JobConfig):
+    """conf/train.yaml's top-level keys (`dsaml-train`)."""
+
+    model: Any = group()
+    experiment: Any = group()
+    debug: Any = group()
+    tags: Any = group()
+    init_from: str | None = text(None, optional=True)
+    train: bool = flag(True)
+    test: bool = flag(True)
+
+
+@dataclass
+class EvalJob(JobConfig):
+    """conf/eval.yaml's top-level keys (`dsaml-eval`): protocols and overrides are task keys, checked by
+    `TaskConfig`."""
+
+    protocols: Any = group()
+    overrides: Any = group()
 
 
 def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
@@ -164,8 +263,9 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
 
     from dsaml.models import DSAMLConfig
 
-    check_keys("dsaml-train", cfg.keys(), TOP_LEVEL_KEYS)
-    task = TaskConfig.from_dict(task_values(cfg))
+    TrainJob.check_top_level(cfg, "dsaml-train")
+    task = TaskConfig.from_dict(cfg.task)
+    adaptation_of(cfg)
     model = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     dataset = str(cfg.data.name)
     if task.name == "pdmer" and dataset not in PER_RATER_DATASETS:
@@ -186,19 +286,14 @@ def validate_train_config(cfg: Any, need_store: bool = True) -> TaskConfig:
     init_from = cfg.get("init_from")
     if init_from is not None and not Path(str(init_from)).is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no such checkpoint file")
-    check_range("num_workers", cfg.get("num_workers", 0), integer=True, low=0)
     return task
 
 
-def task_values(cfg: Any) -> dict[str, Any]:
-    """The `task:` keys of a composed config, with the top-level `adaptation` group (when set) as
-    task.adaptation."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(cfg.task, resolve=True)
-    if cfg.get("adaptation") is not None:
-        values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
-    return values
+def adaptation_of(cfg: Any) -> dict[str, Any] | None:
+    """The `adaptation` group of a composed config as a checked plain dict (None when unset)."""
+    if cfg.get("adaptation") is None:
+        return None
+    return AdaptationConfig.from_dict(cfg.adaptation).to_dict()
 
 
 def check_global_vectors(store: Path, name: str, dim: int) -> None:

@@ -30,21 +30,21 @@ from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
     Personalized,
-    Predict,
+    SlidingWindows,
     estimate_prior,
     personalize_net,
     select,
 )
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import personalize_many
-from dsaml.meta.methods import ITERATIVE, predict
+from dsaml.meta.methods import ITERATIVE
 from dsaml.metrics import METRIC_KEYS, scores_of
 from dsaml.training.config import PROTOCOLS
 from dsaml.training.resume import TEST_PROTOCOL, step_seed
 
 ALL_PROTOCOLS = tuple(p for names in PROTOCOLS.values() for p in names)
 
-__all__ = ["METRIC_KEYS", "predict", "run_protocols", "scores_of"]
+__all__ = ["METRIC_KEYS", "run_protocols", "scores_of"]
 
 
 def personalize_on(
@@ -52,7 +52,7 @@ def personalize_on(
     support: list[SongSequence],
     batch: ClipBatch | None,
     adaptation: AdaptationConfig,
-    predictor: Predict,
+    predictor: SlidingWindows,
     prior: CalibrationPrior | None,
 ) -> Personalized:
     """The configured method on one rater's support (sequences, and the same as one inner-loop batch; None:
@@ -76,8 +76,8 @@ def run_protocols(
     prior: CalibrationPrior | None = None,
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
     """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
-    window / stitch / batch_size / stride: whole-song prediction (`Predict`). adaptation: resolved (steps, lr,
-    first_order set); prior: the calibration prior when it calibrates.
+    window / stitch / batch_size / stride: whole-song prediction (`SlidingWindows`). adaptation: resolved
+    (steps, lr, first_order set); prior: the calibration prior when it calibrates.
     Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
     Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
     made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
@@ -108,7 +108,7 @@ def run_protocols_many(
     `dsaml.meta.batched_adapt`; with dropout its draws are the group's, see there). Other methods run one
     pair at a time with either engine."""
     results: list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]] = [{} for _ in items]
-    predictor = Predict(window, stitch, batch_size, stride)
+    predictor = SlidingWindows(window, stitch, batch_size, stride)
     if seeds is None:  # each protocol's draws: a stream of its own
         seeds = [int(torch.randint(0, 2**62, (1,))) for _ in items]
     together = engine == "batched" and adaptation.method != AUTO and adaptation.learner in ITERATIVE
@@ -182,7 +182,7 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
 
 
 def estimate_model_prior(
-    net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: Predict
+    net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: SlidingWindows
 ) -> CalibrationPrior | None:
     """The calibration prior (source "model") from the network's own predictions on held-out (rater, song)
     pairs (songs or raters it did not train on; `reader`: a `StoreReader`), each song predicted once; None

@@ -20,7 +20,17 @@ from torch import Tensor
 from dsaml import __version__ as dsaml_version
 from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
 from dsaml.losses import dsaml_loss
-from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta import (
+    AdaptationConfig,
+    CalibrationPrior,
+    SlidingWindows,
+    adapt,
+    adapt_head,
+    batch_loss,
+    maml_wrap,
+    meta_backward,
+)
+from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import adapt_many
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
@@ -54,7 +64,8 @@ class DSAMLModule(L.LightningModule):
     """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config;
     calibration_prior: the calibration prior (`CalibrationPrior.to_dict()`; when None, estimated at setup from
     the training raters' curves vs the averaged ones, then after every validation epoch from the network's own
-    predictions on the held-out songs or raters; saved with every checkpoint)."""
+    predictions on the held-out songs or raters; saved with every checkpoint); adaptation: how the test
+    protocols adapt (an `AdaptationConfig` dict, the `adaptation` group; None: its defaults)."""
 
     def __init__(
         self,
@@ -62,14 +73,17 @@ class DSAMLModule(L.LightningModule):
         task: dict[str, Any],
         features: dict[str, Any] | None = None,
         calibration_prior: dict[str, Any] | None = None,
+        adaptation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = DSAMLConfig.from_dict(dict(model))
         self.task_cfg = TaskConfig.from_dict(dict(task))
+        self.adaptation_cfg = AdaptationConfig.from_dict(adaptation)
         self.save_hyperparameters(
             {
                 "model": self.model_cfg.to_dict(),
                 "task": self.task_cfg.to_dict(),
+                "adaptation": self.adaptation_cfg.to_dict(),
                 "features": dict(features or {}),
                 "calibration_prior": calibration_prior,
             }
@@ -77,7 +91,7 @@ class DSAMLModule(L.LightningModule):
         self.net = DSAMLNet(self.model_cfg)
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
-        self.head_only = self.task_cfg.inner_loop == "head"
+        self.head_only = self.meta and self.task_cfg.inner_loop == "head"
         if self.meta:  # not a registered submodule: the weights stay under "net." only
             inner = self.net.head if self.head_only else self.net
             self.__dict__["maml"] = maml_wrap(inner, self.task_cfg.inner_lr, self.task_cfg.first_order)
@@ -278,7 +292,7 @@ class DSAMLModule(L.LightningModule):
         if not pairs:
             return
         cfg = self.task_cfg
-        predictor = Predict(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
+        predictor = SlidingWindows(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
         prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor)
         if prior is not None:
             self.hparams.calibration_prior = prior.to_dict()
@@ -303,7 +317,7 @@ class DSAMLModule(L.LightningModule):
         """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
         from dsaml.meta import calibration_prior
 
-        self._adaptation = self.task_cfg.resolved_adaptation
+        self._adaptation = self.adaptation_cfg.resolve(self.task_cfg.to_dict())
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
@@ -315,10 +329,15 @@ class DSAMLModule(L.LightningModule):
 
     @property
     def test_group(self) -> int:
-        """Test items (validation episodes) adapted together: 1 (sequential engine), else task.meta_chunk or
-        16."""
+        """Test items (validation episodes) adapted together: 1 (sequential engine; a DMER task, whose
+        protocols do not adapt), else task.meta_chunk or 16."""
         cfg = self.task_cfg
-        return 1 if cfg.meta_engine == "sequential" else cfg.meta_chunk or TEST_GROUP
+        return 1 if self.engine == "sequential" else cfg.meta_chunk or TEST_GROUP
+
+    @property
+    def engine(self) -> str:
+        """task.meta_engine (PDMER); a DMER task has none and runs its items one at a time."""
+        return self.task_cfg.meta_engine if self.meta else DEFAULT_META_ENGINE
 
     def _run_waiting(self) -> None:
         cfg = self.task_cfg
@@ -336,8 +355,8 @@ class DSAMLModule(L.LightningModule):
             stride=cfg.eval_stride,
             prior=self._prior,
             seeds=[seed for _, _, seed in waiting],
-            engine=cfg.meta_engine,
-            chunk=cfg.meta_chunk,
+            engine=self.engine,
+            chunk=cfg.meta_chunk if self.meta else None,
         )
         for (item, batch_idx, _), result in zip(waiting, results, strict=True):
             self._add_rows(item, batch_idx, result)

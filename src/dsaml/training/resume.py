@@ -80,7 +80,6 @@ TEST_ONLY_TASK_KEYS = (
     "eval_stride",
     "eval_batch_size",
     "eval_inner_steps",
-    "adaptation",
 )
 
 

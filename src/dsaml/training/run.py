@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dsaml.config import ConfigError
 from dsaml.data.datamodule import DSAMLDataModule
-from dsaml.data.validation import ConfigError
 from dsaml.models import DSAMLConfig
 from dsaml.models.checkpoint import (
     CheckpointError,
@@ -33,7 +33,17 @@ from dsaml.models.checkpoint import (
     load_network,
     read_torch_file,
 )
-from dsaml.training.config import TaskConfig, validate_train_config
+from dsaml.training.config import (
+    Episodes,
+    EvalJob,
+    PDMERConfig,
+    TaskConfig,
+    TrainJob,
+    adaptation_of,
+    migrate,
+    stored_adaptation,
+    validate_train_config,
+)
 from dsaml.training.module import DSAMLModule
 from dsaml.training.resume import (
     RunDirectoryError,
@@ -88,21 +98,19 @@ def _has_validation(task: TaskConfig) -> bool:
 
 
 def datamodule_from(cfg: DictConfig, task: TaskConfig, model_cfg: DSAMLConfig) -> DSAMLDataModule:
+    episodes = (
+        {f.name: getattr(task, f.name) for f in fields(Episodes)} if isinstance(task, PDMERConfig) else {}
+    )
     return DSAMLDataModule(
         store=str(cfg.paths.store),
         task=task.name,
         batch_size=task.batch_size,
-        shots=task.shots,
-        queries=task.queries,
-        episodes=task.episodes,
         val_fraction=task.val_fraction,
-        steps_per_epoch=task.steps_per_epoch,
-        val_episodes=task.val_episodes,
         global_name=model_cfg.global_store_name,
         seed=int(cfg.seed),
         num_workers=int(cfg.get("num_workers", 0)),
         cross_song="pdmer_cross_song" in task.test_protocols,
-        cross_support=task.cross_support,
+        **episodes,
     )
 
 
@@ -179,7 +187,12 @@ def build(cfg: DictConfig) -> Job:
     model_cfg = DSAMLConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = datamodule_from(cfg, task, model_cfg)
-    module = DSAMLModule(model=model_cfg.to_dict(), task=task.to_dict(), features=datamodule.feature_config)
+    module = DSAMLModule(
+        model=model_cfg.to_dict(),
+        task=task.to_dict(),
+        features=datamodule.feature_config,
+        adaptation=adaptation_of(cfg),
+    )
     if cfg.get("init_from") is not None:
         load_initial_weights(module, model_cfg, str(cfg.init_from), trusted(cfg))
     trainer = build_trainer(cfg, _has_validation(task), extra_callbacks=(StepSeed(int(cfg.seed)),))
@@ -300,41 +313,19 @@ def finish_wandb_run(trainer: L.Trainer) -> None:
             wandb.run.finish()
 
 
-EVAL_KEYS = (
-    "data",
-    "trainer",
-    "logger",
-    "paths",
-    "hydra",
-    "task_name",
-    "ckpt_path",
-    "seed",
-    "num_workers",
-    "task",
-    "protocols",
-    "overrides",
-    "callbacks",
-    "adaptation",
-    "trust_checkpoint",
-    "overwrite",
-)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     """`dsaml-eval`: test the checkpoint `cfg.ckpt_path` with the protocols of its task (or `cfg.protocols`),
     writing results.json / results.md into paths.output_dir. Returns the results dict."""
     from dsaml.training.callbacks import ResultsWriter
     from dsaml.training.config import PROTOCOLS
 
-    unknown = sorted(set(cfg.keys()) - set(EVAL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown dsaml-eval config key(s) {unknown}; allowed keys: {list(EVAL_KEYS)}")
+    EvalJob.check_top_level(cfg, "dsaml-eval")
     if (Path(str(cfg.paths.output_dir)) / "results.json").exists() and not cfg.get("overwrite", False):
         raise RunDirectoryError(
             f"{cfg.paths.output_dir} already holds results.json; pass overwrite=true or another hydra.run.dir"
         )
     net, model_cfg, hparams = load_network(str(cfg.ckpt_path), trust=trusted(cfg))
-    task_values = dict(hparams.get("task") or {})
+    task_values = migrate(dict(hparams.get("task") or {}))
     requested = cfg.get("task")  # the conf/task group (task=pdmer) or a bare name
     if requested is not None:
         name = str(requested.get("name") if isinstance(requested, DictConfig) else requested)
@@ -351,13 +342,14 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         task_values["test_protocols"] = list(cfg.protocols)
     if cfg.get("overrides"):
         task_values.update(OmegaConf.to_container(cfg.overrides, resolve=True))
-    if cfg.get("adaptation") is not None:  # the conf/adaptation group, else the checkpoint's
-        task_values["adaptation"] = OmegaConf.to_container(cfg.adaptation, resolve=True)
     task = TaskConfig.from_dict(task_values)
     with open_dict(cfg):
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
     validated(_as_train_keys(cfg))
+    adaptation = adaptation_of(cfg) or stored_adaptation(
+        hparams
+    )  # the conf/adaptation group, else the checkpoint's
     check_store(cfg, dict(hparams.get("features") or {}) or None, asked_by="the checkpoint's features")
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(
@@ -365,6 +357,7 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         task=task.to_dict(),
         features=hparams.get("features"),
         calibration_prior=hparams.get("calibration_prior"),
+        adaptation=adaptation,
     )
     module.net.load_state_dict(net.state_dict())
     trainer = build_trainer(
@@ -378,6 +371,4 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
 
 def _as_train_keys(cfg: DictConfig) -> DictConfig:
     """The eval config viewed with only the keys `validate_train_config` knows."""
-    from dsaml.training.config import TOP_LEVEL_KEYS
-
-    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TOP_LEVEL_KEYS])
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k in TrainJob.allowed_keys()])

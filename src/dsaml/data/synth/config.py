@@ -16,9 +16,8 @@ from dsaml.config import (
     CONFIG_DIR,
     Config,
     ConfigError,
-    check_choice,
-    check_range,
     choice,
+    group,
     integer,
     integer_pair,
     number,
@@ -119,8 +118,15 @@ def load_preset(name: str) -> SynthConfig:
     return SynthConfig.from_mapping(OmegaConf.load(path))
 
 
-def check_run_options(layout: str, workers: int | None, seed: int) -> None:
-    """Validate the run-level options shared by the CLI and the Python API."""
-    check_choice("layout", layout, LAYOUTS)
-    check_range("workers", workers, integer=True, low=1, optional=True)  # null: one per CPU core
-    check_range("seed", seed, integer=True, low=0)
+@dataclass(frozen=True)
+class SynthRun(Config):
+    """The run-level options of a corpus generation (conf/synth.yaml's top level; `generate_corpus`'s
+    arguments): seed, layout (nested | flat), workers (None: one per CPU core), out (the corpus folder;
+    None from the Python API, which takes it as `root`); synth and paths are groups of their own."""
+
+    seed: int = integer(0, low=0)
+    layout: str = choice("nested", LAYOUTS)
+    workers: int | None = integer(None, low=1, optional=True)
+    out: str | None = text(None, optional=True)
+    synth: Any = group()
+    paths: Any = group()

@@ -34,7 +34,7 @@ from rich.console import Console
 
 from dsaml.config import ConfigError
 from dsaml.data.synth import deam_tree
-from dsaml.data.synth.config import ID_RANGES, LENS_DEFAULTS, SynthConfig, check_run_options, load_preset
+from dsaml.data.synth.config import ID_RANGES, LENS_DEFAULTS, SynthConfig, SynthRun, load_preset
 from dsaml.data.synth.curves import CURVE_RATE_HZ, LABEL_START_INDEX, LABEL_START_S, song_curves, true_curve
 from dsaml.data.synth.music import AROUSAL_CUES, VALENCE_CUES, render_music
 from dsaml.data.synth.raters import make_pool, pick_raters, rate_song
@@ -394,7 +394,7 @@ def generate_corpus(
         cfg = SynthConfig.from_mapping(config)
     else:
         raise ConfigError(f"config must be a preset name, SynthConfig or dict, got {type(config).__name__}")
-    check_run_options(layout, workers, seed)
+    SynthRun(seed=seed, layout=layout, workers=workers)
     root = Path(root).expanduser().resolve()
     truth, annotations = plan_corpus(cfg, seed, layout)
     workers = min(os.cpu_count() or 1, len(truth["songs"])) if workers is None else workers
