@@ -30,7 +30,7 @@ from dsaml.meta.methods import AdaptationConfig
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
 MONITOR_MODES = ("max", "min")
-INNER_LOOPS = ("full", "head")
+INNER_LOOPS = ("full", "head", "readout")
 CROSS_SUPPORT = ("clip", "song")
 DEPRECATED_KEYS = {"tasks": "episodes", "val_tasks": "val_episodes"}  # old key -> new key
 # datasets with per-rater curves (PDMER needs them)
@@ -79,9 +79,13 @@ class TaskConfig(Config):
     arousal off-by-one included). eval_stride: segments between the sliding windows that predict a whole test
     song (1 = every window, the original's protocol; 10 with stitch=weighted is within 0.002 of it and ~10x
     cheaper, experiments/benchmarks/RESULTS.md). eval_batch_size: windows per forward at evaluation.
-    meta_engine: how PDMER adapts a meta-batch's episodes: batched (together, stacked per-episode parameters;
-    docs/meta-engine.md) | sequential (one after another, learn2learn). meta_chunk: episodes per batched call
-    (None = the whole meta-batch; bounds the batched engine's memory).
+    inner_loop: PDMER meta-training's inner loop: full (MAML over the whole network, the paper's) | head
+    (ANIL: the head only) | readout (the head's final read-out refitted in closed form on the support, ridge
+    toward the trained one with readout_strength songs of evidence, differentiated through; no inner SGD
+    steps: inner_steps / inner_lr are not used; validation adapts with the test-time ridge, adaptation=ridge;
+    sequential engine only). meta_engine: how PDMER adapts a meta-batch's episodes: batched (together,
+    stacked per-episode parameters; docs/meta-engine.md) | sequential (one after another, learn2learn).
+    meta_chunk: episodes per batched call (None = the whole meta-batch; bounds the batched engine's memory).
     """
 
     SECTION = "task"
@@ -111,6 +115,7 @@ class TaskConfig(Config):
     eval_stride: int = integer(1, low=1)
     eval_batch_size: int = integer(32, low=1)
     inner_loop: str = choice("full", INNER_LOOPS)
+    readout_strength: float = number(1.0, low=0, low_open=True)
     meta_engine: str = choice(DEFAULT_META_ENGINE, META_ENGINES)
     meta_chunk: int | None = integer(None, low=1, optional=True)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
@@ -133,6 +138,11 @@ class TaskConfig(Config):
         self.test_protocols = list(self.test_protocols)
         for protocol in self.test_protocols:
             check_choice(f"task.test_protocols entry for task={self.name}", protocol, PROTOCOLS[self.name])
+        if self.inner_loop == "readout" and self.meta_engine != "sequential":
+            raise ConfigError(
+                f"task.inner_loop=readout runs on the sequential engine only: task.meta_engine="
+                f"{self.meta_engine!r}, expected sequential"
+            )
         if not self.monitor.startswith("val/"):
             raise ConfigError(
                 f"task.monitor={self.monitor!r}: expected a validation metric such as val/average "

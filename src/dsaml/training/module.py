@@ -18,9 +18,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dsaml import __version__ as dsaml_version
-from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
+from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem, as_batch, clips_of
 from dsaml.losses import dsaml_loss
 from dsaml.meta import CalibrationPrior, Predict, adapt, adapt_head, batch_loss, maml_wrap, meta_backward
+from dsaml.meta.readout import adapt_readout
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -69,7 +70,8 @@ class DSAMLModule(L.LightningModule):
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
         self.head_only = self.task_cfg.inner_loop == "head"
-        if self.meta:  # not a registered submodule: the weights stay under "net." only
+        self.readout = self.task_cfg.inner_loop == "readout"  # closed form: no learn2learn wrapper
+        if self.meta and not self.readout:  # not a registered submodule: the weights stay under "net." only
             inner = self.net.head if self.head_only else self.net
             self.__dict__["maml"] = maml_wrap(inner, self.task_cfg.inner_lr, self.task_cfg.first_order)
         self._eval_rows: list[dict[str, Any]] = []
@@ -139,7 +141,7 @@ class DSAMLModule(L.LightningModule):
             )
 
         stats = meta_backward(
-            self.maml,
+            self.net if self.readout else self.maml,
             episodes,
             self.task_cfg.inner_steps,
             int(batch["episodes_per_step"]),
@@ -148,6 +150,7 @@ class DSAMLModule(L.LightningModule):
             net=self.net if self.head_only else None,
             engine=self.task_cfg.meta_engine,
             chunk=self.task_cfg.meta_chunk,
+            readout_strength=self.task_cfg.readout_strength if self.readout else None,
         )
         if self.trainer.world_size > 1:
             self._all_reduce_gradients()
@@ -215,15 +218,19 @@ class DSAMLModule(L.LightningModule):
                 {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
             )
             return
-        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query
-        adaptation = (adapt_head if self.head_only else adapt)(
-            self.net,
-            batch["support"],
-            self.task_cfg.adapt_steps,
-            lr=self.task_cfg.inner_lr,
-            first_order=self.task_cfg.first_order,
-        )
-        net = adaptation.net.eval()
+        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop; readout: the
+        # test-time ridge, one support clip per song, strength chosen leave-one-song-out), score the query
+        if self.readout:
+            net = adapt_readout(self.net, [as_batch(clip) for clip in clips_of(batch["support"])])
+        else:
+            adaptation = (adapt_head if self.head_only else adapt)(
+                self.net,
+                batch["support"],
+                self.task_cfg.adapt_steps,
+                lr=self.task_cfg.inner_lr,
+                first_order=self.task_cfg.first_order,
+            )
+            net = adaptation.net.eval()
         query = batch["query"]
         out = net(query["logmel"], query.get("global"))
         loss = float(dsaml_loss(out, query["arousal"], query["valence"])[0])
