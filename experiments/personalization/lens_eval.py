@@ -22,6 +22,10 @@ machine); here each test song goes through the body once (`readout_features`-sty
 - auto: `choose` (adaptation.auto_rule "simplest") among none, calibrate and ridge by leave-one-song-out on
   the support songs (k >= 2), and calibrate alone checked on 3 blocks of the song with k = 1 (auto_single);
 - the oracles of ceiling.py (the listener's noiseless curve from its own cues, and from the mean listener).
+With `--baseline <dmer.ckpt>` (a meta-trained `--ckpt`, e.g. PDMER with task.inner_loop=readout) every gain is
+paired against the DMER model's own predictions (the rows: DMER + each `--baseline-methods`, then
+`--label` + none and + each `--methods`, each model with its own calibration prior); `--methods` narrows the
+methods run (body_ridge, head and auto cost most).
 Every song is predicted from non-overlapping windows (the last one ending at the song's end), the same way
 for every method, not with dsaml-eval's strided, stitched windows: absolute scores differ slightly from
 dsaml-eval's, gains are paired on the same predictions.
@@ -42,7 +46,7 @@ from dsaml.data.synth import load_truth
 from dsaml.inference import window_starts
 from dsaml.losses import dsaml_loss
 from dsaml.meta import AdaptationConfig, CalibrationPrior, adapt, fit_calibration, moving
-from dsaml.meta.readout import refit_readout
+from dsaml.meta.readout import readout_input, refit_readout
 from dsaml.meta.selection import choose, tabulate
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
@@ -114,8 +118,81 @@ def head_outputs(net, head, song: Song) -> tuple[torch.Tensor, torch.Tensor]:
 
 def readout_inputs(net, song: Song) -> torch.Tensor:
     with torch.no_grad():
-        z = net.head.hidden(net.head.bilstm(song.encoded_windows)[0])
+        z = readout_input(net.head, song.encoded_windows)
     return song.per_segment(z).double()
+
+
+class Model:
+    """One checkpoint: its network (eval mode), calibration prior, window and every song encoded once."""
+
+    def __init__(self, path: str) -> None:
+        self.net, _, hparams = load_network(path)
+        self.net.eval()
+        self.task = hparams["task"]
+        self.window = int(self.task.get("support_segments", 60))
+        self.prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
+        self.songs: dict[str, Song] = {}
+
+    def encode(self, items: dict[str, dict]) -> None:
+        for s, item in items.items():
+            if s not in self.songs:
+                self.songs[s] = Song(self.net, item, self.window)
+
+    def predictions(
+        self, fit_on: list[str], score_on: str, curves, methods: tuple[str, ...]
+    ) -> tuple[dict[str, tuple], tuple]:
+        """none and the closed-form `methods` (of METHODS but head / auto) fitted on `fit_on`, predicting
+        `score_on`; body_ridge's strengths (None when not run)."""
+        net, songs, prior = self.net, self.songs, self.prior
+        plain = {s: head_outputs(net, None, songs[s]) for s in (*fit_on, score_on)}
+        out = {"none": plain[score_on]}
+        targets = [curves(s) for s in fit_on]
+        if "calibrate" in methods:
+            out["calibrate"] = fit_calibration([plain[s] for s in fit_on], targets, prior, 0).apply(
+                *plain[score_on]
+            )
+        if {"ridge", "ridge_calibrate"} & set(methods):
+            head = net.head
+            readout = refit_readout(
+                [(readout_inputs(net, songs[s]), torch.stack(curves(s), 1).double()) for s in fit_on],
+                head.out.weight.detach(),
+                head.out.bias.detach(),
+            )
+            ridge_pred = {
+                s: tuple((readout_inputs(net, songs[s]) @ readout.weight.T + readout.bias).float().T)
+                for s in (*fit_on, score_on)
+            }
+            out["ridge"] = ridge_pred[score_on]
+            cal = fit_calibration([ridge_pred[s] for s in fit_on], targets, prior, 0)
+            out["ridge_calibrate"] = cal.apply(*ridge_pred[score_on])
+        strengths = None
+        if {"body_ridge", "body_ridge_calibrate"} & set(methods):
+            body_pred, strengths = body_residual_readout(fit_on, score_on, plain, songs, curves)
+            out["body_ridge"] = body_pred[score_on]
+            cal = fit_calibration([body_pred[s] for s in fit_on], targets, prior, 0)
+            out["body_ridge_calibrate"] = cal.apply(*body_pred[score_on])
+        if "calibrate_body_ridge" in methods:
+            cal = fit_calibration([plain[s] for s in fit_on], targets, prior, 0)
+            calibrated = {s: cal.apply(*plain[s]) for s in (*fit_on, score_on)}
+            out["calibrate_body_ridge"] = body_residual_readout(fit_on, score_on, calibrated, songs, curves)[
+                0
+            ][score_on]
+        return out, strengths
+
+    def head_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
+        """The head-only inner loop on the cached body features of the support windows -> the prediction."""
+        net = self.net
+        features = [
+            {"encoded": self.songs[s].encoded_windows, **windows_batch(items[s], self.window)}
+            for s in support
+        ]
+
+        def head_loss(learner, batch):
+            out = net.emotions(batch["encoded"], head=learner)
+            return dsaml_loss(out, batch["arousal"], batch["valence"], regularize=False)
+
+        adapted = adapt(net.head, features, config.steps, lr=config.lr, loss_fn=head_loss).learner.module
+        return head_outputs(net, adapted.eval(), self.songs[score_on])
 
 
 def main() -> None:
@@ -133,18 +210,31 @@ def main() -> None:
         metavar=("STEPS", "LR"),
         help="head's inner loop (default: conf/demo.yaml's PDMER task, as run.py tests the DMER model with)",
     )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="the DMER checkpoint: every gain is paired against its predictions, with its own "
+        "--baseline-methods as rows (DMER + method) and --ckpt's rows named --label + method",
+    )
+    parser.add_argument("--baseline-methods", nargs="+", default=["calibrate", "ridge"], choices=METHODS)
+    parser.add_argument("--label", default="PDMER", help="--ckpt's name in the rows with --baseline")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
-    net, _, hparams = load_network(args.ckpt)
-    net.eval()
-    task = hparams["task"]
-    window = int(task.get("support_segments", 60))
-    prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
-    config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(task)
+    model = Model(args.ckpt)
+    baseline = Model(args.baseline) if args.baseline else None
+    config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(model.task)
     truth = load_truth(args.corpus)
     groups = groups_of(truth)
-    songs: dict[str, Song] = {}
     parts = [f"checkpoint {args.ckpt}, seed {args.seed}, head: {config.steps} steps x lr {config.lr}"]
+    if baseline is not None:
+        parts[0] += f"; gains over {args.baseline}"
+    # (row name, model, method): the row's predictions; "none" of the first is the reference
+    reference = (baseline or model, "none")
+    rows_of = [("none" if baseline is None else f"{args.label} + none", model, "none")]
+    if baseline is not None:
+        rows_of += [(f"DMER + {m}", baseline, m) for m in args.baseline_methods]
+    rows_of += [(m if baseline is None else f"{args.label} + {m}", model, m) for m in args.methods]
     for k in args.shots:
         data = DSAMLDataModule(args.store, task="pdmer", shots=k, cross_support="song", seed=args.seed)
         pairs, supports = data.test_pairs()
@@ -153,9 +243,8 @@ def main() -> None:
         strengths: dict[str, int] = {}  # body_ridge's strength per dimension (in songs) -> pairs
         for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
             items = {s: data.reader.item(s, rater) for s in (song_id, *support_ids)}
-            for s, item in items.items():
-                if s not in songs:
-                    songs[s] = Song(net, item, window)
+            for m in {model, reference[0]}:
+                m.encode(items)
             if not moving([items[song_id]]):
                 continue
             support = [s for s in support_ids if moving([items[s]])]
@@ -166,76 +255,50 @@ def main() -> None:
             def curves(s: str, items: dict = items) -> tuple[torch.Tensor, torch.Tensor]:
                 return torch.as_tensor(items[s]["arousal"]), torch.as_tensor(items[s]["valence"])
 
-            def predictions(
-                fit_on: list[str], score_on: str, curves=curves
-            ) -> tuple[dict[str, tuple], tuple]:
-                """Every method fitted on `fit_on`, predicting `score_on`; body_ridge's strengths."""
-                plain = {s: head_outputs(net, None, songs[s]) for s in (*fit_on, score_on)}
-                out = {"none": plain[score_on]}
-                cal = fit_calibration([plain[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
-                out["calibrate"] = cal.apply(*plain[score_on])
-                head = net.head
-                readout = refit_readout(
-                    [(readout_inputs(net, songs[s]), torch.stack(curves(s), 1).double()) for s in fit_on],
-                    head.out.weight.detach(),
-                    head.out.bias.detach(),
-                )
-                ridge_pred = {
-                    s: tuple((readout_inputs(net, songs[s]) @ readout.weight.T + readout.bias).float().T)
-                    for s in (*fit_on, score_on)
-                }
-                out["ridge"] = ridge_pred[score_on]
-                cal = fit_calibration([ridge_pred[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
-                out["ridge_calibrate"] = cal.apply(*ridge_pred[score_on])
-                body_pred, out_strengths = body_residual_readout(fit_on, score_on, plain, songs, curves)
-                out["body_ridge"] = body_pred[score_on]
-                cal = fit_calibration([body_pred[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
-                out["body_ridge_calibrate"] = cal.apply(*body_pred[score_on])
-                cal = fit_calibration([plain[s] for s in fit_on], [curves(s) for s in fit_on], prior, 0)
-                calibrated = {s: cal.apply(*plain[s]) for s in (*fit_on, score_on)}
-                out["calibrate_body_ridge"] = body_residual_readout(
-                    fit_on, score_on, calibrated, songs, curves
-                )[0][score_on]
-                return out, out_strengths
-
-            result, body_strengths = predictions(support, song_id)
-            for dimension, strength in zip(("arousal", "valence"), body_strengths, strict=True):
-                key = f"{dimension} {strength:g}"
-                strengths[key] = strengths.get(key, 0) + 1
-            # head: the inner loop over the head on the cached body features of the support windows
-            features = [
-                {"encoded": songs[s].encoded_windows, **windows_batch(items[s], window)} for s in support
-            ]
-
-            def head_loss(learner, batch):
-                out = net.emotions(batch["encoded"], head=learner)
-                return dsaml_loss(out, batch["arousal"], batch["valence"], regularize=False)
-
-            adapted = adapt(net.head, features, config.steps, lr=config.lr, loss_fn=head_loss).learner.module
-            result["head"] = head_outputs(net, adapted.eval(), songs[song_id])
-            # auto: leave-one-song-out among none / calibrate / ridge (k >= 2); calibrate on blocks (k = 1)
-            if len(support) >= 2:
-                per_fold = []
-                for held in support:
-                    fold = predictions([s for s in support if s != held], held)[0]
-                    per_fold.append(
-                        {
-                            (m, 0): scores_of(*fold[m], *curves(held))["average"]
-                            for m in ("none", "calibrate", "ridge")
-                        }
-                    )
-                pick = choose(tabulate(per_fold), len(per_fold), 0.0, "simplest")["method"]
-            else:
-                pick = "calibrate"  # auto_single's default candidate; its block check is not replayed here
-            chosen[pick] = chosen.get(pick, 0) + 1
-            result["auto"] = result[pick]
+            results = {}
+            for m, methods in ((model, tuple(args.methods)), (baseline, tuple(args.baseline_methods))):
+                if m is None:
+                    continue
+                result, body_strengths = m.predictions(support, song_id, curves, methods)
+                if body_strengths is not None and m is model:
+                    for dimension, strength in zip(("arousal", "valence"), body_strengths, strict=True):
+                        key = f"{dimension} {strength:g}"
+                        strengths[key] = strengths.get(key, 0) + 1
+                if "head" in methods:
+                    result["head"] = m.head_adapted(support, items, song_id, config)
+                if "auto" in methods:  # leave-one-song-out among none / calibrate / ridge (k >= 2)
+                    if len(support) >= 2:
+                        per_fold = []
+                        for held in support:
+                            fold = m.predictions(
+                                [s for s in support if s != held], held, curves, ("calibrate", "ridge")
+                            )[0]
+                            per_fold.append(
+                                {
+                                    (name, 0): scores_of(*fold[name], *curves(held))["average"]
+                                    for name in ("none", "calibrate", "ridge")
+                                }
+                            )
+                        pick = choose(tabulate(per_fold), len(per_fold), 0.0, "simplest")["method"]
+                    else:
+                        pick = "calibrate"  # auto_single's default; its block check is not replayed here
+                    if m is model:
+                        chosen[pick] = chosen.get(pick, 0) + 1
+                    if pick not in result:
+                        result[pick] = m.predictions(support, song_id, curves, (pick,))[0][pick]
+                    result["auto"] = result[pick]
+                results[id(m)] = result
+            named = {name: results[id(m)][method] for name, m, method in rows_of}
+            named["reference"] = results[id(reference[0])]["none"]
             for name, own in (("oracle: own cues", True), ("oracle: mean listener", False)):
-                result[name] = oracle_curves(truth, str(song_id), rater, len(target[0]), own)
-            for name, (a, v) in result.items():
+                named[name] = oracle_curves(truth, str(song_id), rater, len(target[0]), own)
+            for name, (a, v) in named.items():
                 scores.setdefault(name, {}).setdefault(rater, []).append(scores_of(a, v, *target)["average"])
-        base = {r: float(np.mean(v)) for r, v in scores["none"].items()}
+        base = {r: float(np.mean(v)) for r, v in scores["reference"].items()}
         rows = []
-        for name in (*METHODS, "oracle: mean listener", "oracle: own cues"):
+        for name in (*(name for name, _, _ in rows_of), "oracle: mean listener", "oracle: own cues"):
+            if baseline is None and name == "none":
+                continue
             gains = {r: float(np.mean(v)) - base[r] for r, v in scores[name].items()}
             cells = [name]
             for group in GROUPS:
@@ -246,11 +309,14 @@ def main() -> None:
             rows.append(cells)
         mean_none = np.mean(list(base.values()))
         title = (
-            f"### k = {k}: {len(base)} raters, {sum(len(v) for v in scores['none'].values())} pairs; "
-            f"the model's own score {mean_none:.3f}; auto chose {dict(sorted(chosen.items()))}"
+            f"### k = {k}: {len(base)} raters, {sum(len(v) for v in scores['reference'].values())} pairs; "
+            f"the {'DMER model' if baseline else 'model'}'s own score {mean_none:.3f}"
         )
-        title += f"\n\nbody_ridge's strengths (songs): {dict(sorted(strengths.items()))}"
-        header = ["gain over the model", *GROUPS, "not worse", "worst"]
+        if chosen:
+            title += f"; auto chose {dict(sorted(chosen.items()))}"
+        if strengths:
+            title += f"\n\nbody_ridge's strengths (songs): {dict(sorted(strengths.items()))}"
+        header = ["gain over the " + ("DMER model" if baseline else "model"), *GROUPS, "not worse", "worst"]
         parts.append(f"{title}\n\n{markdown(header, rows)}\n")
         print(parts[-1], flush=True)
     if args.out:

@@ -5,7 +5,7 @@ or None, ``arousal`` / ``valence`` [B, T] in the dataset's label range. An *epis
 (`dsaml.data.batch.Episode`) is ``{"support": batch, "query": batch}`` of one rater. `adapt` is shared by
 the Lightning module's evaluation protocols and by `dsaml-personalize`; `adapt_head` adapts only the head
 (BiLSTM + regressor) on body features computed once per support batch (Raghu et al., ICLR 2020);
-`meta_backward` is the outer step of PDMER training (full or head-only inner loop).
+`meta_backward` is the outer step of PDMER training (full, head-only or closed-form read-out inner loop).
 """
 
 from __future__ import annotations
@@ -256,6 +256,7 @@ def meta_backward(
     net: DSAMLNet | None = None,
     engine: str = DEFAULT_META_ENGINE,
     chunk: int | None = None,
+    readout_strength: float | None = None,
 ) -> MetaStepStats:
     """Accumulate the meta-gradient of `episodes` into the `.grad` of `maml`'s parameters.
 
@@ -269,9 +270,19 @@ def meta_backward(
     loss then reaches the body directly and the head through its adapted copy.
     engine: "sequential" (one episode after another, learn2learn) or "batched" (`chunk` episodes at a time,
     None = all, with stacked per-episode parameters: `dsaml.meta.batched`; the DSAML loss only).
+    readout_strength: the read-out inner loop (task.inner_loop=readout; `maml` is then the plain network,
+    `steps` and `loss_fn` are not used): per episode the head's read-out is refitted in closed form on the
+    support with this prior strength in songs (`dsaml.meta.readout.readout_episode_loss`) and the query loss
+    backpropagates through the solve into the whole network, the trained read-out (the prior) included.
+    Sequential engine only.
     """
     if engine not in META_ENGINES:
         raise ValueError(f"meta_backward: engine={engine!r}: expected one of {', '.join(META_ENGINES)}")
+    if readout_strength is not None and engine != "sequential":
+        raise ValueError(
+            "meta_backward: task.inner_loop=readout runs on the sequential engine only "
+            f"(task.meta_engine=sequential, not {engine})"
+        )
     if engine == "batched":
         if loss_fn is not batch_loss:
             raise ValueError("meta_backward: the batched engine computes the DSAML loss only (loss_fn)")
@@ -285,13 +296,25 @@ def meta_backward(
     inner: list[list[float]] = []
     for index, episode in enumerate(episodes):
         try:
-            if net is None:
-                adaptation = adapt(
-                    maml, episode["support"], steps, train_mode=None, isolate_buffers=False, loss_fn=loss_fn
-                )
+            if readout_strength is not None:
+                from dsaml.meta.readout import readout_episode_loss  # it builds on this module
+
+                loss, scores = readout_episode_loss(maml, episode, readout_strength)
+                inner_losses: list[float] = []
             else:
-                adaptation = adapt_head(net, episode["support"], steps, head=maml, train_mode=None)
-            loss, scores = loss_fn(adaptation.learner, episode["query"])
+                if net is None:
+                    adaptation = adapt(
+                        maml,
+                        episode["support"],
+                        steps,
+                        train_mode=None,
+                        isolate_buffers=False,
+                        loss_fn=loss_fn,
+                    )
+                else:
+                    adaptation = adapt_head(net, episode["support"], steps, head=maml, train_mode=None)
+                loss, scores = loss_fn(adaptation.learner, episode["query"])
+                inner_losses = adaptation.losses
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite query loss {loss.item()}")
         except FloatingPointError as error:
@@ -301,7 +324,7 @@ def meta_backward(
         backward(loss / episodes_in_meta_batch)
         q_losses.append(float(loss.detach()))
         q_scores.append({k: float(v.detach()) for k, v in scores.items()})
-        inner.append(adaptation.losses)
+        inner.append(inner_losses)
     n = max(len(q_losses), 1)
     mean_scores = {k: sum(s[k] for s in q_scores) / n for k in (q_scores[0] if q_scores else {})}
     return MetaStepStats(query_loss=sum(q_losses) / n, query_scores=mean_scores, adapt_losses=inner)

@@ -15,6 +15,8 @@ more songs, contiguous blocks of the song with one (as `auto`); DEFAULT_STRENGTH
 Why this read-out: a listener who weights the music's cues differently (docs/listeners.md) needs another
 linear combination of what the network hears, which no output map of its prediction can give, and a few
 songs determine d (= 16 in the demo model) read-out weights only with a prior to shrink toward.
+`readout_episode_loss` is the same fit as PDMER meta-training's inner loop (task.inner_loop=readout, as in
+R2-D2 / MetaOptNet): differentiable, so the query loss trains the features z and the prior (w0, b0).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dsaml.losses import dsaml_loss
 from dsaml.meta.adaptation import HeadAdaptedNet
 from dsaml.models.network import DSAMLNet
 
@@ -44,6 +47,11 @@ class Readout:
     strengths: tuple[float, float]
 
 
+def readout_input(head: nn.Module, encoded: Tensor) -> Tensor:
+    """The input z [B, T, d] of ``head.out`` (before its dropout) from the body's output [B, T, D]."""
+    return head.hidden(head.bilstm(encoded)[0])
+
+
 def readout_features(net: DSAMLNet, batches: Sequence[Mapping[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
     """Per support batch (one song): (z [N, d], targets [N, 2]) float64, z the input of ``head.out`` for
     every segment of every window, computed without gradient in eval mode."""
@@ -55,7 +63,7 @@ def readout_features(net: DSAMLNet, batches: Sequence[Mapping[str, Tensor]]) -> 
         with torch.no_grad():
             for batch in batches:
                 encoded = net.body(batch["logmel"], batch.get("global"), return_diagonal=False)["encoded"]
-                z = head.hidden(head.bilstm(encoded)[0])
+                z = readout_input(head, encoded)
                 targets = torch.stack([batch["arousal"], batch["valence"]], -1)
                 out.append(
                     (z.reshape(-1, z.shape[-1]).double(), targets.reshape(-1, 2).double().to(z.device))
@@ -68,11 +76,12 @@ def readout_features(net: DSAMLNet, batches: Sequence[Mapping[str, Tensor]]) -> 
 def fit_ridge(
     z: Tensor, y: Tensor, w0: Tensor, b0: Tensor, strength: float, songs: int
 ) -> tuple[Tensor, Tensor]:
-    """Ridge read-out of one dimension shrunk toward (w0 [d], b0 []): z [N, d], y [N] -> (w [d], b [])."""
+    """Ridge read-out of one dimension shrunk toward (w0 [d], b0 []): z [N, d], y [N] -> (w [d], b []), in
+    z's dtype; differentiable in z, y, w0 and b0 (lam too: it scales with z's variance)."""
     residual = y - z @ w0 - b0
     z_mean, r_mean = z.mean(0), residual.mean()
     zc, rc = z - z_mean, residual - r_mean
-    lam = strength * (len(z) / songs) * float(zc.var(0, unbiased=False).mean()) + 1e-12
+    lam = strength * (len(z) / songs) * zc.var(0, unbiased=False).mean() + 1e-12
     delta = torch.linalg.solve(
         zc.T @ zc + lam * torch.eye(z.shape[1], dtype=z.dtype, device=z.device), zc.T @ rc
     )
@@ -138,3 +147,27 @@ def adapt_readout(net: DSAMLNet, batches: Sequence[Mapping[str, Tensor]]) -> Hea
     adapted = HeadAdaptedNet(net, head.eval())
     adapted.readout_strengths = readout.strengths  # type: ignore[attr-defined]
     return adapted
+
+
+def readout_episode_loss(
+    net: DSAMLNet, episode: Mapping[str, Mapping[str, Tensor]], strength: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The read-out inner loop of one PDMER episode (task.inner_loop=readout): z [B*T, d] of the support
+    clips (one clip per song, with gradient, in `net`'s current mode), per dimension `fit_ridge` toward
+    ``head.out``'s (w0, b0) with `strength` songs, then the DSAML loss (attention regulariser included) of
+    the refitted read-out on the query clips (their z through the head's dropout, as in the forward).
+    Returns (loss, scores) as `dsaml_loss`; the loss is differentiable in every parameter of `net`."""
+    head = net.head
+    support, query = episode["support"], episode["query"]
+    encoded = net.body(support["logmel"], support.get("global"), return_diagonal=False)["encoded"]
+    z = readout_input(head, encoded)
+    z = z.reshape(-1, z.shape[-1])
+    y = torch.stack([support["arousal"], support["valence"]], -1).reshape(-1, 2).to(z)
+    songs = len(support["arousal"])
+    fits = [fit_ridge(z, y[:, i], head.out.weight[i], head.out.bias[i], strength, songs) for i in range(2)]
+    body = net.body(query["logmel"], query.get("global"))
+    z_query = head.dropout(readout_input(head, body["encoded"]))
+    out = z_query @ torch.stack([w for w, _ in fits]).T + torch.stack([b for _, b in fits])
+    predicted = {"arousal": out[..., 0], "valence": out[..., 1]}
+    predicted["attention_diagonal"] = body["attention_diagonal"]
+    return dsaml_loss(predicted, query["arousal"], query["valence"])

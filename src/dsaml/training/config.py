@@ -41,7 +41,7 @@ from dsaml.meta.methods import INNER_LOOP_DEFAULTS, AdaptationConfig
 TASKS = ("dmer", "pdmer")
 PROTOCOLS = {"dmer": ("dmer",), "pdmer": ("pdmer_unadapted", "pdmer_within_song", "pdmer_cross_song")}
 MONITOR_MODES = ("max", "min")
-INNER_LOOPS = ("full", "head")
+INNER_LOOPS = ("full", "head", "readout")
 CROSS_SUPPORT = ("clip", "song")
 # datasets with per-rater curves (PDMER needs them)
 PER_RATER_DATASETS = ("deam", "synthetic")
@@ -110,7 +110,11 @@ class InnerLoop(Config):
 
     inner_steps / inner_lr / first_order: the inner loop of meta-training (second order when first_order is
     false). eval_inner_steps: inner steps at validation and in the test protocols (None = inner_steps).
-    inner_loop: what it adapts: full (the whole network, the paper's) | head (ANIL). meta_engine: how a
+    inner_loop: what it adapts: full (the whole network, the paper's) | head (ANIL) | readout (the head's
+    final read-out refitted in closed form on the support, ridge toward the trained one with
+    readout_strength songs of evidence, differentiated through; no inner SGD steps: inner_steps / inner_lr
+    are not used; validation adapts with the test-time ridge, test with adaptation=ridge; sequential engine
+    only). meta_engine: how a
     meta-batch's episodes, and the test protocols' (listener, song) pairs with an inner-loop method, are
     adapted: batched (together, stacked per-episode parameters; docs/meta-engine.md) | sequential (one after
     another, learn2learn). meta_chunk: episodes (test: items and pairs) per batched call (None = the whole
@@ -122,8 +126,17 @@ class InnerLoop(Config):
     first_order: bool = flag(INNER_LOOP_DEFAULTS["first_order"])
     eval_inner_steps: int | None = integer(None, low=0, optional=True)
     inner_loop: str = choice("full", INNER_LOOPS)
+    readout_strength: float = number(1.0, low=0, low_open=True)
     meta_engine: str = choice(DEFAULT_META_ENGINE, META_ENGINES)
     meta_chunk: int | None = integer(None, low=1, optional=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inner_loop == "readout" and self.meta_engine != "sequential":
+            raise ConfigError(
+                f"task.inner_loop=readout runs on the sequential engine only: task.meta_engine="
+                f"{self.meta_engine!r}, expected sequential"
+            )
 
     @property
     def adapt_steps(self) -> int:
@@ -181,6 +194,7 @@ class PDMERConfig(InnerLoop, Episodes, TaskConfig):
     """The `task:` group of task=pdmer: `TaskConfig` plus `Episodes` and `InnerLoop`."""
 
     name: str = choice("pdmer", ("pdmer",))
+    test_protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS["pdmer"]))
 
 
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {"dmer": TaskConfig, "pdmer": PDMERConfig}

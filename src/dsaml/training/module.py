@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dsaml import __version__ as dsaml_version
-from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem
+from dsaml.data.batch import ClipBatch, Episode, MetaBatch, SongItem, as_batch, clips_of
 from dsaml.losses import dsaml_loss
 from dsaml.meta import (
     AdaptationConfig,
@@ -32,6 +32,7 @@ from dsaml.meta import (
 )
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import adapt_many
+from dsaml.meta.readout import adapt_readout
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -92,7 +93,8 @@ class DSAMLModule(L.LightningModule):
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
         self.head_only = self.meta and self.task_cfg.inner_loop == "head"
-        if self.meta:  # not a registered submodule: the weights stay under "net." only
+        self.readout = self.meta and self.task_cfg.inner_loop == "readout"  # closed form: no wrapper
+        if self.meta and not self.readout:  # not a registered submodule: the weights stay under "net." only
             inner = self.net.head if self.head_only else self.net
             self.__dict__["maml"] = maml_wrap(inner, self.task_cfg.inner_lr, self.task_cfg.first_order)
         self._eval_rows: list[dict[str, Any]] = []
@@ -162,7 +164,7 @@ class DSAMLModule(L.LightningModule):
             )
 
         stats = meta_backward(
-            self.maml,
+            self.net if self.readout else self.maml,
             episodes,
             self.task_cfg.inner_steps,
             int(batch["episodes_per_step"]),
@@ -171,6 +173,7 @@ class DSAMLModule(L.LightningModule):
             net=self.net if self.head_only else None,
             engine=self.task_cfg.meta_engine,
             chunk=self.task_cfg.meta_chunk,
+            readout_strength=self.task_cfg.readout_strength if self.readout else None,
         )
         if self.trainer.world_size > 1:
             self._all_reduce_gradients()
@@ -238,7 +241,8 @@ class DSAMLModule(L.LightningModule):
                 {"id": song, "loss": loss, **r} for song, r in zip(batch["songs"], rows, strict=True)
             )
             return
-        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop), score the query;
+        # PDMER: held-out raters; adapt on the support clips (the meta-training inner loop; readout: the
+        # test-time ridge, one support clip per song, strength chosen leave-one-song-out), score the query;
         # the batched engine adapts `test_group` episodes together (the rest at the epoch's end)
         self._waiting.append(batch)
         if len(self._waiting) >= self.test_group:
@@ -247,7 +251,9 @@ class DSAMLModule(L.LightningModule):
     def _validate_waiting(self) -> None:
         cfg = self.task_cfg
         episodes, self._waiting = self._waiting, []
-        if cfg.meta_engine == "batched":
+        if self.readout:
+            nets = [adapt_readout(self.net, [as_batch(c) for c in clips_of(e["support"])]) for e in episodes]
+        elif cfg.meta_engine == "batched":
             learner = "head" if self.head_only else "maml"
             supports = [[episode["support"]] for episode in episodes]
             adapted = dict(
