@@ -1,7 +1,7 @@
 """Every GPU check in one command (`make gpu-check`): tests, training, benchmarks -> one markdown report.
 
 On a CUDA machine, in order (each a subprocess with a time limit; a failure is recorded and the rest run):
-- the CUDA-relevant tests (tests/test_device.py: float32 parity with the original, the fused CNN against
+- the CUDA-relevant tests (tests/models/test_device.py: float32 parity with the original, the fused CNN against
   PyTorch's native kernels, whole-song prediction against the CPU) with DSAML_TEST_DEVICE=cuda;
 - a tiny synthetic corpus and its feature store (dsaml-synth synth=tiny, dsaml-preprocess), unless --store;
 - DMER and PDMER trained a few steps with trainer=gpu, and with trainer=ddp on the GPUs there are
@@ -11,7 +11,7 @@ On a CUDA machine, in order (each a subprocess with a time limit; a failure is r
   projected time of the paper's 2000 meta-batches), and bench_stride.py (accuracy on the DMER model just
   trained, speed at paper size on CUDA).
 Without CUDA (or with --dry) the same checks run at tiny sizes on the CPU (trainer=cpu and trainer=ddp_cpu
-instead of gpu and ddp), which tests/test_gpu_check.py does inside `make test`.
+instead of gpu and ddp), which tests/e2e/test_gpu_check.py does inside `make test`.
 
 Writes gpu_check.md (device, versions, every check's pass/fail, time and printed figures) into $OUT when it is
 set, else into --out, prints where, and exits 1 when a check failed. GPU_CHECK_INSTALL_S (seconds the install
@@ -91,7 +91,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
     store = Path(args.store) if args.store else work / "tiny.h5"
     checks = [
         Check(
-            "tests (tests/test_device.py)",
+            "tests (tests/models/test_device.py)",
             [
                 sys.executable,
                 "-m",
@@ -99,7 +99,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 "-q",
                 "-p",
                 "no:cacheprovider",
-                str(ROOT / "tests" / "test_device.py"),
+                str(ROOT / "tests" / "models" / "test_device.py"),
             ],
             300,
             {"DSAML_TEST_DEVICE": device},

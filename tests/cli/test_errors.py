@@ -16,7 +16,7 @@ from app_fixtures import tiny_net
 from dsaml.cli.convert import main as convert_main
 from dsaml.models.compat import state_dict_to_original
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 

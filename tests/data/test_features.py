@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from data_fixtures import direct_logmel, tiny_corpus, tiny_store, write_tone  # noqa: F401
+from data_fixtures import direct_logmel, write_tone
 from dsaml.config import ConfigError
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import FeatureConfig, song_logmel
@@ -66,10 +66,10 @@ def test_feature_config_is_validated():
     assert FeatureConfig().n_frames == 51
 
 
-def test_store_equals_direct_computation_for_each_source_kind(tiny_corpus, tiny_store):  # noqa: F811
+def test_store_equals_direct_computation_for_each_source_kind(tiny_corpus, tiny_store_f32):
     """float32 store mode: 48 kHz and 22.05 kHz, mono and stereo MP3s, clips and full songs."""
     truth = load_truth(tiny_corpus)["songs"]
-    store = FeatureStore(tiny_store)
+    store = FeatureStore(tiny_store_f32)
     picked = {}
     for song_id, info in truth.items():
         picked.setdefault((info["sample_rate"], info["channels"], info["kind"]), song_id)

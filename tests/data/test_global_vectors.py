@@ -16,7 +16,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from data_fixtures import tiny_corpus, tiny_store  # noqa: F401
 from dsaml.cli.preprocess import run as preprocess_cli
 from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.catalogue import DataError
@@ -24,7 +23,6 @@ from dsaml.data.global_vectors import GlobalVectorsConfig, add_global_vectors, p
 from dsaml.data.store import FeatureStore
 from dsaml.training.run import run as train
 from model_fixtures import TINY_CLAP_DIM as D_CLAP
-from model_fixtures import tiny_clap as clap_checkpoint  # noqa: F401
 from train_fixtures import DMER_TINY, train_config
 
 
@@ -75,11 +73,11 @@ class CountingEncoder:
         return self.encoder.song_vectors(*args, **kwargs)
 
 
-def test_clap_vectors_equal_a_direct_encoder_computation(tiny_store, clap_checkpoint, tmp_path):  # noqa: F811
+def test_clap_vectors_equal_a_direct_encoder_computation(tiny_store_f32, tiny_clap, tmp_path):
     from dsaml.models.clap import ClapAudioEncoder
 
-    store = _copy(tiny_store, tmp_path)
-    summary = add_global_vectors(store, _clap(clap_checkpoint))
+    store = _copy(tiny_store_f32, tmp_path)
+    summary = add_global_vectors(store, _clap(tiny_clap))
     vectors = _stored(store, "clap")
     with FeatureStore(store) as reader:
         info = {s: reader.song_info(s) for s in reader.song_ids()}
@@ -92,7 +90,7 @@ def test_clap_vectors_equal_a_direct_encoder_computation(tiny_store, clap_checkp
     for s in songs:
         assert vectors[s].shape == (info[s]["n_segments"], D_CLAP)
     # independent decode (soundfile, channel mean) and a separately loaded encoder
-    encoder = ClapAudioEncoder.from_pretrained(clap_checkpoint, batch_size=5)
+    encoder = ClapAudioEncoder.from_pretrained(tiny_clap, batch_size=5)
     for s in [*clips[:2], songs[0]]:
         frames, rate = sf.read(info[s]["audio_path"], dtype="float32", always_2d=True)
         audio = frames.mean(axis=1)
@@ -105,34 +103,34 @@ def test_clap_vectors_equal_a_direct_encoder_computation(tiny_store, clap_checkp
     with h5py.File(store) as handle:
         attrs = dict(handle["global/clap"].attrs)
     assert attrs["source"] == "clap" and attrs["dim"] == D_CLAP
-    assert attrs["path"] == str(clap_checkpoint.resolve()) and "ClapModel" in attrs["encoder"]
+    assert attrs["path"] == str(tiny_clap.resolve()) and "ClapModel" in attrs["encoder"]
 
 
-def test_interrupted_run_resumes_and_done_songs_are_skipped(tiny_store, clap_checkpoint, tmp_path):  # noqa: F811
+def test_interrupted_run_resumes_and_done_songs_are_skipped(tiny_store_f32, tiny_clap, tmp_path):
     from dsaml.models.clap import ClapAudioEncoder
 
-    encoder = ClapAudioEncoder.from_pretrained(clap_checkpoint)
-    store = _copy(tiny_store, tmp_path)
+    encoder = ClapAudioEncoder.from_pretrained(tiny_clap)
+    store = _copy(tiny_store_f32, tmp_path)
     first = CountingEncoder(encoder, interrupt_at=4)
     with pytest.raises(KeyboardInterrupt):
-        add_global_vectors(store, _clap(clap_checkpoint), encoder=first)
+        add_global_vectors(store, _clap(tiny_clap), encoder=first)
     assert len(list(parts_dir(store, "clap").glob("*.npy"))) == 4
     assert FeatureStore(store).global_names() == []  # the store is only written at the end
 
     second = CountingEncoder(encoder)
-    summary = add_global_vectors(store, _clap(clap_checkpoint), encoder=second)
+    summary = add_global_vectors(store, _clap(tiny_clap), encoder=second)
     assert second.calls == summary.computed == 22 and summary.resumed == 4
     assert not parts_dir(store, "clap").exists()
     resumed = _stored(store, "clap")
 
     (tmp_path / "clean").mkdir()
-    clean = _copy(tiny_store, tmp_path / "clean")
-    add_global_vectors(clean, _clap(clap_checkpoint), encoder=encoder)
+    clean = _copy(tiny_store_f32, tmp_path / "clean")
+    add_global_vectors(clean, _clap(tiny_clap), encoder=encoder)
     for song, vectors in _stored(clean, "clap").items():
         np.testing.assert_array_equal(resumed[song], vectors)
 
     third = CountingEncoder(encoder)
-    again = add_global_vectors(store, _clap(clap_checkpoint), encoder=third)
+    again = add_global_vectors(store, _clap(tiny_clap), encoder=third)
     assert third.calls == 0 and again.stored == 26 and again.computed == 0
 
     # another source under the same name: refused before any work, replaced with overwrite=true
@@ -164,8 +162,8 @@ def _random_table(store: Path, dim: int, seed: int = 0) -> dict[str, np.ndarray]
     }
 
 
-def test_file_import_round_trip_npz_and_h5(tiny_store, tmp_path):  # noqa: F811
-    store = _copy(tiny_store, tmp_path)
+def test_file_import_round_trip_npz_and_h5(tiny_store_f32, tmp_path):
+    store = _copy(tiny_store_f32, tmp_path)
     table = _random_table(store, 8)
     with h5py.File(store, "r+") as handle:  # a song that failed preprocessing may be in the file
         handle.attrs["failures"] = json.dumps([{"id": "4242", "path": "x.mp3", "reason": "empty file"}])
@@ -188,8 +186,8 @@ def test_file_import_round_trip_npz_and_h5(tiny_store, tmp_path):  # noqa: F811
         np.testing.assert_array_equal(reader.global_vectors("twice", song, 5, 65), table[song][5:65] * 2)
 
 
-def test_file_that_does_not_fit_the_store_is_refused_naming_songs_and_shapes(tiny_store, tmp_path):  # noqa: F811
-    store = _copy(tiny_store, tmp_path)
+def test_file_that_does_not_fit_the_store_is_refused_naming_songs_and_shapes(tiny_store_f32, tmp_path):
+    store = _copy(tiny_store_f32, tmp_path)
     shapes = _shapes(store)
     clip = next(s for s, (mode, _) in shapes.items() if mode == "clip")
     song = next(s for s, (mode, _) in shapes.items() if mode == "song")
@@ -220,8 +218,8 @@ def test_file_that_does_not_fit_the_store_is_refused_naming_songs_and_shapes(tin
         )
 
 
-def test_broken_audio_is_reported_and_retried_on_the_next_run(tiny_store, clap_checkpoint, tmp_path):  # noqa: F811
-    store = _copy(tiny_store, tmp_path)
+def test_broken_audio_is_reported_and_retried_on_the_next_run(tiny_store_f32, tiny_clap, tmp_path):
+    store = _copy(tiny_store_f32, tmp_path)
     with FeatureStore(store) as reader:
         ids = reader.song_ids()
         paths = list(reader._t["songs"]["audio_path"])
@@ -234,7 +232,7 @@ def test_broken_audio_is_reported_and_retried_on_the_next_run(tiny_store, clap_c
     broken[ids[1]], broken[ids[3]] = str(junk), str(changed)
     with h5py.File(store, "r+") as handle:
         handle["songs/audio_path"][...] = list(broken.values())
-    summary = add_global_vectors(store, _clap(clap_checkpoint))
+    summary = add_global_vectors(store, _clap(tiny_clap))
     assert summary.computed == 24 and [f["id"] for f in summary.failures] == [ids[1], ids[3]]
     assert summary.failures[0] == {
         "id": ids[1],
@@ -246,7 +244,7 @@ def test_broken_audio_is_reported_and_retried_on_the_next_run(tiny_store, clap_c
         reader.global_vectors("clap", ids[1])
     with h5py.File(store, "r+") as handle:  # the files are fixed: the next run computes just those two
         handle["songs/audio_path"][...] = paths
-    again = add_global_vectors(store, _clap(clap_checkpoint))
+    again = add_global_vectors(store, _clap(tiny_clap))
     assert again.computed == 2 and again.stored == 24 and not again.failures
     assert _stored(store, "clap")[ids[1]].shape == (1, D_CLAP)
 
@@ -263,12 +261,12 @@ def _cli(tmp_path: Path, *overrides: str) -> tuple[int, str]:
     return code, log.read_text()
 
 
-def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store, clap_checkpoint, tmp_path):  # noqa: F811
-    store = _copy(tiny_store, tmp_path)
+def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store_f32, tiny_clap, tmp_path):
+    store = _copy(tiny_store_f32, tmp_path)
     with h5py.File(store) as handle:
         logmel = handle["features/logmel"][:50]
     args = [f"data.root={tiny_corpus}", f"paths.store={store}", "dtype=float32", "progress=false"]
-    clap_args = ["global_vectors=clap", f"global_vectors.path={clap_checkpoint}", "global_vectors.device=cpu"]
+    clap_args = ["global_vectors=clap", f"global_vectors.path={tiny_clap}", "global_vectors.device=cpu"]
     code, log = _cli(tmp_path, *args, *clap_args)
     assert code == 0, log
     assert f"{store} is up to date (26 songs)" in log  # the log-mel was not recomputed
@@ -291,10 +289,10 @@ def test_preprocess_adds_vectors_to_an_up_to_date_store(tiny_corpus, tiny_store,
     assert "set global_vectors.overwrite=true" in log
 
 
-def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):  # noqa: F811
+def test_configuration_errors_stop_before_any_work(tiny_clap, tmp_path):
     store = tmp_path / "never.h5"
     base = [f"data.root={tmp_path}", f"paths.store={store}"]
-    clap = ["global_vectors=clap", f"global_vectors.path={clap_checkpoint}"]
+    clap = ["global_vectors=clap", f"global_vectors.path={tiny_clap}"]
     for overrides, message in (
         (["global_vectors=clap"], "global_vectors=clap needs global_vectors.path=..."),
         (
@@ -330,8 +328,8 @@ def test_configuration_errors_stop_before_any_work(clap_checkpoint, tmp_path):  
     assert not store.exists()
 
 
-def test_training_reads_precomputed_vectors(tiny_store, tmp_path):  # noqa: F811
-    store = _copy(tiny_store, tmp_path)
+def test_training_reads_precomputed_vectors(tiny_store_f32, tmp_path):
+    store = _copy(tiny_store_f32, tmp_path)
     np.savez(tmp_path / "imagebind.npz", **_random_table(store, 8))
     add_global_vectors(
         store, GlobalVectorsConfig(source="file", name="imagebind", path=str(tmp_path / "imagebind.npz"))

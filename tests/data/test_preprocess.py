@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from data_fixtures import data_config, subset_tree, tiny_corpus  # noqa: F401
+from data_fixtures import data_config, subset_tree
 from dsaml.cli.preprocess import run
 from dsaml.config import CONFIG_DIR, ConfigError
 from dsaml.data.preprocess import PreprocessConfig, preprocess
@@ -62,7 +62,7 @@ def _gone(marker: str, within: float) -> bool:
     return False
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path):  # noqa: F811
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path):
     root = subset_tree(tiny_corpus, tmp_path / "corpus", _songs(tiny_corpus, 9))
     killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
     args = [f"data.root={root}", "workers=1", "progress=false", "dtype=float32"]
@@ -104,7 +104,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path): 
     )
 
 
-def test_broken_files_are_reported_and_strict_sets_the_exit_code(tiny_corpus, tmp_path):  # noqa: F811
+def test_broken_files_are_reported_and_strict_sets_the_exit_code(tiny_corpus, tmp_path):
     good, empty, junk = _songs(tiny_corpus, 3)[:3]
     root = subset_tree(tiny_corpus, tmp_path / "corpus", [good, empty, junk])
     audio = root / "DEAM_audio" / "MEMD_audio"
@@ -130,7 +130,7 @@ def test_broken_files_are_reported_and_strict_sets_the_exit_code(tiny_corpus, tm
     )
 
 
-def test_changed_audio_is_not_reported_up_to_date(tiny_corpus, tmp_path):  # noqa: F811
+def test_changed_audio_is_not_reported_up_to_date(tiny_corpus, tmp_path):
     """The store records every audio file's content: new audio under the same name needs a rebuild."""
     first, second = _songs(tiny_corpus, 2)[:2]
     root = subset_tree(tiny_corpus, tmp_path / "corpus", [first])
@@ -165,7 +165,7 @@ def test_configuration_errors_stop_before_any_work(tmp_path):
         FeatureStore(store)
 
 
-def test_an_existing_file_that_is_not_a_store_is_never_replaced(tiny_corpus, tmp_path):  # noqa: F811
+def test_an_existing_file_that_is_not_a_store_is_never_replaced(tiny_corpus, tmp_path):
     """paths.store=<a text file> or <someone's own HDF5 results> used to be replaced, exit 0; now refused
     before any work, the file intact; overwrite=true replaces it with the store."""
     root = subset_tree(tiny_corpus, tmp_path / "corpus", _songs(tiny_corpus, 1)[:1])

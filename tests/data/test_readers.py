@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from data_fixtures import data_config, tiny_corpus, write_tone  # noqa: F401
+from data_fixtures import data_config, write_pmemo
 from dsaml.config import ConfigError
 from dsaml.data.catalogue import Catalogue, DataError, Song
 from dsaml.data.readers import DataConfig, read_catalogue
@@ -25,7 +25,7 @@ def _flat_view(corpus, target):
     return target
 
 
-def test_deam_reader_matches_the_generator_truth_in_both_layouts(tiny_corpus, tmp_path):  # noqa: F811
+def test_deam_reader_matches_the_generator_truth_in_both_layouts(tiny_corpus, tmp_path):
     truth = load_truth(tiny_corpus)
     nested = read_catalogue(data_config(tiny_corpus))
     flat = read_catalogue(data_config(_flat_view(tiny_corpus, tmp_path / "flat")))
@@ -43,7 +43,7 @@ def test_deam_reader_matches_the_generator_truth_in_both_layouts(tiny_corpus, tm
     assert not nested.issues  # the arousal file's extra column is a known quirk, aligned by time
 
 
-def test_pdmer_raters_follow_the_original_filters(tiny_corpus):  # noqa: F811
+def test_pdmer_raters_follow_the_original_filters(tiny_corpus):
     truth = load_truth(tiny_corpus)
     catalogue = read_catalogue(data_config(tiny_corpus))
     counts: dict[str, int] = {}
@@ -83,7 +83,7 @@ def _copy_tree(corpus, target):
     return target
 
 
-def test_bad_deam_input_warns_or_fails_by_strict(tiny_corpus, tmp_path):  # noqa: F811
+def test_bad_deam_input_warns_or_fails_by_strict(tiny_corpus, tmp_path):
     root = _copy_tree(tiny_corpus, tmp_path / "bad")
     arousal = root / AVERAGED / "arousal.csv"
     lines = arousal.read_text().splitlines()
@@ -123,19 +123,6 @@ def test_layout_and_config_errors(tmp_path):
         data_config(tmp_path, pdmer={"min_song": 3})
     with pytest.raises(ConfigError, match="data.root is not set"):
         DataConfig.from_mapping({"name": "deam", "root": None})
-
-
-def write_pmemo(root, first_time=15.0, n_songs=3, seconds=21.0):
-    """A tiny PMEmo tree: wav choruses and the long-format dynamic_annotations.csv."""
-    (root / "chorus").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    rows = ["musicId,frameTime,Arousal(mean),Valence(mean)"]
-    for k, song in enumerate(range(1, 1 + n_songs)):
-        write_tone(root / "chorus" / f"{song}.wav", seconds, 22050, 2, seed=k)
-        for i in range(int((seconds - first_time) / 0.5) + 1):
-            rows.append(f"{song},{first_time + 0.5 * i:.1f},{0.5 + 0.01 * i:.3f},{0.4 - 0.01 * i:.3f}")
-    (root / "annotations" / "dynamic_annotations.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.mark.parametrize("first_time", [15.0, 15.5])

@@ -10,17 +10,16 @@ import pytest
 import torch
 
 import dsaml
-from data_fixtures import data_config, subset_tree, tiny_corpus, tiny_store  # noqa: F401
+from data_fixtures import data_config, subset_tree, write_pmemo
 from dsaml.data.audio import fingerprint_file
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.readers import DataConfig, read_catalogue
 from dsaml.data.store import FeatureStore, FeatureStoreWriter, StoreError
 from dsaml.data.synth.corpus import load_truth
-from test_data_readers import write_pmemo
 
 
-def test_contract_api_and_catalogue(tiny_corpus, tiny_store):  # noqa: F811
-    store = FeatureStore(tiny_store)
+def test_contract_api_and_catalogue(tiny_corpus, tiny_store_f32):
+    store = FeatureStore(tiny_store_f32)
     catalogue = read_catalogue(data_config(tiny_corpus))
     truth = load_truth(tiny_corpus)["songs"]
     assert store.dataset == "synthetic" and store.segments_per_clip == 60
@@ -59,19 +58,19 @@ def test_contract_api_and_catalogue(tiny_corpus, tiny_store):  # noqa: F811
         store.song_ids("val")
 
 
-def test_window_reads_equal_slices_of_the_whole_song(tiny_store):  # noqa: F811
-    store = FeatureStore(tiny_store)
+def test_window_reads_equal_slices_of_the_whole_song(tiny_store_f32):
+    store = FeatureStore(tiny_store_f32)
     song = store.song_ids("test")[-1]
     whole = store.logmel(song)
     for start, stop in ((0, 60), (17, 44), (len(whole) - 5, None), (3, 3)):
         np.testing.assert_array_equal(store.logmel(song, start, stop), whole[start:stop])
     # a window touches only the chunks it overlaps (chunks of 16 segments along the song axis)
-    with h5py.File(tiny_store) as handle:
+    with h5py.File(tiny_store_f32) as handle:
         assert handle["features/logmel"].chunks == (16, 51, 128)
 
 
-def test_metadata_attributes(tiny_corpus, tiny_store):  # noqa: F811
-    store = FeatureStore(tiny_store)
+def test_metadata_attributes(tiny_corpus, tiny_store_f32):
+    store = FeatureStore(tiny_store_f32)
     attrs = store.attrs
     assert attrs["dsaml_version"] == dsaml.__version__ and attrs["dtype"] == "float32"
     assert store.feature_config["n_fft"] == 2646 and store.feature_config["start_s"] == 15.0
@@ -83,9 +82,9 @@ def test_metadata_attributes(tiny_corpus, tiny_store):  # noqa: F811
         assert fingerprint == fingerprint_file(path)
 
 
-def test_global_vectors_per_clip_and_per_segment(tiny_store, tmp_path):  # noqa: F811
+def test_global_vectors_per_clip_and_per_segment(tiny_store_f32, tmp_path):
     path = tmp_path / "copy.h5"
-    path.write_bytes(tiny_store.read_bytes())
+    path.write_bytes(tiny_store_f32.read_bytes())
     store = FeatureStore(path)
     clip, song = store.song_ids("train")[0], store.song_ids("test")[0]
     n = store.n_segments(song)
@@ -110,8 +109,8 @@ def _read_in_child(store: FeatureStore, song: str, queue) -> None:
     queue.put(store.logmel(song, 0, 4).sum().item())
 
 
-def test_handles_are_opened_per_process(tiny_store):  # noqa: F811
-    store = FeatureStore(tiny_store)
+def test_handles_are_opened_per_process(tiny_store_f32):
+    store = FeatureStore(tiny_store_f32)
     song = store.song_ids()[0]
     expected = store.logmel(song, 0, 4).sum().item()  # the parent has an open handle before forking
     context = multiprocessing.get_context("fork")
@@ -127,14 +126,14 @@ def test_handles_are_opened_per_process(tiny_store):  # noqa: F811
     assert store.logmel(song, 0, 4).sum().item() == pytest.approx(expected)
 
 
-def test_float16_default_and_pmemo_refuses_per_rater(tiny_corpus, tiny_store, tmp_path):  # noqa: F811
-    song = FeatureStore(tiny_store).song_ids()[0]
+def test_float16_default_and_pmemo_refuses_per_rater(tiny_corpus, tiny_store_f32, tmp_path):
+    song = FeatureStore(tiny_store_f32).song_ids()[0]
     root = subset_tree(tiny_corpus, tmp_path / "sub", [song])
     half = tmp_path / "half.h5"
     preprocess(data_config(root), PreprocessConfig(workers=0, progress=False), half)
     with h5py.File(half) as handle:
         assert handle["features/logmel"].dtype == np.float16
-    reference = FeatureStore(tiny_store).logmel(song)
+    reference = FeatureStore(tiny_store_f32).logmel(song)
     stored = FeatureStore(half).logmel(song)
     assert stored.dtype == np.float32
     np.testing.assert_allclose(stored, reference, atol=1e-2, rtol=1e-3)

@@ -18,14 +18,14 @@ import h5py
 import numpy as np
 import pytest
 
-from data_fixtures import subset_tree, tiny_corpus, tiny_store  # noqa: F401
+from data_fixtures import subset_tree
 from dsaml.data.preprocess import PreprocessConfig, preprocess
 from dsaml.data.store import FeatureStore, StoreError
 from dsaml.data.validation import ConfigError
 from dsaml.training.run import run
 from train_fixtures import DMER_TINY, train_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 CLI = [sys.executable, "-m", "dsaml.cli.preprocess"]
 AVERAGED = "DEAM_Annotations/annotations/annotations averaged per song/dynamic (per second annotations)"
@@ -45,7 +45,7 @@ def _preprocess_cli(root: Path, store: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holder_is_stale(
-    tiny_corpus,  # noqa: F811
+    tiny_corpus,
     tmp_path,
 ):
     root, songs = _few_songs(tiny_corpus, tmp_path / "corpus")
@@ -80,7 +80,7 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holder_is_st
         assert built.song_ids() == songs
 
 
-def test_two_simultaneous_runs_leave_one_good_store(tiny_corpus, tmp_path):  # noqa: F811
+def test_two_simultaneous_runs_leave_one_good_store(tiny_corpus, tmp_path):
     root, songs = _few_songs(tiny_corpus, tmp_path / "corpus")
     store = tmp_path / "s.h5"
     first, second = _preprocess_cli(root, store), _preprocess_cli(root, store, "overwrite=true")
@@ -101,8 +101,8 @@ def _damaged_copy(store: Path, target: Path, edit) -> Path:
     return target
 
 
-def test_verify_finds_bad_offsets_counts_and_non_finite_values(tiny_store, tmp_path):  # noqa: F811
-    with FeatureStore(tiny_store) as good:
+def test_verify_finds_bad_offsets_counts_and_non_finite_values(tiny_store_f32, tmp_path):
+    with FeatureStore(tiny_store_f32) as good:
         good.verify(full=True)
         first = good.song_ids()[0]
 
@@ -115,26 +115,26 @@ def test_verify_finds_bad_offsets_counts_and_non_finite_values(tiny_store, tmp_p
     def poison(handle):
         handle["features/logmel"][0, 0, 0] = np.nan
 
-    with FeatureStore(_damaged_copy(tiny_store, tmp_path / "a.h5", shift)) as store:
+    with FeatureStore(_damaged_copy(tiny_store_f32, tmp_path / "a.h5", shift)) as store:
         with pytest.raises(StoreError, match=r"damaged: song '.*': offset"):
             store.verify()
-    with FeatureStore(_damaged_copy(tiny_store, tmp_path / "b.h5", shorten)) as store:
+    with FeatureStore(_damaged_copy(tiny_store_f32, tmp_path / "b.h5", shorten)) as store:
         with pytest.raises(StoreError, match=r"segments, /features/logmel"):
             store.verify()
-    with FeatureStore(_damaged_copy(tiny_store, tmp_path / "c.h5", poison)) as store:
+    with FeatureStore(_damaged_copy(tiny_store_f32, tmp_path / "c.h5", poison)) as store:
         store.verify()  # the cheap part reads no features
         with pytest.raises(StoreError, match=rf"song '{first}': non-finite features"):
             store.verify(full=True)
 
 
-def test_truncated_store_is_a_clear_error(tiny_store, tmp_path):  # noqa: F811
+def test_truncated_store_is_a_clear_error(tiny_store_f32, tmp_path):
     truncated = tmp_path / "t.h5"
-    truncated.write_bytes(tiny_store.read_bytes()[: tiny_store.stat().st_size // 2])
+    truncated.write_bytes(tiny_store_f32.read_bytes()[: tiny_store_f32.stat().st_size // 2])
     with pytest.raises(StoreError, match="not a readable feature store"):
         FeatureStore(truncated)
 
 
-def test_a_damaged_store_is_not_up_to_date(tiny_corpus, tmp_path):  # noqa: F811
+def test_a_damaged_store_is_not_up_to_date(tiny_corpus, tmp_path):
     root, songs = _few_songs(tiny_corpus, tmp_path / "corpus")
     from data_fixtures import data_config
 
@@ -153,7 +153,7 @@ def test_a_damaged_store_is_not_up_to_date(tiny_corpus, tmp_path):  # noqa: F811
         rebuilt.verify(full=True)
 
 
-def test_song_without_usable_labels_is_excluded_with_its_reason(tiny_corpus, tmp_path):  # noqa: F811
+def test_song_without_usable_labels_is_excluded_with_its_reason(tiny_corpus, tmp_path):
     root, songs = _few_songs(tiny_corpus, tmp_path / "corpus")
     for name in ("arousal.csv", "valence.csv"):
         path = root / AVERAGED / name
@@ -173,18 +173,18 @@ def test_song_without_usable_labels_is_excluded_with_its_reason(tiny_corpus, tmp
         built.verify(full=True)
 
 
-def test_training_refuses_a_store_with_other_feature_settings(tiny_store, tmp_path):  # noqa: F811
-    cfg = train_config(tiny_store, tmp_path, [*DMER_TINY, "data=synthetic", "data.features.n_mels=64"])
+def test_training_refuses_a_store_with_other_feature_settings(tiny_store_f32, tmp_path):
+    cfg = train_config(tiny_store_f32, tmp_path, [*DMER_TINY, "data=synthetic", "data.features.n_mels=64"])
     with pytest.raises(ConfigError, match=r"data.features.n_mels=64 \(store: 128\)"):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_non_finite_features_are_named_at_test(tiny_store, tmp_path):  # noqa: F811
+def test_non_finite_features_are_named_at_test(tiny_store_f32, tmp_path):
     """Inf in the test songs' features (a damaged store; training and validation never read them): the
     test stage stops naming the song instead of reporting NaN metrics."""
     damaged = tmp_path / "nan.h5"
-    with FeatureStore(tiny_store) as good:
+    with FeatureStore(tiny_store_f32) as good:
         songs = good.song_ids("test")
         offsets = {s: good.song_info(s)["offset"] for s in songs}
 
@@ -192,6 +192,6 @@ def test_non_finite_features_are_named_at_test(tiny_store, tmp_path):  # noqa: F
         for song in songs:
             handle["features/logmel"][offsets[song], 0, 0] = np.inf
 
-    _damaged_copy(tiny_store, damaged, poison)
+    _damaged_copy(tiny_store_f32, damaged, poison)
     with pytest.raises(StoreError, match=r"song '\d+' has non-finite \(NaN/inf\) logmel"):
         run(train_config(damaged, tmp_path / "run", DMER_TINY))

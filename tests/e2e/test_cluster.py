@@ -17,9 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from dsaml.config import CONFIG_DIR
-from slurm_fixtures import slurm_conf, slurm_env  # noqa: F401
-from test_reliability_runs import DROPOUT, _net, _rows
-from train_fixtures import DMER_TINY, TINY, tiny_store  # noqa: F401
+from slurm_fixtures import slurm_env
+from train_fixtures import DMER_TINY, DROPOUT, TINY, metrics_rows, net_weights
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 
 def launcher(*overrides: str) -> dict:
@@ -99,7 +100,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf, tiny_store, tmp_path):  # noqa: F811
+def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf, tiny_store, tmp_path):
     """Two identical jobs (seed=0,0); job 0 is requeued (what a preempting partition does) after its first
     epoch's checkpoint: Slurm restarts it, it resumes from its own last.ckpt, and its weights, metrics rows
     and test results equal job 1's, which ran uninterrupted."""
@@ -123,10 +124,10 @@ def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf
     assert "DUE TO JOB REQUEUE" in log, log[-4000:]
     assert f"Restoring states from the checkpoint path at {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in log
     interrupted, uninterrupted = sweep / "0", sweep / "1"
-    a, b = _net(uninterrupted), _net(interrupted)
+    a, b = net_weights(uninterrupted), net_weights(interrupted)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    rows_a, rows_b = _rows(uninterrupted), _rows(interrupted)
+    rows_a, rows_b = metrics_rows(uninterrupted), metrics_rows(interrupted)
     assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]  # earlier epochs' rows kept
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
         for key in row_a:
@@ -140,7 +141,7 @@ def test_requeued_job_resumes_its_run_and_equals_an_uninterrupted_one(slurm_conf
             )
 
 
-def test_a_failing_job_is_named_with_its_log_and_the_other_kept(slurm_conf, tiny_store, tmp_path):  # noqa: F811
+def test_a_failing_job_is_named_with_its_log_and_the_other_kept(slurm_conf, tiny_store, tmp_path):
     """Job 1 breaks inside its process (task.lr=-1, rejected by the job's config check, exit 2 without a
     result): the sweep ends, within the timeout, naming job #1 and its log; job 0's results are kept."""
     proc = slurm_sweep(tiny_store, tmp_path, slurm_conf, *DMER_TINY, "task.lr=1e-3,-1")

@@ -21,6 +21,8 @@ from dsaml.data.validation import ConfigError
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network
 
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
+
 TINY_RUNS = [
     "synth=tiny",
     "synth.audio_format=flac",  # the demo preset's container: every stage, the user tools included, reads it

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train_fixtures import tiny_store  # noqa: F401
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_dry_run_passes_every_check_and_writes_the_report(tiny_store, tmp_path):  # noqa: F811
+def test_dry_run_passes_every_check_and_writes_the_report(tiny_store, tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--dry", "--store", str(tiny_store)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

@@ -17,7 +17,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"
 # What the venv holds besides dsaml's requirements: the installer and what builds learn2learn and dsaml.
 BUILD_TOOLS = {"pip", "setuptools", "wheel", "cython"}

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from dsaml.config import CONFIG_DIR
 from dsaml.training.config import validate_train_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 CONFIGS = {  # console script -> its conf/<name>.yaml

@@ -26,7 +26,6 @@ from dsaml.meta.batched import (
 )
 from dsaml.training.config import TaskConfig
 from model_fixtures import assert_grads_close
-from train_fixtures import _one_thread  # noqa: F401
 
 STEPS, LR = 3, 0.05
 

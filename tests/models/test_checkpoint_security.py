@@ -30,9 +30,9 @@ from dsaml.models.checkpoint import (
 from dsaml.predictor import Predictor
 from dsaml.training.resume import RunDirectoryError
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, tiny_store, train_config  # noqa: F401
+from train_fixtures import DMER_TINY, train_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Payload:
@@ -121,7 +121,7 @@ def test_convert_refuses(evil, tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
 
-def test_training_loaders_refuse(evil, tiny_store, tmp_path):  # noqa: F811
+def test_training_loaders_refuse(evil, tiny_store, tmp_path):
     path, marker = evil
     cases = {
         "init_from": [f"init_from={path}"],
@@ -158,13 +158,13 @@ def eval_error(ckpt: Path, store: Path, run_dir: Path) -> str:
     return result.stderr
 
 
-def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):  # noqa: F811
+def test_eval_command_refuses_in_two_lines(evil, tiny_store, tmp_path):
     path, marker = evil
     assert "refused" in eval_error(path, tiny_store, tmp_path / "eval")
     assert not marker.exists()
 
 
-def test_resumed_run_never_tests_a_checkpoint_outside_its_folder(tiny_store, tmp_path):  # noqa: F811
+def test_resumed_run_never_tests_a_checkpoint_outside_its_folder(tiny_store, tmp_path):
     """A resume checkpoint that loads safely but whose ModelCheckpoint state points best_model_path at a
     payload file elsewhere: the test stage refuses it (and the payload never runs)."""
     marker = tmp_path / "PAYLOAD_RAN"
@@ -277,7 +277,7 @@ def test_damaged_checkpoints_get_one_message_in_predict_and_personalize(tmp_path
         assert message in buffer.getvalue(), buffer.getvalue()
 
 
-def test_damaged_checkpoints_in_training_and_another_architecture_named(tiny_store, tmp_path):  # noqa: F811
+def test_damaged_checkpoints_in_training_and_another_architecture_named(tiny_store, tmp_path):
     """init_from / ckpt_path (test only and resume) with each damaged kind: CheckpointError (exit 2 in the
     commands); a checkpoint of another width in train=false names the sizes and the config field."""
     cases = damaged_checkpoints(tmp_path)
@@ -300,6 +300,6 @@ def test_damaged_checkpoints_in_training_and_another_architecture_named(tiny_sto
     assert issubclass(CheckpointError, expected_errors())
 
 
-def test_eval_reports_a_truncated_checkpoint_in_one_line(tiny_store, tmp_path):  # noqa: F811
+def test_eval_reports_a_truncated_checkpoint_in_one_line(tiny_store, tmp_path):
     path, message = damaged_checkpoints(tmp_path)["truncated"]
     assert message in eval_error(path, tiny_store, tmp_path / "eval")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dsaml.models.clap import ClapAudioEncoder
-from model_fixtures import TINY_CLAP_DIM, tiny_clap  # noqa: F401
+from model_fixtures import TINY_CLAP_DIM
 
 
-def test_window_semantics_and_chunk_averaging(tiny_clap):  # noqa: F811
+def test_window_semantics_and_chunk_averaging(tiny_clap):
     encoder = ClapAudioEncoder.from_pretrained(tiny_clap, batch_size=8)
     sr = encoder.sample_rate
     rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def test_window_semantics_and_chunk_averaging(tiny_clap):  # noqa: F811
     np.testing.assert_allclose(long[62], embed(window[None])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_resampling_and_local_checkpoint_loading(tiny_clap, tmp_path):  # noqa: F811
+def test_resampling_and_local_checkpoint_loading(tiny_clap, tmp_path):
     encoder = ClapAudioEncoder.from_pretrained(tiny_clap)
     audio_16k = np.sin(np.arange(16000 * 46) / 16000 * 2 * np.pi * 440).astype(np.float32)
     vector = encoder.clip_vector(audio_16k, 16000)

@@ -13,7 +13,7 @@ from dsaml.config import CONFIG_DIR
 from dsaml.training.config import validate_train_config
 from dsaml.training.module import DSAMLModule
 from dsaml.training.run import build, run
-from train_fixtures import PDMER_TINY, _one_thread, compose_config, tiny_store, train_config  # noqa: F401
+from train_fixtures import PDMER_TINY, compose_config, train_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -32,7 +32,7 @@ def test_all_presets_are_listed():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_instantiates(experiment, tiny_store, tmp_path):  # noqa: F811
+def test_experiment_composes_and_instantiates(experiment, tiny_store, tmp_path):
     cfg = compose_config(
         "train", [f"experiment={experiment}", f"paths.store={tiny_store}"], output_dir=tmp_path
     )
@@ -97,7 +97,7 @@ def test_slurm_launcher_has_one_task_per_device(tmp_path):
         (["model.attention=sideways"], ValueError, r"model.attention='sideways' is not one of"),
     ],
 )
-def test_bad_values_fail_before_work(overrides, error, match, tiny_store, tmp_path):  # noqa: F811
+def test_bad_values_fail_before_work(overrides, error, match, tiny_store, tmp_path):
     cfg = train_config(tiny_store, tmp_path, overrides)
     with pytest.raises(error, match=match):
         run(cfg)
@@ -120,13 +120,13 @@ def test_unknown_override_is_rejected_by_hydra(tmp_path):
 
 
 @pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])
-def test_debug_presets_run(debug, tiny_store, tmp_path):  # noqa: F811
+def test_debug_presets_run(debug, tiny_store, tmp_path):
     metrics = run(train_config(tiny_store, tmp_path, [*PDMER_TINY, f"debug={debug}", "trainer.max_epochs=1"]))
     assert "train/loss_step" in metrics
     assert (tmp_path / "results.json").is_file() == (debug == "fast_dev_run")  # overfit: no test
 
 
-def test_init_from_starts_from_a_checkpoints_weights(tiny_store, tmp_path):  # noqa: F811
+def test_init_from_starts_from_a_checkpoints_weights(tiny_store, tmp_path):
     """init_from copies the network weights (fresh optimiser); a differently shaped network is refused."""
     import torch
 

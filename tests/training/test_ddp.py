@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dsaml.training.run import build, run
-from train_fixtures import PDMER_TINY, TINY, _one_thread, tiny_store, train_config  # noqa: F401
+from train_fixtures import PDMER_TINY, TINY, train_config
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 STEPS = [
     "task.steps_per_epoch=3",
@@ -34,7 +37,7 @@ def _net_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}
 
 
-def test_ddp_cpu_matches_single_process(tiny_store, tmp_path):  # noqa: F811
+def test_ddp_cpu_matches_single_process(tiny_store, tmp_path):
     ddp_dir = tmp_path / "ddp"
     overrides = [*TINY, *PDMER_TINY, *STEPS, f"paths.store={tiny_store}", f"paths.root_dir={tmp_path}"]
     cmd = [

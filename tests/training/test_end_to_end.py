@@ -13,14 +13,9 @@ from dsaml.models.checkpoint import load_network
 from dsaml.training import module as module_lib
 from dsaml.training.module import NonFiniteLossError
 from dsaml.training.run import run
-from train_fixtures import (  # noqa: F401
-    DMER_TINY,
-    PDMER_TINY,
-    SCORE_ROW_KEYS,
-    _one_thread,
-    tiny_store,
-    train_config,
-)
+from train_fixtures import DMER_TINY, PDMER_TINY, SCORE_ROW_KEYS, train_config
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 ROW_KEYS = SCORE_ROW_KEYS | {"protocol"}
 
@@ -29,7 +24,7 @@ def _results(path):
     return json.loads((path / "results.json").read_text())
 
 
-def test_dmer_end_to_end(tiny_store, tmp_path):  # noqa: F811
+def test_dmer_end_to_end(tiny_store, tmp_path):
     metrics = run(train_config(tiny_store, tmp_path, DMER_TINY))
     results = _results(tmp_path)
     assert [row["protocol"] for row in results["rows"]] == ["dmer"] and results["per_rater"] == []
@@ -67,7 +62,7 @@ def _net_params(ckpt):
     return {k: v for k, v in state.items() if k.startswith("net.")}
 
 
-def test_pdmer_resume_and_determinism(tiny_store, tmp_path):  # noqa: F811
+def test_pdmer_resume_and_determinism(tiny_store, tmp_path):
     """Uninterrupted 2-epoch run == 1 epoch + resume from last.ckpt to 2 epochs (same episodes, same
     schedule, same seed on CPU): the same weights and test metrics. Usually bit-identical; the tolerance
     covers CPU BLAS summation order varying with thread availability (~1e-7 relative), which Adam turns
@@ -95,12 +90,12 @@ def test_pdmer_resume_and_determinism(tiny_store, tmp_path):  # noqa: F811
     assert unadapted["n"] == within["n"] and unadapted["average"] != within["average"]
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tiny_store, tmp_path):  # noqa: F811
+def test_resume_without_checkpoint_is_a_clear_error(tiny_store, tmp_path):
     with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
         run(train_config(tiny_store, tmp_path, [*PDMER_TINY, "ckpt_path=last"]))
 
 
-def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch):
     real = module_lib.batch_loss
 
     def nan_loss(net, batch):
@@ -114,7 +109,7 @@ def test_nan_loss_stops_naming_step_and_songs(tiny_store, tmp_path, monkeypatch)
         run(train_config(tiny_store, tmp_path / "pdmer", [*PDMER_TINY, "task.inner_lr=1e30"]))
 
 
-def test_pdmer_head_only_meta_training(tiny_store, tmp_path):  # noqa: F811
+def test_pdmer_head_only_meta_training(tiny_store, tmp_path):
     """task.inner_loop=head (ANIL) meta-trains end to end; adaptation=head tests with the same inner loop; the
     checkpoint records both and carries the calibration prior estimated from the network's predictions for the
     validation raters' songs."""

@@ -13,7 +13,9 @@ import pytest
 
 from dsaml.models.checkpoint import load_network, save_network
 from dsaml.training.run import evaluate, run
-from train_fixtures import DMER_TINY, _one_thread, compose_config, tiny_store, train_config  # noqa: F401
+from train_fixtures import DMER_TINY, compose_config, train_config
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 
 def eval_config(store: Path, out: Path, ckpt: Path, *overrides: str):
@@ -22,7 +24,7 @@ def eval_config(store: Path, out: Path, ckpt: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def dmer_run(tiny_store, tmp_path_factory) -> Path:  # noqa: F811
+def dmer_run(tiny_store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dmer")
     run(train_config(tiny_store, out, [*DMER_TINY, "callbacks.model_checkpoint.save_top_k=0"]))
     return out
@@ -32,7 +34,7 @@ def _rows(results: dict) -> dict[str, dict]:
     return {row["protocol"]: row for row in results["rows"]}
 
 
-def test_retest_equals_the_training_runs_test(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_retest_equals_the_training_runs_test(dmer_run, tiny_store, tmp_path):
     trained = json.loads((dmer_run / "results.json").read_text())
     ckpt = dmer_run / "checkpoints" / "last.ckpt"
     results = evaluate(eval_config(tiny_store, tmp_path, ckpt))
@@ -40,7 +42,7 @@ def test_retest_equals_the_training_runs_test(dmer_run, tiny_store, tmp_path):  
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
 
 
-def test_a_dmer_model_under_the_pdmer_protocols(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_a_dmer_model_under_the_pdmer_protocols(dmer_run, tiny_store, tmp_path):
     """task=pdmer (the config group) + overrides: adaptation settings reach the protocols."""
     ckpt = dmer_run / "checkpoints" / "last.ckpt"
     cfg = eval_config(
@@ -61,7 +63,7 @@ def test_a_dmer_model_under_the_pdmer_protocols(dmer_run, tiny_store, tmp_path):
     assert {r["protocol"] for r in results["per_rater"]} == {"pdmer_unadapted", "pdmer_within_song"}
 
 
-def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):
     """adaptation=<method> (conf/adaptation/): none and an identity-strength calibration give the unadapted
     scores; the checkpoint carries the calibration prior, estimated from the trained network's own predictions
     on held-out songs, that calibrate uses by default."""
@@ -86,7 +88,7 @@ def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):
         evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, "+adaptation.method=bogus"))
 
 
-def test_errors_name_the_problem(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_errors_name_the_problem(dmer_run, tiny_store, tmp_path):
     net, _, _ = load_network(dmer_run / "checkpoints" / "last.ckpt")
     no_task = save_network(tmp_path / "converted.ckpt", net)  # like dsaml-convert output: no task recorded
     with pytest.raises(ValueError, match=r"records no task .*pass task=dmer or task=pdmer"):
@@ -95,7 +97,7 @@ def test_errors_name_the_problem(dmer_run, tiny_store, tmp_path):  # noqa: F811
         evaluate(eval_config(tiny_store, tmp_path, no_task, "task=dmer", "protocols=[pdmer_cross_song]"))
 
 
-def test_command_line(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_command_line(dmer_run, tiny_store, tmp_path):
     ckpt = dmer_run / "checkpoints" / "last.ckpt"
     args = [f"ckpt_path={ckpt}", "data=synthetic", f"paths.store={tiny_store}"]
     args.append(f"paths.output_dir={tmp_path}")
@@ -217,7 +219,7 @@ def test_a_protocols_dropout_draws_do_not_depend_on_the_other_protocols():
     assert within(["pdmer_within_song"], 2) != alone
 
 
-def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path):  # noqa: F811
+def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path):
     """+overrides.cross_support=song: the test items carry the rater's other songs whole (every labelled
     segment), the protocol runs on them, and a bad value fails before any work with the allowed values."""
     from dsaml.data.datamodule import DSAMLDataModule
@@ -242,7 +244,7 @@ def test_dsaml_eval_adapts_on_whole_support_songs(dmer_run, tiny_store, tmp_path
         evaluate(eval_config(tiny_store, tmp_path / "bad", ckpt, *base, "+overrides.cross_support=half"))
 
 
-def test_eval_refuses_a_store_of_another_dataset(tiny_store, tmp_path):  # noqa: F811
+def test_eval_refuses_a_store_of_another_dataset(tiny_store, tmp_path):
     """dsaml-eval data=pmemo on the synthetic store used to run and label the run pmemo."""
     from app_fixtures import save_tiny_ckpt
     from dsaml.config import ConfigError

@@ -9,7 +9,7 @@ import csv
 import pytest
 import yaml
 
-from train_fixtures import PDMER_TINY, tiny_store, train_sweep  # noqa: F401
+from train_fixtures import PDMER_TINY, train_sweep
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[search]'")
 
@@ -20,7 +20,7 @@ def last_validation(trial) -> float:
         return [float(row["val/average"]) for row in csv.DictReader(handle) if row.get("val/average")][-1]
 
 
-def test_three_trial_search_reports_the_best_trial(tiny_store, tmp_path):  # noqa: F811
+def test_three_trial_search_reports_the_best_trial(tiny_store, tmp_path):
     sweep = tmp_path / "sweep"
     search = [
         "hparams_search=pdmer_optuna",

@@ -15,7 +15,6 @@ from dsaml.meta import meta_backward
 from dsaml.meta.adaptation import META_ENGINES
 from dsaml.models.compat import config_from_original, original_key_to_ours, state_dict_from_original
 from dsaml.training.module import DSAMLModule
-from train_fixtures import _one_thread  # noqa: F401
 
 REFERENCE = Path("/work/shared/reference/dsaml_small.pt")
 pytestmark = pytest.mark.skipif(not REFERENCE.is_file(), reason="reference vector not available")

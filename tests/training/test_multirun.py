@@ -10,15 +10,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
 from dsaml.data.store import FeatureStore
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store, train_config, train_sweep  # noqa: F401
+from train_fixtures import DMER_TINY, TINY, train_config, train_sweep
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 
-def test_two_job_multirun(tiny_store, tmp_path):  # noqa: F811
+def test_two_job_multirun(tiny_store, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [
         str(Path(sys.executable).parent / "dsaml-train"),
@@ -53,7 +56,7 @@ def test_two_job_multirun(tiny_store, tmp_path):  # noqa: F811
     assert "seed=0,1" in OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task
 
 
-def test_wandb_offline_run_logs_the_results_and_attention_maps(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+def test_wandb_offline_run_logs_the_results_and_attention_maps(tiny_store, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # dsaml-train itself must choose offline
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     run(train_config(tiny_store, tmp_path, [*DMER_TINY, "logger=wandb", "logger.wandb.project=dsaml-test"]))
@@ -104,7 +107,7 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsy
     assert not (tmp_path / "sweep").exists()
 
 
-def test_sweep_jobs_log_to_one_wandb_group_with_their_overrides(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+def test_sweep_jobs_log_to_one_wandb_group_with_their_overrides(tiny_store, tmp_path, monkeypatch):
     """Every job of a sweep logs (offline) to the wandb group named after the sweep's folder, with its own
     overrides as the run's config `overrides`."""
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from dsaml.training.resume import RunDirectoryError, changed_run_settings
 from dsaml.training.run import run
-from train_fixtures import DMER_TINY, tiny_store, train_config  # noqa: F401
+from train_fixtures import DMER_TINY, DROPOUT, metrics_rows, net_weights, train_config
 
-DROPOUT = [*DMER_TINY, "model.dropout=0.3"]
-
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "csv" / "metrics.csv").open(newline="") as handle:
-        return list(csv.DictReader(handle))
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 
-def _net(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("net.")}
-
-
-def test_a_run_folder_with_results_is_refused_unless_resumed_or_overwritten(tiny_store, tmp_path):  # noqa: F811
+def test_a_run_folder_with_results_is_refused_unless_resumed_or_overwritten(tiny_store, tmp_path):
     run(train_config(tiny_store, tmp_path, [*DMER_TINY, "test=false"]))
     before = (tmp_path / "csv" / "metrics.csv").read_bytes()
     with pytest.raises(RunDirectoryError, match=r"already holds a run's results \(checkpoints, csv\)"):
@@ -40,17 +29,17 @@ def test_a_run_folder_with_results_is_refused_unless_resumed_or_overwritten(tiny
     assert (tmp_path / "csv" / "metrics.csv").read_bytes() != before
 
 
-def test_resume_is_exact_and_keeps_the_earlier_metrics(tiny_store, tmp_path):  # noqa: F811
+def test_resume_is_exact_and_keeps_the_earlier_metrics(tiny_store, tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     run(train_config(tiny_store, full, [*DROPOUT, "trainer.max_epochs=2"]))
     run(train_config(tiny_store, split, [*DROPOUT, "trainer.max_epochs=1", "test=false"]))
-    first_epoch = _rows(split)
+    first_epoch = metrics_rows(split)
     assert first_epoch and {r["epoch"] for r in first_epoch} == {"0"}
     run(train_config(tiny_store, split, [*DROPOUT, "trainer.max_epochs=2", "ckpt_path=last"]))
-    a, b = _net(full), _net(split)
+    a, b = net_weights(full), net_weights(split)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    rows_a, rows_b = _rows(full), _rows(split)
+    rows_a, rows_b = metrics_rows(full), metrics_rows(split)
     kept = [{k: row[k] for k in first_epoch[0]} for row in rows_b[: len(first_epoch)]]
     assert kept == first_epoch  # epoch 0's rows survive the resume (the test stage adds columns)
     assert len(rows_a) == len(rows_b)
@@ -70,23 +59,23 @@ def test_resume_is_exact_and_keeps_the_earlier_metrics(tiny_store, tmp_path):  #
                 assert value == row_b[key], key
 
 
-def test_resume_drops_rows_of_an_epoch_the_checkpoint_does_not_hold(tiny_store, tmp_path):  # noqa: F811
+def test_resume_drops_rows_of_an_epoch_the_checkpoint_does_not_hold(tiny_store, tmp_path):
     """kill -9 in the middle of epoch 1: its partial rows are dropped (epoch 1 runs again), epoch 0's stay."""
     run(train_config(tiny_store, tmp_path, [*DROPOUT, "trainer.max_epochs=1", "test=false"]))
     path = tmp_path / "csv" / "metrics.csv"
-    rows = _rows(tmp_path)
+    rows = metrics_rows(tmp_path)
     partial = dict(rows[0], epoch="1", step="999")
     with path.open("a", newline="") as handle:
         csv.DictWriter(handle, fieldnames=list(rows[0])).writerow(partial)
     run(
         train_config(tiny_store, tmp_path, [*DROPOUT, "trainer.max_epochs=2", "ckpt_path=last", "test=false"])
     )
-    after = _rows(tmp_path)
+    after = metrics_rows(tmp_path)
     assert after[: len(rows)] == rows
     assert all(r["step"] != "999" for r in after) and {r["epoch"] for r in after} == {"0", "1"}
 
 
-def test_resume_refuses_changed_run_defining_settings(tiny_store, tmp_path):  # noqa: F811
+def test_resume_refuses_changed_run_defining_settings(tiny_store, tmp_path):
     """ckpt_path=last task.lr=0.01 task.batch_size=2 used to resume silently, the recorded config then
     claiming the new values for every epoch; test-only settings (eval_stride, stitch) may change."""
     from dsaml.config import ConfigError

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import DMER_TINY, TINY, _one_thread, tiny_store  # noqa: F401
+from train_fixtures import DMER_TINY, TINY
+
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
 
@@ -36,7 +38,7 @@ def sweep(store: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedP
     return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path, env=env)
 
 
-def test_two_jobs_finish_and_land_in_the_sweep_folder(tiny_store, tmp_path):  # noqa: F811
+def test_two_jobs_finish_and_land_in_the_sweep_folder(tiny_store, tmp_path):
     proc = sweep(tiny_store, tmp_path, "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     folder = tmp_path / "sweep"
@@ -46,7 +48,7 @@ def test_two_jobs_finish_and_land_in_the_sweep_folder(tiny_store, tmp_path):  # 
     assert len(list((folder / ".submitit").glob("*/*_result.pkl"))) == 2  # both went through submitit
 
 
-def test_a_failing_job_is_reported(tiny_store, tmp_path):  # noqa: F811
+def test_a_failing_job_is_reported(tiny_store, tmp_path):
     """Job 1 breaks inside its own process (a task value the job's config check rejects): the sweep exits
     non-zero and names the job's error; job 0 still finishes."""
     proc = sweep(tiny_store, tmp_path, "task.lr=1e-3,-1")
