@@ -1,8 +1,8 @@
 """Every GPU check in one command (`make gpu-check`): tests, training, benchmarks -> one markdown report.
 
 On a CUDA machine, in order (each a subprocess with a time limit; a failure is recorded and the rest run):
-- the CUDA-relevant tests (tests/models/test_device.py: float32 parity with the original, the fused CNN against
-  PyTorch's native kernels, whole-song prediction against the CPU) with DSAML_TEST_DEVICE=cuda;
+- the CUDA-relevant tests (tests/models/test_device.py: float32 parity with the original, the fused CNN
+  against PyTorch's native kernels, whole-song prediction against the CPU) with DSAML_TEST_DEVICE=cuda;
 - a tiny synthetic corpus and its feature store (dsaml-synth synth=tiny, dsaml-preprocess), unless --store;
 - DMER and PDMER trained a few steps with trainer=gpu, and with trainer=ddp on the GPUs there are
   (one GPU is a DDP world of one: NCCL refuses two ranks on one GPU);
@@ -36,11 +36,10 @@ from pathlib import Path
 
 import torch
 
-from dsaml.training.smoke import PDMER_TINY_EPISODES
+from dsaml.training.smoke import PDMER_TINY_EPISODES, tiny_model_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "benchmarks"
-TINY_NET = ["model.hidden_size=16", "model.num_heads=2", "model.num_layers=1", "model.ffn_size=16"]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "~callbacks.progress_bar"]
 DMER = ["experiment=dmer_synthetic", "task.batch_size=4", "trainer.max_epochs=1"]
 PDMER = ["experiment=pdmer_synthetic", *PDMER_TINY_EPISODES, "trainer.max_epochs=1"]
@@ -133,7 +132,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 300,
             ),
         ]
-    network = [*TINY_NET, "model=dsaml_small"] if dry else ["model=dsaml_small"]
+    network = [*tiny_model_overrides(), "model=dsaml_small"] if dry else ["model=dsaml_small"]
     single, ddp = ("trainer=cpu", "trainer=ddp_cpu") if dry else ("trainer=gpu", "trainer=ddp")
     ddp_devices = [] if dry else [f"trainer.devices={max(torch.cuda.device_count(), 1)}"]
     for task, overrides in (("DMER", DMER), ("PDMER", PDMER)):

@@ -8,6 +8,7 @@ from torch import nn
 
 from dsaml.inference import edge_weights, predict_song, stitch_windows, window_starts
 from dsaml.models import DSAMLConfig, DSAMLNet
+from dsaml.training.smoke import TINY_MODEL
 
 
 class PositionNet(nn.Module):
@@ -79,10 +80,8 @@ def test_window_starts_cover_the_song_and_end_at_its_end():
 
 def test_prediction_equals_plain_forwards_of_each_window():
     torch.manual_seed(0)
-    net = DSAMLNet(
-        DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64, global_context="precomputed:x")
-    ).eval()
-    logmel, g = torch.randn(75, 51, 128), torch.randn(75, 32)
+    net = DSAMLNet(DSAMLConfig(**TINY_MODEL, global_context="precomputed:x")).eval()
+    logmel, g = torch.randn(75, 51, 128), torch.randn(75, TINY_MODEL["hidden_size"])
     arousal, valence = predict_song(net, logmel, g, window=60, stride=1, stitch="mean", batch_size=4)
     with torch.no_grad():
         windows = [net(logmel[None, s : s + 60], g[None, s : s + 60]) for s in range(16)]
@@ -103,7 +102,7 @@ def test_prediction_equals_plain_forwards_of_each_window():
 
 def test_learned_context_song_prediction_uses_centred_windows():
     torch.manual_seed(0)
-    net = DSAMLNet(DSAMLConfig(hidden_size=32, num_heads=4, num_layers=1, ffn_size=64)).train()
+    net = DSAMLNet(DSAMLConfig(**TINY_MODEL)).train()
     arousal, valence = predict_song(net, torch.randn(90, 51, 128), window=60, stride=1, stitch="mean")
     assert arousal.shape == valence.shape == (90,) and torch.isfinite(arousal).all()
     assert net.training  # mode restored

@@ -12,8 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from dsaml.config import CONFIG_DIR
-from dsaml.training.smoke import PDMER_TINY_EPISODES
-from model_fixtures import tiny_model_overrides
+from dsaml.training.smoke import PDMER_TINY_EPISODES, tiny_model_overrides
 
 # tiny network and episodes: a few seconds per run on 2 cores
 TINY = [

@@ -20,6 +20,7 @@ from dsaml.data.synth import load_truth
 from dsaml.data.validation import ConfigError
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network
+from dsaml.training.smoke import tiny_model_mapping
 
 pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
@@ -28,8 +29,8 @@ TINY_RUNS = [
     "synth.audio_format=flac",  # the demo preset's container: every stage, the user tools included, reads it
     "workers=1",
     "examples=2",
-    "+dmer.model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}",
-    "+pdmer.model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}",
+    f"+dmer.model={tiny_model_mapping()}",
+    f"+pdmer.model={tiny_model_mapping()}",
     "dmer.trainer.max_epochs=1",
     "pdmer.trainer.max_epochs=1",
     "pdmer.task.steps_per_epoch=2",

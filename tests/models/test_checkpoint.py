@@ -8,7 +8,8 @@ import torch
 from dsaml.cli.convert import main as convert_main
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import load_network, save_network
-from model_fixtures import TINY_MODEL, load_reference
+from dsaml.training.smoke import TINY_MODEL
+from model_fixtures import load_reference
 
 TINY = DSAMLConfig(**TINY_MODEL, global_context="none")
 

@@ -15,6 +15,7 @@ from dsaml.losses import dsaml_loss
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.compat import model_from_original
 from dsaml.models.spectrogram import SpectrogramEncoder
+from dsaml.training.smoke import TINY_MODEL
 from model_fixtures import load_reference
 
 DEVICE = os.environ.get("DSAML_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
@@ -86,7 +87,7 @@ def test_fused_cnn_equals_the_native_kernels_on_the_device():
 
 def test_whole_song_prediction_on_the_device_equals_the_cpu():
     torch.manual_seed(0)
-    net = DSAMLNet(DSAMLConfig(hidden_size=32, num_heads=4, num_layers=2, ffn_size=64)).eval()
+    net = DSAMLNet(DSAMLConfig(**TINY_MODEL)).eval()
     logmel = torch.randn(150, 51, 128) - 5
     expected = predict_song(net, logmel, window=60, stride=5, stitch="weighted")
     got = predict_song(net.to(DEVICE), logmel.to(DEVICE), window=60, stride=5, stitch="weighted")

@@ -15,6 +15,7 @@ from dsaml.models.global_context import LearnedGlobalContext
 from dsaml.models.network import EmotionHead
 from model_fixtures import assert_grads_close
 
+# wider than TINY_MODEL on purpose: two layers and four heads exercise the layer stack and the head split
 TINY = dict(hidden_size=32, num_heads=4, num_layers=2, ffn_size=64, dropout=0.0)
 
 
