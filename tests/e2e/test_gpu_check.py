@@ -24,7 +24,7 @@ def test_dry_run_passes_every_check_and_writes_the_report(tiny_store, tmp_path):
     checks = [line for line in report.splitlines() if line.startswith("| ") and line.endswith(" |")]
     results = {row.split(" | ")[0][2:]: row.split(" | ")[1] for row in checks if row.count(" | ") == 2}
     expected = {
-        "tests (tests/test_device.py)",
+        "tests (tests/models/test_device.py)",
         "train DMER trainer=cpu",
         "train DMER trainer=ddp_cpu",
         "train PDMER trainer=cpu",

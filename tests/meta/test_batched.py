@@ -1,7 +1,7 @@
 """The batched MAML engine (`task.meta_engine=batched`) against the sequential learn2learn path: the same
 support losses, adapted parameters, query losses and meta-gradient (first and second order, full and
 head-only inner loop), its BatchNorm statistics, chunking and errors; its LSTM against `nn.LSTM`. Against
-the original's MAML step (reference vector): tests/test_train_maml_parity.py, for both engines."""
+the original's MAML step (reference vector): tests/training/test_maml_parity.py, for both engines."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The CUDA-relevant checks, on the device named by DSAML_TEST_DEVICE (default: cuda when available, else the
 module is skipped): float32 parity with the original on that device, the fused CNN against PyTorch's native
 kernels there, and whole-song prediction there against the CPU. `make gpu-check` runs them on CUDA; its dry
-mode (tests/test_gpu_check.py) runs them with DSAML_TEST_DEVICE=cpu, so they never rot."""
+mode (tests/e2e/test_gpu_check.py) runs them with DSAML_TEST_DEVICE=cpu, so they never rot."""
 
 from __future__ import annotations
 

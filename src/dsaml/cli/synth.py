@@ -14,7 +14,6 @@ from rich.table import Table
 from dsaml.cli.entry import hydra_command
 from dsaml.config import ConfigError, check_keys
 from dsaml.data.synth import SynthConfig, generate_corpus
-from dsaml.data.synth.config import check_run_options
 
 RUN_KEYS = {"out", "seed", "layout", "workers", "synth", "paths"}
 
@@ -23,14 +22,9 @@ def run(cfg: DictConfig, console: Console) -> None:
     """Validate the composed config, generate the corpus and print its summary."""
     check_keys("dsaml-synth", cfg.keys(), sorted(RUN_KEYS))
     synth = SynthConfig.from_mapping(cfg.synth)
-    check_run_options(cfg.layout, cfg.workers, cfg.seed)
+    # generate_corpus checks layout, workers and seed (check_run_options) before any work
     summary = generate_corpus(
-        cfg.out,
-        synth,
-        cfg.seed,
-        layout=cfg.layout,
-        workers=cfg.workers,
-        console=console,
+        cfg.out, synth, cfg.seed, layout=cfg.layout, workers=cfg.workers, console=console
     )
     table = Table(title="dsaml-synth corpus", show_header=False)
     for label, value in summary.lines():
