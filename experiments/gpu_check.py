@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from dsaml.training.smoke import PDMER_TINY_EPISODES, tiny_model_overrides
+from dsaml.training.smoke import PDMER_TINY_EPISODES, TINY_MODEL, tiny_model_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "benchmarks"
@@ -134,9 +134,11 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
         ]
     network = [*tiny_model_overrides(), "model=dsaml_small"] if dry else ["model=dsaml_small"]
     single, ddp = ("trainer=cpu", "trainer=ddp_cpu") if dry else ("trainer=gpu", "trainer=ddp")
-    ddp_devices = [] if dry else [f"trainer.devices={max(torch.cuda.device_count(), 1)}"]
     for task, overrides in (("DMER", DMER), ("PDMER", PDMER)):
-        for trainer, extra in ((single, []), (ddp, ddp_devices)):
+        # dry: DMER on ddp_cpu's two ranks; PDMER in a world of one, as on a one-GPU machine (two ranks of
+        # PDMER against one process: tests/training/test_ddp.py)
+        devices = max(torch.cuda.device_count(), 1) if not dry else 1 if task == "PDMER" else None
+        for trainer, extra in ((single, []), (ddp, [f"trainer.devices={devices}"] if devices else [])):
             run_dir = work / f"{task.lower()}_{trainer.split('=')[1]}"
             checks.append(
                 Check(
@@ -156,7 +158,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                     {"OMP_NUM_THREADS": "1"} if dry else None,
                 )
             )
-    size = ["--hidden", "16", "--heads", "2", "--layers", "1", "--threads", "1"] if dry else []
+    tiny = {"--hidden": "hidden_size", "--heads": "num_heads", "--layers": "num_layers", "--ffn": "ffn_size"}
+    size = [x for flag, key in tiny.items() for x in (flag, str(TINY_MODEL[key]))] if dry else []
+    size += ["--threads", "1"] if dry else []
+    tiny_steps = ["--batch", "2", "--length", "32", "--warmup", "0", "--repeats", "1"]  # bench_model, dry
     bench = [sys.executable]
     checks += [
         Check(
@@ -168,7 +173,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 device,
                 "--bf16",
                 *size,
-                *(["--batch", "2", "--repeats", "1"] if dry else ["--repeats", "3"]),
+                *(tiny_steps if dry else ["--repeats", "3"]),
             ],
             300,
         ),
