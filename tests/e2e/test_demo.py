@@ -20,7 +20,7 @@ from dsaml.data.synth import load_truth
 from dsaml.data.validation import ConfigError
 from dsaml.inference import predict_song
 from dsaml.models.checkpoint import load_network
-from dsaml.training.smoke import tiny_model_mapping
+from dsaml.training.smoke import PDMER_TINY_EPISODES, tiny_model_mapping
 
 pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
 
@@ -33,8 +33,7 @@ TINY_RUNS = [
     f"+pdmer.model={tiny_model_mapping()}",
     "dmer.trainer.max_epochs=1",
     "pdmer.trainer.max_epochs=1",
-    "pdmer.task.steps_per_epoch=2",
-    "+pdmer.task.eval_inner_steps=1",
+    *(f"++pdmer.{setting}" for setting in PDMER_TINY_EPISODES),  # the tests' smallest meta-steps
 ]
 
 
