@@ -41,6 +41,7 @@ def assert_short_error(result: subprocess.CompletedProcess, *needles: str) -> st
     return err
 
 
+@pytest.mark.slow  # runs the commands in processes of their own
 def test_hydra_override_errors_list_what_is_allowed(tmp_path):
     err = assert_short_error(
         command("train", "seeed=3", cwd=tmp_path), "dsaml-train: error: Could not override"
@@ -54,6 +55,7 @@ def test_hydra_override_errors_list_what_is_allowed(tmp_path):
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
 
 
+@pytest.mark.slow  # runs the commands in processes of their own
 def test_config_errors_inside_the_job_are_two_lines(tmp_path):
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     assert_short_error(
@@ -66,6 +68,7 @@ def test_config_errors_inside_the_job_are_two_lines(tmp_path):
     )
 
 
+@pytest.mark.slow  # runs the commands in processes of their own
 def test_truncated_store_and_existing_files_as_outputs(tmp_path):
     from app_fixtures import save_tiny_ckpt, write_audio
 
@@ -135,6 +138,7 @@ def test_convert_wrong_shapes_and_existing_output(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # runs the commands in processes of their own
 def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
     taken = tmp_path / "run"
     (taken / "checkpoints").mkdir(parents=True)
@@ -147,6 +151,7 @@ def test_taken_run_folder_is_refused_before_hydra_rewrites_its_config(tmp_path):
         assert (taken / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"
 
 
+@pytest.mark.slow  # runs the commands in processes of their own
 def test_command_line_values_are_type_checked_before_any_folder(tmp_path):
     """trainer.max_epochs=abc used to fail inside Lightning (AssertionError) after creating csv/ in the run
     folder, which then blocked reruns; seed=abc an int() traceback."""

@@ -151,6 +151,7 @@ def test_output_names_disambiguate_equal_stems():
     assert list(output_names(files).values()) == ["song", "song_mp3", "song_wav", "other"]
 
 
+@pytest.mark.slow  # runs dsaml-predict in a process of its own
 def test_command_line(tiny_ckpt, songs, tmp_path):
     """The installed entry point parses Hydra overrides and writes the files."""
     result = subprocess.run(

@@ -11,6 +11,8 @@ import yaml
 
 from train_fixtures import PDMER_TINY, train_sweep
 
+pytestmark = pytest.mark.slow  # end to end: make test-fast leaves it out
+
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[search]'")
 
 
