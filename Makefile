@@ -25,7 +25,7 @@ lock:
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
 
-# Everything but the end-to-end tests marked slow (tests/conftest.py: SLOW_FILES).
+# Everything but the end-to-end tests marked slow (`pytestmark = pytest.mark.slow` in their modules).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q --durations=15 -m "not slow" tests
 

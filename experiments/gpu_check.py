@@ -1,8 +1,8 @@
 """Every GPU check in one command (`make gpu-check`): tests, training, benchmarks -> one markdown report.
 
 On a CUDA machine, in order (each a subprocess with a time limit; a failure is recorded and the rest run):
-- the CUDA-relevant tests (tests/test_device.py: float32 parity with the original, the fused CNN against
-  PyTorch's native kernels, whole-song prediction against the CPU) with DSAML_TEST_DEVICE=cuda;
+- the CUDA-relevant tests (tests/models/test_device.py: float32 parity with the original, the fused CNN
+  against PyTorch's native kernels, whole-song prediction against the CPU) with DSAML_TEST_DEVICE=cuda;
 - a tiny synthetic corpus and its feature store (dsaml-synth synth=tiny, dsaml-preprocess), unless --store;
 - DMER and PDMER trained a few steps with trainer=gpu, and with trainer=ddp on the GPUs there are
   (one GPU is a DDP world of one: NCCL refuses two ranks on one GPU);
@@ -12,7 +12,7 @@ On a CUDA machine, in order (each a subprocess with a time limit; a failure is r
   trained, speed at paper size on CUDA) and bench_eval_protocols.py --demo (dsaml-eval's within-song and
   cross-song protocols of the demo's test pairs with both engines; CUDA only).
 Without CUDA (or with --dry) the same checks run at tiny sizes on the CPU (trainer=cpu and trainer=ddp_cpu
-instead of gpu and ddp), which tests/test_gpu_check.py does inside `make test`.
+instead of gpu and ddp), which tests/e2e/test_gpu_check.py does inside `make test`.
 
 Writes gpu_check.md (device, versions, every check's pass/fail, time and printed figures) into $OUT when it is
 set, else into --out, prints where, and exits 1 when a check failed. GPU_CHECK_INSTALL_S (seconds the install
@@ -37,11 +37,10 @@ from pathlib import Path
 
 import torch
 
-from dsaml.training.smoke import PDMER_TINY_EPISODES
+from dsaml.training.smoke import PDMER_TINY_EPISODES, TINY_MODEL, tiny_model_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "benchmarks"
-TINY_NET = ["model.hidden_size=16", "model.num_heads=2", "model.num_layers=1", "model.ffn_size=16"]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "~callbacks.progress_bar"]
 DMER = ["experiment=dmer_synthetic", "task.batch_size=4", "trainer.max_epochs=1"]
 PDMER = ["experiment=pdmer_synthetic", *PDMER_TINY_EPISODES, "trainer.max_epochs=1"]
@@ -92,7 +91,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
     store = Path(args.store) if args.store else work / "tiny.h5"
     checks = [
         Check(
-            "tests (tests/test_device.py)",
+            "tests (tests/models/test_device.py)",
             [
                 sys.executable,
                 "-m",
@@ -100,7 +99,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 "-q",
                 "-p",
                 "no:cacheprovider",
-                str(ROOT / "tests" / "test_device.py"),
+                str(ROOT / "tests" / "models" / "test_device.py"),
             ],
             300,
             {"DSAML_TEST_DEVICE": device},
@@ -134,11 +133,13 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 300,
             ),
         ]
-    network = [*TINY_NET, "model=dsaml_small"] if dry else ["model=dsaml_small"]
+    network = [*tiny_model_overrides(), "model=dsaml_small"] if dry else ["model=dsaml_small"]
     single, ddp = ("trainer=cpu", "trainer=ddp_cpu") if dry else ("trainer=gpu", "trainer=ddp")
-    ddp_devices = [] if dry else [f"trainer.devices={max(torch.cuda.device_count(), 1)}"]
     for task, overrides in (("DMER", DMER), ("PDMER", PDMER)):
-        for trainer, extra in ((single, []), (ddp, ddp_devices)):
+        # dry: DMER on ddp_cpu's two ranks; PDMER in a world of one, as on a one-GPU machine (two ranks of
+        # PDMER against one process: tests/training/test_ddp.py)
+        devices = max(torch.cuda.device_count(), 1) if not dry else 1 if task == "PDMER" else None
+        for trainer, extra in ((single, []), (ddp, [f"trainer.devices={devices}"] if devices else [])):
             run_dir = work / f"{task.lower()}_{trainer.split('=')[1]}"
             checks.append(
                 Check(
@@ -158,7 +159,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                     {"OMP_NUM_THREADS": "1"} if dry else None,
                 )
             )
-    size = ["--hidden", "16", "--heads", "2", "--layers", "1", "--threads", "1"] if dry else []
+    tiny = {"--hidden": "hidden_size", "--heads": "num_heads", "--layers": "num_layers", "--ffn": "ffn_size"}
+    size = [x for flag, key in tiny.items() for x in (flag, str(TINY_MODEL[key]))] if dry else []
+    size += ["--threads", "1"] if dry else []
+    tiny_steps = ["--batch", "2", "--length", "32", "--warmup", "0", "--repeats", "1"]  # bench_model, dry
     bench = [sys.executable]
     checks += [
         Check(
@@ -170,7 +174,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
                 device,
                 "--bf16",
                 *size,
-                *(["--batch", "2", "--repeats", "1"] if dry else ["--repeats", "3"]),
+                *(tiny_steps if dry else ["--repeats", "3"]),
             ],
             300,
         ),
@@ -236,7 +240,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Check]:
         ),
     ]
     if not dry:  # the dry run stays as it was: this script's tiny mode adds half a minute of imports and
-        # warm-up; its engines' parity is tests/test_eval_batched.py
+        # warm-up; its engines' parity is tests/meta/test_batched_adapt.py
         evaluation = [*bench, str(BENCH / "bench_eval_protocols.py"), "--demo", "--device", device]
         checks.append(Check("bench_eval_protocols.py --demo (sequential vs batched)", evaluation, 600))
     return checks

@@ -17,7 +17,7 @@ from dsaml.config import CONFIG_DIR
 from dsaml.data.features import FeatureConfig
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import save_network
-from model_fixtures import TINY_MODEL
+from dsaml.training.smoke import TINY_MODEL
 
 
 def tiny_net(seed: int = 0, **overrides) -> DSAMLNet:

@@ -80,19 +80,14 @@ def data_config(root: Path, **overrides) -> DataConfig:
     return DataConfig.from_mapping({"name": "synthetic", "root": str(root), **overrides})
 
 
-_BUILT: dict[str, Path] = {}  # test modules import the fixture separately: build the store only once
-
-
 @pytest.fixture(scope="session")
-def tiny_store(tiny_corpus, tmp_path_factory) -> Path:
-    """The tiny corpus preprocessed once, in float32."""
-    if "tiny" not in _BUILT:
-        store = tmp_path_factory.mktemp("store") / "tiny.h5"
-        options = PreprocessConfig(workers=2, dtype="float32", progress=False)
-        summary = preprocess(data_config(tiny_corpus), options, store)
-        assert summary.computed == summary.songs and not summary.failures
-        _BUILT["tiny"] = store
-    return _BUILT["tiny"]
+def tiny_store_f32(tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny corpus preprocessed once, in float32 (features equal a direct computation to the bit)."""
+    store = tmp_path_factory.mktemp("store") / "tiny.h5"
+    options = PreprocessConfig(workers=2, dtype="float32", progress=False)
+    summary = preprocess(data_config(tiny_corpus), options, store)
+    assert summary.computed == summary.songs and not summary.failures
+    return store
 
 
 def subset_tree(corpus: Path, target: Path, song_ids: list[str]) -> Path:
@@ -110,3 +105,16 @@ def subset_tree(corpus: Path, target: Path, song_ids: list[str]) -> Path:
     for song in song_ids:
         shutil.copy(corpus / "DEAM_audio" / "MEMD_audio" / f"{song}.mp3", audio / f"{song}.mp3")
     return target
+
+
+def write_pmemo(root, first_time=15.0, n_songs=3, seconds=21.0):
+    """A tiny PMEmo tree: wav choruses and the long-format dynamic_annotations.csv."""
+    (root / "chorus").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rows = ["musicId,frameTime,Arousal(mean),Valence(mean)"]
+    for k, song in enumerate(range(1, 1 + n_songs)):
+        write_tone(root / "chorus" / f"{song}.wav", seconds, 22050, 2, seed=k)
+        for i in range(int((seconds - first_time) / 0.5) + 1):
+            rows.append(f"{song},{first_time + 0.5 * i:.1f},{0.5 + 0.01 * i:.3f},{0.4 - 0.01 * i:.3f}")
+    (root / "annotations" / "dynamic_annotations.csv").write_text("\n".join(rows) + "\n")
+    return root

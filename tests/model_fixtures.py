@@ -1,5 +1,6 @@
-"""Shared helpers for the model tests: the tests' one tiny network (`TINY_MODEL`), the reference vector from
-the original implementation, and the tiny randomly initialised CLAP model (never a download)."""
+"""Shared helpers for the model tests: the reference vector from the original implementation, gradient
+comparison, and the tiny randomly initialised CLAP model (never a download). The tests' one tiny network is
+`dsaml.training.smoke.TINY_MODEL` (also used by `make gpu-check` and the experiments' --tiny modes)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-# The tests' tiny network (DSAMLConfig fields): a forward or a training step in milliseconds on a CPU.
-TINY_MODEL = dict(hidden_size=16, num_heads=2, num_layers=1, ffn_size=16, dropout=0.0)
-
-
-def tiny_model_overrides(prefix: str = "model.") -> list[str]:
-    """TINY_MODEL as Hydra overrides, e.g. ["model.hidden_size=16", ...]."""
-    return [f"{prefix}{key}={value}" for key, value in TINY_MODEL.items()]
-
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dsaml_small.pt"
 

@@ -51,6 +51,7 @@ from dsaml.data.synth import load_truth
 from dsaml.meta.methods import AUTO
 from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
 from dsaml.training.runs import best_checkpoint, to_overrides
+from dsaml.training.smoke import tiny_model_mapping
 
 SYNTH_PRESETS = sorted(path.stem for path in (CONFIG_DIR / "synth").glob("*.yaml"))
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
@@ -59,8 +60,8 @@ METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/ad
 TASK_KEYS = ("support_segments", "eval_batch_size", "inner_steps", "inner_lr", "first_order")
 TINY = {
     "synth": "tiny",
-    "dmer": ["+model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}", "trainer.max_epochs=1"],
-    "pdmer": ["+model={hidden_size:16,num_heads:2,num_layers:1,ffn_size:16}", "task.steps_per_epoch=2"],
+    "dmer": [f"+model={tiny_model_mapping()}", "trainer.max_epochs=1"],
+    "pdmer": [f"+model={tiny_model_mapping()}", "task.steps_per_epoch=2"],
 }
 
 

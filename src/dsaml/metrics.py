@@ -5,7 +5,7 @@ differentiable (the training loss is built from them). Reported metrics average 
 `METRIC_KEYS` is the one tuple of score names (logged, written to results.json, printed); `scores_of`
 scores one sequence as plain floats (the evaluation protocols, dsaml-personalize).
 
-Relation to torchmetrics (checked against docs/method.md, see tests/test_model_metrics.py):
+Relation to torchmetrics (checked against docs/method.md, see tests/test_metrics.py):
 - CCC: `torchmetrics.functional.concordance_corrcoef` uses the unbiased (n - 1) covariance and variances
   (a ratio of n - 1 terms, while the (mean_p - mean_y)^2 term carries no n - 1 factor), so it differs from
   the population-statistics CCC of docs/method.md; we keep ours.

@@ -22,12 +22,7 @@ def run(cfg: DictConfig, console: Console) -> None:
     SynthRun.check_top_level(cfg, "dsaml-synth")
     synth = SynthConfig.from_mapping(cfg.synth)
     summary = generate_corpus(
-        cfg.out,
-        synth,
-        cfg.seed,
-        layout=cfg.layout,
-        workers=cfg.workers,
-        console=console,
+        cfg.out, synth, cfg.seed, layout=cfg.layout, workers=cfg.workers, console=console
     )
     table = Table(title="dsaml-synth corpus", show_header=False)
     for label, value in summary.lines():

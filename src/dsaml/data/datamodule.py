@@ -64,17 +64,21 @@ class StoreReader:
         return self.item(song, rater, 0, self.clip_segments)
 
 
-class ClipDataset(Dataset):
-    """Training/validation clips of songs with rater-averaged curves (DMER)."""
+class _ReaderDataset(Dataset):
+    """Items read from the store, one per key of a fixed list (a subclass's `__getitem__` reads key i)."""
 
-    def __init__(self, reader: StoreReader, songs: Sequence[str]) -> None:
-        self.reader, self.songs = reader, list(songs)
+    def __init__(self, reader: StoreReader, keys: Sequence) -> None:
+        self.reader, self.keys = reader, list(keys)
 
     def __len__(self) -> int:
-        return len(self.songs)
+        return len(self.keys)
+
+
+class ClipDataset(_ReaderDataset):
+    """Training/validation clips of songs (the keys) with rater-averaged curves (DMER)."""
 
     def __getitem__(self, index: int) -> SongItem:
-        return self.reader.clip(self.songs[index])
+        return self.reader.clip(self.keys[index])
 
 
 def _episode(reader: StoreReader, spec: EpisodeSpec) -> Episode:
@@ -151,17 +155,11 @@ class ShuffleSampler(Sampler[int]):
         return -(-self.n // self.world_size)
 
 
-class EpisodeDataset(Dataset):
-    """Fixed evaluation episodes (PDMER validation on held-out raters)."""
-
-    def __init__(self, reader: StoreReader, specs: Sequence[EpisodeSpec]) -> None:
-        self.reader, self.specs = reader, list(specs)
-
-    def __len__(self) -> int:
-        return len(self.specs)
+class EpisodeDataset(_ReaderDataset):
+    """Fixed evaluation episodes (the keys: `EpisodeSpec`s; PDMER validation on held-out raters)."""
 
     def __getitem__(self, index: int) -> Episode:
-        return {"index": index, **_episode(self.reader, self.specs[index])}
+        return {"index": index, **_episode(self.reader, self.keys[index])}
 
 
 class SongDataset(Dataset):

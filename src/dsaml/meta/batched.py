@@ -8,7 +8,7 @@ path made the demo-size meta-step 4x slower). The inner gradient of every episod
 of the summed support losses (episodes share no parameter slice, so d sum / d slice e is episode e's
 gradient); first order takes it without a graph, second order with `create_graph`, exactly as
 learn2learn's `MAML.adapt`. The sequential learn2learn loop (`meta_backward(engine="sequential")`) is the
-reference this engine is tested against (tests/test_meta_batched.py).
+reference this engine is tested against (tests/meta/test_batched.py).
 
 The engine applies a *twin*: the same module tree on the "meta" device (no storage; every tensor comes from
 the stacked parameters) with each `nn.LSTM` replaced by `MatmulLSTM` (the same recurrence from matmuls:

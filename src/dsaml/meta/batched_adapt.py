@@ -3,7 +3,7 @@
 `adapt_many` adapts several supports (one per (listener, song) pair of a test protocol) together: their
 copies of the network (or of its head, for `head`) are slices of parameters stacked along a leading pair
 axis, adapted by `dsaml.meta.batched.adapt_batched` (one network call per inner step for all pairs of a
-group). Each pair gets what `adapt` / `adapt_head` would give it (tests/test_eval_batched.py): a copy in
+group). Each pair gets what `adapt` / `adapt_head` would give it (tests/meta/test_batched_adapt.py): a copy in
 train mode (BatchNorm batch statistics, its own running statistics; dropout), `steps` plain SGD steps on
 the mean loss over its support batches, then the adapted network in eval mode. First- and second-order
 inner loops adapt to the same weights, so the engine never builds the second-order graph here.

@@ -138,24 +138,22 @@ class RelativeSelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LayerNorm transformer layer: attention block, then the feed-forward block (eps 1e-12).
+    """Post-LayerNorm transformer layer: its attention block, then the feed-forward block (eps 1e-12).
 
-    ffn_size: the feed-forward width; activation: gelu | relu; the other arguments: `RelativeSelfAttention`.
+    attention: the layer's `RelativeSelfAttention` (of width D); ffn_size: the feed-forward width;
+    activation: gelu | relu; dropout: after the feed-forward block.
     """
 
     def __init__(
         self,
-        hidden_size: int = 1024,
-        num_heads: int = 16,
+        attention: RelativeSelfAttention,
         ffn_size: int = 2048,
         activation: str = "gelu",
-        position: str = "relative_key",
-        max_positions: int = 512,
         dropout: float = 0.1,
-        fast: bool = True,
     ) -> None:
         super().__init__()
-        self.attention = RelativeSelfAttention(hidden_size, num_heads, position, max_positions, dropout, fast)
+        hidden_size = attention.output.out_features
+        self.attention = attention
         self.intermediate = nn.Linear(hidden_size, ffn_size)
         self.activation = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.output = nn.Linear(ffn_size, hidden_size)
@@ -176,7 +174,7 @@ class DualScaleEncoder(nn.Module):
     attention: dual (local then global band) | local | global | full (one unmasked pass); local_radius /
     global_radius: band half-widths in segments; num_layers: L; fast: stack the passes in one batch and use
     `scaled_dot_product_attention` (False = the original's computation, pass by pass); the other arguments:
-    `EncoderLayer`.
+    `RelativeSelfAttention`'s and `EncoderLayer`'s.
 
     forward(h [B, T, D]) -> dict with
       "encoded" [B, T, D]: sigmoid(local + global) for dual attention, the single pass's output otherwise;
@@ -203,7 +201,12 @@ class DualScaleEncoder(nn.Module):
         super().__init__()
         self.fast = fast
         self.layers = nn.ModuleList(
-            EncoderLayer(hidden_size, num_heads, ffn_size, activation, position, max_positions, dropout, fast)
+            EncoderLayer(
+                RelativeSelfAttention(hidden_size, num_heads, position, max_positions, dropout, fast),
+                ffn_size,
+                activation,
+                dropout,
+            )
             for _ in range(num_layers)
         )
         radii = {

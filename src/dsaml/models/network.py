@@ -6,6 +6,9 @@ Shapes: logmel [B, T, F=51, M=128] (natural-log mel power, one 0.5 s segment per
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +65,13 @@ class EmotionHead(nn.Module):
         return self.out(self.dropout(self.hidden(self.bilstm(x)[0])))
 
 
+def block_options(block: type[nn.Module], cfg: DSAMLConfig) -> dict[str, Any]:
+    """The named arguments of `block` (but `fast`, fixed by the network) taken from the config's fields of
+    the same names: every block argument is a config field with the same default."""
+    names = inspect.signature(block).parameters
+    return {name: getattr(cfg, name) for name in names if name != "fast"}
+
+
 class DSAMLNet(nn.Module):
     """The DSAML network.
 
@@ -83,21 +93,8 @@ class DSAMLNet(nn.Module):
         if cfg.global_context == "learned":
             self.global_context = LearnedGlobalContext(cfg.n_mels, cfg.hidden_size, cfg.global_window)
         self.fusion = Fusion(self.spectrogram.out_features, cfg.hidden_size, cfg.global_dim, cfg.fusion)
-        self.encoder = DualScaleEncoder(
-            hidden_size=cfg.hidden_size,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            ffn_size=cfg.ffn_size,
-            activation=cfg.activation,
-            position=cfg.position,
-            max_positions=cfg.max_positions,
-            dropout=cfg.dropout,
-            attention=cfg.attention,
-            local_radius=cfg.local_radius,
-            global_radius=cfg.global_radius,
-            fast=fast,
-        )
-        self.head = EmotionHead(cfg.hidden_size, cfg.dropout)
+        self.encoder = DualScaleEncoder(**block_options(DualScaleEncoder, cfg), fast=fast)
+        self.head = EmotionHead(**block_options(EmotionHead, cfg))
 
     def forward(
         self,
@@ -107,7 +104,9 @@ class DSAMLNet(nn.Module):
         return_diagonal: bool = True,
     ) -> dict[str, Tensor]:
         return self.predict_encoded(
-            self.encode_segments(logmel, global_vectors), return_attention, return_diagonal
+            self.encode_segments(logmel, global_vectors),
+            return_attention=return_attention,
+            return_diagonal=return_diagonal,
         )
 
     def encode_segments(
@@ -139,18 +138,11 @@ class DSAMLNet(nn.Module):
             global_vectors = self.global_context.song(logmel) if song else self.global_context.clip(logmel)
         return self.fusion(features, global_vectors)
 
-    def predict_encoded(
-        self,
-        h: Tensor,
-        return_attention: bool = False,
-        return_diagonal: bool = True,
-        first_qkv: QKV | None = None,
-    ) -> dict[str, Tensor]:
-        """Sequence part: h [B, T, D] -> outputs (see the class docstring). `first_qkv`: the first encoder
-        layer's q, k, v [B, H, T, D/H] of h when already computed (sliding windows slice a song's)."""
-        out = self.encoder(
-            h, return_attention=return_attention, return_diagonal=return_diagonal, first_qkv=first_qkv
-        )
+    def predict_encoded(self, h: Tensor, **encoder_options: Any) -> dict[str, Tensor]:
+        """Sequence part: h [B, T, D] -> outputs (see the class docstring). `encoder_options`:
+        `DualScaleEncoder.forward`'s return_attention, return_diagonal and first_qkv (the first encoder
+        layer's q, k, v [B, H, T, D/H] of h when already computed: sliding windows slice a song's)."""
+        out = self.encoder(h, **encoder_options)
         return {**self.emotions(out.pop("encoded")), **out}
 
     def body(
