@@ -331,9 +331,7 @@ def example_curves(
             for it in [dataset[i]]
             if len(it["arousal"]) > window
         )
-        settings = dict(
-            window=window, adaptation=adaptation, stitch=task.stitch, batch_size=task.eval_batch_size
-        )
+        settings = dict(task.song_prediction, adaptation=adaptation)
         results = run_protocols(pdmer_net, item, list(labels), prior=prior, **settings)
         _, dmer_curves = run_protocols(dmer_net, item, ["dmer"], **settings)["dmer"]
         curves = {"DMER model": (dmer_curves[0].numpy(), dmer_curves[1].numpy())}

@@ -83,6 +83,17 @@ class Protocols(Config):
     eval_stride: int = integer(1, low=1)
     eval_batch_size: int = integer(32, low=1)
 
+    @property
+    def song_prediction(self) -> dict[str, Any]:
+        """The test protocols' whole-song prediction settings, as `run_protocols` keywords: window
+        (support_segments), stitch, batch_size (eval_batch_size), stride (eval_stride)."""
+        return dict(
+            window=self.support_segments,
+            stitch=self.stitch,
+            batch_size=self.eval_batch_size,
+            stride=self.eval_stride,
+        )
+
 
 @dataclass
 class Episodes(Config):

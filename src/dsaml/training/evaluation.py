@@ -64,26 +64,11 @@ def personalize_on(
 
 
 def run_protocols(
-    net: nn.Module,
-    item: SongItem,
-    protocols: list[str],
-    *,
-    window: int,
-    adaptation: AdaptationConfig,
-    stitch: str,
-    batch_size: int,
-    stride: int = 1,
-    prior: CalibrationPrior | None = None,
+    net: nn.Module, item: SongItem, protocols: list[str], **settings: Any
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
-    """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}.
-    window / stitch / batch_size / stride: whole-song prediction (`SlidingWindows`). adaptation: resolved
-    (steps, lr, first_order set); prior: the calibration prior when it calibrates.
-    Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
-    Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
-    made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
-    per item, so neither on which items ran before)."""
-    settings = dict(window=window, adaptation=adaptation, stitch=stitch, batch_size=batch_size)
-    return run_protocols_many(net, [item], protocols, **settings, stride=stride, prior=prior)[0]
+    """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}:
+    `run_protocols_many` of [item], with its keyword settings."""
+    return run_protocols_many(net, [item], protocols, **settings)[0]
 
 
 def run_protocols_many(
@@ -101,8 +86,15 @@ def run_protocols_many(
     engine: str = DEFAULT_META_ENGINE,
     chunk: int | None = None,
 ) -> list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]]:
-    """`run_protocols` of several items -> one result per item. seeds: each item's draw (None: drawn here,
-    one per item in turn, as `run_protocols` does at the start of its item). engine: how the within-song and
+    """Run the selected protocols on each item -> per item {protocol: (scores, (pred_a, pred_v, true_a,
+    true_v))}.
+    window / stitch / batch_size / stride: whole-song prediction (`SlidingWindows`). adaptation: resolved
+    (steps, lr, first_order set); prior: the calibration prior when it calibrates.
+    Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
+    Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
+    made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
+    per item, so neither on which items ran before). seeds: each item's draw (None: drawn here, one per
+    item in turn). engine: how the within-song and
     cross-song protocols run an inner-loop method (maml, head and their _calibrate variants): "sequential"
     (one pair after another) or "batched" (every pair of the items together, `chunk` at most per call:
     `dsaml.meta.batched_adapt`; with dropout its draws are the group's, see there). Other methods run one
