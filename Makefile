@@ -15,7 +15,7 @@ $(STAMP): requirements/lock.txt pyproject.toml tools/install_learn2learn.sh
 	bash tools/install_learn2learn.sh $(PY)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
-	$(PY) -c "import torch, torchaudio, lightning, hydra, h5py, dsaml.meta; dsaml.meta.learn2learn(); print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
+	$(PY) -c "import torch, torchaudio, lightning, hydra, h5py; from dsaml.meta.l2l import learn2learn; learn2learn(); print('dsaml installed: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 	touch $(STAMP)
 
 # Refresh the lock on purpose (resolves pyproject.toml anew in a throw-away venv); then `make install`.
