@@ -32,12 +32,31 @@ DEFAULT_META_ENGINE = "sequential"
 
 
 def maml_wrap(net: nn.Module, lr: float, first_order: bool = True) -> nn.Module:
-    """Wrap `net` in learn2learn's `MAML` (inner SGD learning rate `lr`)."""
+    """Wrap `net` in learn2learn's `MAML` (with allow_unused=True).
+
+    Args:
+        net (nn.Module): the network to meta-train (a `DSAMLNet`, or its head for the head-only inner loop).
+        lr (float): the inner SGD learning rate.
+        first_order (bool): first-order MAML (no second derivatives through the inner steps).
+
+    Returns:
+        nn.Module: the learn2learn `MAML` wrapper of `net` (shares its parameters).
+    """
     return learn2learn().algorithms.MAML(net, lr=lr, first_order=first_order, allow_unused=True)
 
 
 def batch_loss(net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-    """The DSAML loss (docs/method.md, "Loss and metrics") of `net` on one batch -> (loss, batch scores)."""
+    """The DSAML loss (docs/method.md, "Loss and metrics") of `net` on one batch.
+
+    Args:
+        net (nn.Module): a `DSAMLNet` (or a wrapper or adapted copy called like one).
+        batch (ClipBatch): ``logmel`` [B, T, 51, 128], ``global`` [B, 1 or T, D_g] or None, ``arousal`` /
+            ``valence`` [B, T].
+
+    Returns:
+        (loss, scores): the differentiable 0-dim loss and the batch scores (`dsaml.losses.dsaml_loss`:
+        the per-sequence scores averaged over the batch, "average" and "attention_reg", 0-dim tensors).
+    """
     out = net(batch["logmel"], batch.get("global"))
     return dsaml_loss(out, batch["arousal"], batch["valence"])
 
@@ -45,7 +64,16 @@ def batch_loss(net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]
 @dataclass
 class Adaptation:
     """Result of `adapt` / `adapt_head`: the adapted copy of the network and the support loss before each
-    inner step."""
+    inner step.
+
+    Args:
+        learner (nn.Module): the learn2learn `MAML` clone (or the `HeadAdaptedNet`); call it like the network.
+        losses (list[float]): the mean support loss before each inner step (``steps`` values).
+        adapted (nn.Module or None): the adapted network when it is not ``learner.module``.
+
+    Attributes:
+        net (nn.Module): the adapted network (``adapted``, else ``learner.module``), called like a `DSAMLNet`.
+    """
 
     learner: nn.Module  # learn2learn MAML clone (or HeadAdaptedNet); call it like the network
     losses: list[float] = field(default_factory=list)
@@ -58,8 +86,15 @@ class Adaptation:
 
 class HeadAdaptedNet(DSAMLNet):
     """A `DSAMLNet` whose head is an adapted copy; every other submodule IS the original network's (shared,
-    so gradients reach the original body). `train()`/`eval()` switch only the head: the body keeps the
-    original network's mode (eval at test/personalisation time, train during meta-training)."""
+    so gradients reach the original body).
+
+    `train()`/`eval()` switch only the head: the body keeps the original network's mode (eval at
+    test/personalisation time, train during meta-training). Called like `DSAMLNet` (same shapes).
+
+    Args:
+        net (DSAMLNet): the original network (its config and every submodule but the head are shared).
+        head (nn.Module): the adapted copy of ``net.head`` (an `EmotionHead`: [B, T, D] -> [B, T, 2]).
+    """
 
     def __init__(self, net: DSAMLNet, head: nn.Module) -> None:
         nn.Module.__init__(self)
@@ -107,15 +142,31 @@ def adapt(
 ) -> Adaptation:
     """Adapt a copy of `net` to a support set with `steps` plain SGD steps (MAML's inner loop).
 
-    net: a `DSAMLNet` (wrapped here with learning rate `lr`) or an existing learn2learn `MAML` wrapper
-    (cloned; `lr` overrides its rate when given). first_order: None = the wrapper's own setting (first
-    order when `net` is wrapped here). support: one batch or a list of batches; each inner step descends
-    the mean loss over them. train_mode: mode of the copy during adaptation (True = BatchNorm batch
-    statistics and dropout, as in meta-training; None = keep the current mode). isolate_buffers: the
-    copy gets its own BatchNorm statistics (True for evaluation/personalisation; meta-training shares them
-    like the original). on_step(k, adapted network) is called after inner step k = 1 .. steps (e.g. to
-    score it after each step). The original network's parameters are never modified. Gradients are enabled
-    here even under `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises.
+    The original network's parameters are never modified. Gradients are enabled here even under
+    `torch.no_grad()`; under `torch.inference_mode()` adaptation is impossible and raises RuntimeError.
+
+    Args:
+        net (nn.Module): a `DSAMLNet` (wrapped here with learning rate `lr`) or an existing learn2learn
+            `MAML` wrapper (cloned; `lr` overrides its rate when given).
+        support (ClipBatch or Sequence[ClipBatch]): one batch or a list of batches (``logmel``
+            [B, T, 51, 128], labels [B, T]); each inner step descends the mean loss over them.
+        steps (int): inner SGD steps (>= 0; 0 returns an unadapted copy).
+        lr (float or None): inner learning rate; required when `net` is not a `MAML` wrapper.
+        first_order (bool or None): None = the wrapper's own setting (first order when `net` is wrapped here).
+        train_mode (bool or None): mode of the copy during adaptation (True = BatchNorm batch statistics and
+            dropout, as in meta-training; None = keep the current mode).
+        isolate_buffers (bool): the copy gets its own BatchNorm statistics (True for
+            evaluation/personalisation; meta-training shares them like the original).
+        loss_fn (callable): (network, batch) -> (loss, scores); default `batch_loss`.
+        on_step (callable or None): on_step(k, adapted network) is called after inner step k = 1 .. steps
+            (e.g. to score it after each step).
+
+    Returns:
+        Adaptation: the adapted copy (``.net``, ``.learner``) and the support loss before each step.
+
+    Raises:
+        ValueError: steps < 0, an empty support set, or no `lr` for a plain network.
+        FloatingPointError: a non-finite support loss.
     """
     if steps < 0:
         raise ValueError(f"adapt: steps={steps}: expected >= 0")
@@ -182,11 +233,28 @@ def adapt_head(
     train_mode: bool | None = True,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> Adaptation:
-    """The inner loop over the head only (ANIL): the body's features of each support batch are computed once
-    (no gradient, `net`'s current mode), then `steps` SGD steps adapt a copy of the head on them with the
-    same loss as `adapt` (the attention regulariser is a constant here). head: a learn2learn wrapper of
-    `net.head` (meta-training) or None (wrapped here with `lr`). Returns the adapted network
-    (`HeadAdaptedNet`) as `.net` and `.learner`; on_step(k, adapted network) after each step."""
+    """The inner loop over the head only (ANIL, Raghu et al., ICLR 2020).
+
+    The body's features of each support batch are computed once (no gradient, `net`'s current mode), then
+    `steps` SGD steps adapt a copy of the head on them with the same loss as `adapt` (the attention
+    regulariser is a constant here). `net` is never modified.
+
+    Args:
+        net (DSAMLNet): the network whose head is adapted.
+        support (ClipBatch or Sequence[ClipBatch]): one batch or a list of batches (``logmel``
+            [B, T, 51, 128], labels [B, T]).
+        steps (int): inner SGD steps (>= 0).
+        lr (float or None): inner learning rate; required when `head` is None.
+        first_order (bool or None): as in `adapt`.
+        head (nn.Module or None): a learn2learn wrapper of ``net.head`` (meta-training) or None (wrapped
+            here with `lr`).
+        train_mode (bool or None): mode of the head copy during adaptation (as in `adapt`).
+        on_step (callable or None): on_step(k, adapted network) after inner step k = 1 .. steps.
+
+    Returns:
+        Adaptation: the adapted network (a `HeadAdaptedNet`) as ``.net`` and ``.learner``, and the support
+        loss before each step.
+    """
     features = body_batches(net, support)
 
     def head_loss(learner: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -238,7 +306,14 @@ def _first_order_step(learner: nn.Module, loss: Tensor) -> None:
 
 @dataclass
 class MetaStepStats:
-    """What one outer step saw: mean query loss/scores over this process's episodes, the inner losses."""
+    """What one outer step (`meta_backward`) saw, over this process's episodes.
+
+    Args:
+        query_loss (float): the mean query loss over the episodes.
+        query_scores (dict[str, float]): the mean query scores (keys of `batch_loss`'s scores).
+        adapt_losses (list[list[float]]): per episode, the support loss before each inner step (empty for
+            the read-out inner loop).
+    """
 
     query_loss: float
     query_scores: dict[str, float]
@@ -263,18 +338,39 @@ def meta_backward(
     For each episode: clone, adapt `steps` inner steps on the support, then backpropagate
     query_loss / episodes_in_meta_batch to the un-adapted parameters (first or second order as `maml` is set
     up). With several processes each passes its share of the meta-batch and the same
-    `episodes_in_meta_batch`; the caller then sums the gradients over processes. `backward` lets Lightning's
-    `manual_backward` be used. on_nonfinite(episode_index, message) is called (and should raise) when a
-    support or query loss is NaN/inf.
-    net: the whole network when `maml` wraps only its head (head-only inner loop, `adapt_head`): the query
-    loss then reaches the body directly and the head through its adapted copy.
-    engine: "sequential" (one episode after another, learn2learn) or "batched" (`chunk` episodes at a time,
-    None = all, with stacked per-episode parameters: `dsaml.meta.batched`; the DSAML loss only).
-    readout_strength: the read-out inner loop (task.inner_loop=readout; `maml` is then the plain network,
-    `steps` and `loss_fn` are not used): per episode the head's read-out is refitted in closed form on the
-    support with this prior strength in songs (`dsaml.meta.readout.readout_episode_loss`) and the query loss
-    backpropagates through the solve into the whole network, the trained read-out (the prior) included.
-    Sequential engine only.
+    `episodes_in_meta_batch`; the caller then sums the gradients over processes.
+
+    Args:
+        maml (nn.Module): the learn2learn `MAML` wrapper of the network (or of its head when `net` is given;
+            the plain network with `readout_strength`).
+        episodes (Sequence[Episode]): ``{"support": batch, "query": batch}`` of one rater each (batches as
+            in `batch_loss`: ``logmel`` [B, T, 51, 128], labels [B, T]).
+        steps (int): inner SGD steps per episode.
+        episodes_in_meta_batch (int): episodes in the whole meta-batch (over all processes): the divisor of
+            each query loss.
+        backward (callable): called on each scaled query loss (Lightning's `manual_backward`; default
+            `Tensor.backward`).
+        loss_fn (callable): (network, batch) -> (loss, scores); default `batch_loss`.
+        on_nonfinite (callable or None): on_nonfinite(episode_index, message) is called (and should raise)
+            when a support or query loss is NaN/inf.
+        net (DSAMLNet or None): the whole network when `maml` wraps only its head (head-only inner loop,
+            `adapt_head`): the query loss then reaches the body directly and the head through its adapted
+            copy.
+        engine (str): "sequential" (one episode after another, learn2learn) or "batched" (`chunk` episodes
+            at a time with stacked per-episode parameters: `dsaml.meta.batched`; the DSAML loss only).
+        chunk (int or None): episodes per batched pass (None = all); batched engine only.
+        readout_strength (float or None): the read-out inner loop (task.inner_loop=readout; `maml` is then
+            the plain network, `steps` and `loss_fn` are not used): per episode the head's read-out is
+            refitted in closed form on the support with this prior strength in songs
+            (`dsaml.meta.readout.readout_episode_loss`) and the query loss backpropagates through the solve
+            into the whole network, the trained read-out (the prior) included. Sequential engine only.
+
+    Returns:
+        MetaStepStats: the mean query loss and scores over `episodes` and each episode's inner losses.
+
+    Raises:
+        ValueError: an unknown engine, or an option the engine does not support.
+        FloatingPointError: a non-finite support or query loss (naming the episode).
     """
     if engine not in META_ENGINES:
         raise ValueError(f"meta_backward: engine={engine!r}: expected one of {', '.join(META_ENGINES)}")
