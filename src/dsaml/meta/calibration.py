@@ -60,11 +60,21 @@ _PAIRS = ("offset_tau2", "offset_noise", "gain_tau2", "gain_noise", "gain_scale"
 
 @dataclass(frozen=True)
 class CalibrationPrior:
-    """The prior of the listener's map and the noise of one song's estimate, per dimension (arousal,
-    valence): offset_tau2 / gain_tau2 (variance of listeners around identity), offset_noise / gain_noise
-    (variance of one song's estimate), gain_scale (phi: extra gain variance per unit of the song's
-    noise-to-signal ratio). source: "model" | "averaged" | "fixed" (see the module docstring); raters / songs:
-    how many held-out raters / rater-songs it was estimated from (0 when fixed)."""
+    """The prior of the listener's map and the noise of one song's estimate (see the module docstring).
+
+    Every pair is (arousal, valence); offsets and gains are in label units (a gain change c = gain - 1).
+
+    Args:
+        offset_tau2 (tuple[float, float]): tau_b^2, the variance of listeners' offsets around identity (0).
+        offset_noise (tuple[float, float]): sigma_b^2, the variance of one song's offset estimate.
+        gain_tau2 (tuple[float, float]): tau_c^2, the variance of listeners' gain changes around 0.
+        gain_noise (tuple[float, float]): sigma_c^2, the variance of one song's gain estimate.
+        gain_scale (tuple[float, float]): phi, the extra gain variance per unit of the song's
+            noise-to-signal ratio v_s.
+        source (str): "model" | "averaged" | "fixed": what the predictions it was estimated from were.
+        raters (int): how many held-out raters it was estimated from (0 when fixed).
+        songs (int): how many held-out rater-songs it was estimated from (0 when fixed).
+    """
 
     offset_tau2: Pair
     offset_noise: Pair
@@ -104,14 +114,28 @@ class CalibrationPrior:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted map: gain, offset (floats) and lag (segments) per dimension (arousal, valence)."""
+    """A fitted map per dimension: f(x)_t = gain * x_{t - lag} + offset (edges repeated when shifted).
+
+    Args:
+        gain (tuple[float, float]): (arousal, valence) gains.
+        offset (tuple[float, float]): (arousal, valence) offsets, in label units.
+        lag (tuple[int, int]): (arousal, valence) delays in segments (negative: advance).
+    """
 
     gain: tuple[float, float] = (1.0, 1.0)
     offset: tuple[float, float] = (0.0, 0.0)
     lag: tuple[int, int] = (0, 0)
 
     def apply(self, arousal: Tensor, valence: Tensor) -> tuple[Tensor, Tensor]:
-        """Map predicted curves ([..., T] each) to the listener's scale."""
+        """Map predicted curves to the listener's scale.
+
+        Args:
+            arousal (Tensor): predicted arousal [..., T].
+            valence (Tensor): predicted valence [..., T].
+
+        Returns:
+            (arousal [..., T], valence [..., T]) after the map.
+        """
         return tuple(  # type: ignore[return-value]
             self.gain[d] * shift(x, self.lag[d]) + self.offset[d] for d, x in enumerate((arousal, valence))
         )
@@ -177,8 +201,22 @@ def fit_calibration(
     prior: CalibrationPrior | None,
     max_lag: int = 0,
 ) -> Calibration:
-    """Fit the map on support songs: predictions / targets = [(arousal [T_i], valence [T_i]) per song].
-    prior None: no shrinkage, the least-squares map over the songs pooled (a hindsight ceiling's map)."""
+    """Fit the map on support songs, per dimension (see the module docstring).
+
+    Args:
+        predictions (Sequence[tuple[Tensor, Tensor]]): the network's (arousal [T_i], valence [T_i]) per song.
+        targets (Sequence[tuple[Tensor, Tensor]]): the listener's (arousal [T_i], valence [T_i]) per song.
+        prior (CalibrationPrior or None): the shrinkage toward identity (posterior mean); None: no shrinkage,
+            the least-squares map over the songs pooled (a hindsight ceiling's map).
+        max_lag (int): every lag in [-max_lag, max_lag] segments is fitted and the one with the smallest
+            squared support error kept (0: no shift).
+
+    Returns:
+        Calibration: gain, offset and lag per dimension.
+
+    Raises:
+        ValueError: no songs, or not one target pair per predicted song.
+    """
     if not predictions or len(predictions) != len(targets):
         raise ValueError("fit_calibration: need one target pair per predicted song (and at least one song)")
     gains, offsets, lags = [], [], []
@@ -221,9 +259,22 @@ def estimate_prior(
     curves: Iterable[tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
     source: str = "averaged",
 ) -> CalibrationPrior:
-    """Empirical-Bayes prior (see the module docstring) from (rater, (predicted arousal, valence), (rater's
-    arousal, valence)) per held-out rater-song; `source` names what the predictions are. ValueError when no
-    rater has two songs."""
+    """Empirical-Bayes prior of the calibration (moment estimates: see the module docstring).
+
+    Args:
+        curves (Iterable): per held-out rater-song, (rater, (predicted arousal [T], valence [T]), (rater's
+            arousal [T], valence [T])) as arrays; the four curves are cut to their shortest length, and
+            songs shorter than 2 segments are skipped.
+        source (str): what the predictions are: "model" (a trained model's on unseen songs), "averaged"
+            (each song's rater-averaged curve) or "fixed".
+
+    Returns:
+        CalibrationPrior: per dimension tau^2 (floored at 1e-6), sigma_b^2, phi (sigma_c^2 = 0), with
+        `source` and the counts of raters and rater-songs used.
+
+    Raises:
+        ValueError: an unknown `source`, or no rater with two songs with usable curves.
+    """
     if source not in SOURCES:
         raise ValueError(f"calibration prior source {source!r}: expected one of {', '.join(SOURCES)}")
     fits: dict[str, list[list[SongFit]]] = {}

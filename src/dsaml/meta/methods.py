@@ -74,19 +74,32 @@ Sequence_ = SongSequence
 
 @dataclass(frozen=True)
 class AdaptationConfig(Config):
-    """The `adaptation:` group (see conf/adaptation/*.yaml for each key).
+    """The `adaptation:` group (see conf/adaptation/*.yaml for each key), validated on construction.
 
-    method: one of METHODS, or "auto". steps / lr / first_order: the inner loop of maml and head (None:
-    the checkpoint's task: eval_inner_steps or inner_steps, inner_lr, first_order; a DMER task has no
-    inner loop: INNER_LOOP_DEFAULTS). lag: calibrate: the
-    largest shift in segments tried (0: none). prior: calibrate: the prior strength toward identity in
-    songs, "auto" (estimated from the training raters, see `estimate_prior`; stored in checkpoints) or a
-    number >= 0 (0: plain least squares). auto_methods: what `auto` tries besides none when the listener
-    gives two or more songs; auto_single: the same with one song. auto_steps: step
-    counts it tries for head/maml (None: steps // 2, steps, 2 * steps). auto_rule: how it chooses among the
-    validated candidates (`choose`). margin: how much better (average
-    score) a candidate must validate than the unadapted network to be chosen. skip_flat: leave out support
-    songs whose arousal or valence never moves (see `moving`); false: adapt on them, as the original does.
+    Args:
+        method (str): one of METHODS, or "auto".
+        steps (int or None): inner SGD steps of maml and head (>= 0). None: the checkpoint's task
+            (eval_inner_steps or inner_steps; a DMER task has no inner loop: INNER_LOOP_DEFAULTS), see
+            `resolve`.
+        lr (float or None): inner learning rate (> 0); None: the task's inner_lr.
+        first_order (bool or None): first-order inner loop; None: the task's first_order.
+        lag (int): calibrate: the largest shift in segments tried (0: none).
+        prior (str or float): calibrate: the prior strength toward identity in songs, "auto" (estimated from
+            the training raters, see `estimate_prior`; stored in checkpoints) or a number >= 0 (0: plain
+            least squares).
+        auto_methods (tuple[str, ...]): what `auto` tries besides none when the listener gives two or more
+            songs.
+        auto_single (tuple[str, ...]): the same with one song.
+        auto_steps (tuple[int, ...] or None): step counts `auto` tries for head/maml (None: steps // 2,
+            steps, 2 * steps; see `grid`).
+        auto_rule (str): how `auto` chooses among the validated candidates ("best" | "simplest", `choose`).
+        margin (float): how much better (average score) a candidate must validate than the unadapted
+            network to be chosen.
+        skip_flat (bool): leave out support songs whose arousal or valence never moves (see `moving`);
+            False: adapt on them, as the original does.
+
+    Raises:
+        ConfigError: a value out of range or of the wrong kind, naming the key.
     """
 
     SECTION = "adaptation"
@@ -172,8 +185,20 @@ class AdaptationConfig(Config):
 
 
 def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None) -> CalibrationPrior | None:
-    """The prior the config asks for: a number, or (prior=auto) the one stored with the checkpoint. None when
-    no method needs one; ConfigError when prior=auto and nothing is stored."""
+    """The calibration prior the config asks for.
+
+    Args:
+        config (AdaptationConfig): the adaptation settings (its method, auto candidates and prior).
+        stored (Mapping or None): the prior stored with the checkpoint (`CalibrationPrior.to_dict`, or the
+            older form of strengths in songs), or None.
+
+    Returns:
+        CalibrationPrior or None: `CalibrationPrior.uniform` of the configured number, or (prior=auto) the
+        stored one; None when no method the config can run calibrates.
+
+    Raises:
+        ConfigError: prior=auto and nothing is stored.
+    """
     uses = config.calibrates or (
         config.method == AUTO
         and any(m.endswith("calibrate") for m in config.auto_methods + config.auto_single)
@@ -237,7 +262,14 @@ class SlidingWindows:
 
 @dataclass
 class Personalized:
-    """A personalised model: the (adapted) network and the output map (None: identity)."""
+    """A personalised model: the (adapted) network and the output map.
+
+    Args:
+        net (nn.Module): the (adapted) network, called like a `DSAMLNet`.
+        calibration (Calibration or None): the output map (None: identity).
+        method (str): the method that made it (one of METHODS).
+        steps (int): the inner steps it ran (0 for methods without an inner loop).
+    """
 
     net: nn.Module
     calibration: Calibration | None = None
@@ -260,9 +292,18 @@ class Personalized:
 
 # ------------------------------------------------------------------ one method
 def moving(support: Sequence[Sequence_]) -> list[Sequence_]:
-    """The support sequences whose arousal and valence curves both move (variance above FLAT). A curve that
-    never moves is an untouched slider: it says nothing about how the listener hears the music, and fitting
-    to it flattens the output (a calibration gain of 0, a head that predicts a constant)."""
+    """The support sequences whose arousal and valence curves both move.
+
+    A curve that never moves is an untouched slider: it says nothing about how the listener hears the music,
+    and fitting to it flattens the output (a calibration gain of 0, a head that predicts a constant).
+
+    Args:
+        support (Sequence[SongSequence]): the listener's sequences (``arousal`` / ``valence`` [T]).
+
+    Returns:
+        list[SongSequence]: those whose arousal and valence both have (population) variance above FLAT
+        (1e-4, in squared label units), in their order.
+    """
     return [
         seq
         for seq in support
@@ -355,9 +396,28 @@ def personalize_net(
     batches: Sequence[Mapping[str, Any]] | None = None,
     steps: int | None = None,
 ) -> Personalized:
-    """Apply `config.method` (not auto) on the support sequences. `config` must be resolved (steps, lr,
-    first_order set). batches: the inner loop's support batches (default: each sequence cut into
-    windows, one batch per sequence); steps overrides config.steps. The network is never modified."""
+    """Apply `config.method` (not auto: see `select`) on the support sequences. The network is never modified.
+
+    With ``config.skip_flat``, flat support songs (see `moving`) are left out; when all are flat the network
+    is returned as it is (method "none").
+
+    Args:
+        net (nn.Module): a `DSAMLNet`.
+        support (Sequence[SongSequence]): the listener's sequences (``logmel`` [T, 51, 128], ``global``
+            [1 or T, D_g] or None, ``arousal`` / ``valence`` [T]).
+        config (AdaptationConfig): resolved (steps, lr, first_order set: `AdaptationConfig.resolve`).
+        predictor (SlidingWindows): how whole sequences are predicted (for the map's fit).
+        prior (CalibrationPrior or None): the calibration prior; required when the method calibrates.
+        batches (Sequence[ClipBatch] or None): the inner loop's support batches (default: each sequence cut
+            into windows of ``predictor.window`` segments, one batch per sequence).
+        steps (int or None): overrides ``config.steps``.
+
+    Returns:
+        Personalized: the adapted network, the fitted map (when the method calibrates), method and steps.
+
+    Raises:
+        ValueError: method=auto, no support sequences, or a calibrating method without a prior.
+    """
     planned = plan(support, config, predictor, batches, steps)
     if planned is None:
         return Personalized(net)

@@ -38,9 +38,17 @@ Sequence_ = SongSequence
 
 @dataclass
 class Selection:
-    """What `select` tried and chose: candidates = [{"method", "steps", "score", "folds", "wins"}] (score: the
-    mean validation "average" over folds; folds: per fold; wins: folds where it beats the unadapted network),
-    the chosen candidate, and the model refitted on every song."""
+    """What `select` tried and chose.
+
+    Args:
+        chosen (dict[str, Any]): {"method", "steps"} of the chosen candidate.
+        candidates (list[dict[str, Any]]): [{"method", "steps", "score", "folds", "wins"}] (score: the mean
+            validation "average" over folds; folds: the score per fold; wins: folds where it beats the
+            unadapted network); empty when there was nothing to validate on.
+        validation (str): how the songs were split (e.g. "leave-one-song-out", "blocked 3-fold within the
+            song (...)", or why there was no validation).
+        personalized (Personalized): the chosen method refitted on every (moving) song.
+    """
 
     chosen: dict[str, Any]
     candidates: list[dict[str, Any]]
@@ -188,10 +196,27 @@ def select(
     prior: CalibrationPrior | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:
-    """method=auto: score every candidate (`config.auto_methods`, or `config.auto_single` with one song) on
-    the validation folds of the listener's songs (`folds`), choose one by `config.auto_rule` (`choose`; the
-    unadapted network unless a candidate validates better by more than `config.margin` on average and on
-    more than half of the folds), and refit it on every song. `config` must be resolved."""
+    """method=auto: choose an adaptation method on the listener's own songs and refit it on every song.
+
+    Every candidate (`config.auto_methods`, or `config.auto_single` with one song, at every step count of
+    `config.grid()` for the inner loops) is scored on the validation folds of the listener's songs
+    (`folds`), one is chosen by `config.auto_rule` (`choose`: the unadapted network unless a candidate
+    validates better by more than `config.margin` on average and on more than half of the folds), and it is
+    refitted with `personalize_net`. With ``config.skip_flat`` flat songs are left out (`moving`). The
+    network is never modified.
+
+    Args:
+        net (nn.Module): a `DSAMLNet`.
+        support (Sequence[SongSequence]): the listener's sequences (``logmel`` [T, 51, 128], ``global``
+            [1 or T, D_g] or None, ``arousal`` / ``valence`` [T]).
+        config (AdaptationConfig): resolved (`AdaptationConfig.resolve`); its method is ignored.
+        predictor (SlidingWindows): how whole sequences are predicted (validation scores, the map's fit).
+        prior (CalibrationPrior or None): the calibration prior; required when a candidate calibrates.
+        progress (callable or None): called with a message ("validation fold i/n") before each fold.
+
+    Returns:
+        Selection: the candidates' validation scores, the choice and the refitted `Personalized`.
+    """
     if config.skip_flat and len(kept := moving(support)) < len(support):
         if not kept:
             return Selection({"method": "none", "steps": 0}, [], "no song moves", Personalized(net))
