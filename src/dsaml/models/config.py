@@ -21,25 +21,36 @@ GLOBAL_CONTEXT_KINDS = ("learned", "clap", "none")  # plus "precomputed:<name>"
 
 @dataclass
 class DSAMLConfig(Config):
-    """Hyper-parameters of `DSAMLNet`.
+    """Hyper-parameters of `DSAMLNet`, validated on construction (ConfigError naming the key).
 
-    hidden_size: D, the transformer width; also the global-vector width D_g unless `global_dim` is set.
-    num_heads / num_layers: H and L of the shared encoder. ffn_size: feed-forward width (2048 in the
-    original, whatever its CLI said). dropout: p for attention probabilities, residual branches and head.
-    max_positions: P; the relative-distance table has 2P - 1 rows. position: relative_key |
-    relative_key_query | none ("absolute" is accepted and means none, as in the original).
-    local_radius / global_radius: band half-widths in segments. attention: dual | local | global | full.
-    fusion: True = h = Linear(sigmoid(s + g)) (the original); False = h = s + g (ablation).
-    global_context: learned | precomputed:<name> | clap | none. global_dim: width of supplied global vectors
-    (None = hidden_size; otherwise a Linear(global_dim -> D) is learned). global_window: segments in the
-    learned context's window (60 = the original's 30 s). n_frames / n_mels: the log-mel segment image.
-    impl: how the same function is computed: fast (stacked passes, scaled_dot_product_attention) | eager (the
-    original's computation step by step: parity oracle and benchmark baseline).
-    cnn_kernel: how the fast path computes the spectrogram CNN: fused (dsaml.models.spectrogram: BatchNorm
-    folded into the convolutions, full-resolution activations never written) | native (PyTorch's conv /
-    BatchNorm / pool modules, as the original: the same float32 rounding, which the BatchNorm-conditioned CNN
-    gradients are sensitive to at ~5e-4; networks converted from the original use it).
-    Eager always uses native.
+    Args:
+        hidden_size (int): D, the transformer width; also the global-vector width D_g unless `global_dim`
+            is set. Divisible by num_heads and by 4 (the BiLSTM head's D/4).
+        num_heads (int): H, attention heads of the shared encoder.
+        num_layers (int): L, layers of the shared encoder.
+        ffn_size (int): feed-forward width (2048 in the original, whatever its CLI said).
+        dropout (float): p in [0, 1) for attention probabilities, residual branches and head.
+        activation (str): the feed-forward activation, gelu | relu.
+        max_positions (int): P; the relative-distance table has 2P - 1 rows.
+        position (str): relative_key | relative_key_query | none ("absolute" is accepted and means none, as
+            in the original).
+        local_radius (int): band half-width of local attention, in segments.
+        global_radius (int): band half-width of global attention, in segments.
+        attention (str): dual | local | global | full.
+        fusion (bool): True = h = Linear(sigmoid(s + g)) (the original); False = h = s + g (ablation).
+        global_context (str): learned | precomputed:<name> | clap | none.
+        global_dim (int or None): width of supplied global vectors (None = hidden_size; otherwise a
+            Linear(global_dim -> D) is learned).
+        global_window (int): segments in the learned context's window (60 = the original's 30 s).
+        n_frames (int): F, frames per log-mel segment image (51).
+        n_mels (int): M, mel bands per segment image (128).
+        impl (str): how the same function is computed: fast (stacked passes, scaled_dot_product_attention) |
+            eager (the original's computation step by step: parity oracle and benchmark baseline).
+        cnn_kernel (str): how the fast path computes the spectrogram CNN: fused (dsaml.models.spectrogram:
+            BatchNorm folded into the convolutions, full-resolution activations never written) | native
+            (PyTorch's conv / BatchNorm / pool modules, as the original: the same float32 rounding, which the
+            BatchNorm-conditioned CNN gradients are sensitive to at ~5e-4; networks converted from the
+            original use it). Eager always uses native.
     """
 
     SECTION = "model"

@@ -73,15 +73,16 @@ def block_options(block: type[nn.Module], cfg: DSAMLConfig) -> dict[str, Any]:
 
 
 class DSAMLNet(nn.Module):
-    """The DSAML network.
+    """The DSAML network: spectrogram CNN -> fusion with the global vectors -> dual-scale encoder -> BiLSTM
+    head (docs/method.md, "Network").
 
-    forward(logmel [B, T, 51, 128], global_vectors [B, 1 or T, D_g] or None, return_attention=False,
-    return_diagonal=True) -> dict:
-      "arousal", "valence": [B, T];
-      "attention_diagonal": [B, 2, T] head-averaged diagonal of the attention probabilities of layer L - 1
-          and of the last layer (what the regulariser consumes; skip with return_diagonal=False);
-      "attention_maps": [B, passes * L, H, T, T] only with return_attention=True.
-    With global_context="learned" pass global_vectors=None: one vector per input clip is built from logmel.
+    Submodules: ``spectrogram`` (CNN, 476 features per segment), ``global_context`` (with
+    global_context="learned" only), ``fusion``, ``encoder`` (the body's dual-scale encoder) and ``head``
+    (`EmotionHead`, what `adapt_head` adapts).
+
+    Args:
+        cfg (DSAMLConfig): the hyper-parameters (D = hidden_size, H = num_heads, L = num_layers, F = n_frames,
+            M = n_mels).
     """
 
     def __init__(self, cfg: DSAMLConfig) -> None:
@@ -103,6 +104,23 @@ class DSAMLNet(nn.Module):
         return_attention: bool = False,
         return_diagonal: bool = True,
     ) -> dict[str, Tensor]:
+        """Predict the emotion curves of a batch of clips.
+
+        Args:
+            logmel (Tensor): log-mel segment images [B, T, F=51, M=128] float32 (natural-log mel power, one
+                0.5 s segment per step).
+            global_vectors (Tensor or None): the global context [B, 1 or T, D_g] with
+                D_g = ``cfg.global_input_dim``; None with global_context="learned" (one vector per input
+                clip is built from logmel) or "none". ValueError when it does not match the config.
+            return_attention (bool): also return the attention maps.
+            return_diagonal (bool): return the attention diagonal (what the regulariser consumes).
+
+        Returns:
+            dict[str, Tensor]: "arousal", "valence" [B, T]; "attention_diagonal" [B, 2, T] (with
+            return_diagonal): the head-averaged diagonal of the attention probabilities of layer L - 1 and
+            of the last layer; "attention_maps" [B, passes * L, H, T, T] (with return_attention; local
+            layers first, then global).
+        """
         return self.predict_encoded(
             self.encode_segments(logmel, global_vectors),
             return_attention=return_attention,
@@ -148,14 +166,31 @@ class DSAMLNet(nn.Module):
     def body(
         self, logmel: Tensor, global_vectors: Tensor | None = None, return_diagonal: bool = True
     ) -> dict[str, Tensor]:
-        """Everything before the head (CNN, fusion, dual-scale encoder): logmel [B, T, F, M] ->
-        {"encoded": [B, T, D], "attention_diagonal": [B, 2, T] (with return_diagonal)}. The head-only
-        adaptation (ANIL) computes this once per support batch and adapts `head` on it."""
+        """Everything before the head (CNN, fusion, dual-scale encoder).
+
+        The head-only adaptation (ANIL, `adapt_head`) computes this once per support batch and adapts
+        `head` on it.
+
+        Args:
+            logmel (Tensor): [B, T, F=51, M=128] (as in `forward`).
+            global_vectors (Tensor or None): [B, 1 or T, D_g] or None (as in `forward`).
+            return_diagonal (bool): also return the attention diagonal.
+
+        Returns:
+            dict[str, Tensor]: "encoded" [B, T, D]; "attention_diagonal" [B, 2, T] (with return_diagonal).
+        """
         return self.encoder(self.encode_segments(logmel, global_vectors), return_diagonal=return_diagonal)
 
     def emotions(self, encoded: Tensor, head: nn.Module | None = None) -> dict[str, Tensor]:
-        """The head on body features: encoded [B, T, D] -> {"arousal", "valence": [B, T]}; `head` replaces
-        the network's own (an adapted copy)."""
+        """The head on body features.
+
+        Args:
+            encoded (Tensor): body features [B, T, D] (`body`'s "encoded").
+            head (nn.Module or None): replaces the network's own head (an adapted copy); None: ``self.head``.
+
+        Returns:
+            dict[str, Tensor]: "arousal", "valence" [B, T].
+        """
         emotions = (self.head if head is None else head)(encoded)
         return {"arousal": emotions[..., 0], "valence": emotions[..., 1]}
 
