@@ -125,11 +125,11 @@ class InnerLoop(Config):
     final read-out refitted in closed form on the support, ridge toward the trained one with
     readout_strength songs of evidence, differentiated through; no inner SGD steps: inner_steps / inner_lr
     are not used; validation adapts with the test-time ridge, test with adaptation=ridge; sequential engine
-    only). meta_engine: how a
-    meta-batch's episodes, and the test protocols' (listener, song) pairs with an inner-loop method, are
-    adapted: batched (together, stacked per-episode parameters; docs/meta-engine.md) | sequential (one after
-    another, learn2learn). meta_chunk: episodes (test: items and pairs) per batched call (None = the whole
-    meta-batch; test: 16 items; bounds the batched engine's memory).
+    only). meta_engine: how a meta-batch's episodes, and the test protocols' (listener, song) pairs with an
+    inner-loop method, are adapted: batched (together, stacked per-episode parameters;
+    docs/meta-engine.md) | sequential (one after another, learn2learn). meta_chunk: episodes (test: items
+    and pairs) per batched call (None = the whole meta-batch; test: 16 items; bounds the batched engine's
+    memory).
     """
 
     inner_steps: int = integer(INNER_LOOP_DEFAULTS["steps"], low=0)

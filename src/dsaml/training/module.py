@@ -297,8 +297,7 @@ class DSAMLModule(L.LightningModule):
         pairs = datamodule.prior_pairs() if datamodule is not None else []
         if not pairs:
             return
-        cfg = self.task_cfg
-        predictor = SlidingWindows(cfg.support_segments, cfg.stitch, cfg.eval_batch_size, cfg.eval_stride)
+        predictor = SlidingWindows(**self.task_cfg.song_prediction)
         prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor)
         if prior is not None:
             self.hparams.calibration_prior = prior.to_dict()

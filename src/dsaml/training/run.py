@@ -347,9 +347,8 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         cfg.task = OmegaConf.create(task.to_dict())
         cfg.model = OmegaConf.create(model_cfg.to_dict())
     validated(_as_train_keys(cfg))
-    adaptation = adaptation_of(cfg) or stored_adaptation(
-        hparams
-    )  # the conf/adaptation group, else the checkpoint's
+    # the conf/adaptation group, else the checkpoint's
+    adaptation = adaptation_of(cfg) or stored_adaptation(hparams)
     check_store(cfg, dict(hparams.get("features") or {}) or None, asked_by="the checkpoint's features")
     datamodule = datamodule_from(cfg, task, model_cfg)
     module = DSAMLModule(
