@@ -11,15 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from dsaml.data.annotations import (
-    find_audio,
-    leading_run,
-    match_ids,
-    normalise_id,
-    pair_curves,
-    parse_cell,
-    read_csv_rows,
-)
+from dsaml.data import annotations
 from dsaml.data.catalogue import Catalogue, DataError, IssueLog, Song
 from dsaml.data.rules import SplitRule
 
@@ -46,7 +38,7 @@ def read_pmemo(
         raise DataError(f"PMEmo root not found: {root}")
     issues = IssueLog(strict)
     path = root / ANNOTATIONS
-    header, rows = read_csv_rows(path, issues)
+    header, rows = annotations.read_csv_rows(path, issues)
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}, found {header}")
@@ -55,8 +47,8 @@ def read_pmemo(
     values: dict[str, tuple[dict[int, float], dict[int, float]]] = defaultdict(lambda: ({}, {}))
     for number, row in enumerate(rows, start=2):
         cells = [row[i] if i < len(row) else "" for i in index]
-        song = normalise_id(cells[0])
-        time_s = parse_cell(cells[1], issues, path, number, COLUMNS[1])
+        song = annotations.normalise_id(cells[0])
+        time_s = annotations.parse_cell(cells[1], issues, path, number, COLUMNS[1])
         if not song or time_s != time_s:
             issues.report(path, "row without a musicId or frameTime; skipped", number)
             continue
@@ -70,7 +62,7 @@ def read_pmemo(
                     column,
                 )
                 continue
-            values[song][dim][ms] = parse_cell(cell, issues, path, number, column)
+            values[song][dim][ms] = annotations.parse_cell(cell, issues, path, number, column)
     if not values:
         raise DataError(f"{path}: no annotation rows")
 
@@ -79,13 +71,15 @@ def read_pmemo(
     averaged = {}
     for song, dims in values.items():
         arousal, valence = (
-            leading_run({ms - shift: v for ms, v in d.items()}, start_ms, STEP_MS, (path, None), issues)
+            annotations.leading_run(
+                {ms - shift: v for ms, v in d.items()}, start_ms, STEP_MS, (path, None), issues
+            )
             for d in dims
         )
-        averaged[song] = pair_curves(arousal, valence, f"{path} (musicId {song})", issues)
+        averaged[song] = annotations.pair_curves(arousal, valence, f"{path} (musicId {song})", issues)
 
-    audio = find_audio(root / AUDIO_DIR)
-    song_ids = match_ids(audio, set(averaged), str(root / AUDIO_DIR), str(path), issues)
+    audio = annotations.find_audio(root / AUDIO_DIR)
+    song_ids = annotations.match_ids(audio, set(averaged), str(root / AUDIO_DIR), str(path), issues)
     split = split or SplitRule(method="random")
     store_as = store_as or {"train": "song", "test": "song"}
     splits = split.assign(song_ids)

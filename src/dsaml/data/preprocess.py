@@ -47,6 +47,7 @@ from dsaml.data.store import (
     FeatureStoreWriter,
     SongRecord,
     StoreError,
+    StoreLayout,
     completed_job,
     store_lock,
 )
@@ -74,6 +75,11 @@ class PreprocessConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         resolve_device(self.device)
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The store's on-disk layout (dtype, chunk_segments, compression)."""
+        return StoreLayout(self.dtype, self.chunk_segments, self.compression)
 
 
 @dataclass
@@ -374,11 +380,8 @@ def _assemble(
         dataset=data.name,
         feature_config=features.to_dict(),
         segments_per_clip=data.segments_per_clip,
-        n_frames=features.n_frames,
-        n_mels=features.n_mels,
-        dtype=config.dtype,
-        chunk_segments=config.chunk_segments,
-        compression=config.compression,
+        segment_shape=(features.n_frames, features.n_mels),
+        layout=config.layout,
     )
     with writer:
         stored = []

@@ -142,6 +142,22 @@ class SongRecord:
     logmel: np.ndarray
 
 
+@dataclass(frozen=True)
+class StoreLayout:
+    """How the log-mel features are laid out on disk: element dtype (one of DTYPES), segments per HDF5
+    chunk, and the chunk filter (one of COMPRESSIONS; gzip with byte shuffling)."""
+
+    dtype: str = "float16"
+    chunk_segments: int = 16
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: allowed values {list(DTYPES)}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression={self.compression!r}: allowed values {list(COMPRESSIONS)}")
+
+
 class FeatureStoreWriter:
     """Creates a store (`create`, `add_song`, `finish`) or opens one to add global vectors (`__init__`).
 
@@ -171,17 +187,12 @@ class FeatureStoreWriter:
         dataset: str,
         feature_config: Mapping[str, Any],
         segments_per_clip: int,
-        n_frames: int,
-        n_mels: int,
-        dtype: str = "float16",
-        chunk_segments: int = 16,
-        compression: str = "none",
+        segment_shape: tuple[int, int],
+        layout: StoreLayout | None = None,
     ) -> FeatureStoreWriter:
-        """Start a new store at `path` (overwritten). Songs are added with `add_song`, then `finish`."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}: allowed values {list(DTYPES)}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression={compression!r}: allowed values {list(COMPRESSIONS)}")
+        """Start a new store at `path` (overwritten) for segments of `segment_shape` (frames, mels), stored
+        as `layout` says (default `StoreLayout()`). Songs are added with `add_song`, then `finish`."""
+        layout = layout or StoreLayout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(path, "w") as handle:
@@ -189,19 +200,19 @@ class FeatureStoreWriter:
                 format=FORMAT,
                 dsaml_version=dsaml.__version__,
                 dataset=dataset,
-                dtype=dtype,
+                dtype=layout.dtype,
                 segments_per_clip=int(segments_per_clip),
                 complete=False,
                 feature_config=_dump(dict(feature_config)),
             )
             handle.create_dataset(
                 "features/logmel",
-                shape=(0, n_frames, n_mels),
-                maxshape=(None, n_frames, n_mels),
-                dtype=dtype,
-                chunks=(chunk_segments, n_frames, n_mels),
-                compression=None if compression == "none" else compression,
-                shuffle=compression == "gzip",
+                shape=(0, *segment_shape),
+                maxshape=(None, *segment_shape),
+                dtype=layout.dtype,
+                chunks=(layout.chunk_segments, *segment_shape),
+                compression=None if layout.compression == "none" else layout.compression,
+                shuffle=layout.compression == "gzip",
             )
         return cls(path)
 
