@@ -43,13 +43,32 @@ CNN_CHUNK = 512  # segments per spectrogram-encoder call (bounds peak memory on 
 
 
 def edge_weights(window: int) -> Tensor:
-    """Weight of each window position for stitch="weighted": min(j + 1, window - j), j = 0 .. window - 1."""
+    """Weight of each window position for stitch="weighted": its distance from the nearer window edge.
+
+    Args:
+        window (int): segments per window.
+
+    Returns:
+        Tensor: [window] float32, min(j + 1, window - j) for j = 0 .. window - 1 (on the CPU).
+    """
     position = torch.arange(window)
     return torch.minimum(position + 1, window - position).float()
 
 
 def stitch_windows(outputs: Tensor, starts: list[int], length: int, rule: str, channel: str) -> Tensor:
-    """outputs [n_windows, window] of one channel ("arousal" | "valence") -> [length] by `rule`."""
+    """Stitch the window outputs of one channel into the song's curve (rules: the module docstring).
+
+    Args:
+        outputs (Tensor): one channel's window outputs [n_windows, window] (`window_outputs`).
+        starts (list[int]): the first segment of each window, ascending (`window_starts`: the windows
+            cover segments 0 .. length - 1, the last one ending at the song's end).
+        length (int): T, the song's length in segments (0.5 s each).
+        rule (str): one of STITCH_RULES (not checked here: `predict_song` checks it).
+        channel (str): "arousal" or "valence" (only "original" treats them differently).
+
+    Returns:
+        Tensor: the curve [length], on the outputs' device and of their dtype.
+    """
     n, window = outputs.shape
     if rule in ("mean", "weighted"):
         position = torch.arange(window, device=outputs.device)
@@ -112,16 +131,20 @@ def window_outputs(
     """Eval-mode outputs of the windows of one song; the song is encoded once.
 
     Args:
-        net: the network (used in eval mode, restored afterwards).
-        logmel: the song's log-mel segments [T, 51, 128].
-        global_vectors: as in `predict_song`.
-        window: segments per window.
-        starts: the first segment of each window (each <= T - window).
-        batch_size: windows per forward.
-        progress: called as progress(done, total) after each batch of windows.
+        net (DSAMLNet): the network (used in eval mode, restored afterwards).
+        logmel (Tensor or np.ndarray): the song's log-mel segments [T, 51, 128] (0.5 s each).
+        global_vectors (Tensor, np.ndarray or None): as in `predict_song`.
+        window (int): segments per window.
+        starts (list[int]): the first segment of each window (each <= T - window).
+        batch_size (int): windows per forward.
+        progress (Callable or None): called as progress(done, total) in windows after each batch.
 
     Returns:
-        (arousal, valence), each [len(starts), window], on the network's device.
+        (arousal, valence): each [len(starts), window], of the network's dtype, on its device.
+
+    Raises:
+        ValueError: logmel is not [T, 51, 128], or the global vectors do not match the network's
+            global context (`DSAMLNet.forward`).
     """
     logmel, global_vectors = _song_inputs(net, logmel, global_vectors)
     with eval_mode(net):
@@ -156,17 +179,24 @@ def predict_song(
     The network is used in eval mode (restored afterwards).
 
     Args:
-        net: the network.
-        logmel: the song's log-mel segments [T, 51, 128].
-        global_vectors: [1 or T, D_g], or None for the "learned" and "none" global contexts.
-        window: segments per window (the model's training clip length).
-        stride: segments between window starts (<= window).
-        stitch: one of STITCH_RULES.
-        batch_size: windows per forward.
-        progress: called as progress(done, total) with the windows done after each batch.
+        net (DSAMLNet): the network.
+        logmel (Tensor or np.ndarray): the song's log-mel segments [T, 51, 128] (0.5 s each).
+        global_vectors (Tensor, np.ndarray or None): [1 or T, D_g], or None for the "learned" and "none"
+            global contexts.
+        window (int): segments per window (the model's training clip length).
+        stride (int): segments between window starts (<= window).
+        stitch (str): one of STITCH_RULES.
+        batch_size (int): windows per forward.
+        progress (Callable or None): called as progress(done, total) with the windows done after each
+            batch (1, 1 after the single forward of a short song).
 
     Returns:
         (arousal [T], valence [T]): float32 tensors on the CPU.
+
+    Raises:
+        ValueError: an unknown stitch; stitch="original" with stride != 1; window, stride or batch_size
+            below 1; stride > window on a song longer than window; logmel not [T, 51, 128] or global
+            vectors that do not match the network (`DSAMLNet.forward`).
     """
     if stitch not in STITCH_RULES:
         raise ValueError(f"stitch={stitch!r} is not one of {', '.join(STITCH_RULES)}")

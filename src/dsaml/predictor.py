@@ -43,19 +43,38 @@ DEFAULT_STITCH = "weighted"
 
 @dataclass(frozen=True)
 class Curves:
-    """Emotion curves of one song: time_s [T] (start of each 0.5 s segment), arousal [T], valence [T]."""
+    """Emotion curves of one song (what `Predictor.predict` returns).
+
+    Args:
+        time_s (np.ndarray): [T] start of each segment in seconds (start_s + i * segment_s: 15.0, 15.5, ...).
+        arousal (np.ndarray): [T] float32 predicted arousal.
+        valence (np.ndarray): [T] float32 predicted valence.
+    """
 
     time_s: np.ndarray
     arousal: np.ndarray
     valence: np.ndarray
 
     def rows(self) -> list[tuple[float, float, float]]:
+        """One (time_s, arousal, valence) tuple of floats per segment, in time order."""
         return list(zip(self.time_s.tolist(), self.arousal.tolist(), self.valence.tolist(), strict=True))
 
 
 def window_of(hparams: dict[str, Any], path: str | Path) -> int:
-    """The checkpoint's sliding-window length in segments: its training clip length `task.support_segments`,
-    or the original's 60 for a `dsaml-convert` file; CheckpointError when it records neither."""
+    """The checkpoint's sliding-window length.
+
+    Args:
+        hparams (dict): the checkpoint's ``hyper_parameters``.
+        path (str or Path): the checkpoint's path (named in errors).
+
+    Returns:
+        int: segments per window: the training clip length ``task.support_segments``, or the original's 60
+        (ORIGINAL_WINDOW) for a `dsaml-convert` file (``converted_from`` set).
+
+    Raises:
+        CheckpointError: task.support_segments is not a positive integer, or the checkpoint records
+            neither.
+    """
     task = hparams.get("task") or {}
     if "support_segments" in task:
         window = task["support_segments"]
@@ -71,7 +90,16 @@ def window_of(hparams: dict[str, Any], path: str | Path) -> int:
 
 
 def check_raw_audio_model(cfg: DSAMLConfig, path: str | Path) -> None:
-    """Raise CheckpointError when the network needs global vectors that only an external encoder makes."""
+    """Check that the network can run on raw audio alone.
+
+    Args:
+        cfg (DSAMLConfig): the checkpoint's model config.
+        path (str or Path): the checkpoint's path (named in the error).
+
+    Raises:
+        CheckpointError: the network needs stored global vectors (``cfg.global_store_name`` set), which only
+            an external encoder makes; global_context "learned" and "none" pass.
+    """
     needs = cfg.global_store_name
     if needs is not None:
         raise CheckpointError(
@@ -83,7 +111,19 @@ def check_raw_audio_model(cfg: DSAMLConfig, path: str | Path) -> None:
 
 @dataclass
 class Predictor:
-    """A loaded dsaml network (eval mode, on `device`) plus the feature settings it was trained with."""
+    """A loaded dsaml network (eval mode, on `device`) plus the feature settings it was trained with.
+
+    Made by `Predictor.load`.
+
+    Args:
+        net (DSAMLNet): the network, in eval mode.
+        features (FeatureConfig): the checkpoint's feature settings (the defaults when it has none).
+        hparams (dict): the checkpoint's ``hyper_parameters``.
+        device (torch.device): where the network and the feature extraction run.
+        path (Path): the checkpoint file.
+        window (int): sliding-window length in segments (`window_of`).
+        calibration (Calibration or None): the listener's output map of a personalised checkpoint.
+    """
 
     net: DSAMLNet
     features: FeatureConfig
@@ -95,8 +135,25 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", trust: bool = False) -> Predictor:
-        """Load a dsaml checkpoint (never unpickled unless `trust`); CheckpointError when it is not one, needs
-        unpickling, or cannot run on raw audio."""
+        """Load a dsaml checkpoint for prediction on audio files.
+
+        Warns when the checkpoint holds no feature settings (the defaults are used).
+
+        Args:
+            path (str or Path): the checkpoint (dsaml-train, dsaml-convert or dsaml-personalize output).
+            device (str): "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+            trust (bool): allow unpickling (only for files you trust); False: weights-only loading.
+
+        Returns:
+            Predictor: the network on `device` in eval mode, with its features, window and map.
+
+        Raises:
+            CheckpointError: not a dsaml checkpoint, damaged, needs unpickling without `trust`
+                (UnsafeCheckpointError), records no window length, or cannot run on raw audio
+                (`check_raw_audio_model`).
+            ConfigError: an unknown or unavailable device, or invalid stored feature settings.
+            FileNotFoundError: no such file.
+        """
         path = Path(path)
         resolved = resolve_device(device)
         net, cfg, hparams = load_network(path, map_location=resolved, trust=trust)
@@ -115,20 +172,33 @@ class Predictor:
 
     @property
     def cfg(self) -> DSAMLConfig:
+        """The network's model config."""
         return self.net.cfg
 
     def extractor(self) -> LogMelExtractor:
+        """A new log-mel extractor with the checkpoint's feature settings, on `device`."""
         return LogMelExtractor(self.features, self.device)
 
     def logmel(self, audio_path: str | Path, extractor: LogMelExtractor | None = None) -> np.ndarray:
-        """Log-mel of every whole segment of the file [T, 51, 128] (AudioDecodeError / ValueError when the
-        audio is unreadable or shorter than start_s + segment_s)."""
+        """Log-mel of every whole segment of an audio file, featurised as the training data was.
+
+        Args:
+            audio_path (str or Path): any audio file (any sample rate, mono or multi-channel).
+            extractor (LogMelExtractor or None): reuse one across files; None: a new `extractor()`.
+
+        Returns:
+            np.ndarray: float32 [T, 51, 128], T = floor((duration - start_s) / segment_s) segments.
+
+        Raises:
+            AudioDecodeError: the audio cannot be decoded.
+            ValueError: the audio is shorter than start_s + segment_s (15.5 s by default).
+        """
         return song_logmel(
             audio_path, self.features, self.device, mode="song", extractor=extractor or self.extractor()
         )
 
     def times(self, n: int) -> np.ndarray:
-        """Start time in seconds of segments 0 .. n - 1."""
+        """Start time in seconds of segments 0 .. n - 1: [n] start_s + i * segment_s (float64)."""
         return self.features.start_s + self.features.segment_s * np.arange(n)
 
     def predict(
@@ -144,13 +214,20 @@ class Predictor:
         is shorter); with the predictor's own network, its calibration map (if any) is applied.
 
         Args:
-            logmel: the song's log-mel segments [T, 51, 128] (`logmel`).
-            net: another network to predict with (e.g. an adapted copy; no map applied); None: its own.
-            stride / stitch / batch_size: as in `predict_song`.
-            progress: called as progress(done, total) after each batch of windows.
+            logmel (np.ndarray): the song's log-mel segments [T, 51, 128] (`logmel`).
+            net (nn.Module or None): another network to predict with (e.g. an adapted copy; no map
+                applied); None: its own.
+            stride (int): segments between window starts (DEFAULT_STRIDE = 10).
+            stitch (str): one of `dsaml.inference.STITCH_RULES` (DEFAULT_STITCH = "weighted").
+            batch_size (int): windows per forward.
+            progress (Callable or None): called as progress(done, total) after each batch of windows.
 
         Returns:
-            `Curves`: time_s, arousal, valence, each [T].
+            Curves: time_s, arousal, valence, each [T].
+
+        Raises:
+            ValueError: stride / stitch / batch_size rejected by `predict_song`, or logmel not
+                [T, 51, 128].
         """
         arousal, valence = predict_song(
             net or self.net,
@@ -168,8 +245,20 @@ class Predictor:
 
 
 def collect_audio(inputs: list[str] | str, recursive: bool = False, key: str = "inputs") -> list[Path]:
-    """Audio files named directly, plus those (mp3, wav, flac, ogg) in the named folders, in order; `key`
-    names the option in errors."""
+    """The audio files a command is given.
+
+    Args:
+        inputs (list[str] or str): audio files and folders.
+        recursive (bool): also search the folders' subfolders.
+        key (str): the option's name in errors.
+
+    Returns:
+        list[Path]: the files named directly plus those with an audio extension (AUDIO_EXTENSIONS) in the
+        named folders (sorted per folder), in order, without repeats.
+
+    Raises:
+        ConfigError: no inputs, a folder without audio files, or a path that is neither file nor folder.
+    """
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     if not items:
         raise ConfigError(f"{key}=[]: name at least one audio file or folder")
