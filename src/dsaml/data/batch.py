@@ -85,7 +85,21 @@ CURVE_KEYS = ("logmel", "arousal", "valence")  # the per-segment keys every sequ
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start positions of the sliding windows; the last window always ends at `length`."""
+    """Start positions of the sliding windows over a sequence; the last window always ends at `length`.
+
+    Args:
+        length (int): T, the sequence's length in segments (>= window).
+        window (int): segments per window (>= 1).
+        stride (int): segments between window starts (>= 1).
+
+    Returns:
+        list[int]: 0, stride, 2 stride, ... <= length - window, then length - window when the stride does
+        not land on it.
+
+    Raises:
+        IndexError: length < window (no window fits; callers check).
+        ValueError: stride 0.
+    """
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] != length - window:
         starts.append(length - window)
@@ -98,7 +112,18 @@ def _global_rows(vectors: Array, start: int, stop: int | None) -> Array:
 
 
 def slice_sequence(seq: Mapping[str, Any], start: int, stop: int | None) -> SongSequence:
-    """Segments [start, stop) of a sequence (``global`` only when it has vectors)."""
+    """Segments [start, stop) of a sequence (Python slice rules; stop None: to the end).
+
+    Args:
+        seq (Mapping): a `SongSequence` (logmel [T, F, M], arousal / valence [T], global [1 or T, D] or
+            None / absent).
+        start (int): first segment.
+        stop (int or None): one past the last segment.
+
+    Returns:
+        SongSequence: the slices (views); ``global`` only when it has vectors (a per-clip [1, D] kept
+        whole).
+    """
     out: dict[str, Any] = {k: seq[k][start:stop] for k in CURVE_KEYS}
     if seq.get("global") is not None:
         out["global"] = _global_rows(seq["global"], start, stop)
@@ -106,14 +131,31 @@ def slice_sequence(seq: Mapping[str, Any], start: int, stop: int | None) -> Song
 
 
 def as_batch(seq: Mapping[str, Any]) -> ClipBatch:
-    """One sequence as a batch of one: [1, T, ...] (``global`` None when it has no vectors)."""
+    """One sequence as a batch of one.
+
+    Args:
+        seq (Mapping): a `SongSequence` (logmel [T, F, M], arousal / valence [T], global [1 or T, D]).
+
+    Returns:
+        ClipBatch: logmel [1, T, F, M], arousal / valence [1, T], global [1, 1 or T, D] or None when the
+        sequence has no vectors.
+    """
     batch: dict[str, Any] = {k: seq[k][None] for k in CURVE_KEYS}
     batch["global"] = None if seq.get("global") is None else seq["global"][None]
     return batch  # type: ignore[return-value]
 
 
 def clips_of(batch: Mapping[str, Any]) -> list[SongSequence]:
-    """A batch [B, T, ...] -> its B clips as sequences."""
+    """A batch's clips as sequences (views).
+
+    Args:
+        batch (Mapping): a `ClipBatch` (logmel [B, T, F, M], arousal / valence [B, T], global
+            [B, 1 or T, D] or None / absent).
+
+    Returns:
+        list[SongSequence]: B sequences (logmel [T, F, M], arousal / valence [T], global [1 or T, D] or
+        None).
+    """
     glob = batch.get("global")
     return [
         {**{k: batch[k][i] for k in CURVE_KEYS}, "global": None if glob is None else glob[i]}  # type: ignore[misc]
@@ -123,7 +165,16 @@ def clips_of(batch: Mapping[str, Any]) -> list[SongSequence]:
 
 def collate(items: Sequence[SongItem]) -> ClipBatch:
     """Stack store items into a batch, cropping every sequence to the shortest one (labels may be a few
-    values shorter than the audio)."""
+    values shorter than the audio).
+
+    Args:
+        items (Sequence[SongItem]): B items (logmel [T_i, F, M], arousal / valence [T_i], ``global``
+            [1 or T_i, D] in every item or in none, ``song``).
+
+    Returns:
+        ClipBatch: logmel [B, T, F, M], arousal / valence [B, T] with T = min T_i; global [B, 1 or T, D]
+        (when the items have it); songs [B].
+    """
     length = min(len(it["arousal"]) for it in items)
     batch: dict[str, Any] = {key: torch.stack([it[key][:length] for it in items]) for key in CURVE_KEYS}
     if "global" in items[0]:
@@ -133,8 +184,19 @@ def collate(items: Sequence[SongItem]) -> ClipBatch:
 
 
 def windows_batch(seq: Mapping[str, Any], window: int) -> ClipBatch:
-    """Windows of `window` segments covering a sequence (the last one ends at its end) -> a support batch
-    [n, min(T, window), ...] float32 (the whole sequence when shorter)."""
+    """Cut a sequence into a support batch of windows (the inner loop's input).
+
+    Args:
+        seq (Mapping): a `SongSequence` (tensors or NumPy arrays): logmel [T, F, M], arousal / valence [T],
+            global [1 or T, D] or None / absent.
+        window (int): segments per window.
+
+    Returns:
+        ClipBatch: n windows of min(T, window) segments starting every `window` segments, the last one
+        ending at the sequence's end (so it may overlap the one before; n = 1, the whole sequence, when
+        T <= window): logmel [n, W, F, M], arousal / valence [n, W] float32; global [n, W, D] float32,
+        a per-clip [1, D] repeated as [n, 1, D] (its dtype kept), or None.
+    """
     n = len(seq["arousal"])
     starts = window_starts(n, window, window) if n > window else [0]
     size = min(n, window)
@@ -153,7 +215,16 @@ def windows_batch(seq: Mapping[str, Any], window: int) -> ClipBatch:
 
 
 def join_pieces(seq: Mapping[str, Any], pieces: Sequence[tuple[int, int]]) -> SongSequence:
-    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence."""
+    """The segments [start, stop) of each piece of a sequence, joined in order into one sequence.
+
+    Args:
+        seq (Mapping): a `SongSequence` (tensors or NumPy arrays).
+        pieces (Sequence[tuple[int, int]]): (start, stop) segment ranges.
+
+    Returns:
+        SongSequence: logmel [T', F, M], arousal / valence [T'] tensors with T' = the pieces' total length;
+        global joined the same way ([1, D] kept whole) or None.
+    """
     out: dict[str, Any] = {
         k: torch.cat([torch.as_tensor(seq[k])[a:b] for a, b in pieces]) for k in CURVE_KEYS
     }

@@ -66,6 +66,16 @@ def store_lock(store: str | Path, purpose: str = "dsaml-preprocess") -> Iterator
     The lock is an OS file lock (released by the kernel when its holder dies, kill -9 included); the file
     records the holder (pid, host, purpose, start time) for the message a second writer gets:
     StoreError naming that holder. A lock file left by a dead run is reported as stale and taken over.
+
+    Args:
+        store (str or Path): the store file (it need not exist; its folder is created).
+        purpose (str): what the holder is doing, shown to a second writer.
+
+    Yields:
+        str or None: a note that a stale lock was taken over (naming its old holder), else None.
+
+    Raises:
+        StoreError: another process holds the lock (the message names it).
     """
     path = Path(store)
     lock_path = path.with_name(path.name + ".lock")
@@ -128,7 +138,21 @@ def _dump(value: Any) -> str:
 
 @dataclass
 class SongRecord:
-    """What the writer stores for one song (log-mel [T, F, M] float32 plus facts about its audio)."""
+    """What the writer stores for one song (`FeatureStoreWriter.add_song`): log-mel and audio facts.
+
+    Args:
+        id (str): the song id.
+        split (str): "train" or "test".
+        mode (str): how its features were cut: "clip" (a fixed number of segments) or "song" (every whole
+            segment).
+        audio_path (str): the audio file it was made from.
+        fingerprint (str): the decoded audio's fingerprint.
+        duration_s (float): decoded duration in seconds.
+        source_rate (int): the file's sample rate in Hz.
+        source_channels (int): the file's channel count.
+        missing_fraction (float): the share of the clip zero-padded past the audio's end (0 in song mode).
+        logmel (np.ndarray): [T, F=51, M=128] float32, T segments of 0.5 s.
+    """
 
     id: str
     split: str
@@ -144,8 +168,16 @@ class SongRecord:
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """How the log-mel features are laid out on disk: element dtype (one of DTYPES), segments per HDF5
-    chunk, and the chunk filter (one of COMPRESSIONS; gzip with byte shuffling)."""
+    """How the log-mel features are laid out on disk (`FeatureStoreWriter.create`).
+
+    Args:
+        dtype (str): element dtype, one of DTYPES.
+        chunk_segments (int): segments per HDF5 chunk (not checked here; the preprocess config checks it).
+        compression (str): the chunk filter, one of COMPRESSIONS (gzip with byte shuffling).
+
+    Raises:
+        ValueError: dtype or compression not among the allowed values.
+    """
 
     dtype: str = "float16"
     chunk_segments: int = 16
@@ -162,7 +194,14 @@ class FeatureStoreWriter:
     """Creates a store (`create`, `add_song`, `finish`) or opens one to add global vectors (`__init__`).
 
     HDF5 allows no writer while the same process holds the file open for reading: close any
-    `FeatureStore` of this file (`.close()`) before opening a writer on it.
+    `FeatureStore` of this file (`.close()`) before opening a writer on it. A context manager (closes the
+    file on exit).
+
+    Args:
+        path (str or Path): an existing store file, opened read-write.
+
+    Raises:
+        StoreError: the file does not exist or cannot be opened for writing.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -190,8 +229,20 @@ class FeatureStoreWriter:
         segment_shape: tuple[int, int],
         layout: StoreLayout | None = None,
     ) -> FeatureStoreWriter:
-        """Start a new store at `path` (overwritten) for segments of `segment_shape` (frames, mels), stored
-        as `layout` says (default `StoreLayout()`). Songs are added with `add_song`, then `finish`."""
+        """Start a new store at `path` (overwritten; its folder is created); add songs with `add_song`, then
+        `finish`.
+
+        Args:
+            path (str or Path): the store file.
+            dataset (str): the dataset's name (the `dataset` attribute).
+            feature_config (Mapping): the feature settings (`FeatureConfig.to_dict`), stored as JSON.
+            segments_per_clip (int): segments per training clip of the dataset.
+            segment_shape (tuple[int, int]): (frames, mels) of one segment, (51, 128) by default settings.
+            layout (StoreLayout or None): dtype, chunking and compression; None: `StoreLayout()`.
+
+        Returns:
+            FeatureStoreWriter: open on the new, still incomplete store (attribute complete=False).
+        """
         layout = layout or StoreLayout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +268,14 @@ class FeatureStoreWriter:
         return cls(path)
 
     def add_song(self, record: SongRecord) -> None:
-        """Append one song's log-mel (cast to the store dtype) and remember its catalogue row."""
+        """Append one song's log-mel (cast to the store dtype) and remember its catalogue row.
+
+        Args:
+            record (SongRecord): the song; its log-mel [T, F, M] must match the store's segment shape.
+
+        Raises:
+            ValueError: the log-mel's segment shape is not the store's.
+        """
         logmel = self._file["features/logmel"]
         if record.logmel.shape[1:] != logmel.shape[1:]:
             raise ValueError(
@@ -240,7 +298,18 @@ class FeatureStoreWriter:
         per_rater: bool,
         attrs: Mapping[str, Any],
     ) -> None:
-        """Write the catalogue tables (songs in the order added) and curves, store attrs, mark complete."""
+        """Write the catalogue tables (songs in the order added) and curves, store attrs, mark complete.
+
+        Args:
+            averaged (Mapping): song id -> rater-averaged (arousal [T], valence [T]); every added song
+                must have an entry (KeyError otherwise).
+            ratings (Mapping): (rater, song) -> that rater's (arousal [T], valence [T]); pairs of songs
+                not added are dropped, the rest stored by rater, then in song order.
+            pdmer_pairs (Iterable[tuple[str, str]]): the (rater, song) pairs kept by the PDMER filters.
+            per_rater (bool): whether the dataset has per-rater curves at all.
+            attrs (Mapping): more store attributes; values other than int, float, str and bool are stored
+                as JSON.
+        """
         handle = self._file
         ids = [row["id"] for row in self._rows]
         for name, dtype in SONG_COLUMNS.items():
@@ -269,10 +338,18 @@ class FeatureStoreWriter:
     def add_global_vectors(
         self, name: str, song_id: str | int, array: np.ndarray, attrs: Mapping[str, Any] | None = None
     ) -> None:
-        """Store precomputed global-context vectors `array` [1, D] (one per clip) or [T, D] (one per
-        segment window, T = n_segments of the song) under /global/<name>/<song_id>, float32.
+        """Store precomputed global-context vectors under /global/<name>/<song_id>, float32 (replacing any).
 
-        All songs of one name must share D; `attrs` (e.g. encoder name and version) go on /global/<name>.
+        Args:
+            name (str): the vectors' name (e.g. the encoder's).
+            song_id (str or int): a song in the store.
+            array (np.ndarray): [1, D] (one per clip) or [T, D] (one per segment window, T = n_segments of
+                the song); all songs of one name share D.
+            attrs (Mapping or None): attributes for /global/<name> (e.g. encoder name and version).
+
+        Raises:
+            StoreError: the song is not in the store.
+            ValueError: array is not [1, D] or [T, D], or D differs from the name's stored vectors.
         """
         song_id = str(song_id)
         array = np.asarray(array, dtype=np.float32)
@@ -300,10 +377,11 @@ class FeatureStoreWriter:
         group.create_dataset(song_id, data=array)
 
     def delete_global_vectors(self, name: str) -> None:
-        """Remove /global/<name> and every song's vectors under it."""
+        """Remove /global/<name> and every song's vectors under it (KeyError when there is none)."""
         del self._file[f"global/{name}"]
 
     def close(self) -> None:
+        """Close the file (a no-op when closed already)."""
         if self._file.id.valid:
             self._file.close()
 
@@ -315,8 +393,17 @@ class FeatureStoreWriter:
 
 
 def completed_job(path: str | Path) -> dict[str, Any] | None:
-    """The job description (the `job` attribute) a complete store at `path` was made from; None when the
-    file is incomplete or not readable as HDF5. Structure is not checked (`FeatureStore.verify` does)."""
+    """The job description a complete store was made from (what lets a rerun skip or resume it).
+
+    Structure is not checked (`FeatureStore.verify` does).
+
+    Args:
+        path (str or Path): the store file.
+
+    Returns:
+        dict or None: its `job` attribute decoded ({} when it has none); None when the file is missing,
+        incomplete or not readable as HDF5.
+    """
     try:
         with h5py.File(path, "r") as handle:
             return json.loads(handle.attrs.get("job", "{}")) if handle.attrs.get("complete") else None
@@ -336,8 +423,18 @@ def _write_curves(group: h5py.Group, curves: list[tuple[np.ndarray, np.ndarray]]
 
 
 class FeatureStore:
-    """Read-only access to a feature store. The HDF5 file is opened lazily, once per process (h5py
-    handles must not cross fork), so one instance can be shared with DataLoader workers."""
+    """Read-only access to a feature store.
+
+    The HDF5 file is opened lazily, once per process (h5py handles must not cross fork), so one instance can
+    be shared with DataLoader workers; the small tables (songs, curve offsets) are read once into memory. A
+    context manager (closes the file on exit).
+
+    Args:
+        path (str or Path): the store file (`dsaml-preprocess` output).
+
+    Raises:
+        StoreError: the file is missing, not a readable HDF5 file, or incomplete.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -372,6 +469,7 @@ class FeatureStore:
         return state
 
     def close(self) -> None:
+        """Close this process's handle (reopened on the next read)."""
         if self._handle is not None and self._pid == os.getpid() and self._handle.id.valid:
             self._handle.close()
         self._handle = None
@@ -427,14 +525,17 @@ class FeatureStore:
 
     @property
     def dataset(self) -> str:
+        """The dataset's name ("deam", "pmemo", ...)."""
         return str(self._h5().attrs["dataset"])
 
     @property
     def feature_config(self) -> dict[str, Any]:
+        """The feature settings the log-mel was made with (`FeatureConfig.to_dict`)."""
         return json.loads(self._h5().attrs["feature_config"])
 
     @property
     def segments_per_clip(self) -> int:
+        """Segments per training clip of the dataset."""
         return int(self._h5().attrs["segments_per_clip"])
 
     @property
@@ -443,7 +544,18 @@ class FeatureStore:
         return json.loads(self._h5().attrs.get("failures", "[]"))
 
     def song_info(self, song_id: str | int) -> dict[str, Any]:
-        """The /songs row of one song (split, mode, duration_s, n_segments, source_rate, fingerprint, ...)."""
+        """The /songs row of one song.
+
+        Args:
+            song_id (str or int): a song in the store.
+
+        Returns:
+            dict[str, Any]: every `SONG_COLUMNS` entry (id, split, mode, audio_path, fingerprint, duration_s,
+            source_rate, source_channels, missing_fraction, n_segments, offset) as Python values.
+
+        Raises:
+            KeyError: the song is not in the store.
+        """
         row = self._row(song_id)
         return {
             name: (values[row].item() if isinstance(values[row], np.generic) else values[row])
@@ -451,12 +563,19 @@ class FeatureStore:
         }
 
     def verify(self, full: bool = False) -> None:
-        """Check the store's consistency; StoreError listing the problems found.
+        """Check the store's consistency.
 
         Always (cheap: the small tables): every /songs column has N rows; features are laid out back to
         back (offset[i] = offset[i-1] + n_segments[i-1], their sum = the rows of /features/logmel); every
         song has segments and labels; curve offsets/lengths tile their values; rater curves name stored
-        songs. With `full`: every feature and curve value is finite (reads the whole store).
+        songs.
+
+        Args:
+            full (bool): also check that every feature and curve value is finite (reads the whole store;
+                only when the structure is sound).
+
+        Raises:
+            StoreError: listing the problems found (the first five, and how many more).
         """
         problems = self._structure_problems()
         if full and not problems:
@@ -522,6 +641,11 @@ class FeatureStore:
 
     # --- the contract API --------------------------------------------------------------------------------
     def song_ids(self, split: str | None = None) -> list[str]:
+        """The ids of the songs in that split ("train" | "test"; None: all), in store order.
+
+        Raises:
+            ValueError: split is not "train", "test" or None.
+        """
         songs = self._t["songs"]
         if split is None:
             return list(songs["id"])
@@ -536,25 +660,40 @@ class FeatureStore:
             )
 
     def raters(self, split: str | None = None) -> list[str]:
-        """Raters with per-rater curves kept by the PDMER filters, in that split (None: any)."""
+        """Raters with per-rater curves kept by the PDMER filters.
+
+        Args:
+            split (str or None): "train" | "test": raters with a kept curve of a song of that split; None:
+                any.
+
+        Returns:
+            list[str]: rater ids, sorted.
+
+        Raises:
+            StoreError: the dataset has no per-rater curves (PMEmo).
+            ValueError: split is not "train", "test" or None.
+        """
         self._require_raters()
         return sorted({r for r, _ in self._pdmer_pairs(split)})
 
     def songs_of_rater(self, rater: str, split: str | None = None) -> list[str]:
+        """The songs (of that split; None: any) with a curve of `rater` kept by the PDMER filters, in store
+        order ([] for an unknown rater). Raises as `raters`."""
         self._require_raters()
         order = self._t["row"]
         return sorted((s for r, s in self._pdmer_pairs(split) if r == str(rater)), key=order.__getitem__)
 
     def rater_songs(self, split: str | None = None) -> list[tuple[str, str]]:
-        """Every (rater, song) pair with a per-rater curve kept by the PDMER filters, in that split: by rater,
-        then in store order (what `raters` x `songs_of_rater` give, in one pass over the pairs)."""
+        """Every (rater, song) pair with a per-rater curve kept by the PDMER filters, in that split (None:
+        any): by rater, then in store order (what `raters` x `songs_of_rater` give, in one pass over the
+        pairs). Raises as `raters`."""
         self._require_raters()
         order = self._t["row"]
         return sorted(self._pdmer_pairs(split), key=lambda pair: (pair[0], order[pair[1]]))
 
     def songs_by_rater(self, split: str | None = None) -> dict[str, list[str]]:
-        """{rater: their songs} of that split, raters sorted, songs in store order (what `raters` and
-        `songs_of_rater` give per rater, in one pass)."""
+        """{rater: their songs} of that split (None: any), raters sorted, songs in store order (what
+        `raters` and `songs_of_rater` give per rater, in one pass). Raises as `raters`."""
         by_rater: dict[str, list[str]] = {}
         for rater, song in self.rater_songs(split):
             by_rater.setdefault(rater, []).append(song)
@@ -572,14 +711,27 @@ class FeatureStore:
         ]
 
     def n_segments(self, song_id: str | int) -> int:
+        """The song's length T in segments (0.5 s each); KeyError when it is not in the store."""
         return int(self._t["songs"]["n_segments"][self._row(song_id)])
 
     def duration_s(self, song_id: str | int) -> float:
-        """Decoded audio duration of the song in seconds."""
+        """Decoded audio duration of the song in seconds; KeyError when it is not in the store."""
         return float(self._t["songs"]["duration_s"][self._row(song_id)])
 
     def logmel(self, song_id: str | int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Segments [start, stop) of a song's log-mel -> float32 [T', n_frames, n_mels]; reads only those."""
+        """Segments [start, stop) of a song's log-mel; reads only those.
+
+        Args:
+            song_id (str or int): a song in the store.
+            start (int): first segment (Python slice rules: negative counts from the end).
+            stop (int or None): one past the last segment; None: the song's end (T).
+
+        Returns:
+            np.ndarray: float32 [T', F=51, M=128], T' = the segments in the slice (0 when empty).
+
+        Raises:
+            KeyError: the song is not in the store.
+        """
         row = self._row(song_id)
         n = int(self._t["songs"]["n_segments"][row])
         begin, end, _ = slice(start, stop).indices(n)
@@ -588,7 +740,19 @@ class FeatureStore:
         return window.astype(np.float32, copy=False)
 
     def curves(self, song_id: str | int, rater: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(arousal [T], valence [T]) float32: rater-averaged (rater=None) or that rater's own curves."""
+        """A song's emotion curves (label i belongs to segment i).
+
+        Args:
+            song_id (str or int): a song in the store.
+            rater (str or None): a rater id: that rater's own curves; None: the rater average.
+
+        Returns:
+            (arousal [T], valence [T]): float32 arrays (copies).
+
+        Raises:
+            KeyError: the song is not in the store, or the rater has no curves for it.
+            StoreError: a rater is given and the dataset has no per-rater curves.
+        """
         t = self._t
         if rater is None:
             table, index = t["averaged"], self._row(song_id)
@@ -603,11 +767,13 @@ class FeatureStore:
         return values[:, 0].copy(), values[:, 1].copy()
 
     def global_names(self) -> list[str]:
+        """Names of the stored global-context vectors, sorted ([] when none)."""
         h5 = self._h5()
         return sorted(h5["global"].keys()) if "global" in h5 else []
 
     def global_dim(self, name: str) -> int:
-        """Width D of the stored global vectors `name` (the group's `dim` attribute)."""
+        """Width D of the stored global vectors `name` (the group's `dim` attribute); KeyError when the store
+        has no such name."""
         if name not in self.global_names():
             raise KeyError(f"no global vectors named {name!r} in {self.path}; stored: {self.global_names()}")
         return int(self._h5()["global"][name].attrs["dim"])
@@ -620,8 +786,21 @@ class FeatureStore:
     def global_vectors(
         self, name: str, song_id: str | int, start: int = 0, stop: int | None = None
     ) -> np.ndarray:
-        """Precomputed global-context vectors: [1, D] for a per-clip vector (the window is ignored),
-        else rows [start, stop) of the per-segment [T, D] vectors. float32."""
+        """A song's precomputed global-context vectors.
+
+        Args:
+            name (str): the stored vectors' name (`global_names`).
+            song_id (str or int): a song in the store.
+            start (int): first segment (Python slice rules), for per-segment vectors.
+            stop (int or None): one past the last segment; None: the song's end.
+
+        Returns:
+            np.ndarray: float32 [1, D] for a per-clip vector (start / stop ignored), else rows [start, stop)
+            of the per-segment [T, D] vectors.
+
+        Raises:
+            KeyError: no vectors of that name, or none for that song.
+        """
         h5 = self._h5()
         if name not in self.global_names():
             raise KeyError(f"no global vectors named {name!r} in {self.path}; stored: {self.global_names()}")
