@@ -28,15 +28,36 @@ from dsaml.data.store import FeatureStore, StoreError
 
 class StoreReader:
     """The item builders shared by the datasets below, over one `FeatureStore` (which opens its HDF5 handle
-    lazily in each process, so DataLoader workers never share one)."""
+    lazily in each process, so DataLoader workers never share one).
+
+    Args:
+        store (FeatureStore): the store read.
+        global_name (str or None): the stored global vectors each item carries as ``global``; None: none.
+    """
 
     def __init__(self, store: FeatureStore, global_name: str | None) -> None:
         self.store, self.global_name = store, global_name
         self.clip_segments = store.segments_per_clip
 
     def item(self, song: str, rater: str | None, start: int = 0, stop: int | None = None) -> SongItem:
-        """Segments [start, stop) of one song with its curves (rater None = averaged), aligned to
-        min(label length, segment count)."""
+        """Segments [start, stop) of one song with its curves, cut to the labelled length.
+
+        Args:
+            song (str): a song id.
+            rater (str or None): whose curves (None: the rater average).
+            start (int): first segment.
+            stop (int or None): one past the last segment, capped at the labelled length min(label length,
+                segment count); None: that length.
+
+        Returns:
+            SongItem: logmel [T', 51, 128], arousal / valence [T'] float32 tensors (T' = stop - start),
+            ``song``, and ``global`` float32 [1 or T', D] with a global_name.
+
+        Raises:
+            ValueError: no labelled segment in [start, stop).
+            StoreError: a non-finite feature or label value in the range (a damaged store).
+            KeyError: unknown song, the rater has no curves for it, or no such global vectors.
+        """
         store = self.store
         arousal, valence = store.curves(song, rater)
         length = min(len(arousal), store.n_segments(song))
@@ -61,6 +82,8 @@ class StoreReader:
         return out  # type: ignore[return-value]
 
     def clip(self, song: str, rater: str | None = None) -> SongItem:
+        """The song's training clip: its first `segments_per_clip` segments (fewer when its labelled length
+        is shorter); see `item`."""
         return self.item(song, rater, 0, self.clip_segments)
 
 
@@ -75,7 +98,12 @@ class _ReaderDataset(Dataset):
 
 
 class ClipDataset(_ReaderDataset):
-    """Training/validation clips of songs (the keys) with rater-averaged curves (DMER)."""
+    """Training/validation clips of songs with rater-averaged curves (DMER).
+
+    Args:
+        reader (StoreReader): the store.
+        keys (Sequence[str]): song ids; item i is the clip of song i (`StoreReader.clip`).
+    """
 
     def __getitem__(self, index: int) -> SongItem:
         return self.reader.clip(self.keys[index])
@@ -95,7 +123,19 @@ def _episode(reader: StoreReader, spec: EpisodeSpec) -> Episode:
 class MetaBatchDataset(Dataset):
     """Index = global meta-step; item = this rank's share of that step's meta-batch. Any step index is
     valid; the length (`steps_per_epoch`) only matters to samplers that enumerate the dataset (e.g.
-    Lightning's `overfit_batches`, which then replays steps 0, 1, ...)."""
+    Lightning's `overfit_batches`, which then replays steps 0, 1, ...).
+
+    Args:
+        reader (StoreReader): the store.
+        sampler (EpisodeSampler): the episode stream (`EpisodeSampler.meta_batch`).
+        steps_per_epoch (int): the dataset's length.
+        rank (int): this process's rank.
+        world_size (int): processes sharing each meta-batch (`shard`).
+
+    Each item is a `MetaBatch`: "step", "episodes_per_step" (the whole meta-batch's size) and "episodes"
+    (this rank's `Episode`s: support logmel [shots, W, 51, 128] and query [queries, W, 51, 128] clip
+    batches, W the shortest clip's labelled length, at most segments_per_clip).
+    """
 
     def __init__(
         self,
@@ -123,7 +163,13 @@ class MetaBatchDataset(Dataset):
 class StepSampler(Sampler[int]):
     """Yields global meta-steps: at each new iterator, `steps_per_epoch` steps from the trainer's current
     global step on. A run resumed from any checkpoint therefore replays exactly the episodes an
-    uninterrupted run would have seen (Lightning's own `set_epoch` is not reliable after a resume)."""
+    uninterrupted run would have seen (Lightning's own `set_epoch` is not reliable after a resume).
+
+    Args:
+        steps_per_epoch (int): steps per iterator.
+        first_step (Callable[[], int]): called at each new iterator: the first step (the trainer's
+            global_step).
+    """
 
     def __init__(self, steps_per_epoch: int, first_step: Callable[[], int]) -> None:
         self.steps_per_epoch, self.first_step = steps_per_epoch, first_step
@@ -138,7 +184,15 @@ class StepSampler(Sampler[int]):
 
 class ShuffleSampler(Sampler[int]):
     """A permutation of range(n) drawn from (seed, epoch), this rank's round-robin share (padded by
-    wrapping so every rank gets the same count). The epoch is read from the trainer at each new iterator."""
+    wrapping so every rank gets the same count). The epoch is read from the trainer at each new iterator.
+
+    Args:
+        n (int): the dataset's length.
+        seed (int): the run's seed.
+        epoch (Callable[[], int]): called at each new iterator: the current epoch.
+        rank (int): this process's rank.
+        world_size (int): processes; each yields ceil(n / world_size) indices.
+    """
 
     def __init__(
         self, n: int, seed: int, epoch: Callable[[], int], rank: int = 0, world_size: int = 1
@@ -156,7 +210,13 @@ class ShuffleSampler(Sampler[int]):
 
 
 class EpisodeDataset(_ReaderDataset):
-    """Fixed evaluation episodes (the keys: `EpisodeSpec`s; PDMER validation on held-out raters)."""
+    """Fixed evaluation episodes (PDMER validation on held-out raters).
+
+    Args:
+        reader (StoreReader): the store.
+        keys (Sequence[EpisodeSpec]): the episodes; item i is episode i read as an `Episode` (support and
+            query clip batches, as in `MetaBatchDataset`) with "index" i.
+    """
 
     def __getitem__(self, index: int) -> Episode:
         return {"index": index, **_episode(self.reader, self.keys[index])}
@@ -165,7 +225,19 @@ class EpisodeDataset(_ReaderDataset):
 class SongDataset(Dataset):
     """Whole test songs (DMER: averaged curves; PDMER: one (song, rater) pair per item, with `shots` other
     test songs of the rater as the cross-song protocol's support: ``cross_support`` is a collated batch of
-    their first clips (whole_support False) or the list of the whole songs (True))."""
+    their first clips (whole_support False) or the list of the whole songs (True)).
+
+    Args:
+        reader (StoreReader): the store.
+        pairs (Sequence[tuple[str, str or None]]): (song, rater) per item; rater None: averaged curves.
+        cross_support (Sequence[tuple[str, ...]] or None): per item, the support songs of the cross-song
+            protocol (empty: none); None: no item has any.
+        whole_support (bool): support as whole songs (list of `SongItem`s) rather than a `ClipBatch` of
+            their first clips.
+
+    Each item is a `SongItem`: the whole song (logmel [T, 51, 128], arousal / valence [T]) with "index",
+    "rater" and, when it has support songs, "cross_support".
+    """
 
     def __init__(
         self,
@@ -194,15 +266,32 @@ class SongDataset(Dataset):
 
 
 class DSAMLDataModule(L.LightningDataModule):
-    """Reads the feature store at `store` for `task` ("dmer" | "pdmer").
+    """Reads the feature store at `store` for `task` (`dsaml.training.run.datamodule_from` builds it from
+    the config).
 
-    batch_size: DMER clips per batch. shots / queries: PDMER episode shape; episodes: episodes (distinct
-    raters) per meta-batch (config `task.episodes`). val_fraction: share of training songs (DMER) or raters
-    (PDMER) held out for validation (never the test set). steps_per_epoch: PDMER meta-batches per epoch
-    (validation runs after each). val_episodes: PDMER validation episodes (config `task.val_episodes`).
-    global_name: feature-store vectors passed as the network's global context (None when the network
-    builds its own). seed: the episode stream and the held-out split. cross_support: the
-    cross-song protocol adapts on each support song's first clip ("clip") or the whole song ("song").
+    Args:
+        store (str): the feature store file.
+        task (str): "dmer" (clip batches, averaged curves) or "pdmer" (per-rater episodes).
+        batch_size (int): DMER clips per batch.
+        shots (int): PDMER support clips per episode (the cross-song protocol: the rater's other songs
+            adapted on).
+        queries (int): PDMER query clips per episode.
+        episodes (int): PDMER episodes (distinct raters) per meta-batch (config `task.episodes`).
+        val_fraction (float): share of training songs (DMER) or raters (PDMER) held out for validation
+            (never the test set), in [0, 1).
+        steps_per_epoch (int): PDMER meta-batches per epoch (validation runs after each).
+        val_episodes (int): PDMER validation episodes (config `task.val_episodes`; 0: none).
+        global_name (str or None): feature-store vectors passed as the network's global context (None when
+            the network builds its own).
+        seed (int): the episode stream and the held-out split.
+        num_workers (int): DataLoader worker processes (0: in the main process).
+        cross_song (bool): PDMER test items carry the cross-song protocol's support songs.
+        cross_support (str): the cross-song protocol adapts on each support song's first clip ("clip") or
+            the whole song ("song").
+
+    Raises:
+        ValueError: task or cross_support not among the allowed values.
+        FileNotFoundError: no store file.
     """
 
     def __init__(
@@ -244,15 +333,25 @@ class DSAMLDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ catalogue
     @property
     def reader(self) -> StoreReader:
+        """The store's `StoreReader`, opened on first use (StoreError when the store is unreadable)."""
         if self._reader is None:
             self._reader = StoreReader(FeatureStore(self.store_path), self.global_name)
         return self._reader
 
     @property
     def feature_config(self) -> dict:
+        """The store's feature settings (`FeatureStore.feature_config`)."""
         return dict(self.reader.store.feature_config)
 
     def setup(self, stage: str | None = None) -> None:
+        """Split the training songs (DMER) or raters (PDMER) into training and validation and build the
+        episode samplers; nothing for stage "test". Takes rank and world size from the trainer.
+
+        Raises:
+            ValueError: DMER without training songs; PDMER with fewer eligible raters than `episodes`
+                (`EpisodeSampler`).
+            StoreError: PDMER on a store without per-rater curves.
+        """
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         if stage == "test":  # test items come from the test split alone (`test_dataloader`)
@@ -284,6 +383,9 @@ class DSAMLDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
+        """DMER: `ClipBatch`es of `batch_size` training clips, reshuffled each epoch (`ShuffleSampler`);
+        PDMER: one `MetaBatch` per step, `steps_per_epoch` steps from the trainer's global step on
+        (`StepSampler`)."""
         if self.task == "dmer":
             dataset = ClipDataset(self.reader, self.train_songs)
             sampler = ShuffleSampler(
@@ -304,6 +406,8 @@ class DSAMLDataModule(L.LightningDataModule):
         return lambda: getattr(self.trainer, name, 0) if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list:
+        """DMER: `ClipBatch`es of the validation songs' clips; PDMER: `val_episodes` fixed `Episode`s of the
+        validation raters; [] when there is no validation split (or val_episodes is 0)."""
         if self.task == "dmer":
             if not self.val_songs:
                 return []
@@ -322,7 +426,12 @@ class DSAMLDataModule(L.LightningDataModule):
     def prior_pairs(self) -> list[tuple[str, str]]:
         """(rater, song) pairs held out from training, for the model's calibration prior: DMER, every training
         rater of each validation song; PDMER, every training song of each validation rater. Empty without a
-        validation split or per-rater curves."""
+        validation split or per-rater curves. Call after `setup`.
+
+        Returns:
+            list[tuple[str, str]]: (rater, song) pairs kept by the PDMER filters, by rater, then in store
+            order.
+        """
         store = self.reader.store
         try:
             pairs = store.rater_songs("train")
@@ -335,8 +444,16 @@ class DSAMLDataModule(L.LightningDataModule):
         return [(r, s) for r, s in pairs if r in held_out]
 
     def test_pairs(self) -> tuple[list[tuple[str, str | None]], list[tuple[str, ...]] | None]:
-        """Test items (docs/method.md, "Evaluation"): DMER (song, None); PDMER (song, rater) with cross-song
-        support."""
+        """Test items (docs/method.md, "Evaluation").
+
+        Returns:
+            (pairs, supports): DMER: (song, None) per test song, sorted, and supports None; PDMER: (song,
+            rater) per test curve and each pair's `shots` other test songs of the rater (`cross_song_pairs`;
+            () when the rater has too few, and for every pair without cross_song).
+
+        Raises:
+            StoreError: PDMER on a store without per-rater curves.
+        """
         store = self.reader.store
         if self.task == "dmer":
             pairs: list[tuple[str, str | None]] = [(s, None) for s in sorted(store.song_ids("test"))]
@@ -348,6 +465,7 @@ class DSAMLDataModule(L.LightningDataModule):
         return pairs, support
 
     def test_dataloader(self) -> DataLoader:
+        """One `SongItem` per `test_pairs` pair (`SongDataset`), unbatched; ValueError when there are none."""
         pairs, support = self.test_pairs()
         if not pairs:
             raise ValueError(f"feature store {self.store_path} has no test items for task={self.task}")

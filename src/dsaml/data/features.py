@@ -24,7 +24,27 @@ from dsaml.data.audio import load_audio
 
 @dataclass(frozen=True)
 class FeatureConfig(Config):
-    """Log-mel settings, the original's by default (docs/method.md, "Features"); times in s, rates in Hz."""
+    """Log-mel settings, the original's by default (docs/method.md, "Features"); validated on construction.
+
+    Args:
+        sample_rate (int): Hz the audio is resampled to (44100).
+        start_s (float): seconds skipped at the song's start (15.0); a whole number of samples.
+        segment_s (float): segment length in seconds (0.5); a whole number of samples.
+        n_fft (int): FFT size in samples (2646).
+        win_length (int or None): window length in samples; None: n_fft.
+        hop_length (int): samples between frames (441).
+        n_mels (int): mel bands M (128).
+        f_min (float): lowest mel frequency in Hz (0).
+        f_max (float or None): highest mel frequency in Hz, f_min < f_max <= sample_rate / 2; None: Nyquist.
+        power (float): exponent of the magnitude spectrogram (2: power).
+        mel_scale (str): "htk" or "slaney".
+        log_eps (float): added before the natural log (1e-6).
+        pad_warn_fraction (float): clip mode: warn when more than this share of the clip had to be
+            zero-padded (0.1).
+
+    Raises:
+        ConfigError: a value out of range, or start_s / segment_s not a whole number of samples.
+    """
 
     SECTION = "features"
 
@@ -57,10 +77,12 @@ class FeatureConfig(Config):
 
     @property
     def segment_samples(self) -> int:
+        """Samples per segment (22 050 by default)."""
         return round(self.segment_s * self.sample_rate)
 
     @property
     def start_sample(self) -> int:
+        """The first segment's first sample (661 500 by default)."""
         return round(self.start_s * self.sample_rate)
 
     @property
@@ -73,6 +95,8 @@ class FeatureConfig(Config):
         return max(0, (n_samples - self.start_sample) // self.segment_samples)
 
     def mel_spectrogram(self) -> torchaudio.transforms.MelSpectrogram:
+        """torchaudio's MelSpectrogram with these settings (centred reflect-padded frames, no filter
+        normalisation): samples [..., n] -> power [..., n_mels, frames]."""
         return torchaudio.transforms.MelSpectrogram(
             sample_rate=self.sample_rate,
             n_fft=self.n_fft,
@@ -90,7 +114,18 @@ class FeatureConfig(Config):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as torch understands it."""
+    """The device a `device=` option names.
+
+    Args:
+        device (str or torch.device): "auto" (CUDA when available, else CPU), or anything torch understands
+            ("cpu", "cuda", "cuda:N").
+
+    Returns:
+        torch.device: the device.
+
+    Raises:
+        ConfigError: torch does not understand it, or it names CUDA on a machine without CUDA.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -103,7 +138,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class LogMelExtractor(torch.nn.Module):
-    """Batched segment log-mel: segments [T, segment_samples] -> log-mel [T, n_frames, n_mels] float32."""
+    """Batched segment log-mel: segments [T, segment_samples] -> log-mel [T, n_frames, n_mels] float32.
+
+    Args:
+        config (FeatureConfig): the feature settings.
+        device (str or torch.device): where the spectrogram is computed (`resolve_device`).
+        max_batch_segments (int or None): segments per spectrogram call; None: CPU_CHUNK_SEGMENTS (8) on
+            the CPU, the whole song at once elsewhere.
+    """
 
     # Measured on 2 CPU cores: chunks of 8 segments keep the STFT in cache and run 1.6x faster than
     # all 60 segments at once; on CUDA the whole song goes in one call.
@@ -122,6 +164,19 @@ class LogMelExtractor(torch.nn.Module):
 
     @torch.inference_mode()
     def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        """Log-mel of each segment: log(mel power + log_eps).
+
+        Args:
+            segments (Tensor): [T, segment_samples] mono samples at `config.sample_rate` (any device;
+                moved, as float32).
+
+        Returns:
+            Tensor: [T, n_frames, n_mels] float32 on the extractor's device ([0, n_frames, n_mels] for
+            T = 0).
+
+        Raises:
+            ValueError: segments is not [T, segment_samples].
+        """
         if segments.ndim != 2 or segments.shape[1] != self.config.segment_samples:
             raise ValueError(
                 f"segments: expected [T, {self.config.segment_samples}], got {list(segments.shape)}"
@@ -140,17 +195,30 @@ class LogMelExtractor(torch.nn.Module):
 
 @dataclass(frozen=True)
 class Segments:
-    """A song cut into segments [T, segment_samples]; `missing_fraction` = share that was zero-padded."""
+    """A song cut into segments (`cut_segments`).
+
+    Args:
+        samples (Tensor): [T, segment_samples] the segments' samples.
+        missing_fraction (float): the share of the segments that lies past the audio's end and was
+            zero-padded (0 in song mode).
+    """
 
     samples: torch.Tensor
     missing_fraction: float
 
 
 def cut_segments(samples: torch.Tensor, config: FeatureConfig, n_segments: int | None = None) -> Segments:
-    """Cut mono [n] audio at `config.sample_rate` into segments starting at `config.start_s`.
+    """Cut mono audio into segments starting at `config.start_s`.
 
-    `n_segments=None` (song mode) takes every whole segment, floor((dur - start_s) / segment_s).
-    A fixed `n_segments` (clip mode) zero-pads the window when the audio ends early, as the original does.
+    Args:
+        samples (Tensor): [n] mono samples at `config.sample_rate`.
+        config (FeatureConfig): the feature settings.
+        n_segments (int or None): None (song mode): every whole segment, floor((dur - start_s) /
+            segment_s); a number (clip mode): exactly that many, zero-padded when the audio ends early, as
+            the original does.
+
+    Returns:
+        Segments: samples [T, segment_samples] (the input's dtype) and the zero-padded share.
     """
     seg, start = config.segment_samples, config.start_sample
     if n_segments is None:
@@ -176,12 +244,26 @@ def song_logmel(
     segments_per_clip: int = 60,
     extractor: LogMelExtractor | None = None,
 ) -> np.ndarray:
-    """Log-mel of any audio file, segments as in docs/method.md -> np.float32 [T, n_frames, n_mels].
+    """Log-mel of any audio file (any sample rate, mono or multi-channel), segments as in docs/method.md.
 
-    `mode="song"`: every whole segment from start_s (T = floor((dur - 15) / 0.5)); `mode="clip"`: exactly
-    `segments_per_clip` segments, zero-padded past the end (warns when more than pad_warn_fraction is
-    missing). Raises AudioDecodeError for unreadable audio and ValueError for audio shorter than
-    start_s + segment_s (15.5 s). Any sample rate, mono or multi-channel.
+    Args:
+        path (str or Path): the audio file.
+        feature_config (FeatureConfig, Mapping or None): the feature settings (None: the defaults).
+        device (str or torch.device): where the spectrogram is computed (`resolve_device`).
+        mode (str): "song": every whole segment from start_s (T = floor((dur - 15) / 0.5)); "clip":
+            exactly `segments_per_clip` segments, zero-padded past the end (warns when more than
+            pad_warn_fraction is missing).
+        segments_per_clip (int): T in clip mode.
+        extractor (LogMelExtractor or None): reuse one across files (built with the same settings);
+            None: a new one.
+
+    Returns:
+        np.ndarray: float32 [T, n_frames, n_mels] ([T, 51, 128] by default).
+
+    Raises:
+        AudioDecodeError: unreadable audio.
+        ValueError: audio shorter than start_s + segment_s (15.5 s by default).
+        ConfigError: an unknown mode or invalid feature settings.
     """
     config = (
         feature_config
