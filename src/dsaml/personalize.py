@@ -61,7 +61,16 @@ class AnnotationError(ValueError):
 
 @dataclass
 class AnnotatedSong:
-    """One song of the listener: log-mel [T, 51, 128] and their curves [T], aligned (label i, segment i)."""
+    """One song of the listener: log-mel and their curves, aligned (label i belongs to segment i).
+
+    Args:
+        song (str): the song id (the audio file's stem).
+        audio (Path): the audio file.
+        logmel (np.ndarray): float32 [T, 51, 128], the audio's segments first .. first + T - 1.
+        arousal (np.ndarray): float32 [T], in LABEL_RANGE.
+        valence (np.ndarray): float32 [T], in LABEL_RANGE.
+        first (int): segment of the audio where the curves start.
+    """
 
     song: str
     audio: Path
@@ -71,7 +80,7 @@ class AnnotatedSong:
     first: int = 0  # segment of the audio where the curves start
 
     def start_s(self, features: FeatureConfig) -> float:
-        """Time of the first value in seconds."""
+        """Time of the first value in seconds (start_s + first * segment_s)."""
         return features.start_s + self.first * features.segment_s
 
     def sequence(self, device: torch.device | str = "cpu") -> SongSequence:
@@ -86,7 +95,17 @@ class AnnotatedSong:
 
 # ------------------------------------------------------------------ annotation files
 def check_label_range(where: str, name: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
-    """AnnotationError naming the first value of `values` outside LABEL_RANGE (and its row when given)."""
+    """Check a curve against LABEL_RANGE ([-1, 1]).
+
+    Args:
+        where (str): the file (named in the error).
+        name (str): the curve's name ("arousal" | "valence").
+        values (np.ndarray): the curve [T].
+        rows (np.ndarray or None): the file row of each value (named in the error); None: its position.
+
+    Raises:
+        AnnotationError: naming the first value outside the range and how many are.
+    """
     low, high = LABEL_RANGE
     outside = np.flatnonzero((values < low) | (values > high))
     if len(outside):
@@ -99,7 +118,22 @@ def check_label_range(where: str, name: str, values: np.ndarray, rows: np.ndarra
 
 
 def read_simple_csv(path: Path, features: FeatureConfig) -> Curve:
-    """`time[_s],arousal,valence` CSV -> curves on the segment grid (interpolated, never extrapolated)."""
+    """Read a simple `time[_s],arousal,valence` CSV onto the segment grid (interpolated, never extrapolated).
+
+    Args:
+        path (Path): the CSV (header time or time_s in seconds, strictly increasing; arousal, valence in
+            LABEL_RANGE; at least two rows, any rate).
+        features (FeatureConfig): the grid: segment i starts at start_s + i * segment_s.
+
+    Returns:
+        Curve: (first, arousal [T], valence [T]) float32: the curves at the starts of segments first ..
+        first + T - 1, those within the annotated time span.
+
+    Raises:
+        AnnotationError: empty file, missing columns, a non-number / NaN / infinite cell, fewer than two
+            rows, a negative or non-increasing time, a value outside LABEL_RANGE, or annotations that end
+            before the first segment.
+    """
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     if not rows:
@@ -169,8 +203,23 @@ def _deam_dir(folder: Path) -> Path | None:
 
 
 def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) -> dict[str, Curve]:
-    """DEAM per-rater folder -> {song: curves of `rater`} for every song the rater annotated. Files without
-    a WorkerId column (DEAM's anonymous raters, ids below 1001) are skipped, as the DEAM reader does."""
+    """One rater's curves from a DEAM per-rater folder. Files without a WorkerId column (DEAM's anonymous
+    raters, ids below 1001) are skipped, as the DEAM reader does.
+
+    Args:
+        folder (Path): the folder holding `arousal/` and `valence/` (one <song>.csv each).
+        rater (str or None): the WorkerId; None is an error that lists the raters with the most songs.
+        features (FeatureConfig): the grid (the curves start at the sample_<ms>ms column of start_s).
+
+    Returns:
+        dict[str, Curve]: song id -> (0, arousal [T], valence [T]) float32, for every song the rater
+        annotated.
+
+    Raises:
+        AnnotationError: a valence file missing, no per-rater curves, rater None or unknown (the message
+            lists the raters with the most songs), or a value of the rater outside LABEL_RANGE.
+        DataError: a malformed file (`dsaml.data.deam.read_time_rows`).
+    """
     issues = IssueLog(strict=False)
     start_ms = round(features.start_s * 1000)
     by_rater: dict[str, dict[str, Curve]] = {}
@@ -206,8 +255,21 @@ def read_deam_rater(folder: Path, rater: str | None, features: FeatureConfig) ->
 def read_annotations(
     paths: Sequence[str], rater: str | None, features: FeatureConfig
 ) -> tuple[dict[str, Curve], set[str]]:
-    """Annotation files/folders (either layout, see the module docstring) -> ({song id: curves}, the songs
-    read from DEAM per-rater folders)."""
+    """Read annotation files and folders of either layout (see the module docstring).
+
+    Args:
+        paths (Sequence[str]): simple CSV files, folders of them, or DEAM per-rater folders (or folders
+            that hold one).
+        rater (str or None): the WorkerId picked from DEAM per-rater folders.
+        features (FeatureConfig): the segment grid.
+
+    Returns:
+        (curves, from_deam): song id -> `Curve`; the song ids read from DEAM per-rater folders.
+
+    Raises:
+        AnnotationError: a path that is neither file nor folder, a folder with no CSVs, a song annotated
+            twice, or what `read_simple_csv` / `read_deam_rater` raise.
+    """
     curves: dict[str, Curve] = {}
     from_deam: set[str] = set()
     for item in map(Path, paths):
@@ -234,8 +296,26 @@ def load_listener(
     predictor: Predictor, audio: Sequence[str], annotations: Sequence[str], rater: str | None = None
 ) -> list[AnnotatedSong]:
     """Pair the listener's annotations with audio files by song id (file stem) and compute the log-mel.
+
     Audio without annotations is an error, and so are annotation files without audio; from a DEAM
-    per-rater folder (all songs of many raters) only the rater's songs with audio are used."""
+    per-rater folder (all songs of many raters) only the rater's songs with audio are used. Each song is
+    cut to the segments both its audio and its curves cover.
+
+    Args:
+        predictor (Predictor): the checkpoint (its feature settings and device featurise the audio).
+        audio (Sequence[str]): audio files and folders (`collect_audio`).
+        annotations (Sequence[str]): annotation files and folders (`read_annotations`).
+        rater (str or None): the WorkerId in DEAM per-rater folders.
+
+    Returns:
+        list[AnnotatedSong]: the songs, sorted by id.
+
+    Raises:
+        AnnotationError: unreadable annotations, unmatched audio or annotations, or curves that start
+            after the audio's end.
+        ConfigError: no audio inputs, or a folder without audio.
+        AudioDecodeError / ValueError: audio that cannot be decoded or is too short (`Predictor.logmel`).
+    """
     curves, from_deam = read_annotations(annotations, rater, predictor.features)
     files = {normalise_id(p.stem): p for p in collect_audio(list(audio), key="audio")}
     curves = {song: c for song, c in curves.items() if song in files or song not in from_deam}
@@ -279,7 +359,18 @@ def load_listener(
 def song_scores(
     model: Personalized, predictor: SlidingWindows, song: AnnotatedSong, device: torch.device | str
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Whole-song prediction of `model` scored against the listener's curves -> (scores, (a, v) curves)."""
+    """Whole-song prediction of `model` scored against the listener's curves.
+
+    Args:
+        model (Personalized): the (personalised) model.
+        predictor (SlidingWindows): the sliding-window settings.
+        song (AnnotatedSong): the song.
+        device (torch.device or str): where the log-mel goes (the network's device).
+
+    Returns:
+        (scores, (arousal, valence)): `METRIC_KEYS` plus "average" as floats; the predicted curves, float32
+        np.ndarray [T] each.
+    """
     seq = song.sequence(device)
     arousal, valence = model.predict(predictor, seq)
     return scores_of(arousal, valence, seq["arousal"], seq["valence"]), (arousal.numpy(), valence.numpy())
@@ -287,8 +378,15 @@ def song_scores(
 
 @dataclass
 class Outcome:
-    """What `personalize_listener` chose: the model, {"method", "steps"}, the candidates `auto` scored
-    ([] for a fixed method) and how it validated."""
+    """What `personalize_listener` chose.
+
+    Args:
+        model (Personalized): the personalised model.
+        chosen (dict[str, Any]): {"method", "steps"} of the chosen candidate.
+        candidates (list[dict[str, Any]]): the candidates `auto` scored ("method", "steps", "score",
+            "folds"); [] for a fixed method.
+        validation (str): how it validated (and which flat songs were left out), for the report.
+    """
 
     model: Personalized
     chosen: dict[str, Any]
@@ -296,7 +394,7 @@ class Outcome:
     validation: str
 
     def describe(self) -> str:
-        """ "method=<m>, steps=<n>" and the output map when there is one."""
+        """'method=<m>, steps=<n>' and the output map when there is one."""
         calibration = self.model.calibration
         text = f"method={self.chosen['method']}, steps={self.chosen['steps']}"
         return text + (f", map {calibration.to_dict()}" if calibration else "")
@@ -321,7 +419,25 @@ def personalize_listener(
     device: torch.device | str,
     progress: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Run `config.method` (resolved; "auto" selects) on the support songs; `net` is not modified."""
+    """Run `config.method` on the support songs ("auto": `dsaml.meta.select` chooses); `net` is not modified.
+
+    Args:
+        net (nn.Module): a `DSAMLNet`.
+        support (Sequence[AnnotatedSong]): the listener's songs adapted on.
+        config (AdaptationConfig): resolved (`AdaptationConfig.resolve`, e.g. by `adaptation_for`).
+        predictor (SlidingWindows): the sliding-window settings.
+        prior (CalibrationPrior or None): the calibration prior; required when a method calibrates.
+        device (torch.device or str): the network's device.
+        progress (Callable[[str], None] or None): auto: called with a message ("validation fold i/n")
+            before each validation fold.
+
+    Returns:
+        Outcome: the model, what was chosen, auto's candidates and how it validated.
+
+    Raises:
+        ValueError: no support songs, or what `personalize_net` raises (a calibrating method without a
+            prior).
+    """
     if not support:
         raise ValueError("personalize: no support songs (every annotated song was held out)")
     sequences = [song.sequence(device) for song in support]
@@ -347,8 +463,18 @@ def holdout_scores(
     songs: Sequence[AnnotatedSong],
     device: torch.device | str,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, dict[str, float], tuple]]]]:
-    """Score each model on the held-out songs -> ({name: mean scores (`mean_scores`)}, {name: [(song,
-    scores, (arousal, valence)) per song]})."""
+    """Score each model on the held-out songs.
+
+    Args:
+        models (dict[str, Personalized]): name -> model.
+        predictor (SlidingWindows): the sliding-window settings.
+        songs (Sequence[AnnotatedSong]): the held-out songs (at least one).
+        device (torch.device or str): the networks' device.
+
+    Returns:
+        (means, per_song): name -> mean scores (`mean_scores`, with "n"); name -> [(song, scores,
+        (arousal [T], valence [T]))] per song, in order.
+    """
     per_song = {
         name: [(song.song, *song_scores(model, predictor, song, device)) for song in songs]
         for name, model in models.items()
@@ -364,10 +490,22 @@ NO_PRIOR_CANDIDATES = ("head", "maml")  # auto without a calibration prior and w
 def adaptation_for(
     predictor: Predictor, config: AdaptationConfig
 ) -> tuple[AdaptationConfig, CalibrationPrior | None, bool]:
-    """`config` resolved against the checkpoint's task, the calibration prior it uses, and whether the
-    calibrate methods were left out of auto's candidates (method=auto, prior=auto and the checkpoint holds no
-    calibration prior; with two or more songs the inner loops `NO_PRIOR_CANDIDATES` are then tried when no
-    other candidate is left)."""
+    """The adaptation settings and prior a checkpoint supports.
+
+    Args:
+        predictor (Predictor): the checkpoint (its task config and stored calibration prior).
+        config (AdaptationConfig): the user's settings.
+
+    Returns:
+        (config, prior, narrowed): `config` resolved against the checkpoint's task; the calibration prior
+        it uses (`calibration_prior`); whether the calibrate methods were left out of auto's candidates
+        (method=auto, prior=auto and the checkpoint holds no calibration prior; with two or more songs the
+        inner loops `NO_PRIOR_CANDIDATES` are then tried when no other candidate is left).
+
+    Raises:
+        ConfigError: an inner-loop setting the checkpoint cannot supply, or a calibrating method with
+            prior=auto on a checkpoint without a prior.
+    """
     config = config.resolve(predictor.hparams.get("task"))
     stored = predictor.hparams.get("calibration_prior")
     narrowed = config.method == AUTO and config.prior == "auto" and not stored
@@ -382,8 +520,21 @@ def adaptation_for(
 
 
 def load_baseline(path: str | None, predictor: Predictor, device: str, trust: bool = False) -> Predictor:
-    """The model the personalised one is compared with on held-out songs: the checkpoint `path`, or
-    `predictor` itself when None; CheckpointError when its feature settings differ from `predictor`'s."""
+    """The model the personalised one is compared with on held-out songs.
+
+    Args:
+        path (str or None): a checkpoint; None or "": `predictor` itself.
+        predictor (Predictor): the checkpoint being personalised.
+        device (str): where to load the baseline.
+        trust (bool): allow unpickling (`Predictor.load`).
+
+    Returns:
+        Predictor: the baseline.
+
+    Raises:
+        CheckpointError: the baseline's feature settings differ from `predictor`'s, or what
+            `Predictor.load` raises.
+    """
     if not path:
         return predictor
     baseline = Predictor.load(path, device, trust=trust)
@@ -395,8 +546,18 @@ def load_baseline(path: str | None, predictor: Predictor, device: str, trust: bo
 def split_holdout(
     songs: Sequence[AnnotatedSong], holdout: Sequence[str]
 ) -> tuple[list[AnnotatedSong], list[AnnotatedSong]]:
-    """(support, held-out songs): those named in `holdout` are held out; AnnotationError when one of them is
-    not among `songs` or every song is held out."""
+    """Split the listener's songs into support and held-out songs.
+
+    Args:
+        songs (Sequence[AnnotatedSong]): the listener's songs.
+        holdout (Sequence[str]): ids of the songs held out.
+
+    Returns:
+        (support, held_out): the songs not named and those named, each in `songs`' order.
+
+    Raises:
+        AnnotationError: a name not among `songs`, or every song held out.
+    """
     unknown = sorted(set(holdout) - {s.song for s in songs})
     if unknown:
         raise AnnotationError(f"holdout={unknown}: not among the annotated songs {[s.song for s in songs]}")
@@ -414,8 +575,23 @@ def save_personalized(
     rater: str | None,
     support: Sequence[AnnotatedSong],
 ) -> Path:
-    """Write the personalised model as a dsaml checkpoint (dsaml-predict reads it): the adapted weights, the
-    source's features/task/prior, and under `personalized` what was chosen and how (incl. the output map)."""
+    """Write the personalised model as a dsaml checkpoint (dsaml-predict reads it).
+
+    The checkpoint holds the adapted weights, the source's features / task / calibration prior, and under
+    ``hyper_parameters["personalized"]`` what was chosen and how (source, rater, songs, method, steps, lr,
+    first_order, the output map, validation, candidates).
+
+    Args:
+        out (str or Path): the checkpoint to write (its folder is created).
+        predictor (Predictor): the source checkpoint.
+        outcome (Outcome): what `personalize_listener` returned.
+        config (AdaptationConfig): the resolved settings (lr, first_order recorded).
+        rater (str or None): the listener's WorkerId, when read from DEAM.
+        support (Sequence[AnnotatedSong]): the songs adapted on.
+
+    Returns:
+        Path: the checkpoint written.
+    """
     model = outcome.model
     return save_network(
         out,
@@ -445,9 +621,23 @@ def report_holdout(
     out: Path,
     plot: bool = True,
 ) -> tuple[tuple[list[str], list[list[str]]], Path]:
-    """Score `baseline` and the personalised model on the held-out songs; write <out's folder>/REPORT
-    ({"holdout": mean scores per model, "chosen", "candidates"}) and with `plot` <out stem>_<song>.png per
-    song -> ((header, rows) of the scores per song and model, then the means when several songs, report)."""
+    """Score `baseline` and the personalised model on the held-out songs and write the report.
+
+    Writes <out's folder>/REPORT ({"holdout": mean scores per model, "chosen", "candidates"}) and, with
+    `plot`, `holdout_plot(out, song)` per song.
+
+    Args:
+        baseline (Predictor): the model compared with (its map applied).
+        outcome (Outcome): the personalised model and what was chosen.
+        window (SlidingWindows): the sliding-window settings.
+        heldout (Sequence[AnnotatedSong]): the held-out songs (at least one).
+        out (Path): the personalised checkpoint.
+        plot (bool): also plot listener vs model curves per song.
+
+    Returns:
+        ((header, rows), report): the table of scores per song and model (then the means when there are
+        several songs); the report's path.
+    """
     models = {"baseline": Personalized(baseline.net, baseline.calibration), "personalized": outcome.model}
     means, per_song = holdout_scores(models, window, heldout, baseline.device)
     labelled = [(f"{song}: {name}", scores) for name in models for song, scores, _ in per_song[name]]
