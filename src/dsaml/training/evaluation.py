@@ -55,8 +55,20 @@ def personalize_on(
     predictor: SlidingWindows,
     prior: CalibrationPrior | None,
 ) -> Personalized:
-    """The configured method on one rater's support (sequences, and the same as one inner-loop batch; None:
-    each sequence cut into windows, see `personalize_net`)."""
+    """The configured method on one rater's support (`select` for auto, else `personalize_net`).
+
+    Args:
+        net (nn.Module): a `DSAMLNet` (not modified).
+        support (list[SongSequence]): the support sequences (logmel [T, 51, 128], arousal / valence [T]).
+        batch (ClipBatch or None): the same support as one inner-loop batch; None: each sequence cut into
+            windows (`personalize_net`). Not used by auto.
+        adaptation (AdaptationConfig): resolved settings.
+        predictor (SlidingWindows): the sliding-window settings.
+        prior (CalibrationPrior or None): the calibration prior; required when a method calibrates.
+
+    Returns:
+        Personalized: the adapted network and output map.
+    """
     if adaptation.method == AUTO:
         return select(net, support, adaptation, predictor, prior).personalized
     batches = None if batch is None else [batch]
@@ -66,8 +78,11 @@ def personalize_on(
 def run_protocols(
     net: nn.Module, item: SongItem, protocols: list[str], **settings: Any
 ) -> dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]:
-    """Run the selected protocols on one item -> {protocol: (scores, (pred_a, pred_v, true_a, true_v))}:
-    `run_protocols_many` of [item], with its keyword settings."""
+    """Run the selected protocols on one item: `run_protocols_many` of [item], with its keyword settings.
+
+    Returns:
+        dict: protocol -> (scores, (pred_a, pred_v, true_a, true_v)), as `run_protocols_many` per item.
+    """
     return run_protocols_many(net, [item], protocols, **settings)[0]
 
 
@@ -86,19 +101,41 @@ def run_protocols_many(
     engine: str = DEFAULT_META_ENGINE,
     chunk: int | None = None,
 ) -> list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]]:
-    """Run the selected protocols on each item -> per item {protocol: (scores, (pred_a, pred_v, true_a,
-    true_v))}.
-    window / stitch / batch_size / stride: whole-song prediction (`SlidingWindows`). adaptation: resolved
-    (steps, lr, first_order set); prior: the calibration prior when it calibrates.
+    """Run the selected protocols on each item.
+
     Protocols that do not apply (song too short for a query; no other songs for cross-song) are skipped.
     Adaptation at test time runs in train mode (dropout): each protocol reseeds torch's RNG from one draw
     made at the start of the item, so its scores do not depend on which protocols run (`StepSeed` reseeds
-    per item, so neither on which items ran before). seeds: each item's draw (None: drawn here, one per
-    item in turn). engine: how the within-song and
-    cross-song protocols run an inner-loop method (maml, head and their _calibrate variants): "sequential"
-    (one pair after another) or "batched" (every pair of the items together, `chunk` at most per call:
-    `dsaml.meta.batched_adapt`; with dropout its draws are the group's, see there). Other methods run one
-    pair at a time with either engine."""
+    per item, so neither on which items ran before).
+
+    Args:
+        net (nn.Module): a `DSAMLNet` (not modified).
+        items (list[SongItem]): whole songs (logmel [T, 51, 128], arousal / valence [T], for cross-song
+            ``cross_support``; see the module docstring).
+        protocols (list[str]): protocols to run (of ALL_PROTOCOLS).
+        window (int): segments per sliding window and the within-song support length (the task's
+            support_segments); the within-song query is segments window .. T - 1.
+        adaptation (AdaptationConfig): resolved (steps, lr, first_order set).
+        stitch (str): stitch rule (`dsaml.inference.STITCH_RULES`).
+        batch_size (int): windows per forward.
+        stride (int): segments between window starts.
+        prior (CalibrationPrior or None): the calibration prior, required when the method calibrates.
+        seeds (list[int] or None): each item's draw (None: drawn here, one per item in turn).
+        engine (str): how the within-song and cross-song protocols run an inner-loop method (maml, head and
+            their _calibrate variants): "sequential" (one pair after another) or "batched" (every pair of
+            the items together, `chunk` at most per call: `dsaml.meta.batched_adapt`; with dropout its draws
+            are the group's, see there). Other methods run one pair at a time with either engine.
+        chunk (int or None): the batched engine's pairs per call, among pairs of equal support shapes
+            (None: no bound).
+
+    Returns:
+        list[dict]: per item, protocol -> (scores, (pred_a, pred_v, true_a, true_v)): scores `METRIC_KEYS`
+        plus "average" as floats, the curves [T'] of the scored sequence (the whole song, or the
+        within-song query), in the order of `protocols`.
+
+    Raises:
+        ValueError: an unknown protocol, or a calibrating method without a prior.
+    """
     results: list[dict[str, tuple[dict[str, float], tuple[Tensor, ...]]]] = [{} for _ in items]
     predictor = SlidingWindows(window, stitch, batch_size, stride)
     if seeds is None:  # each protocol's draws: a stream of its own
@@ -142,9 +179,20 @@ def run_protocols_many(
 def support_of(
     item: SongItem, protocol: str, query: SongSequence | None, window: int
 ) -> tuple[SongSequence, list[SongSequence], ClipBatch | None] | None:
-    """What an adapting protocol predicts and adapts on: (target sequence, support sequences, the support as
-    one inner-loop batch or None: each sequence cut into windows); None when the protocol does not adapt or
-    does not apply to the item."""
+    """What an adapting protocol predicts and adapts on.
+
+    Args:
+        item (SongItem): the test song.
+        protocol (str): the protocol.
+        query (SongSequence or None): the within-song query (segments window .. T - 1; None when the song
+            has no more than `window`).
+        window (int): the within-song support length in segments.
+
+    Returns:
+        (target, support, batch) or None: the sequence predicted and scored, the support sequences, and the
+        support as one inner-loop batch (None: each sequence cut into windows); None when the protocol does
+        not adapt or does not apply to the item.
+    """
     if protocol == "pdmer_within_song" and query is not None:
         support = slice_sequence(item, 0, window)
         return query, [support], as_batch(support)
@@ -158,9 +206,16 @@ def support_of(
 
 def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
     """The empirical-Bayes calibration prior (`dsaml.meta.estimate_prior`, source "averaged") from the
-    training raters of a `FeatureStore` (their curves vs each song's rater-averaged curve); None when the
-    store has no per-rater curves or no training rater has two songs. Used until the model's own is
-    estimated."""
+    training raters of a `FeatureStore` (their curves vs each song's rater-averaged curve). Used until the
+    model's own is estimated.
+
+    Args:
+        store (FeatureStore): the store.
+
+    Returns:
+        CalibrationPrior or None: the prior; None when the store has no per-rater curves or no training
+        rater has two songs with usable curves.
+    """
     from dsaml.data.store import StoreError
 
     try:
@@ -177,8 +232,17 @@ def estimate_model_prior(
     net: nn.Module, reader: Any, pairs: list[tuple[str, str]], predictor: SlidingWindows
 ) -> CalibrationPrior | None:
     """The calibration prior (source "model") from the network's own predictions on held-out (rater, song)
-    pairs (songs or raters it did not train on; `reader`: a `StoreReader`), each song predicted once; None
-    when no rater has two songs."""
+    pairs (songs or raters it did not train on), each song predicted once.
+
+    Args:
+        net (nn.Module): the network.
+        reader (StoreReader): the store's items (the whole songs).
+        pairs (list[tuple[str, str]]): held-out (rater, song) pairs (`DSAMLDataModule.prior_pairs`).
+        predictor (SlidingWindows): the sliding-window settings.
+
+    Returns:
+        CalibrationPrior or None: the prior; None when no rater has two songs with usable curves.
+    """
     predictions: dict[str, tuple] = {}  # song -> (arousal, valence) float64 arrays
     rows = []
     for rater, song in pairs:

@@ -62,11 +62,26 @@ def _metric_dict(scores: dict[str, Tensor | float]) -> dict[str, float]:
 
 
 class DSAMLModule(L.LightningModule):
-    """model: a `DSAMLConfig` dict; task: a `TaskConfig` dict; features: the store's feature config;
-    calibration_prior: the calibration prior (`CalibrationPrior.to_dict()`; when None, estimated at setup from
-    the training raters' curves vs the averaged ones, then after every validation epoch from the network's own
-    predictions on the held-out songs or raters; saved with every checkpoint); adaptation: how the test
-    protocols adapt (an `AdaptationConfig` dict, the `adaptation` group; None: its defaults)."""
+    """The LightningModule training and testing a `DSAMLNet` (``self.net``) for DMER or PDMER.
+
+    Batches are the datamodule's (`dsaml.data.datamodule`): DMER `ClipBatch`es (logmel [B, T, 51, 128],
+    arousal / valence [B, T]), PDMER `MetaBatch`es (training) and `Episode`s (validation), and one
+    `SongItem` (a whole test song) per test step.
+
+    Args:
+        model (dict): a `DSAMLConfig` dict.
+        task (dict): a `TaskConfig` dict (its name, "dmer" or "pdmer", picks plain training or MAML).
+        features (dict or None): the store's feature config (saved for `Predictor`).
+        calibration_prior (dict or None): the calibration prior (`CalibrationPrior.to_dict()`; when None,
+            estimated at setup from the training raters' curves vs the averaged ones, then after every
+            validation epoch from the network's own predictions on the held-out songs or raters; saved with
+            every checkpoint).
+        adaptation (dict or None): how the test protocols adapt (an `AdaptationConfig` dict, the
+            `adaptation` group; None: its defaults).
+
+    Raises:
+        ConfigError: an invalid model, task or adaptation config.
+    """
 
     def __init__(
         self,
@@ -127,10 +142,12 @@ class DSAMLModule(L.LightningModule):
 
     @property
     def calibration_prior(self) -> CalibrationPrior | None:
+        """The current calibration prior (from ``hparams.calibration_prior``), or None."""
         stored = self.hparams.calibration_prior
         return None if stored is None else CalibrationPrior.from_dict(dict(stored))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the network's parameters with task.lr and task.weight_decay."""
         return torch.optim.Adam(
             self.net.parameters(), lr=self.task_cfg.lr, weight_decay=self.task_cfg.weight_decay
         )
@@ -144,6 +161,20 @@ class DSAMLModule(L.LightningModule):
         )
 
     def training_step(self, batch: ClipBatch | MetaBatch, batch_idx: int) -> Tensor | None:
+        """One training step; logs train/loss and the scores.
+
+        Args:
+            batch (ClipBatch or MetaBatch): DMER: B clips (logmel [B, T, 51, 128], arousal / valence
+                [B, T], songs); PDMER: this rank's episodes of one meta-step.
+            batch_idx (int): the batch's index in the epoch.
+
+        Returns:
+            Tensor or None: DMER: the loss (0-dim; Lightning steps the optimiser); PDMER: None (one
+            meta-step taken here: the inner loops, the query gradients, one Adam step).
+
+        Raises:
+            NonFiniteLossError: a NaN / inf loss (naming the step and the batch's songs).
+        """
         if self.meta:
             return self._meta_step(batch)  # type: ignore[arg-type]
         loss, scores = batch_loss(self.net, batch)
@@ -227,9 +258,19 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
+        """Clear the epoch's score rows and waiting episodes."""
         self._eval_rows, self._waiting = [], []
 
     def validation_step(self, batch: ClipBatch | Episode, batch_idx: int) -> None:
+        """Score one validation batch (rows logged as means at the epoch's end).
+
+        Args:
+            batch (ClipBatch or Episode): DMER: held-out clips, scored with a plain forward; PDMER: one
+                held-out rater's episode, adapted on its support clips (the task's inner loop for
+                task.adapt_steps steps; readout: the ridge read-out) and scored on its query clips
+                (queued: the batched engine adapts `test_group` episodes together).
+            batch_idx (int): the batch's index.
+        """
         if not self.meta:  # DMER: held-out clips, plain forward
             out = self.net(batch["logmel"], batch.get("global"))
             rows = [
@@ -279,6 +320,8 @@ class DSAMLModule(L.LightningModule):
                 self._eval_rows.append({"id": f"{episode['index']}:{i}", "loss": loss, **row})
 
     def on_validation_epoch_end(self) -> None:
+        """Log val/loss and the scores (means over clips / query clips of all processes); then, outside the
+        sanity check, re-estimate the calibration prior from the current weights."""
         if self.meta:
             self._validate_waiting()
         rows = self._gather_rows(self._eval_rows)
@@ -316,10 +359,12 @@ class DSAMLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
+        """Clear the score rows, examples and waiting items."""
         self._eval_rows, self.examples, self._waiting = [], [], []
 
     def on_test_start(self) -> None:
-        """Fail before the first item when the adaptation method needs a calibration prior that is missing."""
+        """Resolve the adaptation settings against the task and load the calibration prior; ConfigError
+        before the first item when the method needs a prior that is missing (`calibration_prior`)."""
         from dsaml.meta import calibration_prior
 
         self._adaptation = self.adaptation_cfg.resolve(self.task_cfg.to_dict())
@@ -327,7 +372,13 @@ class DSAMLModule(L.LightningModule):
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
         """Queue the item with its seed (drawn now: `StepSeed` reseeded for it); the sequential engine runs it
-        at once, the batched one when `test_group` items wait (the rest at the epoch's end)."""
+        at once, the batched one when `test_group` items wait (the rest at the epoch's end).
+
+        Args:
+            item (SongItem): one whole test song (logmel [T, 51, 128], arousal / valence [T]) with its rater
+                and, for the cross-song protocol, its support.
+            batch_idx (int): the item's index (the first items' curves are kept in `examples`).
+        """
         self._waiting.append((item, batch_idx, int(torch.randint(0, 2**62, (1,)))))
         if len(self._waiting) >= self.test_group:
             self._run_waiting()
@@ -385,6 +436,9 @@ class DSAMLModule(L.LightningModule):
                 )
 
     def on_test_epoch_end(self) -> None:
+        """Run the waiting items, gather every process's rows into `test_results` (`summarize_rows`) and log
+        test/<protocol>/<score>; the primary protocol (DMER: dmer; PDMER: pdmer_within_song) also as
+        test/<score> and test/loss = 1 - average."""
         self._run_waiting()
         rows = self._gather_rows(self._eval_rows)
         self.test_results = summarize_rows(rows, self.task_cfg.test_protocols)
@@ -398,8 +452,18 @@ class DSAMLModule(L.LightningModule):
 
 
 def summarize_rows(rows: list[dict[str, Any]], protocols: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per-sequence rows -> results.json content: {"rows": [one per protocol], "per_rater": [...]}.
-    Each value is the mean over sequences (songs or song-rater pairs); "n" counts them."""
+    """Per-sequence score rows -> results.json content.
+
+    Args:
+        rows (list[dict[str, Any]]): one row per (protocol, test sequence): "protocol", "rater" (None for
+            averaged curves) and the `REPORTED` scores.
+        protocols (list[str]): the protocols, in the order reported.
+
+    Returns:
+        dict[str, list[dict[str, Any]]]: "rows": one per protocol with rows (its `REPORTED` means over
+        sequences, songs or song-rater pairs, and "n" their count); "per_rater": the same per (protocol,
+        rater), raters sorted.
+    """
     out: dict[str, list[dict[str, Any]]] = {"rows": [], "per_rater": []}
     for protocol in protocols:
         selected = [r for r in rows if r["protocol"] == protocol]
