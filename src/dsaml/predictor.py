@@ -210,8 +210,8 @@ class Predictor:
         batch_size: int = 32,
         progress: Callable[[int, int], None] | None = None,
     ) -> Curves:
-        """Whole-song curves by `predict_song` with windows of `self.window` segments (one forward if the song
-        is shorter); with the predictor's own network, its calibration map (if any) is applied.
+        """Whole-song curves by `predict_song` with windows of `self.window` segments (one forward when the
+        song is no longer); with the predictor's own network, its calibration map (if any) is applied.
 
         Args:
             logmel (np.ndarray): the song's log-mel segments [T, 51, 128] (`logmel`).
