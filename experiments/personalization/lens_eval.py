@@ -19,8 +19,10 @@ machine); here each test song goes through the body once (`readout_features`-sty
   the body ridge fitted to the calibrated prediction's residual;
 - head: the head-only inner loop (`adapt` over the head on the cached body features, the checkpoint's
   `--head` steps and learning rate, as `adapt_head`);
-- auto: `choose` (adaptation.auto_rule "simplest") among none, calibrate and ridge by leave-one-song-out on
-  the support songs (k >= 2), and calibrate alone checked on 3 blocks of the song with k = 1 (auto_single);
+- auto: dsaml's `select` (adaptation.auto_rule "simplest") among none and `--auto-methods` by
+  leave-one-song-out on the support songs (k >= 2), among none and `--auto-single` on blocks of the song
+  with k = 1 (defaults: `AdaptationConfig`'s), each song predicted from non-overlapping windows; the row
+  is this script's prediction of the chosen method;
 - the oracles of ceiling.py (the listener's noiseless curve from its own cues, and from the mean listener).
 With `--baseline <dmer.ckpt>` (a meta-trained `--ckpt`, e.g. PDMER with task.inner_loop=readout) every gain is
 paired against the DMER model's own predictions (the rows: DMER + each `--baseline-methods`, then
@@ -45,15 +47,24 @@ from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.data.synth import load_truth
 from dsaml.inference import window_starts
 from dsaml.losses import dsaml_loss
-from dsaml.meta import AdaptationConfig, CalibrationPrior, adapt, fit_calibration, moving
+from dsaml.meta import (
+    AdaptationConfig,
+    CalibrationPrior,
+    SlidingWindows,
+    adapt,
+    fit_calibration,
+    moving,
+)
+from dsaml.meta.listener_prior import adapt_listener_prior, estimate_listener_prior
 from dsaml.meta.readout import readout_input, refit_readout
-from dsaml.meta.selection import choose, tabulate
+from dsaml.meta.selection import select
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
 
 METHODS = (
     "calibrate",
+    "listener_prior",
     "ridge",
     "ridge_calibrate",
     "body_ridge",
@@ -132,6 +143,7 @@ class Model:
         self.window = int(self.task.get("support_segments", 60))
         self.prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
         self.songs: dict[str, Song] = {}
+        self._priors: dict[str, object] = {}
 
     def encode(self, items: dict[str, dict]) -> None:
         for s, item in items.items():
@@ -179,6 +191,25 @@ class Model:
             ][score_on]
         return out, strengths
 
+    def listener_prior_without(self, rater: str, reader) -> object:
+        """The listener prior of the store's training raters but `rater` (for whom it is a new listener),
+        estimated once per rater; also set as the network's own (``net.listener_prior``, for `select`)."""
+        if rater not in self._priors:
+            pairs = [(r, s) for r, s in reader.store.rater_songs("train") if r != rater]
+            self._priors[rater] = estimate_listener_prior(
+                self.net, ((r, s, windows_batch(reader.item(s, r), self.window)) for r, s in pairs)
+            )
+        self.net.listener_prior = self._priors[rater]
+        return self._priors[rater]
+
+    def listener_adapted(self, support: list[str], items: dict, score_on: str, reader, rater: str) -> tuple:
+        """listener_prior: the read-out fitted on the support songs under `listener_prior_without(rater)`
+        -> the prediction of `score_on`."""
+        prior = self.listener_prior_without(rater, reader)
+        batches = [windows_batch(items[s], self.window) for s in support]
+        adapted = adapt_listener_prior(self.net, batches, prior)
+        return head_outputs(self.net, adapted.head, self.songs[score_on])
+
     def head_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
         """The head-only inner loop on the cached body features of the support windows -> the prediction."""
         net = self.net
@@ -211,6 +242,13 @@ def main() -> None:
         help="head's inner loop (default: conf/demo.yaml's PDMER task, as run.py tests the DMER model with)",
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    defaults = AdaptationConfig()
+    parser.add_argument(
+        "--auto-methods", nargs="+", default=list(defaults.auto_methods), help="auto's candidates, 2+ songs"
+    )
+    parser.add_argument(
+        "--auto-single", nargs="+", default=list(defaults.auto_single), help="auto's candidates, one song"
+    )
     parser.add_argument(
         "--baseline",
         default=None,
@@ -224,6 +262,13 @@ def main() -> None:
     model = Model(args.ckpt)
     baseline = Model(args.baseline) if args.baseline else None
     config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(model.task)
+    auto_config = AdaptationConfig(
+        method="auto",
+        steps=config.steps,
+        lr=config.lr,
+        auto_methods=tuple(args.auto_methods),
+        auto_single=tuple(args.auto_single),
+    ).resolve(model.task)
     truth = load_truth(args.corpus)
     groups = groups_of(truth)
     parts = [f"checkpoint {args.ckpt}, seed {args.seed}, head: {config.steps} steps x lr {config.lr}"]
@@ -264,26 +309,19 @@ def main() -> None:
                     for dimension, strength in zip(("arousal", "valence"), body_strengths, strict=True):
                         key = f"{dimension} {strength:g}"
                         strengths[key] = strengths.get(key, 0) + 1
+                if "listener_prior" in methods:
+                    result["listener_prior"] = m.listener_adapted(support, items, song_id, data.reader, rater)
                 if "head" in methods:
                     result["head"] = m.head_adapted(support, items, song_id, config)
-                if "auto" in methods:  # leave-one-song-out among none / calibrate / ridge (k >= 2)
-                    if len(support) >= 2:
-                        per_fold = []
-                        for held in support:
-                            fold = m.predictions(
-                                [s for s in support if s != held], held, curves, ("calibrate", "ridge")
-                            )[0]
-                            per_fold.append(
-                                {
-                                    (name, 0): scores_of(*fold[name], *curves(held))["average"]
-                                    for name in ("none", "calibrate", "ridge")
-                                }
-                            )
-                        pick = choose(tabulate(per_fold), len(per_fold), 0.0, "simplest")["method"]
-                    else:
-                        pick = "calibrate"  # auto_single's default; its block check is not replayed here
+                if "auto" in methods:  # dsaml's `select`: the choice, then this script's row of it
+                    sequences = [items[s] for s in support]
+                    m.listener_prior_without(rater, data.reader)
+                    predictor = SlidingWindows(m.window, stride=m.window)
+                    pick = select(m.net, sequences, auto_config, predictor, m.prior).chosen["method"]
                     if m is model:
                         chosen[pick] = chosen.get(pick, 0) + 1
+                    if pick == "listener_prior" and pick not in result:
+                        result[pick] = m.listener_adapted(support, items, song_id, data.reader, rater)
                     if pick not in result:
                         result[pick] = m.predictions(support, song_id, curves, (pick,))[0][pick]
                     result["auto"] = result[pick]

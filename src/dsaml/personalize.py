@@ -45,6 +45,8 @@ from dsaml.meta import (
     personalize_net,
     select,
 )
+from dsaml.meta.listener_prior import without_listener_readout
+from dsaml.meta.methods import needed_listener_prior, uses_listener_prior
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models.checkpoint import save_network
 from dsaml.outputs import record_output, write_text_atomic
@@ -503,15 +505,24 @@ def adaptation_for(
         inner loops `NO_PRIOR_CANDIDATES` are then tried when no other candidate is left).
 
     Raises:
-        ConfigError: an inner-loop setting the checkpoint cannot supply, or a calibrating method with
-            prior=auto on a checkpoint without a prior.
+        ConfigError: an inner-loop setting the checkpoint cannot supply, a calibrating method with
+            prior=auto on a checkpoint without a prior, or method=listener_prior on a checkpoint without a
+            listener prior (auto leaves listener_prior out of its candidates there).
     """
     config = config.resolve(predictor.hparams.get("task"))
     stored = predictor.hparams.get("calibration_prior")
+    no_listeners = predictor.net.listener_prior is None
+    if config.method != AUTO and no_listeners and uses_listener_prior(config):
+        needed_listener_prior(predictor.net)  # ConfigError naming where the prior comes from
     narrowed = config.method == AUTO and config.prior == "auto" and not stored
-    if narrowed:  # the candidates that need no prior; with more than one song the inner loops at least
+    if narrowed or (config.method == AUTO and no_listeners and uses_listener_prior(config)):
+        # the candidates the checkpoint can run; with more than one song the inner loops at least
         kept = {
-            key: [m for m in getattr(config, key) if not m.endswith("calibrate")]
+            key: [
+                m
+                for m in getattr(config, key)
+                if not (narrowed and m.endswith("calibrate")) and not (no_listeners and m == "listener_prior")
+            ]
             for key in ("auto_methods", "auto_single")
         }
         kept["auto_methods"] = kept["auto_methods"] or list(NO_PRIOR_CANDIDATES)
@@ -579,7 +590,7 @@ def save_personalized(
 
     The checkpoint holds the adapted weights, the source's features / task / calibration prior, and under
     ``hyper_parameters["personalized"]`` what was chosen and how (source, rater, songs, method, steps, lr,
-    first_order, the output map, validation, candidates).
+    first_order, the output map, the listener_prior read-out, validation, candidates).
 
     Args:
         out (str or Path): the checkpoint to write (its folder is created).
@@ -593,9 +604,10 @@ def save_personalized(
         Path: the checkpoint written.
     """
     model = outcome.model
+    net, readout = without_listener_readout(model.net)
     return save_network(
         out,
-        model.net,
+        net,
         features=predictor.features.to_dict(),
         task=predictor.hparams.get("task"),
         calibration_prior=predictor.hparams.get("calibration_prior"),
@@ -607,6 +619,7 @@ def save_personalized(
             "lr": config.lr,
             "first_order": config.first_order,
             "calibration": model.calibration.to_dict() if model.calibration else None,
+            "listener_readout": readout,
             "validation": outcome.validation,
             "candidates": outcome.candidates,
         },

@@ -29,6 +29,7 @@ from dsaml.data.annotations import AUDIO_EXTENSIONS
 from dsaml.data.features import FeatureConfig, LogMelExtractor, resolve_device, song_logmel
 from dsaml.inference import ORIGINAL_WINDOW, predict_song
 from dsaml.meta.calibration import Calibration
+from dsaml.meta.listener_prior import with_listener_readout
 from dsaml.models import DSAMLConfig, DSAMLNet
 from dsaml.models.checkpoint import CheckpointError, load_network
 
@@ -167,6 +168,11 @@ class Predictor:
             )
         personal = hparams.get("personalized") or {}
         calibration = Calibration.from_dict(personal["calibration"]) if personal.get("calibration") else None
+        if personal.get("listener_readout"):
+            try:
+                net = with_listener_readout(net, personal["listener_readout"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise CheckpointError(f"{path}: hyper_parameters.personalized: {error}") from None
         features = FeatureConfig.from_mapping(stored)
         return cls(net, features, dict(hparams), resolved, path, window, calibration)
 

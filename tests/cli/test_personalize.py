@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from app_fixtures import capture, compose_cli, save_tiny_ckpt, write_audio
+from app_fixtures import capture, compose_cli, save_tiny_ckpt, tiny_net, write_audio
 from dsaml.cli.personalize import run
 from dsaml.cli.predict import run as run_predict
 from dsaml.data.batch import windows_batch
 from dsaml.data.features import FeatureConfig
 from dsaml.meta import AdaptationConfig, SlidingWindows, batch_loss
 from dsaml.meta.calibration import Calibration
-from dsaml.models.checkpoint import load_network
+from dsaml.meta.listener_prior import LAGS, ListenerPrior, with_listener_readout
+from dsaml.models.checkpoint import load_network, save_network
 from dsaml.personalize import (
     AnnotatedSong,
     AnnotationError,
@@ -257,6 +258,41 @@ def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
             np.testing.assert_allclose(mine.predict(logmel).valence, expected_v.numpy(), atol=1e-6)
 
 
+def test_listener_prior_run_writes_a_checkpoint_that_predicts_with_its_readout(listener, tmp_path):
+    """method=listener_prior on a checkpoint holding a listener prior: the read-out travels in the
+    checkpoint (beside the unchanged source weights) and dsaml-predict's Predictor applies it."""
+    net = tiny_net()
+    size = len(LAGS) + net.cfg.hidden_size + 1
+    mean = torch.zeros(size, dtype=torch.float64)
+    mean[0] = 1.0
+    factor = 0.05 * torch.randn(size, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prior = ListenerPrior([mean, mean], [factor, factor], [0.01, 0.01])
+    source = save_network(
+        tmp_path / "src.ckpt",
+        net,
+        features=FEATURES.to_dict(),
+        task={"support_segments": 60},
+        listener_prior=prior.to_dict(),
+    )
+    console, buffer = capture()
+    out = tmp_path / "lp.ckpt"
+    cfg = _cli(source, listener, out, "holdout=[s3]", "method=listener_prior", "plot=false")
+    assert run(cfg, console) == 0, buffer.getvalue()
+    report = json.loads((tmp_path / "personalize_report.json").read_text())
+    assert report["chosen"] == {"method": "listener_prior", "steps": 0}
+    adapted, _, hparams = load_network(out)  # the source's own weights, weights_only=True
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(adapted.state_dict()[key], value, rtol=0, atol=0)
+    readout = hparams["personalized"]["listener_readout"]
+    assert np.shape(readout["weight"]) == (2, size)
+    mine, base = Predictor.load(out, device="cpu"), Predictor.load(source, device="cpu")
+    logmel = base.logmel(listener / "audio" / "s3.wav")
+    expected = base.predict(logmel, net=with_listener_readout(base.net, readout))
+    got = mine.predict(logmel)
+    np.testing.assert_allclose(got.arousal, expected.arousal, atol=1e-6)
+    assert np.abs(got.valence - base.predict(logmel).valence).max() > 1e-4
+
+
 def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
     loud = write_simple_csv(
         tmp_path / "loud.csv", np.array([15.0, 15.5, 16.0]), np.array([0.1, 5.0, 0.2]), np.zeros(3)
@@ -282,6 +318,7 @@ def test_label_range_and_time_order_errors_name_file_and_row(tmp_path):
         (["lr=-1"], "adaptation.lr=-1: expected a positive number or null"),
         (["method=bogus"], "adaptation.method='bogus' is not one of none, calibrate"),
         (["method=calibrate"], "adaptation.prior=auto: this checkpoint holds no calibration prior"),
+        (["method=listener_prior"], "adaptation.method=listener_prior: this model holds no listener prior"),
     ],
 )
 def test_errors_before_any_adaptation(tiny_ckpt, listener, tmp_path, overrides, message):
@@ -330,7 +367,7 @@ def test_split_holdout_names_what_cannot_be_held_out() -> None:
 
 def test_adaptation_for_leaves_calibrate_out_only_without_any_prior() -> None:
     task = {"inner_steps": 4, "inner_lr": 0.01, "first_order": True}
-    no_prior = SimpleNamespace(hparams={"task": task})
+    no_prior = SimpleNamespace(hparams={"task": task}, net=SimpleNamespace(listener_prior=None))
     config, prior, narrowed = adaptation_for(no_prior, AdaptationConfig(method="auto"))
     assert narrowed and prior is None and (config.steps, config.lr) == (4, 0.01)
     assert config.auto_methods == ("head", "maml") and config.auto_single == ()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dsaml.models.checkpoint import load_network, save_network
 from dsaml.training.run import evaluate, run
@@ -86,6 +87,31 @@ def test_adaptation_methods_reach_the_protocols(dmer_run, tiny_store, tmp_path):
         assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
     with pytest.raises(ValueError, match=r"adaptation.method='bogus' is not one of none, calibrate"):
         evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, "+adaptation.method=bogus"))
+
+
+def test_the_checkpoint_carries_the_listener_prior_of_its_weights(dmer_run, tiny_store, tmp_path):
+    """dsaml-train stores the listener prior of the weights it saves (the same as re-estimating it from those
+    weights and the store's training raters), `load_network` attaches it, and adaptation=listener_prior
+    reaches the protocols (every item adapted, the scores moved)."""
+    from dsaml.data.datamodule import StoreReader
+    from dsaml.data.store import FeatureStore
+    from dsaml.meta.listener_prior import LAGS
+    from dsaml.training.evaluation import estimate_training_listener_prior
+
+    ckpt = dmer_run / "checkpoints" / "last.ckpt"
+    net, cfg, hparams = load_network(ckpt)
+    prior = net.listener_prior
+    assert prior is not None and prior.raters >= 3 and all(s > 0 for s in prior.noise)
+    assert prior.mean[0].shape == (len(LAGS) + cfg.hidden_size + 1,)
+    window = hparams["task"]["support_segments"]
+    again = estimate_training_listener_prior(net, StoreReader(FeatureStore(tiny_store), None), window)
+    for d in (0, 1):
+        torch.testing.assert_close(again.mean[d], prior.mean[d], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(again.factor[d], prior.factor[d], rtol=1e-5, atol=1e-7)
+    base = ["task=pdmer", "protocols=[pdmer_unadapted,pdmer_within_song]"]
+    rows = _rows(evaluate(eval_config(tiny_store, tmp_path, ckpt, *base, "adaptation=listener_prior")))
+    assert rows["pdmer_within_song"]["n"] == rows["pdmer_unadapted"]["n"] >= 1
+    assert rows["pdmer_within_song"]["average"] != rows["pdmer_unadapted"]["average"]
 
 
 def test_errors_name_the_problem(dmer_run, tiny_store, tmp_path):

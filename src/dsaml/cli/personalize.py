@@ -24,7 +24,8 @@ from dsaml.cli.predict import plain_options
 from dsaml.config import Config, ConfigError, existing_file, flag, from_mapping
 from dsaml.data.audio import AudioDecodeError
 from dsaml.data.features import resolve_device
-from dsaml.meta import AdaptationConfig, SlidingWindows
+from dsaml.meta import AUTO, AdaptationConfig, SlidingWindows
+from dsaml.meta.methods import ITERATIVE
 from dsaml.outputs import check_output
 from dsaml.personalize import (
     REPORT,
@@ -119,10 +120,14 @@ def run(cfg: DictConfig, console: Console | None = None) -> int:
         return _fail(console, str(error))
     device = predictor.device
     window = SlidingWindows(predictor.window)
+    inner = (
+        f", steps {adaptation.steps}, lr {adaptation.lr:g}"
+        if adaptation.method == AUTO or adaptation.learner in ITERATIVE
+        else ""
+    )
     console.print(
         f"dsaml-personalize: {config.ckpt}, method={adaptation.method}, on {len(support)} song(s) "
-        f"({sum(len(s.arousal) for s in support)} segments), steps {adaptation.steps}, lr {adaptation.lr:g}, "
-        f"on {device}",
+        f"({sum(len(s.arousal) for s in support)} segments){inner}, on {device}",
         highlight=False,
     )
     with console.status("personalising ...") as shown:

@@ -7,6 +7,9 @@ A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listen
 - maml: the inner loop over the whole network (`adapt`; the paper's);
 - ridge: the head's final read-out refitted in closed form on body features (ridge regression shrunk toward
   the trained read-out, strength chosen leave-one-song-out; `dsaml.meta.readout`, docs/listeners.md);
+- listener_prior: a read-out of the network's (lagged) prediction and body features, fitted in closed form
+  under the prior over listeners learned from the training raters (`dsaml.meta.listener_prior`; the prior
+  is stored in the checkpoint as ``net.listener_prior``);
 - head: the inner loop over the head only, on body features computed once (`adapt_head`, ANIL);
 - calibrate: a per-dimension affine map (gain, offset, optional lag) of the network's output, fitted in
   closed form on the support songs and shrunk toward identity (`dsaml.meta.calibration`);
@@ -50,6 +53,7 @@ from dsaml.data.batch import SongSequence, windows_batch
 from dsaml.inference import predict_song
 from dsaml.meta.adaptation import adapt, adapt_head
 from dsaml.meta.calibration import DIMENSIONS, FLAT, Calibration, CalibrationPrior, fit_calibration
+from dsaml.meta.listener_prior import ListenerPrior, adapt_listener_prior
 from dsaml.meta.readout import adapt_readout
 
 METHODS = (
@@ -57,12 +61,14 @@ METHODS = (
     "calibrate",
     "ridge",
     "ridge_calibrate",
+    "listener_prior",
     "head",
     "head_calibrate",
     "maml",
     "maml_calibrate",
 )
 ITERATIVE = ("maml", "head")  # learners with an inner loop of `steps` SGD steps (ridge is closed-form)
+CLOSED_FORM = ("ridge", "listener_prior")  # learners fitted in closed form
 AUTO = "auto"
 SELECTION_RULES = ("best", "simplest")  # how `auto` chooses among validated candidates (`choose`)
 # the paper's inner loop: PDMER's task.inner_steps / inner_lr / first_order defaults, and what adapts a model
@@ -145,8 +151,9 @@ class AdaptationConfig(Config):
 
     @property
     def learner(self) -> str | None:
-        """What the method adapts before any map: "maml", "head" (inner loops), "ridge" or None."""
-        return next((name for name in ITERATIVE + ("ridge",) if self.method.startswith(name)), None)
+        """What the method adapts before any map: "maml", "head" (inner loops), "ridge", "listener_prior"
+        (closed form) or None."""
+        return next((name for name in ITERATIVE + CLOSED_FORM if self.method.startswith(name)), None)
 
     @property
     def calibrates(self) -> bool:
@@ -215,6 +222,25 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
             "e.g. 1"
         )
     return CalibrationPrior.from_dict(dict(stored))
+
+
+def uses_listener_prior(config: AdaptationConfig) -> bool:
+    """Whether a method the config can run is listener_prior."""
+    if config.method == AUTO:
+        return "listener_prior" in config.auto_methods + config.auto_single
+    return config.learner == "listener_prior"
+
+
+def needed_listener_prior(net: nn.Module) -> ListenerPrior:
+    """``net.listener_prior`` (set from the checkpoint), or ConfigError saying where it comes from."""
+    prior = getattr(net, "listener_prior", None)
+    if prior is None:
+        raise ConfigError(
+            "adaptation.method=listener_prior: this model holds no listener prior (dsaml-train estimates it "
+            "after each validation epoch from the training raters of a store with per-rater curves); "
+            "choose another adaptation method"
+        )
+    return prior
 
 
 # ------------------------------------------------------------------ prediction
@@ -322,10 +348,12 @@ def _learn(
     steps: int,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Run the inner loop `learner` ("maml" | "head" | None) for `steps` steps, or refit the read-out
-    ("ridge", one closed-form fit per song in `batches`) -> the adapted network."""
+    """Run the inner loop `learner` ("maml" | "head" | None) for `steps` steps, or fit a read-out in closed
+    form ("ridge" | "listener_prior", on the songs in `batches`) -> the adapted network."""
     if learner == "ridge":
         return adapt_readout(net, batches)
+    if learner == "listener_prior":
+        return adapt_listener_prior(net, batches, needed_listener_prior(net))
     if learner is None or steps == 0:
         return net
     run = adapt if learner == "maml" else adapt_head

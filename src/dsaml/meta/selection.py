@@ -19,6 +19,7 @@ from torch import nn
 from dsaml.data.batch import SongSequence, join_pieces, windows_batch
 from dsaml.meta.calibration import CalibrationPrior
 from dsaml.meta.methods import (
+    CLOSED_FORM,
     METHODS,
     AdaptationConfig,
     Personalized,
@@ -116,8 +117,9 @@ def candidate_scores(
     score_all(net, None, 0)
     grid = config.grid()
     batches = [windows_batch(s, predictor.window) for s in support]
-    if {"ridge", "ridge_calibrate"} & methods:
-        score_all(_learn(net, "ridge", batches, config, 0), "ridge", 0)
+    for learner in CLOSED_FORM:
+        if {learner, f"{learner}_calibrate"} & methods:
+            score_all(_learn(net, learner, batches, config, 0), learner, 0)
     for learner in ("head", "maml"):
         if not ({learner, f"{learner}_calibrate"} & methods):
             continue
@@ -157,8 +159,8 @@ def beats(candidate: Mapping[str, Any], other: Mapping[str, Any], margin: float)
 
 
 def complexity(candidate: Mapping[str, Any]) -> tuple[int, int]:
-    """Order of how much a candidate adapts: none < calibrate < ridge < ridge_calibrate < head < ... <
-    maml_calibrate (METHODS' order), then fewer steps first."""
+    """Order of how much a candidate adapts: none < calibrate < ridge < ridge_calibrate < listener_prior <
+    head < ... < maml_calibrate (METHODS' order), then fewer steps first."""
     return METHODS.index(candidate["method"]), int(candidate["steps"])
 
 

@@ -220,4 +220,11 @@ def load_network(
     check_weights(net, state, path)
     net.load_state_dict(state)
     net.to(map_location).eval()
+    if hparams.get("listener_prior") is not None:
+        from dsaml.meta.listener_prior import ListenerPrior  # meta builds on models
+
+        try:
+            net.listener_prior = ListenerPrior.from_dict(hparams["listener_prior"], cfg.hidden_size)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: hyper_parameters.listener_prior is malformed: {error}") from None
     return net, cfg, hparams

@@ -83,7 +83,14 @@ class DSAMLNet(nn.Module):
     Args:
         cfg (DSAMLConfig): the hyper-parameters (D = hidden_size, H = num_heads, L = num_layers, F = n_frames,
             M = n_mels).
+
+    Attributes:
+        listener_prior (ListenerPrior or None): the prior over listeners' read-outs of these weights
+            (`dsaml.meta.listener_prior`), not part of the weights: set by the training module and by
+            `load_network` from the checkpoint's hyper-parameters; None when none was estimated.
     """
+
+    listener_prior: Any = None
 
     def __init__(self, cfg: DSAMLConfig) -> None:
         super().__init__()

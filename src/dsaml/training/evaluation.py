@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsaml.data.batch import ClipBatch, SongItem, SongSequence, as_batch, clips_of, slice_sequence
+from dsaml.data.batch import (
+    ClipBatch,
+    SongItem,
+    SongSequence,
+    as_batch,
+    clips_of,
+    slice_sequence,
+    windows_batch,
+)
 from dsaml.meta import (
     AUTO,
     AdaptationConfig,
@@ -37,6 +45,7 @@ from dsaml.meta import (
 )
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import personalize_many
+from dsaml.meta.listener_prior import MIN_RATERS, ListenerPrior, estimate_listener_prior
 from dsaml.meta.methods import ITERATIVE
 from dsaml.metrics import METRIC_KEYS, scores_of
 from dsaml.training.config import PROTOCOLS
@@ -226,6 +235,22 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
         return estimate_prior((rater, store.curves(song), store.curves(song, rater)) for rater, song in pairs)
     except ValueError:
         return None
+
+
+def estimate_training_listener_prior(net: nn.Module, reader: Any, window: int) -> ListenerPrior | None:
+    """The listener prior (`dsaml.meta.listener_prior.estimate_listener_prior`) of the network from every
+    training (rater, song) of the reader's store, each song cut into windows of `window` segments; None when
+    the store has no per-rater curves or fewer than MIN_RATERS training raters."""
+    from dsaml.data.store import StoreError
+
+    try:
+        pairs = reader.store.rater_songs("train")
+    except StoreError:
+        return None
+    if len({rater for rater, _ in pairs}) < MIN_RATERS:
+        return None
+    songs = ((rater, song, windows_batch(reader.item(song, rater), window)) for rater, song in pairs)
+    return estimate_listener_prior(net, songs)
 
 
 def estimate_model_prior(

@@ -32,6 +32,7 @@ from dsaml.meta import (
 )
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import adapt_many
+from dsaml.meta.listener_prior import ListenerPrior
 from dsaml.meta.readout import adapt_readout
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models import DSAMLConfig, DSAMLNet
@@ -40,6 +41,7 @@ from dsaml.training.config import PROTOCOLS, TaskConfig
 from dsaml.training.evaluation import (
     estimate_calibration_prior,
     estimate_model_prior,
+    estimate_training_listener_prior,
     run_protocols_many,
 )
 
@@ -78,6 +80,10 @@ class DSAMLModule(L.LightningModule):
             every checkpoint).
         adaptation (dict or None): how the test protocols adapt (an `AdaptationConfig` dict, the
             `adaptation` group; None: its defaults).
+        listener_prior (dict or None): the prior over listeners' read-outs (`ListenerPrior.to_dict()`, for
+            the method listener_prior); estimated after every validation epoch from the training raters'
+            songs when the store has per-rater curves; saved with every checkpoint and attached to
+            ``self.net.listener_prior``.
 
     Raises:
         ConfigError: an invalid model, task or adaptation config.
@@ -90,6 +96,7 @@ class DSAMLModule(L.LightningModule):
         features: dict[str, Any] | None = None,
         calibration_prior: dict[str, Any] | None = None,
         adaptation: dict[str, Any] | None = None,
+        listener_prior: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = DSAMLConfig.from_dict(dict(model))
@@ -102,9 +109,11 @@ class DSAMLModule(L.LightningModule):
                 "adaptation": self.adaptation_cfg.to_dict(),
                 "features": dict(features or {}),
                 "calibration_prior": calibration_prior,
+                "listener_prior": listener_prior,
             }
         )
         self.net = DSAMLNet(self.model_cfg)
+        self.set_listener_prior(listener_prior)
         self.meta = self.task_cfg.name == "pdmer"
         self.automatic_optimization = not self.meta
         self.head_only = self.meta and self.task_cfg.inner_loop == "head"
@@ -124,13 +133,23 @@ class DSAMLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Mark the file as a dsaml checkpoint (read by `dsaml.models.checkpoint.load_network`)."""
         checkpoint["dsaml"] = {"format": CHECKPOINT_FORMAT, "version": dsaml_version}
-        checkpoint.setdefault("hyper_parameters", {})["calibration_prior"] = self.hparams.calibration_prior
+        stored = checkpoint.setdefault("hyper_parameters", {})
+        stored["calibration_prior"] = self.hparams.calibration_prior
+        stored["listener_prior"] = self.hparams.get("listener_prior")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run continues with the calibration prior of the weights it resumes from."""
-        stored = checkpoint.get("hyper_parameters", {}).get("calibration_prior")
-        if stored is not None:
-            self.hparams.calibration_prior = stored
+        """A resumed run continues with the priors of the weights it resumes from."""
+        stored = checkpoint.get("hyper_parameters", {})
+        if stored.get("calibration_prior") is not None:
+            self.hparams.calibration_prior = stored["calibration_prior"]
+        if stored.get("listener_prior") is not None:
+            self.set_listener_prior(stored["listener_prior"])
+
+    def set_listener_prior(self, values: dict[str, Any] | None) -> None:
+        """Keep the listener prior (`ListenerPrior.to_dict()` or None) in the hyper-parameters and on
+        ``self.net.listener_prior``."""
+        self.hparams.listener_prior = values
+        self.net.listener_prior = None if values is None else ListenerPrior.from_dict(values)
 
     def setup(self, stage: str) -> None:
         """Estimate the calibration prior from the training raters of the datamodule's store (once; kept
@@ -333,17 +352,21 @@ class DSAMLModule(L.LightningModule):
             self._estimate_model_prior()
 
     def _estimate_model_prior(self) -> None:
-        """The calibration prior of the current weights, from their predictions on the held-out raters' songs
-        (`estimate_model_prior`); saved with the checkpoints of this epoch. Kept as it was when the
+        """The priors of the current weights, saved with the checkpoints of this epoch: the calibration prior
+        from their predictions on the held-out raters' songs (`estimate_model_prior`) and the listener prior
+        from the training raters' songs (`estimate_training_listener_prior`). Each is kept as it was when the
         datamodule holds nothing to estimate it from."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        pairs = datamodule.prior_pairs() if datamodule is not None else []
-        if not pairs:
+        if datamodule is None:
             return
         predictor = SlidingWindows(**self.task_cfg.song_prediction)
-        prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor)
+        pairs = datamodule.prior_pairs()
+        prior = estimate_model_prior(self.net, datamodule.reader, pairs, predictor) if pairs else None
         if prior is not None:
             self.hparams.calibration_prior = prior.to_dict()
+        listeners = estimate_training_listener_prior(self.net, datamodule.reader, predictor.window)
+        if listeners is not None:
+            self.set_listener_prior(listeners.to_dict())
 
     def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All processes' rows, de-duplicated by id (distributed samplers pad with repeats)."""
@@ -366,9 +389,12 @@ class DSAMLModule(L.LightningModule):
         """Resolve the adaptation settings against the task and load the calibration prior; ConfigError
         before the first item when the method needs a prior that is missing (`calibration_prior`)."""
         from dsaml.meta import calibration_prior
+        from dsaml.meta.methods import needed_listener_prior, uses_listener_prior
 
         self._adaptation = self.adaptation_cfg.resolve(self.task_cfg.to_dict())
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
+        if uses_listener_prior(self._adaptation):
+            needed_listener_prior(self.net)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
         """Queue the item with its seed (drawn now: `StepSeed` reseeded for it); the sequential engine runs it

@@ -223,13 +223,15 @@ def load_initial_weights(module: DSAMLModule, model_cfg: DSAMLConfig, path: str,
 
 
 def load_tested_weights(module: DSAMLModule, path: str | Path, trust: bool = False) -> None:
-    """The network weights of checkpoint `path` and the calibration prior estimated for them, into `module`
+    """The network weights of checkpoint `path` and the priors estimated for them, into `module`
     (its in-memory prior belongs to the last validated weights, not necessarily these)."""
     net, cfg, hparams = load_network(path, trust=trust)
     check_weights(module.net, net.state_dict(), path, module.model_cfg.to_dict(), cfg.to_dict())
     module.net.load_state_dict(net.state_dict())
     if hparams.get("calibration_prior") is not None:
         module.hparams.calibration_prior = hparams["calibration_prior"]
+    if hparams.get("listener_prior") is not None:
+        module.set_listener_prior(hparams["listener_prior"])
 
 
 def check_resumable(module: DSAMLModule, resume: Any, path: str) -> None:
@@ -357,6 +359,7 @@ def evaluate(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
         features=hparams.get("features"),
         calibration_prior=hparams.get("calibration_prior"),
         adaptation=adaptation,
+        listener_prior=hparams.get("listener_prior"),
     )
     module.net.load_state_dict(net.state_dict())
     trainer = build_trainer(

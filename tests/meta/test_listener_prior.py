@@ -1,0 +1,177 @@
+"""The listener-prior read-out (method "listener_prior"): the posterior mean against the textbook Gaussian
+formula, the prior's estimate against the planted read-outs of simulated training raters, recovery of a new
+listener who reads out another direction of the listener space (which no output map can), the identity
+read-out reproducing the network, the stored read-out round trip and the checks on malformed ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from app_fixtures import tiny_net
+from dsaml.config import ConfigError
+from dsaml.data.batch import windows_batch
+from dsaml.meta import AdaptationConfig, SlidingWindows, personalize_net
+from dsaml.meta.listener_prior import (
+    LAGS,
+    ListenerHead,
+    ListenerPrior,
+    _autocorrelation_time,
+    design,
+    estimate_listener_prior,
+    fit_listener_readout,
+    with_listener_readout,
+    without_listener_readout,
+)
+
+WINDOW = 30
+# the tiny random network's curves barely move: adapt on them anyway (`moving` would skip them as flat)
+CONFIG = AdaptationConfig(method="listener_prior", skip_flat=False)
+
+
+def _song(seed: int, n: int = WINDOW) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
+        "arousal": torch.zeros(n),
+        "valence": torch.zeros(n),
+        "global": None,
+    }
+
+
+def _features(net, batch) -> list[torch.Tensor]:
+    """Per dimension the design rows [N, P] of a windows batch (eval mode, float64), computed directly."""
+    with torch.no_grad():
+        encoded = net.body(batch["logmel"], None, return_diagonal=False)["encoded"].double()
+        prediction = net.head(encoded.float()).double()
+    return [
+        design(prediction[..., d], encoded, LAGS, 5).reshape(-1, len(LAGS) + encoded.shape[-1] + 1)
+        for d in (0, 1)
+    ]
+
+
+def _listener(net, song: dict, weights: torch.Tensor) -> dict:
+    """`song` with curves read out of its design rows with `weights` [2, P] (one window: T <= WINDOW)."""
+    rows = _features(net, windows_batch(song, WINDOW))
+    return {**song, "arousal": (rows[0] @ weights[0]).float(), "valence": (rows[1] @ weights[1]).float()}
+
+
+def test_posterior_mean_is_the_gaussian_posterior():
+    """w = mu + L (L'X'XL/s + I)^-1 L'X'(y - X mu)/s equals (X'X/s + S^-1)^-1 (X'y/s + S^-1 mu), S = LL'."""
+    rng = np.random.default_rng(0)
+    p, n = 5, 40
+    x, y = rng.normal(size=(n, p)), rng.normal(size=n)
+    mean, factor = rng.normal(size=p), rng.normal(size=(p, p))
+    noise = 0.7
+    prior = ListenerPrior([torch.from_numpy(mean)] * 2, [torch.from_numpy(factor)] * 2, [noise] * 2, (0,), 1)
+    groups = [
+        (torch.from_numpy(x[:25]), torch.from_numpy(y[:25])),
+        (torch.from_numpy(x[25:]), torch.from_numpy(y[25:])),
+    ]
+    w = fit_listener_readout(prior, groups, dim=1)
+    precision = np.linalg.inv(factor @ factor.T)
+    expected = np.linalg.solve(x.T @ x / noise + precision, x.T @ y / noise + precision @ mean)
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_autocorrelation_time_of_white_noise_and_of_a_moving_average():
+    """About 1 for white noise; 1 + 2 (2/3 + 1/3) = 3 for a 3-segment moving average."""
+    gen = torch.Generator().manual_seed(0)
+    white = torch.randn(20000, generator=gen, dtype=torch.float64)
+    assert _autocorrelation_time(white) == pytest.approx(1.0, abs=0.1)
+    smooth = (white[:-2] + white[1:-1] + white[2:]) / 3
+    assert _autocorrelation_time(smooth) == pytest.approx(3.0, abs=0.2)
+
+
+def test_estimate_recovers_the_training_raters_readouts():
+    """Training raters whose curves are exact read-outs w_r of the design features (plus tiny noise): on the
+    songs' features X, the prior's mean reads out what the mean of the w_r does (X mu), and its covariance
+    what their sample covariance does (X L L' X'); the features of a random tiny network are nearly
+    collinear, so the weights themselves are compared through X."""
+    net = tiny_net().eval()
+    songs = {f"s{i}": _song(i) for i in range(6)}
+    size = len(LAGS) + net.cfg.hidden_size + 1
+    gen = torch.Generator().manual_seed(3)
+    direction = torch.randn(2, size, generator=gen, dtype=torch.float64) * 0.05
+    identity = torch.zeros(2, size, dtype=torch.float64)
+    identity[:, 0] = 1.0
+    planted = {f"r{k}": identity + (k - 2) * direction for k in range(5)}
+    rows = []
+    for rater, weights in planted.items():
+        for name, song in songs.items():
+            curves = _listener(net, song, weights)
+            noise = 1e-5 * torch.randn(2, len(song["arousal"]), generator=gen)
+            curves = {
+                **curves,
+                "arousal": curves["arousal"] + noise[0],
+                "valence": curves["valence"] + noise[1],
+            }
+            rows.append((rater, name, windows_batch(curves, WINDOW)))
+    prior = estimate_listener_prior(net, rows, fit_strength=1e-9)
+    stacked = torch.stack(list(planted.values()))  # [raters, 2, P]
+    assert prior.raters == 5
+    for d in (0, 1):
+        x = torch.cat([_features(net, windows_batch(song, WINDOW))[d] for song in songs.values()])
+        torch.testing.assert_close(x @ prior.mean[d], x @ stacked[:, d].mean(0), atol=2e-3, rtol=0)
+        spread = x @ prior.factor[d]
+        expected = x @ torch.cov(stacked[:, d].T) @ x.T
+        torch.testing.assert_close(
+            spread @ spread.T, expected, atol=2e-3 * float(expected.abs().max()), rtol=0
+        )
+        assert prior.noise[d] > 0
+
+
+def test_adapts_a_listener_along_the_listener_space():
+    """A new listener reads out mu + 3 u (u the prior's one direction): from one song the adapted network
+    predicts another song of theirs far better than the network, close to exactly; the network is
+    unchanged, and a prior without spread reproduces the network."""
+    net = tiny_net().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    size = len(LAGS) + net.cfg.hidden_size + 1
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(size, 1, generator=gen, dtype=torch.float64) * 0.05
+    mean = torch.zeros(size, dtype=torch.float64)
+    mean[0] = 1.0
+    net.listener_prior = ListenerPrior([mean, mean], [u, u], [1e-4, 1e-4])
+    target = (mean + 3 * u[:, 0]).expand(2, size)
+    support, held = _listener(net, _song(11), target), _listener(net, _song(12), target)
+    predictor = SlidingWindows(window=WINDOW)
+    adapted = personalize_net(net, [support], CONFIG, predictor)
+    arousal, valence = adapted.predict(predictor, held)
+    plain_a, _ = predictor(net, held)
+    error = float((arousal - held["arousal"]).abs().max())
+    assert error < 1e-3 < float((plain_a - held["arousal"]).abs().max())
+    assert float((valence - held["valence"]).abs().max()) < 1e-3
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    net.listener_prior = ListenerPrior([mean, mean], [u * 0, u * 0], [1e-4, 1e-4])
+    same = personalize_net(net, [support], CONFIG, predictor)
+    torch.testing.assert_close(same.predict(predictor, held)[0], plain_a, rtol=0, atol=1e-5)
+
+
+def test_without_a_prior_the_method_is_a_config_error():
+    net = tiny_net().eval()
+    with pytest.raises(ConfigError, match="holds no listener prior"):
+        personalize_net(net, [_song(1)], CONFIG, SlidingWindows(window=WINDOW))
+
+
+def test_stored_readout_round_trip_and_checks():
+    """A read-out taken off an adapted network and put back on the plain one predicts the same; a read-out
+    or prior of the wrong size is a ValueError naming the expected shape."""
+    net = tiny_net().eval()
+    size = len(LAGS) + net.cfg.hidden_size + 1
+    weight = torch.randn(2, size, generator=torch.Generator().manual_seed(2)) * 0.05
+    adapted = with_listener_readout(net, {"weight": weight.tolist(), "lags": list(LAGS), "smooth": 5})
+    plain, readout = without_listener_readout(adapted)
+    assert isinstance(adapted.head, ListenerHead) and not isinstance(plain.head, ListenerHead)
+    assert plain.state_dict().keys() == net.state_dict().keys()
+    again = with_listener_readout(net, readout)
+    predictor = SlidingWindows(window=WINDOW)
+    torch.testing.assert_close(predictor(again, _song(4)), predictor(adapted, _song(4)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=rf"expected weight \[2, {size}\]"):
+        with_listener_readout(net, {"weight": weight[:, 1:].tolist(), "lags": list(LAGS), "smooth": 5})
+    prior = ListenerPrior([torch.zeros(size)] * 2, [torch.zeros(size, 3)] * 2, [0.1, 0.1])
+    assert ListenerPrior.from_dict(prior.to_dict(), net.cfg.hidden_size).factor[1].shape == (size, 3)
+    with pytest.raises(ValueError, match="expected 2 dimensions"):
+        ListenerPrior.from_dict(prior.to_dict(), net.cfg.hidden_size + 1)
