@@ -5,6 +5,9 @@ its feature store (`--store`): the first test pair with `--shots` support songs 
 protocol's draw, `DSAMLDataModule.test_pairs`, whole songs); each method of `--methods` runs
 `personalize_net` (auto: `select`) on those songs `--repeat` times and the median wall time is printed with
 its ratio to calibrate's, measured in the same run. Steps and learning rate come from the checkpoint's task.
+listener_prior needs the checkpoint's listener prior; a checkpoint written without one gets it estimated
+here from the store's training raters, as dsaml-train would have (its time is printed, not counted: it is
+paid once per model, not per listener).
 
     .venv/bin/python experiments/benchmarks/bench_personalize.py \\
         --ckpt outputs/personalization_lens/train/seed_0/dmer/checkpoints/last.ckpt \\
@@ -24,6 +27,7 @@ from rich.table import Table
 from dsaml.data.datamodule import DSAMLDataModule
 from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows, personalize_net, select
 from dsaml.models.checkpoint import load_network
+from dsaml.training.evaluation import estimate_training_listener_prior
 
 
 def main() -> None:
@@ -32,9 +36,11 @@ def main() -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--shots", type=int, default=3, help="support songs of the listener")
     parser.add_argument(
-        "--methods", nargs="+", default=["calibrate", "ridge", "ridge_calibrate", "head", "auto"]
+        "--methods",
+        nargs="+",
+        default=["calibrate", "ridge", "ridge_calibrate", "listener_prior", "head", "auto"],
     )
-    parser.add_argument("--auto-methods", nargs="+", default=["calibrate", "ridge"])
+    parser.add_argument("--auto-methods", nargs="+", default=list(AdaptationConfig().auto_methods))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -49,6 +55,11 @@ def main() -> None:
         (p, s) for p, s in zip(pairs, supports, strict=True) if len(s) == args.shots
     )
     songs = [data.reader.item(song_id, rater) for song_id in support_ids]
+    wants_prior = "listener_prior" in args.methods + (args.auto_methods if "auto" in args.methods else [])
+    if wants_prior and net.listener_prior is None:
+        start = time.perf_counter()
+        net.listener_prior = estimate_training_listener_prior(net, data.reader, predictor.window)
+        print(f"listener prior estimated from the training raters in {time.perf_counter() - start:.1f} s")
     segments = sum(len(s["arousal"]) for s in songs)
     times = {}
     for method in ["calibrate", *[m for m in args.methods if m != "calibrate"]]:

@@ -18,7 +18,8 @@ machine); here each test song goes through the body once (`readout_features`-sty
   `fit_calibration` on body_ridge's outputs (as ridge_calibrate); calibrate_body_ridge: calibrate first, then
   the body ridge fitted to the calibrated prediction's residual;
 - head: the head-only inner loop (`adapt` over the head on the cached body features, the checkpoint's
-  `--head` steps and learning rate, as `adapt_head`);
+  `--head` steps and learning rate, as `adapt_head`); maml: the whole network's inner loop with the same
+  steps and learning rate (first order, the paper's), the held-out song encoded by the adapted network;
 - auto: dsaml's `select` (adaptation.auto_rule "simplest") among none and `--auto-methods` by
   leave-one-song-out on the support songs (k >= 2), among none and `--auto-single` on blocks of the song
   with k = 1 (defaults: `AdaptationConfig`'s), each song predicted from non-overlapping windows; the row
@@ -71,6 +72,7 @@ METHODS = (
     "body_ridge_calibrate",
     "calibrate_body_ridge",
     "head",
+    "maml",
     "auto",
 )
 
@@ -210,6 +212,13 @@ class Model:
         adapted = adapt_listener_prior(self.net, batches, prior)
         return head_outputs(self.net, adapted.head, self.songs[score_on])
 
+    def maml_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
+        """maml: the whole network's inner loop (`adapt`, the checkpoint's `--head` steps and learning rate)
+        on the support windows -> the adapted network's prediction of `score_on` (encoded anew)."""
+        batches = [windows_batch(items[s], self.window) for s in support]
+        adapted = adapt(self.net, batches, config.steps, lr=config.lr, first_order=True).net.eval()
+        return head_outputs(adapted, None, Song(adapted, items[score_on], self.window))
+
     def head_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
         """The head-only inner loop on the cached body features of the support windows -> the prediction."""
         net = self.net
@@ -313,6 +322,8 @@ def main() -> None:
                     result["listener_prior"] = m.listener_adapted(support, items, song_id, data.reader, rater)
                 if "head" in methods:
                     result["head"] = m.head_adapted(support, items, song_id, config)
+                if "maml" in methods:
+                    result["maml"] = m.maml_adapted(support, items, song_id, config)
                 if "auto" in methods:  # dsaml's `select`: the choice, then this script's row of it
                     sequences = [items[s] for s in support]
                     m.listener_prior_without(rater, data.reader)
