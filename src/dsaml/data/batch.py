@@ -197,21 +197,28 @@ def windows_batch(seq: Mapping[str, Any], window: int) -> ClipBatch:
         T <= window): logmel [n, W, F, M], arousal / valence [n, W] float32; global [n, W, D] float32,
         a per-clip [1, D] repeated as [n, 1, D] (its dtype kept), or None.
     """
-    n = len(seq["arousal"])
-    starts = window_starts(n, window, window) if n > window else [0]
-    size = min(n, window)
-
-    def take(x: Array) -> Tensor:
-        return torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
-
-    batch: dict[str, Any] = {k: take(seq[k]) for k in CURVE_KEYS}
+    batch: dict[str, Any] = {k: cut_windows(seq[k], window) for k in CURVE_KEYS}
     vectors = seq.get("global")
+    n_windows = len(batch["arousal"])
     batch["global"] = (
         None
         if vectors is None
-        else (torch.stack([torch.as_tensor(vectors)] * len(starts)) if len(vectors) == 1 else take(vectors))
+        else (
+            torch.stack([torch.as_tensor(vectors)] * n_windows)
+            if len(vectors) == 1
+            else cut_windows(vectors, window)
+        )
     )
     return batch  # type: ignore[return-value]
+
+
+def cut_windows(x: Array, window: int) -> Tensor:
+    """The windows of `windows_batch` of one per-segment array x [T, ...] -> float32
+    [n, min(T, window), ...]."""
+    n = len(x)
+    starts = window_starts(n, window, window) if n > window else [0]
+    size = min(n, window)
+    return torch.stack([torch.as_tensor(x[s : s + size]) for s in starts]).float()
 
 
 def join_pieces(seq: Mapping[str, Any], pieces: Sequence[tuple[int, int]]) -> SongSequence:

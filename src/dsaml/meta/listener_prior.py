@@ -24,7 +24,7 @@ LAGS, SMOOTH and FIT_STRENGTH were chosen on one seed of the lens corpus
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -248,7 +248,7 @@ def _autocorrelation_time(residual: Tensor) -> float:
 
 def estimate_listener_prior(
     net: DSAMLNet,
-    songs: Iterable[tuple[str, str, Mapping[str, Tensor]]],
+    songs: Iterable[tuple[str, Hashable, Mapping[str, Tensor]]],
     lags: Sequence[int] = LAGS,
     smooth: int = SMOOTH,
     fit_strength: float = FIT_STRENGTH,
@@ -257,9 +257,9 @@ def estimate_listener_prior(
 
     Args:
         net (DSAMLNet): the trained network (put in eval mode for the features, then restored).
-        songs (Iterable): (rater, song id, windows batch of that rater's curves: ``logmel`` [n, W, 51, 128],
-            ``global``, ``arousal`` / ``valence`` [n, W]) for every training (rater, song); each song's
-            features are computed once.
+        songs (Iterable): (rater, song key, windows batch of that rater's curves: ``logmel`` [n, W, 51, 128],
+            ``global``, ``arousal`` / ``valence`` [n, W]) for every training (rater, song); the features are
+            computed once per song key (batches with the same key must hold the same audio).
         lags, smooth: the features (`design`); lags include 0.
         fit_strength (float): each rater's ridge, per segment, toward the identity read-out (f at lag 0).
 
@@ -271,8 +271,8 @@ def estimate_listener_prior(
     """
     if 0 not in lags:
         raise ValueError(f"lags={list(lags)}: the listener prior's lags must include 0")
-    cache: dict[str, tuple[Tensor, Tensor]] = {}
-    per_rater: dict[str, list[tuple[str, Mapping[str, Tensor]]]] = {}
+    cache: dict[Hashable, tuple[Tensor, Tensor]] = {}
+    per_rater: dict[str, list[tuple[Hashable, Mapping[str, Tensor]]]] = {}
     was_training = net.training
     net.eval()
     try:

@@ -30,6 +30,7 @@ from dsaml.data.batch import (
     SongSequence,
     as_batch,
     clips_of,
+    cut_windows,
     slice_sequence,
     windows_batch,
 )
@@ -249,8 +250,21 @@ def estimate_training_listener_prior(net: nn.Module, reader: Any, window: int) -
         return None
     if len({rater for rater, _ in pairs}) < MIN_RATERS:
         return None
-    songs = ((rater, song, windows_batch(reader.item(song, rater), window)) for rater, song in pairs)
-    return estimate_listener_prior(net, songs)
+    audio: dict[str, SongItem] = {}  # each song's log-mel read once (most songs have several raters)
+    windows: dict[tuple[str, int], ClipBatch] = {}  # and cut into windows once per length
+
+    def rated(rater: str, song: str) -> tuple[str, tuple[str, int], ClipBatch]:
+        if song not in audio:
+            audio[song] = reader.item(song, None)
+        arousal, valence = reader.store.curves(song, rater)
+        key = (song, min(len(arousal), len(audio[song]["arousal"])))
+        if key not in windows:
+            windows[key] = windows_batch(slice_sequence(audio[song], 0, key[1]), window)
+        batch = {**windows[key], "arousal": cut_windows(arousal[: key[1]], window)}
+        batch["valence"] = cut_windows(valence[: key[1]], window)
+        return rater, key, batch
+
+    return estimate_listener_prior(net, (rated(rater, song) for rater, song in pairs))
 
 
 def estimate_model_prior(
