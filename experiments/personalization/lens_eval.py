@@ -20,10 +20,11 @@ machine); here each test song goes through the body once (`readout_features`-sty
 - head: the head-only inner loop (`adapt` over the head on the cached body features, the checkpoint's
   `--head` steps and learning rate, as `adapt_head`); maml: the whole network's inner loop with the same
   steps and learning rate (first order, the paper's), the held-out song encoded by the adapted network;
-- auto: dsaml's `select` (adaptation.auto_rule "simplest") among none and `--auto-methods` by
-  leave-one-song-out on the support songs (k >= 2), among none and `--auto-single` on blocks of the song
-  with k = 1 (defaults: `AdaptationConfig`'s), each song predicted from non-overlapping windows; the row
-  is this script's prediction of the chosen method;
+- auto: `select`'s choice replayed on the cached features (dsaml's `select` re-encodes every song for every
+  fold and candidate: far too slow here): none and `--auto-methods` (calibrate, listener_prior) scored
+  leave-one-song-out on the support songs (k >= 2), none and `--auto-single` on `select`'s contiguous
+  blocks of the song with k = 1 (fitted on the rest of the song), chosen by dsaml's `choose` (rule
+  "simplest", margin 0); the row is the chosen method's;
 - the oracles of ceiling.py (the listener's noiseless curve from its own cues, and from the mean listener).
 With `--baseline <dmer.ckpt>` (a meta-trained `--ckpt`, e.g. PDMER with task.inner_loop=readout) every gain is
 paired against the DMER model's own predictions (the rows: DMER + each `--baseline-methods`, then
@@ -51,14 +52,20 @@ from dsaml.losses import dsaml_loss
 from dsaml.meta import (
     AdaptationConfig,
     CalibrationPrior,
-    SlidingWindows,
     adapt,
     fit_calibration,
     moving,
 )
-from dsaml.meta.listener_prior import adapt_listener_prior, estimate_listener_prior
+from dsaml.meta.listener_prior import (
+    LAGS,
+    SMOOTH,
+    adapt_listener_prior,
+    design,
+    estimate_listener_prior,
+    fit_listener_readout,
+)
 from dsaml.meta.readout import readout_input, refit_readout
-from dsaml.meta.selection import select
+from dsaml.meta.selection import BLOCKS, MIN_BLOCK, choose, tabulate
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
@@ -146,6 +153,7 @@ class Model:
         self.prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
         self.songs: dict[str, Song] = {}
         self._priors: dict[str, object] = {}
+        self._rows: dict[tuple[str, int], torch.Tensor] = {}
 
     def encode(self, items: dict[str, dict]) -> None:
         for s, item in items.items():
@@ -212,6 +220,67 @@ class Model:
         adapted = adapt_listener_prior(self.net, batches, prior)
         return head_outputs(self.net, adapted.head, self.songs[score_on])
 
+    def rows(self, song: str, dim: int) -> torch.Tensor:
+        """listener_prior's design rows of one song and dimension [T, P] (`design` on its windows, per
+        segment), float64, cached."""
+        key = (song, dim)
+        if key not in self._rows:
+            windows = self.songs[song].encoded_windows
+            with torch.no_grad():
+                prediction = self.net.head(windows)[..., dim].double()
+            x = design(prediction, windows.double(), LAGS, SMOOTH)
+            self._rows[key] = self.songs[song].per_segment(x)
+        return self._rows[key]
+
+    def auto_choice(self, support: list[str], curves, candidates: tuple[str, ...], reader, rater: str) -> str:
+        """auto's choice among none and `candidates`, replayed on the cached features (module docstring)."""
+        plain = {s: head_outputs(self.net, None, self.songs[s]) for s in support}
+        if len(support) >= 2:
+            splits = [([(s, None) for s in support if s != held], (held, None)) for held in support]
+        else:
+            song = support[0]
+            n = len(plain[song][0])
+            k = min(BLOCKS, n // MIN_BLOCK)
+            if k < 2:
+                return "none"
+            edges = [round(i * n / k) for i in range(k + 1)]
+            splits = [
+                (
+                    [(song, torch.cat([torch.arange(edges[i]), torch.arange(edges[i + 1], n)]))],
+                    (song, torch.arange(edges[i], edges[i + 1])),
+                )
+                for i in range(k)
+            ]
+
+        def cut(x, index):
+            return x if index is None else x[index]
+
+        def take(pair, index):
+            return tuple(cut(x, index) for x in pair)
+
+        per_fold = []
+        for fit_on, (held, where) in splits:
+            target = take(curves(held), where)
+            predicted = {"none": take(plain[held], where)}
+            if "calibrate" in candidates:
+                map_ = fit_calibration(
+                    [take(plain[s], i) for s, i in fit_on],
+                    [take(curves(s), i) for s, i in fit_on],
+                    self.prior,
+                    0,
+                )
+                predicted["calibrate"] = map_.apply(*predicted["none"])
+            if "listener_prior" in candidates:
+                prior = self.listener_prior_without(rater, reader)
+                outputs = []
+                for d in (0, 1):
+                    groups = [(cut(self.rows(s, d), i), cut(curves(s)[d].double(), i)) for s, i in fit_on]
+                    w = fit_listener_readout(prior, groups, d)
+                    outputs.append((cut(self.rows(held, d), where) @ w).float())
+                predicted["listener_prior"] = tuple(outputs)
+            per_fold.append({(name, 0): scores_of(*p, *target)["average"] for name, p in predicted.items()})
+        return choose(tabulate(per_fold), len(per_fold), 0.0, "simplest")["method"]
+
     def maml_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
         """maml: the whole network's inner loop (`adapt`, the checkpoint's `--head` steps and learning rate)
         on the support windows -> the adapted network's prediction of `score_on` (encoded anew)."""
@@ -251,12 +320,20 @@ def main() -> None:
         help="head's inner loop (default: conf/demo.yaml's PDMER task, as run.py tests the DMER model with)",
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    defaults = AdaptationConfig()
+    defaults, replayed = AdaptationConfig(), ("calibrate", "listener_prior")
     parser.add_argument(
-        "--auto-methods", nargs="+", default=list(defaults.auto_methods), help="auto's candidates, 2+ songs"
+        "--auto-methods",
+        nargs="+",
+        default=list(defaults.auto_methods),
+        choices=replayed,
+        help="auto's candidates with 2+ songs (default: dsaml's)",
     )
     parser.add_argument(
-        "--auto-single", nargs="+", default=list(defaults.auto_single), help="auto's candidates, one song"
+        "--auto-single",
+        nargs="+",
+        default=list(defaults.auto_single),
+        choices=replayed,
+        help="auto's candidates with one song (default: dsaml's)",
     )
     parser.add_argument(
         "--baseline",
@@ -271,13 +348,6 @@ def main() -> None:
     model = Model(args.ckpt)
     baseline = Model(args.baseline) if args.baseline else None
     config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(model.task)
-    auto_config = AdaptationConfig(
-        method="auto",
-        steps=config.steps,
-        lr=config.lr,
-        auto_methods=tuple(args.auto_methods),
-        auto_single=tuple(args.auto_single),
-    ).resolve(model.task)
     truth = load_truth(args.corpus)
     groups = groups_of(truth)
     parts = [f"checkpoint {args.ckpt}, seed {args.seed}, head: {config.steps} steps x lr {config.lr}"]
@@ -324,11 +394,9 @@ def main() -> None:
                     result["head"] = m.head_adapted(support, items, song_id, config)
                 if "maml" in methods:
                     result["maml"] = m.maml_adapted(support, items, song_id, config)
-                if "auto" in methods:  # dsaml's `select`: the choice, then this script's row of it
-                    sequences = [items[s] for s in support]
-                    m.listener_prior_without(rater, data.reader)
-                    predictor = SlidingWindows(m.window, stride=m.window)
-                    pick = select(m.net, sequences, auto_config, predictor, m.prior).chosen["method"]
+                if "auto" in methods:
+                    candidates = tuple(args.auto_methods if len(support) >= 2 else args.auto_single)
+                    pick = m.auto_choice(support, curves, candidates, data.reader, rater)
                     if m is model:
                         chosen[pick] = chosen.get(pick, 0) + 1
                     if pick == "listener_prior" and pick not in result:
