@@ -46,7 +46,7 @@ from dsaml.meta import (
     select,
 )
 from dsaml.meta.listener_prior import without_listener_readout
-from dsaml.meta.methods import needed_listener_prior, uses_listener_prior
+from dsaml.meta.methods import needed_listener_prior
 from dsaml.metrics import REPORTED, mean_scores, scores_of
 from dsaml.models.checkpoint import save_network
 from dsaml.outputs import record_output, write_text_atomic
@@ -507,21 +507,20 @@ def adaptation_for(
     Raises:
         ConfigError: an inner-loop setting the checkpoint cannot supply, a calibrating method with
             prior=auto on a checkpoint without a prior, or method=listener_prior on a checkpoint without a
-            listener prior (auto leaves listener_prior out of its candidates there).
+            listener prior (auto leaves listener_prior out of its candidates there: `candidate_scores`).
     """
     config = config.resolve(predictor.hparams.get("task"))
     stored = predictor.hparams.get("calibration_prior")
-    no_listeners = predictor.net.listener_prior is None
-    if config.method != AUTO and no_listeners and uses_listener_prior(config):
+    if config.learner == "listener_prior":
         needed_listener_prior(predictor.net)  # ConfigError naming where the prior comes from
     narrowed = config.method == AUTO and config.prior == "auto" and not stored
-    if narrowed or (config.method == AUTO and no_listeners and uses_listener_prior(config)):
-        # the candidates the checkpoint can run; with more than one song the inner loops at least
+    if narrowed:  # the candidates the checkpoint can run; with more than one song the inner loops at least
+        runnable = {"listener_prior"} if predictor.net.listener_prior is not None else set()
         kept = {
             key: [
                 m
                 for m in getattr(config, key)
-                if not (narrowed and m.endswith("calibrate")) and not (no_listeners and m == "listener_prior")
+                if not m.endswith("calibrate") and (m != "listener_prior" or m in runnable)
             ]
             for key in ("auto_methods", "auto_single")
         }

@@ -16,14 +16,16 @@ A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listen
 - ridge_calibrate / head_calibrate / maml_calibrate: the read-out or inner loop, then the map fitted on the
   adapted network's outputs;
 - auto: choose among the above (and among step counts) on the listener's own songs: with >= 2 songs
-  among `auto_methods`, by leave-one-song-out; with one song among `auto_single` (default: calibrate
-  alone), by blocked k-fold inside the song (contiguous blocks, each held out in turn); the unadapted
-  network unless a candidate validates better on average by more than `margin` and on most folds
-  (`select`). Why one song gets fewer candidates: a listener's deviation from the model that is specific to
-  one song is shared by all of its blocks, so no split of one song measures what transfers to their other
-  songs, and the candidates that fit the song best (the inner loops) are picked and transfer worse
-  (docs/method.md, "Choosing a method"); the calibration's shrinkage is estimated from the training
-  raters' song-to-song spread, the one between-song evidence there is.
+  among `auto_methods`, by leave-one-song-out; with one song among `auto_single`, by blocked k-fold
+  inside the song (contiguous blocks, each held out in turn); default for both: calibrate and
+  listener_prior (the latter only when the network holds a listener prior); the unadapted network unless a
+  candidate validates better on average by more than `margin` and on most folds (`select`). Why the inner
+  loops are not default candidates, least of all with one song: a listener's deviation from the model that
+  is specific to one song is shared by all of its blocks, so no split of one song measures what transfers
+  to their other songs, and the candidates that fit the song best (the inner loops) are picked and transfer
+  worse (docs/method.md, "Choosing a method"); calibrate and listener_prior fit nothing free on the
+  listener's songs: their shrinkage is estimated from the training raters, the between-song evidence there
+  is.
 
 `personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
 identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.
@@ -116,8 +118,8 @@ class AdaptationConfig(Config):
     first_order: bool | None = flag(None, optional=True)
     lag: int = integer(0, low=0)
     prior: Any = "auto"  # auto or a number >= 0: checked in __post_init__ (two kinds of value)
-    auto_methods: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
-    auto_single: tuple[str, ...] = choice_list(("calibrate",), METHODS[1:])
+    auto_methods: tuple[str, ...] = choice_list(("calibrate", "listener_prior"), METHODS[1:])
+    auto_single: tuple[str, ...] = choice_list(("calibrate", "listener_prior"), METHODS[1:])
     auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
     auto_rule: str = choice("simplest", SELECTION_RULES)
     margin: float = number(0.0)
@@ -224,15 +226,9 @@ def calibration_prior(config: AdaptationConfig, stored: Mapping[str, Any] | None
     return CalibrationPrior.from_dict(dict(stored))
 
 
-def uses_listener_prior(config: AdaptationConfig) -> bool:
-    """Whether a method the config can run is listener_prior."""
-    if config.method == AUTO:
-        return "listener_prior" in config.auto_methods + config.auto_single
-    return config.learner == "listener_prior"
-
-
 def needed_listener_prior(net: nn.Module) -> ListenerPrior:
-    """``net.listener_prior`` (set from the checkpoint), or ConfigError saying where it comes from."""
+    """``net.listener_prior`` (set from the checkpoint), or ConfigError saying where it comes from (`auto`
+    leaves listener_prior out of its candidates on such a network instead: `candidate_scores`)."""
     prior = getattr(net, "listener_prior", None)
     if prior is None:
         raise ConfigError(

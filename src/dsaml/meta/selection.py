@@ -101,9 +101,12 @@ def candidate_scores(
     candidates: Sequence[str],
 ) -> dict[tuple[str, int], float]:
     """Validation score of none and of every candidate method (at every step count of the grid) on one fold;
-    each inner loop runs once to the largest step count and is scored at every count on the way."""
+    each inner loop runs once to the largest step count and is scored at every count on the way.
+    listener_prior is left out when the network holds no listener prior."""
     scores: dict[tuple[str, int], float] = {}
     methods = set(candidates)
+    if getattr(net, "listener_prior", None) is None:  # a checkpoint without one: not a candidate
+        methods.discard("listener_prior")
 
     def score_all(adapted: nn.Module, learner: str | None, steps: int) -> None:
         plain = learner or "none"

@@ -389,11 +389,11 @@ class DSAMLModule(L.LightningModule):
         """Resolve the adaptation settings against the task and load the calibration prior; ConfigError
         before the first item when the method needs a prior that is missing (`calibration_prior`)."""
         from dsaml.meta import calibration_prior
-        from dsaml.meta.methods import needed_listener_prior, uses_listener_prior
+        from dsaml.meta.methods import needed_listener_prior
 
         self._adaptation = self.adaptation_cfg.resolve(self.task_cfg.to_dict())
         self._prior = calibration_prior(self._adaptation, self.hparams.calibration_prior)
-        if uses_listener_prior(self._adaptation):
+        if self._adaptation.learner == "listener_prior":
             needed_listener_prior(self.net)
 
     def test_step(self, item: SongItem, batch_idx: int) -> None:
