@@ -23,8 +23,8 @@ machine); here each test song goes through the body once (`readout_features`-sty
 - auto: `select`'s choice replayed on the cached features (dsaml's `select` re-encodes every song for every
   fold and candidate: far too slow here): none and `--auto-methods` (calibrate, listener_prior) scored
   leave-one-song-out on the support songs (k >= 2), none and `--auto-single` on `select`'s contiguous
-  blocks of the song with k = 1 (fitted on the rest of the song), chosen by dsaml's `choose` (rule
-  "simplest", margin 0); the row is the chosen method's;
+  blocks of the song with k = 1 (fitted on the rest of the song), chosen by dsaml's `choose` (`--auto-rule`,
+  margin 0); the row is the chosen method's;
 - the oracles of ceiling.py (the listener's noiseless curve from its own cues, and from the mean listener).
 With `--baseline <dmer.ckpt>` (a meta-trained `--ckpt`, e.g. PDMER with task.inner_loop=readout) every gain is
 paired against the DMER model's own predictions (the rows: DMER + each `--baseline-methods`, then
@@ -61,7 +61,6 @@ from dsaml.meta.listener_prior import (
     SMOOTH,
     adapt_listener_prior,
     design,
-    estimate_listener_prior,
     fit_listener_readout,
 )
 from dsaml.meta.readout import readout_input, refit_readout
@@ -69,6 +68,7 @@ from dsaml.meta.selection import BLOCKS, MIN_BLOCK, choose, tabulate
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
+from dsaml.training.evaluation import training_rater_readouts
 
 METHODS = (
     "calibrate",
@@ -153,6 +153,8 @@ class Model:
         self.prior = CalibrationPrior.from_dict(hparams["calibration_prior"])
         self.songs: dict[str, Song] = {}
         self._priors: dict[str, object] = {}
+        self._readouts = None
+        self.auto_rule = AdaptationConfig().auto_rule
         self._rows: dict[tuple[str, int], torch.Tensor] = {}
 
     def encode(self, items: dict[str, dict]) -> None:
@@ -203,12 +205,12 @@ class Model:
 
     def listener_prior_without(self, rater: str, reader) -> object:
         """The listener prior of the store's training raters but `rater` (for whom it is a new listener),
-        estimated once per rater; also set as the network's own (``net.listener_prior``, for `select`)."""
+        pooled from every training rater's read-out fitted once; also set as the network's own
+        (``net.listener_prior``)."""
+        if self._readouts is None:
+            self._readouts = training_rater_readouts(self.net, reader, self.window)
         if rater not in self._priors:
-            pairs = [(r, s) for r, s in reader.store.rater_songs("train") if r != rater]
-            self._priors[rater] = estimate_listener_prior(
-                self.net, ((r, s, windows_batch(reader.item(s, r), self.window)) for r, s in pairs)
-            )
+            self._priors[rater] = self._readouts.prior(without={rater})
         self.net.listener_prior = self._priors[rater]
         return self._priors[rater]
 
@@ -279,7 +281,7 @@ class Model:
                     outputs.append((cut(self.rows(held, d), where) @ w).float())
                 predicted["listener_prior"] = tuple(outputs)
             per_fold.append({(name, 0): scores_of(*p, *target)["average"] for name, p in predicted.items()})
-        return choose(tabulate(per_fold), len(per_fold), 0.0, "simplest")["method"]
+        return choose(tabulate(per_fold), len(per_fold), 0.0, self.auto_rule)["method"]
 
     def maml_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
         """maml: the whole network's inner loop (`adapt`, the checkpoint's `--head` steps and learning rate)
@@ -342,11 +344,15 @@ def main() -> None:
         "--baseline-methods as rows (DMER + method) and --ckpt's rows named --label + method",
     )
     parser.add_argument("--baseline-methods", nargs="+", default=["calibrate", "ridge"], choices=METHODS)
+    parser.add_argument("--auto-rule", default=defaults.auto_rule, choices=("best", "simplest"))
     parser.add_argument("--label", default="PDMER", help="--ckpt's name in the rows with --baseline")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
     model = Model(args.ckpt)
     baseline = Model(args.baseline) if args.baseline else None
+    for m in (model, baseline):
+        if m is not None:
+            m.auto_rule = args.auto_rule
     config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(model.task)
     truth = load_truth(args.corpus)
     groups = groups_of(truth)

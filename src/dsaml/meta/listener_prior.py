@@ -24,7 +24,7 @@ LAGS, SMOOTH and FIT_STRENGTH were chosen on one seed of the lens corpus
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -246,14 +246,43 @@ def _autocorrelation_time(residual: Tensor) -> float:
     return 1.0 + 2.0 * total
 
 
-def estimate_listener_prior(
+@dataclass
+class RaterReadouts:
+    """Each training rater's own read-out, per dimension (arousal, valence): {rater: w [P]}, the residual
+    variance {rater: sigma2} and the residuals' autocorrelation time {rater: tau, segments}; `prior` pools
+    them."""
+
+    weights: list[dict[str, Tensor]]
+    variances: list[dict[str, float]]
+    times: list[dict[str, float]]
+    lags: tuple[int, ...] = LAGS
+    smooth: int = SMOOTH
+
+    def prior(self, without: Collection[str] = ()) -> ListenerPrior:
+        """The listener prior of every rater but those in `without`: mean and covariance factor of their
+        read-outs, noise = mean sigma2 * mean tau; ValueError with fewer than MIN_RATERS raters."""
+        raters = [r for r in self.weights[0] if r not in without]
+        if len(raters) < MIN_RATERS:
+            raise ValueError(f"the listener prior needs {MIN_RATERS}+ training raters, got {len(raters)}")
+        mean, factor, noise = [], [], []
+        for dim in (0, 1):
+            stacked = torch.stack([self.weights[dim][r] for r in raters])
+            mu = stacked.mean(0)
+            mean.append(mu.cpu())
+            factor.append(((stacked - mu).T / (len(stacked) - 1) ** 0.5).cpu())
+            variance = sum(self.variances[dim][r] for r in raters) / len(raters)
+            noise.append(variance * sum(self.times[dim][r] for r in raters) / len(raters))
+        return ListenerPrior(mean, factor, noise, self.lags, self.smooth, len(raters))
+
+
+def rater_readouts(
     net: DSAMLNet,
     songs: Iterable[tuple[str, Hashable, Mapping[str, Tensor]]],
     lags: Sequence[int] = LAGS,
     smooth: int = SMOOTH,
     fit_strength: float = FIT_STRENGTH,
-) -> ListenerPrior:
-    """The prior from training raters' songs.
+) -> RaterReadouts:
+    """Each training rater's read-out, fitted on all of their songs.
 
     Args:
         net (DSAMLNet): the trained network (put in eval mode for the features, then restored).
@@ -264,10 +293,11 @@ def estimate_listener_prior(
         fit_strength (float): each rater's ridge, per segment, toward the identity read-out (f at lag 0).
 
     Returns:
-        ListenerPrior: mean and covariance factor of the raters' read-outs, noise sigma2 * tau.
+        RaterReadouts: per rater and dimension the least-squares read-out, residual variance and
+        autocorrelation time.
 
     Raises:
-        ValueError: fewer than MIN_RATERS raters, or no lag 0.
+        ValueError: no lag 0.
     """
     if 0 not in lags:
         raise ValueError(f"lags={list(lags)}: the listener prior's lags must include 0")
@@ -282,12 +312,9 @@ def estimate_listener_prior(
             per_rater.setdefault(rater, []).append((song, batch))
     finally:
         net.train(was_training)
-    if len(per_rater) < MIN_RATERS:
-        raise ValueError(f"the listener prior needs {MIN_RATERS}+ training raters, got {len(per_rater)}")
-    mean, factor, noise = [], [], []
+    readouts = RaterReadouts([{}, {}], [{}, {}], [{}, {}], tuple(lags), smooth)
     for dim, key in enumerate(("arousal", "valence")):
-        weights, variances, times = [], [], []
-        for items in per_rater.values():
+        for rater, items in per_rater.items():
             x = torch.cat([_rows(*cache[song], dim, lags, smooth) for song, _ in items])
             y = torch.cat([batch[key].reshape(-1).double() for _, batch in items]).to(x.device)
             identity = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
@@ -296,12 +323,26 @@ def estimate_listener_prior(
             ridge[-1, -1] = 0.0
             w = identity + torch.linalg.solve(x.T @ x + ridge, x.T @ (y - x @ identity))
             residual = y - x @ w
-            weights.append(w)
-            variances.append(float((residual**2).mean()))
-            times.append(_autocorrelation_time(residual))
-        stacked = torch.stack(weights)
-        mu = stacked.mean(0)
-        mean.append(mu.cpu())
-        factor.append(((stacked - mu).T / (len(stacked) - 1) ** 0.5).cpu())
-        noise.append(sum(variances) / len(variances) * sum(times) / len(times))
-    return ListenerPrior(mean, factor, noise, tuple(lags), smooth, len(per_rater))
+            readouts.weights[dim][rater] = w
+            readouts.variances[dim][rater] = float((residual**2).mean())
+            readouts.times[dim][rater] = _autocorrelation_time(residual)
+    return readouts
+
+
+def estimate_listener_prior(
+    net: DSAMLNet,
+    songs: Iterable[tuple[str, Hashable, Mapping[str, Tensor]]],
+    lags: Sequence[int] = LAGS,
+    smooth: int = SMOOTH,
+    fit_strength: float = FIT_STRENGTH,
+) -> ListenerPrior:
+    """The prior from training raters' songs: `rater_readouts` (arguments as there) pooled over every rater
+    (`RaterReadouts.prior`).
+
+    Returns:
+        ListenerPrior: mean and covariance factor of the raters' read-outs, noise sigma2 * tau.
+
+    Raises:
+        ValueError: fewer than MIN_RATERS raters, or no lag 0.
+    """
+    return rater_readouts(net, songs, lags, smooth, fit_strength).prior()

@@ -46,7 +46,7 @@ from dsaml.meta import (
 )
 from dsaml.meta.adaptation import DEFAULT_META_ENGINE
 from dsaml.meta.batched_adapt import personalize_many
-from dsaml.meta.listener_prior import MIN_RATERS, ListenerPrior, estimate_listener_prior
+from dsaml.meta.listener_prior import MIN_RATERS, ListenerPrior, RaterReadouts, rater_readouts
 from dsaml.meta.methods import ITERATIVE
 from dsaml.metrics import METRIC_KEYS, scores_of
 from dsaml.training.config import PROTOCOLS
@@ -239,9 +239,17 @@ def estimate_calibration_prior(store: Any) -> CalibrationPrior | None:
 
 
 def estimate_training_listener_prior(net: nn.Module, reader: Any, window: int) -> ListenerPrior | None:
-    """The listener prior (`dsaml.meta.listener_prior.estimate_listener_prior`) of the network from every
-    training (rater, song) of the reader's store, each song cut into windows of `window` segments; None when
-    the store has no per-rater curves or fewer than MIN_RATERS training raters."""
+    """The listener prior of the network from every training (rater, song) of the reader's store
+    (`training_rater_readouts` pooled); None when the store has no per-rater curves or fewer than MIN_RATERS
+    training raters."""
+    readouts = training_rater_readouts(net, reader, window)
+    return None if readouts is None else readouts.prior()
+
+
+def training_rater_readouts(net: nn.Module, reader: Any, window: int) -> RaterReadouts | None:
+    """Every training rater's own read-out (`dsaml.meta.listener_prior.rater_readouts`) from the reader's
+    store, each song read and cut into windows of `window` segments once; None when the store has no
+    per-rater curves or fewer than MIN_RATERS training raters."""
     from dsaml.data.store import StoreError
 
     try:
@@ -264,7 +272,7 @@ def estimate_training_listener_prior(net: nn.Module, reader: Any, window: int) -
         batch["valence"] = cut_windows(valence[: key[1]], window)
         return rater, key, batch
 
-    return estimate_listener_prior(net, (rated(rater, song) for rater, song in pairs))
+    return rater_readouts(net, (rated(rater, song) for rater, song in pairs))
 
 
 def estimate_model_prior(
