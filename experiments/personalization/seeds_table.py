@@ -33,8 +33,8 @@ def read_tables(path: Path) -> dict[int, dict[str, list[str]]]:
 
 
 def gain(cell: str) -> float:
-    """'+0.032 (28)' -> 0.032."""
-    return float(cell.split()[0])
+    """'+0.032 (28)' -> 0.032; '-' (an empty group) -> nan."""
+    return float("nan") if cell == "-" else float(cell.split()[0])
 
 
 def merged(per_seed: list[dict[str, list[str]]]) -> tuple[list[str], list[list[str]]]:
@@ -46,7 +46,8 @@ def merged(per_seed: list[dict[str, list[str]]]) -> tuple[list[str], list[list[s
         cells = [table[name] for table in per_seed]
         seeds = [gain(c[0]) for c in cells]
         row = [name, f"{np.mean(seeds):+.3f} ({' / '.join(f'{v:+.3f}' for v in seeds)})"]
-        row += [f"{np.mean([gain(c[i]) for c in cells]):+.3f}" for i in (1, 2, 3)]
+        groups = [np.mean([gain(c[i]) for c in cells]) for i in (1, 2, 3)]
+        row += ["-" if np.isnan(g) else f"{g:+.3f}" for g in groups]
         row.append(f"{np.mean([float(c[4].rstrip('%')) for c in cells]):.0f}%")
         row.append(f"{min(float(c[5]) for c in cells):+.3f}")
         rows.append(row)
