@@ -25,6 +25,17 @@ def tiny_net(seed: int = 0, **overrides) -> DSAMLNet:
     return DSAMLNet(DSAMLConfig(**{**TINY_MODEL, **overrides}))
 
 
+def random_song(seed: int, n: int) -> dict:
+    """A `SongSequence` of n segments: random log-mel (about -5) and flat zero curves, no global vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
+        "arousal": torch.zeros(n),
+        "valence": torch.zeros(n),
+        "global": None,
+    }
+
+
 def save_tiny_ckpt(path: Path, window: int = 60) -> Path:
     """A randomly initialised tiny network saved as a dsaml checkpoint with the default feature config and a
     task config (inner steps / lr, window length `window`) as dsaml-train writes it."""

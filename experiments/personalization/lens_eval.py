@@ -323,20 +323,14 @@ def main() -> None:
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     defaults, replayed = AdaptationConfig(), ("calibrate", "listener_prior")
-    parser.add_argument(
-        "--auto-methods",
-        nargs="+",
-        default=list(defaults.auto_methods),
-        choices=replayed,
-        help="auto's candidates with 2+ songs (default: dsaml's)",
-    )
-    parser.add_argument(
-        "--auto-single",
-        nargs="+",
-        default=list(defaults.auto_single),
-        choices=replayed,
-        help="auto's candidates with one song (default: dsaml's)",
-    )
+    for flag, key, songs in (("--auto-methods", "auto_methods", "2+"), ("--auto-single", "auto_single", "1")):
+        parser.add_argument(
+            flag,
+            nargs="+",
+            default=list(getattr(defaults, key)),
+            choices=replayed,
+            help=f"auto's candidates with {songs} song(s) (default: dsaml's)",
+        )
     parser.add_argument(
         "--baseline",
         default=None,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app_fixtures import tiny_net
+from app_fixtures import random_song, tiny_net
 from dsaml.config import ConfigError
 from dsaml.data.batch import windows_batch
 from dsaml.meta import AdaptationConfig, SlidingWindows, personalize_net
@@ -19,8 +19,8 @@ from dsaml.meta.listener_prior import (
     ListenerPrior,
     _autocorrelation_time,
     design,
-    estimate_listener_prior,
     fit_listener_readout,
+    rater_readouts,
     with_listener_readout,
     without_listener_readout,
 )
@@ -31,13 +31,7 @@ CONFIG = AdaptationConfig(method="listener_prior", skip_flat=False)
 
 
 def _song(seed: int, n: int = WINDOW) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
-        "arousal": torch.zeros(n),
-        "valence": torch.zeros(n),
-        "global": None,
-    }
+    return random_song(seed, n)
 
 
 def _features(net, batch) -> list[torch.Tensor]:
@@ -108,7 +102,7 @@ def test_estimate_recovers_the_training_raters_readouts():
                 "valence": curves["valence"] + noise[1],
             }
             rows.append((rater, name, windows_batch(curves, WINDOW)))
-    prior = estimate_listener_prior(net, rows, fit_strength=1e-9)
+    prior = rater_readouts(net, rows, fit_strength=1e-9).prior()
     stacked = torch.stack(list(planted.values()))  # [raters, 2, P]
     assert prior.raters == 5
     for d in (0, 1):

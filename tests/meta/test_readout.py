@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from app_fixtures import tiny_net
+from app_fixtures import random_song, tiny_net
 from dsaml.data.batch import windows_batch
 from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows, personalize_net, select
 from dsaml.meta.readout import STRENGTHS, fit_ridge, readout_features, refit_readout
 
 
 def _song(seed: int, n: int = 40) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "logmel": torch.randn(n, 51, 128, generator=gen) - 5.0,
-        "arousal": torch.zeros(n),
-        "valence": torch.zeros(n),
-        "global": None,
-    }
+    return random_song(seed, n)
 
 
 def _numpy_ridge(

@@ -6,10 +6,10 @@ x_t = [f_{t - l} for l in LAGS, smooth(B)_t, 1] (P = len(LAGS) + D + 1): the net
 (delayed by each lag, so a gain, offset and lag of the map are special cases), the body's output B [T, D]
 (moving average over SMOOTH segments) and a bias. The read-out weights w [P] of listeners are modelled as
 drawn from N(mu, L L^T), the empirical mean and covariance of the training raters' read-outs
-(`estimate_listener_prior`: one least-squares fit per training rater on all of their training songs,
-shrunk by FIT_STRENGTH), so a new listener's weights can only move along the directions in which the
-training listeners differ (e.g. which cue their arousal follows: docs/listeners.md). From a few songs the
-posterior mean is (`fit_listener_readout`)
+(`rater_readouts`: one least-squares fit per training rater on all of their training songs, shrunk by
+FIT_STRENGTH; pooled by `RaterReadouts.prior`), so a new listener's weights can only move along the
+directions in which the training listeners differ (e.g. which cue their arousal follows:
+docs/listeners.md). From a few songs the posterior mean is (`fit_listener_readout`)
 
     w = mu + L (L^T X^T X L / s + I)^-1 L^T X^T (y - X mu) / s,     s = sigma2 * tau,
 
@@ -327,22 +327,3 @@ def rater_readouts(
             readouts.variances[dim][rater] = float((residual**2).mean())
             readouts.times[dim][rater] = _autocorrelation_time(residual)
     return readouts
-
-
-def estimate_listener_prior(
-    net: DSAMLNet,
-    songs: Iterable[tuple[str, Hashable, Mapping[str, Tensor]]],
-    lags: Sequence[int] = LAGS,
-    smooth: int = SMOOTH,
-    fit_strength: float = FIT_STRENGTH,
-) -> ListenerPrior:
-    """The prior from training raters' songs: `rater_readouts` (arguments as there) pooled over every rater
-    (`RaterReadouts.prior`).
-
-    Returns:
-        ListenerPrior: mean and covariance factor of the raters' read-outs, noise sigma2 * tau.
-
-    Raises:
-        ValueError: fewer than MIN_RATERS raters, or no lag 0.
-    """
-    return rater_readouts(net, songs, lags, smooth, fit_strength).prior()
