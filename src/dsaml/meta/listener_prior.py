@@ -33,10 +33,24 @@ from torch.nn import functional as F
 
 from dsaml.meta.adaptation import HeadAdaptedNet
 from dsaml.meta.calibration import shift
+from dsaml.models.listener_prior import LAGS, SMOOTH, ListenerPrior
 from dsaml.models.network import DSAMLNet
 
-LAGS = (0, 2, 4)  # delays of the network's prediction among the features, in segments
-SMOOTH = 5  # moving-average length of the body features, in segments
+__all__ = [
+    "FIT_STRENGTH",
+    "LAGS",
+    "SMOOTH",
+    "ListenerHead",
+    "ListenerPrior",
+    "RaterReadouts",
+    "adapt_listener_prior",
+    "design",
+    "fit_listener_readout",
+    "rater_readouts",
+    "with_listener_readout",
+    "without_listener_readout",
+]
+
 FIT_STRENGTH = 1e-4  # ridge of each training rater's fit, per segment (the bias unpenalised)
 MAX_LAG = 60  # segments: the residuals' autocorrelation is summed up to here (or its first non-positive)
 MIN_RATERS = 3
@@ -61,67 +75,6 @@ def design(prediction: Tensor, encoded: Tensor, lags: Sequence[int], smooth: int
         padded = F.pad(encoded.transpose(1, 2), (smooth // 2, (smooth - 1) // 2), mode="replicate")
         body = F.avg_pool1d(padded, smooth, stride=1).transpose(1, 2)
     return torch.cat([lagged, body, torch.ones_like(encoded[..., :1])], -1)
-
-
-@dataclass
-class ListenerPrior:
-    """The prior over read-outs (see the module docstring), per dimension (arousal, valence).
-
-    Args:
-        mean (list[Tensor]): mu [P] per dimension.
-        factor (list[Tensor]): L [P, R] per dimension (R = training raters - 1).
-        noise (list[float]): s = sigma2 * tau per dimension, in squared label units.
-        lags (tuple[int, ...]): the features' lags (see `design`).
-        smooth (int): the features' smoothing (see `design`).
-        raters (int): training raters it was estimated from.
-    """
-
-    mean: list[Tensor]
-    factor: list[Tensor]
-    noise: list[float]
-    lags: tuple[int, ...] = LAGS
-    smooth: int = SMOOTH
-    raters: int = 0
-
-    def to_dict(self) -> dict:
-        """Plain lists and numbers (checkpoint hyper-parameters)."""
-        return {
-            "mean": [m.tolist() for m in self.mean],
-            "factor": [f.tolist() for f in self.factor],
-            "noise": list(self.noise),
-            "lags": list(self.lags),
-            "smooth": self.smooth,
-            "raters": self.raters,
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping, width: int | None = None) -> ListenerPrior:
-        """The inverse of `to_dict`; ValueError when the parts do not fit each other (or the body's
-        `width` D, when given)."""
-        prior = cls(
-            [torch.tensor(m, dtype=torch.float64) for m in values["mean"]],
-            [torch.tensor(f, dtype=torch.float64) for f in values["factor"]],
-            [float(s) for s in values["noise"]],
-            tuple(int(lag) for lag in values["lags"]),
-            int(values["smooth"]),
-            int(values.get("raters", 0)),
-        )
-        size = len(prior.mean[0]) if width is None else len(prior.lags) + width + 1
-        fits = (
-            len(prior.mean) == len(prior.factor) == len(prior.noise) == 2
-            and all(m.shape == (size,) for m in prior.mean)
-            and all(f.ndim == 2 and f.shape[0] == size for f in prior.factor)
-            and all(s > 0 for s in prior.noise)
-            and 0 in prior.lags
-            and prior.smooth >= 1
-        )
-        if not fits:
-            raise ValueError(
-                f"expected 2 dimensions of mean [{size}], factor [{size}, R], noise > 0, lags with 0 and "
-                f"smooth >= 1 (got lags {list(prior.lags)}, smooth {prior.smooth}, mean "
-                f"{[tuple(m.shape) for m in prior.mean]})"
-            )
-        return prior
 
 
 class ListenerHead(nn.Module):

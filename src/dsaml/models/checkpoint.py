@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from dsaml.models.config import DSAMLConfig
+from dsaml.models.listener_prior import ListenerPrior
 from dsaml.models.network import DSAMLNet
 from dsaml.outputs import atomic_output
 
@@ -221,8 +222,6 @@ def load_network(
     net.load_state_dict(state)
     net.to(map_location).eval()
     if hparams.get("listener_prior") is not None:
-        from dsaml.meta.listener_prior import ListenerPrior  # meta builds on models
-
         try:
             net.listener_prior = ListenerPrior.from_dict(hparams["listener_prior"], cfg.hidden_size)
         except (KeyError, TypeError, ValueError) as error:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from dsaml.models.attention import QKV, DualScaleEncoder
 from dsaml.models.config import DSAMLConfig
 from dsaml.models.global_context import LearnedGlobalContext
+from dsaml.models.listener_prior import ListenerPrior
 from dsaml.models.spectrogram import SpectrogramEncoder
 
 
@@ -86,11 +87,12 @@ class DSAMLNet(nn.Module):
 
     Attributes:
         listener_prior (ListenerPrior or None): the prior over listeners' read-outs of these weights
-            (`dsaml.meta.listener_prior`), not part of the weights: set by the training module and by
-            `load_network` from the checkpoint's hyper-parameters; None when none was estimated.
+            (`dsaml.models.listener_prior`; the method: `dsaml.meta.listener_prior`), not part of the
+            weights: set by the training module and by `load_network` from the checkpoint's
+            hyper-parameters; None when none was estimated.
     """
 
-    listener_prior: Any = None
+    listener_prior: ListenerPrior | None = None
 
     def __init__(self, cfg: DSAMLConfig) -> None:
         super().__init__()
