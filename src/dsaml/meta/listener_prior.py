@@ -242,7 +242,7 @@ def rater_readouts(
         songs (Iterable): (rater, song key, windows batch of that rater's curves: ``logmel`` [n, W, 51, 128],
             ``global``, ``arousal`` / ``valence`` [n, W]) for every training (rater, song); the features are
             computed once per song key (batches with the same key must hold the same audio).
-        lags, smooth: the features (`design`); lags include 0.
+        lags, smooth: the features (`design`, computed once per song key and dimension); lags include 0.
         fit_strength (float): each rater's ridge, per segment, toward the identity read-out (f at lag 0).
 
     Returns:
@@ -254,21 +254,22 @@ def rater_readouts(
     """
     if 0 not in lags:
         raise ValueError(f"lags={list(lags)}: the listener prior's lags must include 0")
-    cache: dict[Hashable, tuple[Tensor, Tensor]] = {}
+    rows: dict[Hashable, tuple[Tensor, Tensor]] = {}  # song key -> design rows [N, P] per dimension
     per_rater: dict[str, list[tuple[Hashable, Mapping[str, Tensor]]]] = {}
     was_training = net.training
     net.eval()
     try:
         for rater, song, batch in songs:
-            if song not in cache:
-                cache[song] = _features(net, batch)
+            if song not in rows:
+                features = _features(net, batch)
+                rows[song] = (_rows(*features, 0, lags, smooth), _rows(*features, 1, lags, smooth))
             per_rater.setdefault(rater, []).append((song, batch))
     finally:
         net.train(was_training)
     readouts = RaterReadouts([{}, {}], [{}, {}], [{}, {}], tuple(lags), smooth)
     for dim, key in enumerate(("arousal", "valence")):
         for rater, items in per_rater.items():
-            x = torch.cat([_rows(*cache[song], dim, lags, smooth) for song, _ in items])
+            x = torch.cat([rows[song][dim] for song, _ in items])
             y = torch.cat([batch[key].reshape(-1).double() for _, batch in items]).to(x.device)
             identity = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
             identity[list(lags).index(0)] = 1.0  # the prediction itself, no lag
