@@ -56,7 +56,10 @@ class ListenerPrior:
             int(values["smooth"]),
             int(values.get("raters", 0)),
         )
-        size = len(prior.mean[0]) if width is None else len(prior.lags) + width + 1
+        if width is not None:
+            size = len(prior.lags) + width + 1
+        else:
+            size = len(prior.mean[0]) if prior.mean else 0
         fits = (
             len(prior.mean) == len(prior.factor) == len(prior.noise) == 2
             and all(m.shape == (size,) for m in prior.mean)
