@@ -515,12 +515,12 @@ def adaptation_for(
         needed_listener_prior(predictor.net)  # ConfigError naming where the prior comes from
     narrowed = config.method == AUTO and config.prior == "auto" and not stored
     if narrowed:  # the candidates the checkpoint can run; with more than one song the inner loops at least
-        runnable = {"listener_prior"} if predictor.net.listener_prior is not None else set()
+        has_listeners = predictor.net.listener_prior is not None
         kept = {
             key: [
                 m
                 for m in getattr(config, key)
-                if not m.endswith("calibrate") and (m != "listener_prior" or m in runnable)
+                if not m.endswith("calibrate") and (m != "listener_prior" or has_listeners)
             ]
             for key in ("auto_methods", "auto_single")
         }
