@@ -155,6 +155,7 @@ class Model:
         self._priors: dict[str, object] = {}
         self._readouts = None
         self.auto_rule = AdaptationConfig().auto_rule
+        self.auto_start = AdaptationConfig().auto_start
         self._rows: dict[tuple[str, int], torch.Tensor] = {}
 
     def encode(self, items: dict[str, dict]) -> None:
@@ -281,7 +282,7 @@ class Model:
                     outputs.append((cut(self.rows(held, d), where) @ w).float())
                 predicted["listener_prior"] = tuple(outputs)
             per_fold.append({(name, 0): scores_of(*p, *target)["average"] for name, p in predicted.items()})
-        return choose(tabulate(per_fold), len(per_fold), 0.0, self.auto_rule)["method"]
+        return choose(tabulate(per_fold), 0.0, self.auto_rule, self.auto_start)["method"]
 
     def maml_adapted(self, support: list[str], items: dict, score_on: str, config) -> tuple:
         """maml: the whole network's inner loop (`adapt`, the checkpoint's `--head` steps and learning rate)
@@ -339,6 +340,14 @@ def main() -> None:
     )
     parser.add_argument("--baseline-methods", nargs="+", default=["calibrate", "ridge"], choices=METHODS)
     parser.add_argument("--auto-rule", default=defaults.auto_rule, choices=("best", "simplest"))
+    parser.add_argument("--auto-start", default=defaults.auto_start, choices=METHODS)
+    parser.add_argument(
+        "--pairs-per-rater",
+        type=int,
+        default=None,
+        help="score only each rater's first N pairs of the draw (maml re-encodes the held-out song for every "
+        "pair: the cheap way to cover every rater)",
+    )
     parser.add_argument("--label", default="PDMER", help="--ckpt's name in the rows with --baseline")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
@@ -347,6 +356,7 @@ def main() -> None:
     for m in (model, baseline):
         if m is not None:
             m.auto_rule = args.auto_rule
+            m.auto_start = args.auto_start
     config = AdaptationConfig(method="head", steps=int(args.head[0]), lr=args.head[1]).resolve(model.task)
     truth = load_truth(args.corpus)
     groups = groups_of(truth)
@@ -367,13 +377,13 @@ def main() -> None:
         strengths: dict[str, int] = {}  # body_ridge's strength per dimension (in songs) -> pairs
         for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
             items = {s: data.reader.item(s, rater) for s in (song_id, *support_ids)}
-            for m in {model, reference[0]}:
-                m.encode(items)
             if not moving([items[song_id]]):
                 continue
             support = [s for s in support_ids if moving([items[s]])]
-            if not support:
+            if not support or len(scores.get("reference", {}).get(rater, [])) == (args.pairs_per_rater or -1):
                 continue
+            for m in {model, reference[0]}:
+                m.encode(items)
             target = (torch.as_tensor(items[song_id]["arousal"]), torch.as_tensor(items[song_id]["valence"]))
 
             def curves(s: str, items: dict = items) -> tuple[torch.Tensor, torch.Tensor]:

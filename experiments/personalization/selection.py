@@ -130,7 +130,7 @@ def rule_table(rows: list[dict], margin: float = 0.0) -> str:
                     pick = "calibrate 0"
                 else:
                     per_fold = [{tuple_key(k): f[k] for k in keep} for f in row["folds"]]
-                    choice = choose(tabulate(per_fold), len(per_fold), margin, rule)
+                    choice = choose(tabulate(per_fold), margin, rule)
                     pick = f"{choice['method']} {choice['steps']}"
                 chosen[pick.split()[0]] += 1
                 per_rater[row["rater"]].append(row["held_out"][pick] - row["held_out"]["none 0"])

@@ -635,8 +635,8 @@ def report_holdout(
 ) -> tuple[tuple[list[str], list[list[str]]], Path]:
     """Score `baseline` and the personalised model on the held-out songs and write the report.
 
-    Writes <out's folder>/REPORT ({"holdout": mean scores per model, "chosen", "candidates"}) and, with
-    `plot`, `holdout_plot(out, song)` per song.
+    Writes <out's folder>/REPORT ({"holdout": mean scores per model, "chosen", "validation",
+    "candidates"}) and, with `plot`, `holdout_plot(out, song)` per song.
 
     Args:
         baseline (Predictor): the model compared with (its map applied).
@@ -657,7 +657,12 @@ def report_holdout(
     header = ["song / model", *(key.replace("_", " ") for key in REPORTED)]
     rows = [[label, *(f"{scores[k]:.3f}" for k in REPORTED)] for label, scores in labelled]
     report = out.parent / REPORT
-    payload = {"holdout": means, "chosen": outcome.chosen, "candidates": outcome.candidates}
+    payload = {
+        "holdout": means,
+        "chosen": outcome.chosen,
+        "validation": outcome.validation,
+        "candidates": outcome.candidates,
+    }
     write_text_atomic(report, json.dumps(payload, indent=2))
     record_output(report, "personalize", checkpoint=str(out))
     for index, song in enumerate(heldout if plot else ()):

@@ -191,7 +191,7 @@ def test_command_line_run_writes_a_loadable_adapted_checkpoint(tiny_ckpt, listen
     assert "s3: baseline" in text and "s3: personalized" in text
     assert (tmp_path / "me_s3.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "personalize_report.json").read_text())
-    assert set(report) == {"holdout", "chosen", "candidates"}
+    assert set(report) == {"holdout", "chosen", "validation", "candidates"}
     assert set(report["holdout"]) == {"baseline", "personalized"}
     assert (
         set(report["holdout"]["baseline"]) == SCORE_ROW_KEYS and report["holdout"]["personalized"]["n"] == 1
@@ -232,8 +232,10 @@ def test_auto_chooses_on_the_listeners_songs_and_the_checkpoint_carries_the_map(
     )
     assert run(cfg, console) == 0, buffer.getvalue()
     text = buffer.getvalue()
-    assert "method=auto: validation (leave-one-song-out)" in text and "chosen: method=" in text
+    how = "leave-one-song-out; kept none unless a candidate validated better"  # no listener_prior candidate
+    assert f"method=auto: validation ({how})" in text and "chosen: method=" in text
     report = json.loads((tmp_path / "personalize_report.json").read_text())
+    assert report["validation"] == how
     tried = {(c["method"], c["steps"]) for c in report["candidates"]}
     assert tried == {("none", 0), ("calibrate", 0), ("head_calibrate", 2)}
     assert all(len(c["folds"]) == 2 for c in report["candidates"])

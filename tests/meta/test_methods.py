@@ -410,7 +410,7 @@ def test_auto_keeps_the_network_unless_something_validates_better():
     assert default.chosen == {"method": "none", "steps": 0}
     selection = select(net, own, config, predictor, prior)
     assert selection.chosen == {"method": "none", "steps": 0} and selection.personalized.net is net
-    assert selection.validation == "leave-one-song-out"
+    assert selection.validation == "leave-one-song-out; kept none unless a candidate validated better"
     tried = {(c["method"], c["steps"]) for c in selection.candidates}
     assert tried == {("none", 0), ("calibrate", 0), ("ridge", 0), ("ridge_calibrate", 0)} | {
         (m, s) for m in ("head", "head_calibrate", "maml", "maml_calibrate") for s in (1, 2)
@@ -482,20 +482,30 @@ def test_auto_with_one_song_validates_on_contiguous_blocks():
     assert short.validation == "none (the song has 12 segments; validation needs at least 16)"
 
 
+def _candidate(method: str, steps: int, folds: list[float]) -> dict:
+    """A tabulated candidate (`tabulate`'s fields that `choose` reads) with these per-fold scores."""
+    return {"method": method, "steps": steps, "score": sum(folds) / len(folds), "folds": folds}
+
+
 def test_auto_needs_a_win_on_most_folds_not_only_on_average():
-    """`choose`: the best mean among candidates that beat none by more than margin on average AND on more
-    than half of the folds. head is best on average (one big win, two losses) but loses to calibrate."""
+    """`choose` (rule "best"): the best mean among candidates that beat none by more than margin on average
+    AND on more than half of the folds. head is best on average (one big win, two losses) but loses to
+    calibrate."""
     candidates = [
-        {"method": "none", "steps": 0, "score": 0.50, "wins": 0},
-        {"method": "head", "steps": 2, "score": 0.60, "wins": 1},  # e.g. folds 0.9 / 0.45 / 0.45 vs 0.5
-        {"method": "calibrate", "steps": 0, "score": 0.52, "wins": 2},
-        {"method": "maml", "steps": 1, "score": 0.51, "wins": 3},
+        _candidate("none", 0, [0.50, 0.50, 0.50]),
+        _candidate("head", 2, [0.90, 0.45, 0.45]),  # mean 0.60, beats none on 1 of 3 folds
+        _candidate("calibrate", 0, [0.53, 0.53, 0.50]),  # mean 0.52, 2 of 3
+        _candidate("maml", 1, [0.51, 0.51, 0.51]),  # mean 0.51, 3 of 3
     ]
-    assert choose(candidates, 3, 0.0) == {"method": "calibrate", "steps": 0}
-    assert choose(candidates, 3, 0.015) == {"method": "calibrate", "steps": 0}
-    assert choose(candidates, 3, 0.02) == {"method": "none", "steps": 0}  # 0.52 is not > 0.50 + 0.02
-    assert choose(candidates, 4, 0.0) == {"method": "maml", "steps": 1}  # 2 of 4 folds is not most
-    assert choose(candidates[1:], 3, 0.0) == {"method": "none", "steps": 0}  # no baseline: keep the network
+    assert choose(candidates, 0.0) == {"method": "calibrate", "steps": 0}
+    assert choose(candidates, 0.015) == {"method": "calibrate", "steps": 0}
+    assert choose(candidates, 0.02) == {"method": "none", "steps": 0}  # 0.52 is not > 0.50 + 0.02
+    four = [
+        _candidate(c["method"], c["steps"], [*c["folds"], 0.40 if c["method"] == "calibrate" else 0.5])
+        for c in candidates
+    ]  # a fourth fold where calibrate loses: 2 of 4 folds is not most
+    assert choose(four, 0.0) == {"method": "maml", "steps": 1}
+    assert choose(candidates[1:], 0.0) == {"method": "none", "steps": 0}  # no baseline: keep the network
 
 
 def test_auto_rule_simplest_needs_each_step_up_to_validate_better_than_the_step_below():
@@ -503,28 +513,40 @@ def test_auto_rule_simplest_needs_each_step_up_to_validate_better_than_the_step_
     candidate replaces the one chosen so far only when it beats it on average (by more than margin) and on
     most folds. Here head_calibrate has the best mean (one lucky fold) but beats calibrate on one of three
     folds: "best" takes it, "simplest" keeps calibrate; head 2 beats none but not calibrate."""
-
-    def candidate(method: str, steps: int, folds: list[float]) -> dict:
-        wins = sum(f > n for f, n in zip(folds, none_folds, strict=True))
-        return {"method": method, "steps": steps, "score": sum(folds) / 3, "folds": folds, "wins": wins}
-
-    none_folds = [0.50, 0.50, 0.50]
     candidates = [
-        candidate("head_calibrate", 5, [0.90, 0.55, 0.55]),
-        candidate("head", 2, [0.55, 0.55, 0.52]),
-        candidate("none", 0, none_folds),
-        candidate("calibrate", 0, [0.58, 0.58, 0.58]),
+        _candidate("head_calibrate", 5, [0.90, 0.55, 0.55]),
+        _candidate("head", 2, [0.55, 0.55, 0.52]),
+        _candidate("none", 0, [0.50, 0.50, 0.50]),
+        _candidate("calibrate", 0, [0.58, 0.58, 0.58]),
     ]
-    assert choose(candidates, 3, 0.0, "best") == {"method": "head_calibrate", "steps": 5}
-    assert choose(candidates, 3, 0.0, "simplest") == {"method": "calibrate", "steps": 0}
-    candidates.append(candidate("head_calibrate", 10, [0.62, 0.62, 0.52]))  # beats calibrate on 2 of 3
-    assert choose(candidates, 3, 0.0, "simplest") == {"method": "head_calibrate", "steps": 10}
+    assert choose(candidates, 0.0, "best") == {"method": "head_calibrate", "steps": 5}
+    assert choose(candidates, 0.0, "simplest") == {"method": "calibrate", "steps": 0}
+    candidates.append(_candidate("head_calibrate", 10, [0.62, 0.62, 0.52]))  # beats calibrate on 2 of 3
+    assert choose(candidates, 0.0, "simplest") == {"method": "head_calibrate", "steps": 10}
     # 0.587 does not beat 0.58 by more than 0.02
-    assert choose(candidates, 3, 0.02, "simplest") == {"method": "calibrate", "steps": 0}
+    assert choose(candidates, 0.02, "simplest") == {"method": "calibrate", "steps": 0}
     # without calibrate: head 2 beats none, then head_calibrate 5 beats head 2 on 2 of 3 folds
-    assert choose(candidates[:3], 3, 0.0, "simplest") == {"method": "head_calibrate", "steps": 5}
-    assert choose(candidates[1:3], 3, 0.0, "simplest") == {"method": "head", "steps": 2}
-    assert choose([candidate("head", 2, [0.55, 0.55, 0.52])], 3, 0.0, "simplest")["method"] == "none"
+    assert choose(candidates[:3], 0.0, "simplest") == {"method": "head_calibrate", "steps": 5}
+    assert choose(candidates[1:3], 0.0, "simplest") == {"method": "head", "steps": 2}
+    assert choose([_candidate("head", 2, [0.55, 0.55, 0.52])], 0.0, "simplest")["method"] == "none"
+
+
+@pytest.mark.parametrize("rule", ["best", "simplest"])
+def test_auto_start_is_kept_unless_a_candidate_beats_it_on_average_and_on_most_folds(rule):
+    """choose(start=listener_prior): listener_prior is kept although calibrate validates better on average
+    (one lucky fold of two) and none would be kept from start=none (listener_prior wins one of two folds);
+    none replaces it only by beating it on both folds; an unscored start falls back to none."""
+    none = _candidate("none", 0, [0.50, 0.50])
+    calibrate = _candidate("calibrate", 0, [0.70, 0.48])
+    prior = _candidate("listener_prior", 0, [0.60, 0.49])
+    assert choose([none, calibrate, prior], 0.0, rule) == {"method": "none", "steps": 0}
+    assert choose([none, calibrate, prior], 0.0, rule, "listener_prior") == {
+        "method": "listener_prior",
+        "steps": 0,
+    }
+    better_none = _candidate("none", 0, [0.61, 0.50])
+    assert choose([better_none, calibrate, prior], 0.0, rule, "listener_prior")["method"] == "none"
+    assert choose([none, calibrate], 0.0, rule, "listener_prior") == {"method": "none", "steps": 0}
 
 
 def test_user_tools_do_not_import_training():

@@ -101,6 +101,8 @@ class AdaptationConfig(Config):
         auto_steps (tuple[int, ...] or None): step counts `auto` tries for head/maml (None: steps // 2,
             steps, 2 * steps; see `grid`).
         auto_rule (str): how `auto` chooses among the validated candidates ("best" | "simplest", `choose`).
+        auto_start (str): the method `auto` keeps unless a candidate validates better than it (`choose`);
+            none when it was not scored (listener_prior with a checkpoint that holds no listener prior).
         margin (float): how much better (average score) a candidate must validate than the unadapted
             network to be chosen.
         skip_flat (bool): leave out support songs whose arousal or valence never moves (see `moving`);
@@ -122,6 +124,7 @@ class AdaptationConfig(Config):
     auto_single: tuple[str, ...] = choice_list(("calibrate", "listener_prior"), METHODS[1:])
     auto_steps: tuple[int, ...] | None = integer_list(None, low=1, optional=True, min_items=1)
     auto_rule: str = choice("simplest", SELECTION_RULES)
+    auto_start: str = choice("listener_prior", METHODS)
     margin: float = number(0.0)
     skip_flat: bool = flag(True)
 

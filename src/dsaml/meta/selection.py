@@ -167,29 +167,38 @@ def complexity(candidate: Mapping[str, Any]) -> tuple[int, int]:
     return METHODS.index(candidate["method"]), int(candidate["steps"])
 
 
+def start_of(candidates: Sequence[Mapping[str, Any]], start: str) -> str:
+    """The method `choose` starts from: `start` when it was scored, else "none"."""
+    return start if any(c["method"] == start for c in candidates) else "none"
+
+
 def choose(
-    candidates: Sequence[Mapping[str, Any]], n_folds: int, margin: float, rule: str = "best"
+    candidates: Sequence[Mapping[str, Any]],
+    margin: float,
+    rule: str = "best",
+    start: str = "none",
 ) -> dict[str, Any]:
     """{"method", "steps"} of the chosen candidate; "none" when none qualifies (or no "none" candidate).
 
-    rule "best": the best-scoring candidate among those whose mean validation score beats the "none"
-    candidate's by more than `margin` and that beat it on more than half of the `n_folds` folds ("wins").
-    rule "simplest": in order of `complexity`, a candidate replaces the one chosen so far (first: none) only
-    when it `beats` it: more adaptation must validate better than the less it replaces, on average and on
-    most folds."""
-    baseline = next((c for c in candidates if c["method"] == "none"), None)
-    if baseline is None:
+    The choice starts from the `start` method's candidate (the one with the fewest steps; "none" when
+    `start` was not scored, e.g. listener_prior for a checkpoint without a listener prior) and moves only
+    to a candidate that `beats` it (better by more than `margin` on average and on more than half of the
+    folds).
+    rule "best": the best-scoring candidate among those that beat the start.
+    rule "simplest": in order of `complexity`, a candidate replaces the one chosen so far (first: the start)
+    only when it `beats` it: more adaptation must validate better than the less it replaces, on average and
+    on most folds."""
+    start = start_of(candidates, start)
+    chosen = min((c for c in candidates if c["method"] == start), key=lambda c: c["steps"], default=None)
+    if chosen is None:
         return {"method": "none", "steps": 0}
     if rule == "simplest":
-        chosen = baseline
         for candidate in sorted(candidates, key=complexity):
-            if candidate is not baseline and beats(candidate, chosen, margin):
+            if candidate is not chosen and beats(candidate, chosen, margin):
                 chosen = candidate
     else:
-        eligible = [
-            c for c in candidates if c["score"] > baseline["score"] + margin and 2 * c["wins"] > n_folds
-        ]
-        chosen = max(eligible, key=lambda c: c["score"], default=baseline)
+        eligible = [c for c in candidates if c is not chosen and beats(c, chosen, margin)]
+        chosen = max(eligible, key=lambda c: c["score"], default=chosen)
     return {"method": chosen["method"], "steps": chosen["steps"]}
 
 
@@ -234,7 +243,9 @@ def select(
             progress(f"validation fold {index + 1}/{len(splits)}")
         per_fold.append(candidate_scores(net, fit_on, validate, config, predictor, prior, methods))
     candidates = tabulate(per_fold)
-    chosen = choose(candidates, len(per_fold), config.margin, config.auto_rule)
+    chosen = choose(candidates, config.margin, config.auto_rule, config.auto_start)
+    if candidates:
+        how += f"; kept {start_of(candidates, config.auto_start)} unless a candidate validated better"
     final = replace(config, method=chosen["method"])
     personalized = personalize_net(net, support, final, predictor, prior, steps=chosen["steps"])
     return Selection(chosen, candidates, how, personalized)
