@@ -5,7 +5,8 @@ dsaml-personalize ckpt=pdmer.ckpt audio=[MEMD_audio/] annotations=[<DEAM per-rat
 dsaml-personalize ckpt=pdmer.ckpt ... method=head_calibrate steps=8 baseline=dmer.ckpt
 
 Adapts with the configured method (conf/adaptation/; method=auto by default chooses on the listener's own
-songs and keeps the unadapted model unless something validates better), writes the personalised model
+songs: the listener prior's read-out, or without one in the checkpoint the unadapted model, unless
+something validates better), writes the personalised model
 (adapted weights and/or the output map) as a dsaml checkpoint (`out`, read by dsaml-predict); with held-out
 songs also the scores of `baseline` and of the personalised model, `personalize_report.json` and plots.
 """
