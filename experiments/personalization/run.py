@@ -30,6 +30,16 @@ Only the project's commands run, each as its own process (`python -m dsaml.cli.<
    output maps fitted with hindsight (what no gain, offset and delay per listener can exceed).
 Runs whose results.json exists are kept (a stopped benchmark resumes). Results: <out>/report/k<k>/report.md,
 <out>/growth.png, <out>/summary.md.
+
+With `--evaluator lens_eval` steps 3-5 are lens_eval.py instead (the cross-song protocol only, every song
+encoded once; dsaml-eval re-encodes every support song for every pair and method, hours on a lens corpus
+here): per seed, the DMER model with `--dmer-methods` and every PDMER model with `--methods` /
+`--anil-methods` paired against it (`--baseline`), into <out>/lens_eval/<model>_seed_<seed>.md (kept when
+there), then each model's tables merged over the seeds (seeds_table.py) into <out>/summary.md:
+
+    python experiments/personalization/run.py --synth lens --evaluator lens_eval --epochs 3 \
+        --dmer-methods calibrate listener_prior auto --methods maml listener_prior --anil-methods \
+        --out outputs/lens
 """
 
 from __future__ import annotations
@@ -44,15 +54,20 @@ from pathlib import Path
 from ceiling import ceiling_table  # this folder's ceiling.py
 from hydra import compose, initialize_config_dir
 from lens import lens_tables  # this folder's lens.py
+from lens_eval import METHODS as LENS_EVAL_METHODS  # this folder's lens_eval.py
+from lens_eval import REPLAYED as LENS_EVAL_REPLAYED
 from omegaconf import OmegaConf
+from seeds_table import merged, read_tables  # this folder's seeds_table.py
 
 from dsaml.config import CONFIG_DIR
 from dsaml.data.synth import load_truth
 from dsaml.meta.methods import AUTO
 from dsaml.meta.methods import METHODS as ADAPTATION_METHODS
+from dsaml.reporting import markdown
 from dsaml.training.runs import best_checkpoint, to_overrides
 from dsaml.training.smoke import tiny_model_mapping
 
+HERE = Path(__file__).resolve().parent
 SYNTH_PRESETS = sorted(path.stem for path in (CONFIG_DIR / "synth").glob("*.yaml"))
 WITHIN, CROSS = "pdmer_within_song", "pdmer_cross_song"
 METHODS = (*ADAPTATION_METHODS, AUTO)  # dsaml-eval adaptation=<method> (conf/adaptation/)
@@ -104,6 +119,29 @@ def evaluate(
          *settings, f"adaptation={method}", *extra, f"paths.store={store}",
          f"hydra.run.dir={out}", "hydra.output_subdir=null", "trainer.enable_model_summary=false"],
     )  # fmt: skip
+
+
+def lens_evaluate(out: Path, arguments: list[str]) -> None:
+    """lens_eval.py `arguments` with its tables written to `out` (kept when there)."""
+    if out.is_file():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, str(HERE / "lens_eval.py"), *arguments, "--out", str(out)]
+    print("$ lens_eval.py " + " ".join(arguments), flush=True)
+    if subprocess.run(args).returncode:
+        sys.exit("lens_eval.py failed (see above); the finished runs are kept")
+
+
+def merged_over_seeds(folder: Path, seeds: list[int]) -> str:
+    """Each model's lens_eval.py tables in `folder` (<model>_seed_<seed>.md) merged over `seeds`."""
+    parts = []
+    models = {path.name.rsplit("_seed_", 1)[0] for path in folder.glob("*_seed_*.md")}
+    for model in sorted(models, key=lambda m: (m != "dmer", m)):  # the DMER model first
+        tables = [read_tables(folder / f"{model}_seed_{seed}.md") for seed in seeds]
+        parts.append(f"## {model}, {len(seeds)} seeds (lens_eval.py, merged by seeds_table.py)")
+        for k in tables[0]:
+            parts.append(f"#### k = {k}\n\n{markdown(*merged([t[k] for t in tables]))}")
+    return "\n\n".join(parts)
 
 
 def feasible_shots(store: Path, shots: list[int]) -> list[int]:
@@ -174,8 +212,26 @@ def main() -> None:
         help="dsaml-synth corpus preset (conf/synth/): demo, personal (more test songs per listener) or lens "
         "(listeners who weight the music's cues differently; adds lens.py's tables)",
     )
+    parser.add_argument(
+        "--evaluator",
+        default="dsaml-eval",
+        choices=("dsaml-eval", "lens_eval"),
+        help="dsaml-eval (every protocol, dsaml-report) or lens_eval.py (cross-song, each song encoded once)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny corpus and network: checks the harness")
     args = parser.parse_args()
+    if args.evaluator == "lens_eval":
+        for flag in ("methods", "anil_methods", "dmer_methods"):
+            wrong = sorted(set(getattr(args, flag)) - set(LENS_EVAL_METHODS) - {"none"})
+            if wrong:
+                parser.error(
+                    f"--{flag.replace('_', '-')} {' '.join(wrong)}: lens_eval.py runs "
+                    f"{', '.join(LENS_EVAL_METHODS)} (and none)"
+                )
+        if not set(args.dmer_methods) - {"none"}:
+            parser.error("--dmer-methods none: lens_eval.py needs a method besides none (its rows are gains)")
+        if set(args.auto_methods or []) - set(LENS_EVAL_REPLAYED):
+            parser.error(f"--auto-methods: lens_eval.py replays auto over {', '.join(LENS_EVAL_REPLAYED)}")
 
     demo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "demo.yaml"))
     preset = TINY["synth"] if args.tiny else args.synth
@@ -206,6 +262,22 @@ def main() -> None:
             }
             for name, (methods, extra) in meta_trained.items() if methods
         }  # fmt: skip
+        if args.evaluator == "lens_eval":
+            common = ["--store", str(store), "--corpus", str(corpus), "--seed", str(seed), "--shots"]
+            common += [str(k) for k in shots]
+            if args.auto_methods:
+                common += ["--auto-methods", *args.auto_methods]
+            dmer_methods = [m for m in args.dmer_methods if m != "none"]
+            lens_evaluate(out / "lens_eval" / f"dmer_seed_{seed}.md", [*common, "--ckpt", str(dmer),
+                          "--methods", *dmer_methods])  # fmt: skip
+            for name, checkpoints in models.items():
+                methods = [m for m in meta_trained[name][0] if m != "none"]
+                for length, ckpt in checkpoints.items():
+                    label = f"{name}_{length}"
+                    paired = ["--ckpt", str(ckpt), "--baseline", str(dmer), "--label", label]
+                    lens_evaluate(out / "lens_eval" / f"{label}_seed_{seed}.md", [*common, *paired,
+                                  "--methods", *methods, "--baseline-methods", *dmer_methods])  # fmt: skip
+            continue
         from dsaml.models.checkpoint import load_network
 
         trained = (  # the PDMER test settings: the meta-trained model's, else those it would have had
@@ -232,6 +304,10 @@ def main() -> None:
                     for method in meta_trained[name][0]:
                         folder = runs_k / f"{name}_{length}_{method}" / f"seed_{seed}"
                         evaluate(ckpt, task, protocols, method, store, folder)
+    if args.evaluator == "lens_eval":
+        (out / "summary.md").write_text(merged_over_seeds(out / "lens_eval", args.seeds))
+        print(f"benchmark -> {out / 'summary.md'}")
+        return
     for k in shots:
         report = out / "report" / f"k{k}"
         command("report", [f"runs=[{out / f'k{k}'}]", "baseline=dmer", f"corpus={corpus}", f"out={report}"])
