@@ -11,7 +11,9 @@ runs encodes every support song again for every pair and method (about 7 minutes
 machine); here each test song goes through the body once (`readout_features`-style: its windows of
 `support_segments`, `windows_batch`, eval mode) and every method works on those features:
 - none: the head's output; calibrate: `fit_calibration` with the checkpoint's prior on the support songs'
-  outputs; ridge: `refit_readout` on the support songs' read-out features; ridge_calibrate: both;
+  outputs; listener_prior: `adapt_listener_prior` under the training raters' prior without the test rater;
+  listener_prior_calibrate: listener_prior, then `fit_calibration` on its outputs; ridge: `refit_readout`
+  on the support songs' read-out features; ridge_calibrate: both;
 - body_ridge: a read-out from the body's output beside the head: the model's prediction f(x) plus, per
   dimension, a ridge fit of the residual y - f(x) on the body's output B(x) [T, D] (`refit_readout` shrunk
   toward w = 0, b = 0: the bias unpenalised, the strength chosen leave-one-song-out); body_ridge_calibrate:
@@ -73,6 +75,7 @@ from dsaml.training.evaluation import training_rater_readouts
 METHODS = (
     "calibrate",
     "listener_prior",
+    "listener_prior_calibrate",
     "ridge",
     "ridge_calibrate",
     "body_ridge",
@@ -82,6 +85,8 @@ METHODS = (
     "maml",
     "auto",
 )
+
+REPLAYED = ("calibrate", "listener_prior")  # the candidates auto's replay can score (`Model.auto_choice`)
 
 
 class Song:
@@ -215,13 +220,24 @@ class Model:
         self.net.listener_prior = self._priors[rater]
         return self._priors[rater]
 
-    def listener_adapted(self, support: list[str], items: dict, score_on: str, reader, rater: str) -> tuple:
+    def listener_adapted(
+        self, support: list[str], items: dict, score_on: str, reader, rater: str, calibrated: bool = False
+    ) -> tuple:
         """listener_prior: the read-out fitted on the support songs under `listener_prior_without(rater)`
-        -> the prediction of `score_on`."""
+        -> the prediction of `score_on`; `calibrated`: then `fit_calibration` (the checkpoint's prior) of
+        the read-out's predictions of the support songs to their curves, applied
+        (listener_prior_calibrate)."""
         prior = self.listener_prior_without(rater, reader)
         batches = [windows_batch(items[s], self.window) for s in support]
         adapted = adapt_listener_prior(self.net, batches, prior)
-        return head_outputs(self.net, adapted.head, self.songs[score_on])
+        predicted = head_outputs(self.net, adapted.head, self.songs[score_on])
+        if not calibrated:
+            return predicted
+        fitted = [head_outputs(self.net, adapted.head, self.songs[s]) for s in support]
+        targets = [
+            (torch.as_tensor(items[s]["arousal"]), torch.as_tensor(items[s]["valence"])) for s in support
+        ]
+        return fit_calibration(fitted, targets, self.prior, 0).apply(*predicted)
 
     def rows(self, song: str, dim: int) -> torch.Tensor:
         """listener_prior's design rows of one song and dimension [T, P] (`design` on its windows, per
@@ -323,7 +339,7 @@ def main() -> None:
         help="head's inner loop (default: conf/demo.yaml's PDMER task, as run.py tests the DMER model with)",
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    defaults, replayed = AdaptationConfig(), ("calibrate", "listener_prior")
+    defaults, replayed = AdaptationConfig(), REPLAYED
     for flag, key, songs in (("--auto-methods", "auto_methods", "2+"), ("--auto-single", "auto_single", "1")):
         parser.add_argument(
             flag,
@@ -340,7 +356,7 @@ def main() -> None:
     )
     parser.add_argument("--baseline-methods", nargs="+", default=["calibrate", "ridge"], choices=METHODS)
     parser.add_argument("--auto-rule", default=defaults.auto_rule, choices=("best", "simplest"))
-    parser.add_argument("--auto-start", default=defaults.auto_start, choices=METHODS)
+    parser.add_argument("--auto-start", default=defaults.auto_start, choices=("none", *replayed))
     parser.add_argument(
         "--pairs-per-rater",
         type=int,
@@ -400,6 +416,10 @@ def main() -> None:
                         strengths[key] = strengths.get(key, 0) + 1
                 if "listener_prior" in methods:
                     result["listener_prior"] = m.listener_adapted(support, items, song_id, data.reader, rater)
+                if "listener_prior_calibrate" in methods:
+                    result["listener_prior_calibrate"] = m.listener_adapted(
+                        support, items, song_id, data.reader, rater, calibrated=True
+                    )
                 if "head" in methods:
                     result["head"] = m.head_adapted(support, items, song_id, config)
                 if "maml" in methods:
