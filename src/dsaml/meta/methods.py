@@ -103,8 +103,8 @@ class AdaptationConfig(Config):
         auto_rule (str): how `auto` chooses among the validated candidates ("best" | "simplest", `choose`).
         auto_start (str): the method `auto` keeps unless a candidate validates better than it (`choose`);
             none when it was not scored (listener_prior with a checkpoint that holds no listener prior).
-        margin (float): how much better (average score) a candidate must validate than the unadapted
-            network to be chosen.
+        margin (float): how much better (average score) a candidate must validate than the one it
+            replaces (first: `auto_start`) to be chosen.
         skip_flat (bool): leave out support songs whose arousal or valence never moves (see `moving`);
             False: adapt on them, as the original does.
 
