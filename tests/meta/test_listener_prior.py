@@ -5,6 +5,8 @@ read-out reproducing the network, the stored read-out round trip and the checks 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 from app_fixtures import random_song, tiny_net
 from dsaml.config import ConfigError
 from dsaml.data.batch import windows_batch
-from dsaml.meta import AdaptationConfig, SlidingWindows, personalize_net
+from dsaml.meta import AdaptationConfig, CalibrationPrior, SlidingWindows, personalize_net
 from dsaml.meta.listener_prior import (
     LAGS,
     ListenerHead,
@@ -24,6 +26,7 @@ from dsaml.meta.listener_prior import (
     with_listener_readout,
     without_listener_readout,
 )
+from dsaml.meta.selection import select
 
 WINDOW = 30
 # the tiny random network's curves barely move: adapt on them anyway (`moving` would skip them as flat)
@@ -142,6 +145,39 @@ def test_adapts_a_listener_along_the_listener_space():
     net.listener_prior = ListenerPrior([mean, mean], [u * 0, u * 0], [1e-4, 1e-4])
     same = personalize_net(net, [support], CONFIG, predictor)
     torch.testing.assert_close(same.predict(predictor, held)[0], plain_a, rtol=0, atol=1e-5)
+
+
+def test_auto_keeps_the_listener_prior_it_starts_from():
+    """method=auto with the defaults (candidates calibrate and listener_prior, auto_start listener_prior) on
+    two songs of a listener along the prior's direction: leave-one-song-out keeps listener_prior, the
+    refitted model predicts a third song of theirs, and the validation says where auto started."""
+    net = tiny_net().eval()
+    size = len(LAGS) + net.cfg.hidden_size + 1
+    u = torch.randn(size, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.05
+    mean = torch.zeros(size, dtype=torch.float64)
+    mean[0] = 1.0
+    net.listener_prior = ListenerPrior([mean, mean], [u, u], [1e-4, 1e-4])
+    target = (mean + 3 * u[:, 0]).expand(2, size)
+    songs = [_listener(net, _song(seed), target) for seed in (11, 12, 13)]
+    predictor = SlidingWindows(window=WINDOW)
+    config = replace(CONFIG, method="auto").resolve({"name": "dmer"})  # a DMER task: no inner loop
+    prior = CalibrationPrior.uniform(0.5)
+    selection = select(net, songs[:2], config, predictor, prior)
+    assert {c["method"] for c in selection.candidates} == {"none", "calibrate", "listener_prior"}
+    assert selection.chosen == {"method": "listener_prior", "steps": 0}
+    assert (
+        selection.validation == "leave-one-song-out; kept listener_prior unless a candidate validated better"
+    )
+    arousal, _ = selection.personalized.predict(predictor, songs[2])
+    assert float((arousal - songs[2]["arousal"]).abs().max()) < 1e-3
+    # a listener who hears what the network predicts: listener_prior (w = mu, the network) ties none, and
+    # the start is kept either way (a margin above float rounding)
+    plain = [
+        {**song, **dict(zip(("arousal", "valence"), predictor(net, song), strict=True))} for song in songs
+    ]
+    for start in ("listener_prior", "none"):
+        tie = select(net, plain[:2], replace(config, auto_start=start, margin=1e-6), predictor, prior)
+        assert tie.chosen["method"] == start, tie.candidates
 
 
 def test_without_a_prior_the_method_is_a_config_error():
