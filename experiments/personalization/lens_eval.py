@@ -389,7 +389,7 @@ def main() -> None:
         data = DSAMLDataModule(args.store, task="pdmer", shots=k, cross_support="song", seed=args.seed)
         pairs, supports = data.test_pairs()
         scores: dict[str, dict[str, list[float]]] = {}
-        chosen: dict[str, int] = {}
+        chosen: dict[str, dict[str, int]] = {}  # listener group ("all" too) -> method -> pairs auto chose it
         strengths: dict[str, int] = {}  # body_ridge's strength per dimension (in songs) -> pairs
         for (song_id, rater), support_ids in zip(pairs, supports, strict=True):
             items = {s: data.reader.item(s, rater) for s in (song_id, *support_ids)}
@@ -428,7 +428,9 @@ def main() -> None:
                     candidates = tuple(args.auto_methods if len(support) >= 2 else args.auto_single)
                     pick = m.auto_choice(support, curves, candidates, data.reader, rater)
                     if m is model:
-                        chosen[pick] = chosen.get(pick, 0) + 1
+                        for group in ("all", groups.get(rater)):
+                            picks = chosen.setdefault(group, {})
+                            picks[pick] = picks.get(pick, 0) + 1
                     if pick == "listener_prior" and pick not in result:
                         result[pick] = m.listener_adapted(support, items, song_id, data.reader, rater)
                     if pick not in result:
@@ -460,7 +462,9 @@ def main() -> None:
             f"the {'DMER model' if baseline else 'model'}'s own score {mean_none:.3f}"
         )
         if chosen:
-            title += f"; auto chose {dict(sorted(chosen.items()))}"
+            title += f"; auto chose {dict(sorted(chosen.pop('all').items()))}"
+            by_group = "; ".join(f"{g}: {dict(sorted(chosen[g].items()))}" for g in GROUPS if g in chosen)
+            title += f"\n\nauto's choices by listener kind (pairs): {by_group}"
         if strengths:
             title += f"\n\nbody_ridge's strengths (songs): {dict(sorted(strengths.items()))}"
         header = ["gain over the " + ("DMER model" if baseline else "model"), *GROUPS, "not worse", "worst"]
