@@ -66,7 +66,7 @@ from dsaml.meta.listener_prior import (
     fit_listener_readout,
 )
 from dsaml.meta.readout import readout_input, refit_readout
-from dsaml.meta.selection import BLOCKS, MIN_BLOCK, choose, tabulate
+from dsaml.meta.selection import block_edges, choose, tabulate
 from dsaml.metrics import scores_of
 from dsaml.models.checkpoint import load_network
 from dsaml.reporting import NOT_WORSE_MARGIN, markdown
@@ -259,10 +259,10 @@ class Model:
         else:
             song = support[0]
             n = len(plain[song][0])
-            k = min(BLOCKS, n // MIN_BLOCK)
-            if k < 2:
+            edges = block_edges(n)
+            if edges is None:
                 return "none"
-            edges = [round(i * n / k) for i in range(k + 1)]
+            k = len(edges) - 1
             splits = [
                 (
                     [(song, torch.cat([torch.arange(edges[i]), torch.arange(edges[i + 1], n)]))],

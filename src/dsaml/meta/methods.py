@@ -18,14 +18,14 @@ A *sequence* (`dsaml.data.batch.SongSequence`) is one song (or clip) of a listen
 - auto: choose among the above (and among step counts) on the listener's own songs: with >= 2 songs
   among `auto_methods`, by leave-one-song-out; with one song among `auto_single`, by blocked k-fold
   inside the song (contiguous blocks, each held out in turn); default for both: calibrate and
-  listener_prior (the latter only when the network holds a listener prior); the unadapted network unless a
-  candidate validates better on average by more than `margin` and on most folds (`select`). Why the inner
-  loops are not default candidates, least of all with one song: a listener's deviation from the model that
-  is specific to one song is shared by all of its blocks, so no split of one song measures what transfers
-  to their other songs, and the candidates that fit the song best (the inner loops) are picked and transfer
-  worse (docs/method.md, "Choosing a method"); calibrate and listener_prior fit nothing free on the
-  listener's songs: their shrinkage is estimated from the training raters, the between-song evidence there
-  is.
+  listener_prior (the latter only when the network holds a listener prior); `auto_start` (listener_prior,
+  else the unadapted network) unless a candidate validates better on average by more than `margin` and on
+  most folds (`select`). Why the inner loops are not default candidates, least of all with one song: a
+  listener's deviation from the model that is specific to one song is shared by all of its blocks, so no
+  split of one song measures what transfers to their other songs, and the candidates that fit the song best
+  (the inner loops) are picked and transfer worse (docs/method.md, "Choosing a method"); calibrate and
+  listener_prior fit nothing free on the listener's songs: their shrinkage is estimated from the training
+  raters, the between-song evidence there is.
 
 `personalize_net` runs one method on support sequences and returns a `Personalized` (network + map), used
 identically by the test protocols (`dsaml.training.evaluation`) and by `dsaml-personalize`.

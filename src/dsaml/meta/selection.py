@@ -57,6 +57,13 @@ class Selection:
     personalized: Personalized = field(repr=False, default=None)  # type: ignore[assignment]
 
 
+def block_edges(n: int) -> list[int] | None:
+    """The boundaries of one song's validation blocks: k + 1 segment indices from 0 to `n`, k = min(BLOCKS,
+    n // MIN_BLOCK) contiguous blocks of near-equal length; None when k < 2 (too short to validate on)."""
+    k = min(BLOCKS, n // MIN_BLOCK)
+    return [round(i * n / k) for i in range(k + 1)] if k >= 2 else None
+
+
 def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_], list[Sequence_]]]]:
     """Validation splits of the listener's songs: leave-one-song-out with >= 2 songs. With one song, blocked
     k-fold inside it: k = min(BLOCKS, T // MIN_BLOCK) contiguous blocks; each fold validates on one block and
@@ -68,10 +75,10 @@ def folds(support: Sequence[Sequence_]) -> tuple[str, list[tuple[list[Sequence_]
         ]
     seq = support[0]
     n = len(seq["arousal"])
-    k = min(BLOCKS, n // MIN_BLOCK)
-    if k < 2:
+    edges = block_edges(n)
+    if edges is None:
         return f"none (the song has {n} segments; validation needs at least {2 * MIN_BLOCK})", []
-    edges = [round(i * n / k) for i in range(k + 1)]
+    k = len(edges) - 1
     splits = []
     for i in range(k):
         rest = [(a, b) for a, b in ((0, edges[i]), (edges[i + 1], n)) if b > a]
@@ -178,7 +185,8 @@ def choose(
     rule: str = "best",
     start: str = "none",
 ) -> dict[str, Any]:
-    """{"method", "steps"} of the chosen candidate; "none" when none qualifies (or no "none" candidate).
+    """{"method", "steps"} of the chosen candidate: the start unless a candidate beats it ("none" when
+    neither the start nor "none" was scored).
 
     The choice starts from the `start` method's candidate (the one with the fewest steps; "none" when
     `start` was not scored, e.g. listener_prior for a checkpoint without a listener prior) and moves only
@@ -214,10 +222,10 @@ def select(
 
     Every candidate (`config.auto_methods`, or `config.auto_single` with one song, at every step count of
     `config.grid()` for the inner loops) is scored on the validation folds of the listener's songs
-    (`folds`), one is chosen by `config.auto_rule` (`choose`: the unadapted network unless a candidate
-    validates better by more than `config.margin` on average and on more than half of the folds), and it is
-    refitted with `personalize_net`. With ``config.skip_flat`` flat songs are left out (`moving`). The
-    network is never modified.
+    (`folds`), one is chosen by `config.auto_rule` (`choose`: `config.auto_start`, or the unadapted network
+    when that was not scored, unless a candidate validates better by more than `config.margin` on average
+    and on more than half of the folds), and it is refitted with `personalize_net`. With
+    ``config.skip_flat`` flat songs are left out (`moving`). The network is never modified.
 
     Args:
         net (nn.Module): a `DSAMLNet`.
