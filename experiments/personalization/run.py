@@ -80,12 +80,16 @@ TINY = {
 }
 
 
+def run_step(argv: list[str], shown: str) -> None:
+    """Run python with `argv` in its own process, printed as `shown`; stop the benchmark when it fails."""
+    print(f"$ {shown}", flush=True)
+    if subprocess.run([sys.executable, *argv]).returncode:
+        sys.exit(f"{shown.split()[0]} failed (see above); the finished runs are kept")
+
+
 def command(name: str, overrides: list[str]) -> None:
     """Run `dsaml-<name> overrides...` in its own process; stop the benchmark when it fails."""
-    args = [sys.executable, "-m", f"dsaml.cli.{name}", *overrides]
-    print("$ dsaml-" + " ".join([name, *overrides]), flush=True)
-    if subprocess.run(args).returncode:
-        sys.exit(f"dsaml-{name} failed (see above); the finished runs are kept")
+    run_step(["-m", f"dsaml.cli.{name}", *overrides], " ".join([f"dsaml-{name}", *overrides]))
 
 
 def pdmer_task(settings: list[str]) -> dict:
@@ -126,10 +130,9 @@ def lens_evaluate(out: Path, arguments: list[str]) -> None:
     if out.is_file():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, str(HERE / "lens_eval.py"), *arguments, "--out", str(out)]
-    print("$ lens_eval.py " + " ".join(arguments), flush=True)
-    if subprocess.run(args).returncode:
-        sys.exit("lens_eval.py failed (see above); the finished runs are kept")
+    run_step(
+        [str(HERE / "lens_eval.py"), *arguments, "--out", str(out)], "lens_eval.py " + " ".join(arguments)
+    )
 
 
 def merged_over_seeds(folder: Path, seeds: list[int]) -> str:
